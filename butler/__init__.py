@@ -1,0 +1,64 @@
+"""Butler: datasets named by dataset type + data ID, in local or remote repositories.
+
+Open a repository with :class:`Butler`, then ``put``, ``get``, ``query_datasets`` and
+``transaction()``; see the README for a tour.
+"""
+
+from butler.direct_butler import Butler, IOStats
+from butler.errors import (
+    AmbiguousDatasetError,
+    ButlerError,
+    CollectionNotFoundError,
+    ConflictingDefinitionError,
+    CorruptFileError,
+    DataIdError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    DatasetTypeNotFoundError,
+    DimensionRecordNotFoundError,
+    FormatterNotFoundError,
+    InvalidQueryError,
+    QuerySyntaxError,
+    ReadOnlyRepositoryError,
+    RepositoryConfigError,
+    StorageClassError,
+    TransactionError,
+    UnsupportedParameterError,
+)
+from butler.formatters.base import Formatter, StorageClass
+from butler.formatters.registry import register_formatter, register_storage_class
+from butler.image import Box, Image
+from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+
+__all__ = [
+    "AmbiguousDatasetError",
+    "Box",
+    "Butler",
+    "ButlerError",
+    "CollectionNotFoundError",
+    "ConflictingDefinitionError",
+    "CorruptFileError",
+    "DataCoordinate",
+    "DataIdError",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "DatasetRef",
+    "DatasetType",
+    "DatasetTypeNotFoundError",
+    "DimensionRecordNotFoundError",
+    "FileInfo",
+    "Formatter",
+    "FormatterNotFoundError",
+    "IOStats",
+    "Image",
+    "InvalidQueryError",
+    "QuerySyntaxError",
+    "ReadOnlyRepositoryError",
+    "RepositoryConfigError",
+    "StorageClass",
+    "StorageClassError",
+    "TransactionError",
+    "UnsupportedParameterError",
+    "register_formatter",
+    "register_storage_class",
+]

@@ -1,0 +1,346 @@
+"""The ``butler`` command: thin click commands over the library (one function call each)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from butler.direct_butler import Butler
+from butler.errors import ButlerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handle_errors(func: F) -> F:
+    """Turn butler errors into a one-line message and exit status 1, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ButlerError, FileNotFoundError, PermissionError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_pairs(pairs: Sequence[str], what: str) -> dict[str, Any]:
+    """``["visit=12", "band=r"]`` -> ``{"visit": 12, "band": "r"}`` (integers converted)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=what)
+        out[key.strip()] = _scalar(value.strip())
+    return out
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _print_rows(rows: Iterable[Mapping[str, Any]], as_json: bool, title: str = "") -> None:
+    rows = list(rows)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"No {title or 'results'}.")
+        return
+    table = RichTable(title=title or None)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console(soft_wrap=True).print(table)
+
+
+repo_argument = click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+where_option = click.option("--where", default="", help="Query expression, e.g. \"visit > 100 AND band = 'r'\".")
+bind_option = click.option("--bind", multiple=True, metavar="KEY=VALUE", help="Bind value for the where expression.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+collections_option = click.option(
+    "--collections", multiple=True, help="Collections to search, in order (repeatable)."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="butler-cache")
+def main() -> None:
+    """Butler data repositories: datasets by dataset type + data ID."""
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="Repository name (default: the directory name).")
+@click.option("--universe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Dimension universe YAML (default: the LSST-like universe in config/).")
+@_handle_errors
+def create(path: Path, name: str | None, universe: Path | None) -> None:
+    """Create an empty repository at PATH."""
+    with Butler.create(path, name=name, universe=universe) as butler:
+        click.echo(f"Created repository {butler.config.name!r} at {butler.root}")
+
+
+@main.command()
+@repo_argument
+@json_option
+@_handle_errors
+def info(repo: Path, as_json: bool) -> None:
+    """Show a repository's name, format, dataset types and collections."""
+    with Butler(repo) as butler:
+        data = butler.info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            click.echo(f"{key:>15}: {shown}")
+
+
+@main.command("register-dataset-type")
+@repo_argument
+@click.argument("name")
+@click.argument("storage_class")
+@click.argument("dimensions", nargs=-1)
+@click.option("--formatter", help="Formatter name (default: the storage class's).")
+@_handle_errors
+def register_dataset_type(
+    repo: Path, name: str, storage_class: str, dimensions: tuple[str, ...], formatter: str | None
+) -> None:
+    """Register dataset type NAME with STORAGE_CLASS and DIMENSIONS."""
+    with Butler(repo, writeable=True) as butler:
+        dataset_type = butler.register_dataset_type(name, dimensions, storage_class, formatter)
+    click.echo(
+        f"{dataset_type.name}: {', '.join(dataset_type.dimensions)} -> {dataset_type.storage_class}"
+    )
+
+
+@main.command("insert-dimension-records")
+@repo_argument
+@click.argument("element")
+@click.argument("records_file", type=click.File("r"))
+@click.option("--skip-existing", is_flag=True, help="Ignore records that exist already.")
+@_handle_errors
+def insert_dimension_records(repo: Path, element: str, records_file: Any, skip_existing: bool) -> None:
+    """Insert ELEMENT records from a YAML or JSON list of mappings ('-' for stdin)."""
+    try:
+        records = yaml.safe_load(records_file)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"not YAML/JSON: {exc}", param_hint="RECORDS_FILE") from exc
+    if isinstance(records, Mapping):
+        records = [records]
+    if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
+        raise click.BadParameter("expected a list of mappings", param_hint="RECORDS_FILE")
+    with Butler(repo, writeable=True) as butler:
+        added = butler.insert_dimension_records(element, *records, skip_existing=skip_existing)
+    click.echo(f"Inserted {added} {element} record(s).")
+
+
+@main.command()
+@repo_argument
+@click.argument("dataset_type")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", required=True, help="RUN collection to add the datasets to.")
+@click.option("--data-id", "data_id", multiple=True, metavar="KEY=VALUE", required=True,
+              help="Data ID values (repeatable); with several files, give one file at a time.")
+@click.option("--transfer", type=click.Choice(["copy", "move", "hardlink"]), default="copy")
+@_handle_errors
+def ingest(
+    repo: Path, dataset_type: str, files: tuple[Path, ...], run: str, data_id: tuple[str, ...],
+    transfer: str,
+) -> None:
+    """Add existing FILES (already in the dataset type's format) as datasets."""
+    values = _parse_pairs(data_id, "--data-id")
+    if len(files) > 1:
+        raise click.UsageError("give one file per data ID (several files would share it)")
+    with Butler(repo, run=run) as butler, butler.transaction():
+        for path in files:
+            ref = butler.ingest(path, dataset_type, values, transfer=transfer)
+            click.echo(f"Ingested {path} as {ref!r}")
+
+
+@main.command("query-datasets")
+@repo_argument
+@click.argument("dataset_type")
+@collections_option
+@where_option
+@bind_option
+@click.option("--limit", type=int, help="Return at most this many.")
+@click.option("--all-runs", "find_all", is_flag=True, help="Show every match, not the first per data ID.")
+@json_option
+@_handle_errors
+def query_datasets(
+    repo: Path, dataset_type: str, collections: tuple[str, ...], where: str, bind: tuple[str, ...],
+    limit: int | None, find_all: bool, as_json: bool,
+) -> None:
+    """List datasets of DATASET_TYPE matching --where."""
+    with Butler(repo) as butler:
+        rows = butler.query_datasets_with_files(
+            dataset_type, collections or None, where, _parse_pairs(bind, "--bind"),
+            find_first=not find_all, limit=limit,
+        )
+    _print_rows(
+        (
+            {"type": ref.dataset_type.name, "run": ref.run, **ref.data_id.required,
+             "id": str(ref.id), "size": file.size, "path": file.path}
+            for ref, file in rows
+        ),
+        as_json,
+        f"{dataset_type} datasets",
+    )
+
+
+@main.command("query-data-ids")
+@repo_argument
+@click.argument("dimensions", nargs=-1, required=True)
+@where_option
+@bind_option
+@click.option("--dataset-type", help="Only data IDs that have datasets of this type.")
+@collections_option
+@click.option("--limit", type=int)
+@json_option
+@_handle_errors
+def query_data_ids(
+    repo: Path, dimensions: tuple[str, ...], where: str, bind: tuple[str, ...],
+    dataset_type: str | None, collections: tuple[str, ...], limit: int | None, as_json: bool,
+) -> None:
+    """List distinct data IDs over DIMENSIONS."""
+    with Butler(repo) as butler:
+        ids = butler.query_data_ids(
+            dimensions, where, _parse_pairs(bind, "--bind"), dataset_type=dataset_type,
+            collections=collections or None, limit=limit,
+        )
+    _print_rows((dict(i) for i in ids), as_json, "data IDs")
+
+
+@main.command("query-dimension-records")
+@repo_argument
+@click.argument("element")
+@where_option
+@bind_option
+@click.option("--limit", type=int)
+@json_option
+@_handle_errors
+def query_dimension_records(
+    repo: Path, element: str, where: str, bind: tuple[str, ...], limit: int | None, as_json: bool
+) -> None:
+    """List the records of a dimension ELEMENT (visit, detector, ...)."""
+    with Butler(repo) as butler:
+        records = butler.query_dimension_records(
+            element, where, _parse_pairs(bind, "--bind"), limit=limit
+        )
+    _print_rows(records, as_json, f"{element} records")
+
+
+@main.command("query-collections")
+@repo_argument
+@json_option
+@_handle_errors
+def query_collections(repo: Path, as_json: bool) -> None:
+    """List collections (RUN and CHAINED)."""
+    with Butler(repo) as butler:
+        rows = butler.query_collections()
+    for row in rows:
+        row["children"] = ", ".join(row["children"])
+    _print_rows(rows, as_json, "collections")
+
+
+@main.command("query-dataset-types")
+@repo_argument
+@json_option
+@_handle_errors
+def query_dataset_types(repo: Path, as_json: bool) -> None:
+    """List registered dataset types."""
+    with Butler(repo) as butler:
+        rows = [
+            {"name": t.name, "dimensions": ", ".join(t.dimensions),
+             "storage_class": t.storage_class, "formatter": t.formatter or "(default)"}
+            for t in butler.dataset_types()
+        ]
+    _print_rows(rows, as_json, "dataset types")
+
+
+@main.command("set-chain")
+@repo_argument
+@click.argument("name")
+@click.argument("children", nargs=-1, required=True)
+@_handle_errors
+def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
+    """Make NAME a CHAINED collection searching CHILDREN in order."""
+    with Butler(repo, writeable=True) as butler:
+        butler.set_collection_chain(name, children)
+    click.echo(f"{name} -> {', '.join(children)}")
+
+
+@main.command()
+@repo_argument
+@click.argument("dataset_type")
+@collections_option
+@where_option
+@bind_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_handle_errors
+def remove(
+    repo: Path, dataset_type: str, collections: tuple[str, ...], where: str, bind: tuple[str, ...],
+    yes: bool,
+) -> None:
+    """Remove the datasets of DATASET_TYPE matching --where (one transaction)."""
+    with Butler(repo, writeable=True) as butler:
+        refs = butler.query_datasets(
+            dataset_type, collections or None, where, _parse_pairs(bind, "--bind"),
+            find_first=False,
+        )
+        if not refs:
+            click.echo("Nothing matches.")
+            return
+        if not yes and not click.confirm(f"Remove {len(refs)} dataset(s)?"):
+            raise click.Abort()
+        removed = butler.remove(refs)
+    click.echo(f"Removed {removed} dataset(s).")
+
+
+@main.command()
+@repo_argument
+@_handle_errors
+def verify(repo: Path) -> None:
+    """Re-hash every file against its recorded size and checksum."""
+    with Butler(repo) as butler:
+        problems = butler.verify()
+    for ref, problem in problems:
+        click.echo(f"BAD {ref!r}: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("All files match their checksums.")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-work"),
+              show_default=True, help="Directory for the sample repository (replaced).")
+@_handle_errors
+def demo(workdir: Path) -> None:
+    """Run the end-to-end tour on embedded defaults and print what happens."""
+    from butler.demo import run_demo
+
+    run_demo(workdir, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Files of a local repository: where they go, how they are staged, and crash recovery.
+
+A write transaction stages new files in ``.staging/<txn>/`` (same filesystem as the
+datastore, so moving them into place is an atomic rename). Its ``lock`` file is held with
+``flock`` while the owning process lives, so any later open can tell a live transaction from
+one whose process died. Before files are moved into place a ``journal.json`` lists every
+(dataset id, final path) the transaction touches; the registry commit happens after the
+moves. Recovery of a dead transaction's directory deletes each journaled path whose dataset
+id is not in the registry, then the directory. So a crash at any point leaves either all of
+a transaction's datasets visible with their files, or none of them and no stray files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from butler.errors import CorruptFileError, TransactionError
+
+STAGING_DIR = ".staging"
+JOURNAL_NAME = "journal.json"
+LOCK_NAME = "lock"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _safe_component(value: object) -> str:
+    """A path component that cannot climb out of its directory or hide as a dotfile."""
+    text = _UNSAFE.sub("_", str(value))
+    if not text or text.startswith("."):
+        text = "_" + text
+    return text
+
+
+def render_path(
+    template: str,
+    *,
+    run: str,
+    dataset_type: str,
+    data_id: Mapping[str, Any],
+    dimensions: Iterable[str],
+    dataset_id: uuid.UUID,
+    extension: str,
+) -> str:
+    """Relative POSIX path of a dataset's file from the repository's file template."""
+    dims = list(dimensions)
+    run_parts = [_safe_component(p) for p in run.split("/") if p]
+    fields = {
+        "run": "/".join(run_parts) or "_",
+        "dataset_type": _safe_component(dataset_type),
+        "data_id_path": "/".join(_safe_component(data_id[d]) for d in dims) or "_",
+        "data_id_flat": "_".join(_safe_component(data_id[d]) for d in dims) or "_",
+        "id": str(dataset_id),
+    }
+    fields.update({f"dim_{d}": _safe_component(v) for d, v in data_id.items()})
+    try:
+        path = template.format(**fields) + extension
+    except (KeyError, IndexError) as exc:
+        raise TransactionError(f"file_template {template!r} uses an unknown field {exc}") from exc
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise TransactionError(f"file_template produced a path leaving the repository: {path!r}")
+    return "/".join(parts)
+
+
+@dataclass
+class StagedFile:
+    dataset_id: uuid.UUID
+    staged: Path
+    final: Path
+
+
+@dataclass
+class Staging:
+    """One transaction's staging directory, held locked while the transaction lives."""
+
+    root: Path
+    directory: Path
+    files: list[StagedFile] = field(default_factory=list)
+    deletions: list[tuple[uuid.UUID, Path]] = field(default_factory=list)
+    _lock_fd: int = -1
+
+    @classmethod
+    def begin(cls, root: Path) -> Staging:
+        # Lock first, then make the directory visible under its final name: recovery in
+        # another process must never find an unlocked directory of a live transaction.
+        name = uuid.uuid4().hex
+        hidden = root / STAGING_DIR / f".new-{name}"
+        hidden.mkdir(parents=True)
+        fd = os.open(hidden / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        directory = hidden.with_name(name)
+        os.rename(hidden, directory)
+        return cls(root=root, directory=directory, _lock_fd=fd)
+
+    def new_path(self, dataset_id: uuid.UUID, extension: str) -> Path:
+        return self.directory / f"{dataset_id}{extension}"
+
+    def add(self, dataset_id: uuid.UUID, staged: Path, final_relative: str) -> None:
+        self.files.append(StagedFile(dataset_id, staged, self.root / final_relative))
+
+    def discard(self, dataset_id: uuid.UUID) -> None:
+        """Forget a staged file (its put failed) and delete it."""
+        for staged in [s for s in self.files if s.dataset_id == dataset_id]:
+            self.files.remove(staged)
+            staged.staged.unlink(missing_ok=True)
+
+    def delete_on_commit(self, dataset_id: uuid.UUID, path: Path) -> None:
+        self.deletions.append((dataset_id, path))
+
+    def move_into_place(self) -> None:
+        """Journal, then rename every staged file to its final path (before registry commit)."""
+        entries = [{"id": str(s.dataset_id), "path": str(s.final)} for s in self.files]
+        entries += [{"id": str(i), "path": str(p)} for i, p in self.deletions]
+        journal = self.directory / JOURNAL_NAME
+        tmp = journal.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(entries, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, journal)
+        _fsync_dir(self.directory)
+        parents: set[Path] = set()
+        for staged in self.files:
+            staged.final.parent.mkdir(parents=True, exist_ok=True)
+            if staged.final.exists():
+                raise TransactionError(f"refusing to overwrite existing file {staged.final}")
+            os.rename(staged.staged, staged.final)
+            parents.add(staged.final.parent)
+        for parent in parents:
+            _fsync_dir(parent)
+
+    def finish(self, committed: bool, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
+               ) -> None:
+        """After the registry committed or rolled back: settle files, drop the staging dir."""
+        if committed:
+            for _, path in self.deletions:
+                path.unlink(missing_ok=True)
+        else:
+            journal = self.directory / JOURNAL_NAME
+            if journal.exists():
+                _undo_journal(journal, is_recorded)
+        self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _undo_journal(journal: Path, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
+                  ) -> None:
+    try:
+        entries = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        return  # written atomically: an unreadable journal means no file was moved yet
+    ids = [uuid.UUID(e["id"]) for e in entries]
+    recorded = is_recorded(ids)
+    for entry in entries:
+        if uuid.UUID(entry["id"]) not in recorded:
+            Path(entry["path"]).unlink(missing_ok=True)
+
+
+def recover_stale_staging(
+    root: Path, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
+) -> int:
+    """Clean staging directories whose process died. Returns how many were cleaned."""
+    staging_root = root / STAGING_DIR
+    if not staging_root.is_dir():
+        return 0
+    cleaned = 0
+    for directory in staging_root.iterdir():
+        if not directory.is_dir():
+            continue
+        if directory.name.startswith(".new-") and time.time() - directory.stat().st_mtime < 3600:
+            continue  # being created right now (it is renamed once locked)
+        try:
+            fd = os.open(directory / LOCK_NAME, os.O_RDWR)
+        except FileNotFoundError:
+            fd = -1  # died before taking its lock: nothing was moved
+        except OSError:
+            continue
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live transaction
+            journal = directory / JOURNAL_NAME
+            if journal.exists():
+                _undo_journal(journal, is_recorded)
+            shutil.rmtree(directory, ignore_errors=True)
+            cleaned += 1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return cleaned
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def check_file(path: Path, size: int, checksum: str | None = None) -> None:
+    """Raise :class:`CorruptFileError` if a stored file is missing, resized or altered."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptFileError(
+            f"{path} is missing from the datastore; the repository is damaged"
+        ) from None
+    if actual != size:
+        raise CorruptFileError(f"{path} has {actual} bytes but the registry records {size}")
+    if checksum is not None and sha256_file(path) != checksum:
+        raise CorruptFileError(f"{path} does not match its recorded checksum {checksum}")

@@ -1,0 +1,724 @@
+"""The butler on a local repository directory: registry + datastore + formatters."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from butler.datastore import (
+    Staging,
+    check_file,
+    fsync_file,
+    recover_stale_staging,
+    render_path,
+    sha256_file,
+)
+from butler.errors import (
+    AmbiguousDatasetError,
+    ButlerError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    ReadOnlyRepositoryError,
+    StorageClassError,
+    TransactionError,
+)
+from butler.formatters.base import Formatter
+from butler.formatters.registry import FormatterRegistry, default_registry
+from butler.io.source import LocalFileSource
+from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
+from butler.registry import Registry
+from butler.repo_config import RepoConfig, load_repo_config, repo_info, write_new_repo_config
+from butler.universe import DimensionUniverse
+
+TRANSFER_MODES = ("copy", "move", "hardlink")
+
+
+@dataclass
+class IOStats:
+    """Bytes and read requests that this butler's reads have made (for checks and tests)."""
+
+    bytes_read: int = 0
+    requests: int = 0
+
+    def reset(self) -> None:
+        self.bytes_read = 0
+        self.requests = 0
+
+
+@dataclass
+class _Transaction:
+    staging: Staging | None = None
+    marks: list[int] = field(default_factory=list)
+
+
+def _as_list(collections: str | Sequence[str] | None) -> list[str] | None:
+    if collections is None:
+        return None
+    if isinstance(collections, str):
+        return [collections]
+    return list(collections)
+
+
+class Butler:
+    """Read and write datasets of one local repository.
+
+    ``Butler(path)`` opens read-only; ``writeable=True`` or ``run=...`` (the RUN collection
+    that :meth:`put` writes to) opens for writing. ``collections`` is the default search path
+    for reads (a name or a list, searched in order); without it, reads search every RUN and
+    complain if a data ID is found in more than one.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        writeable: bool = False,
+        run: str | None = None,
+        collections: str | Sequence[str] | None = None,
+        *,
+        formatters: FormatterRegistry | None = None,
+    ) -> None:
+        self.root = Path(path).expanduser().absolute()
+        self.config: RepoConfig = load_repo_config(self.root)
+        self.universe: DimensionUniverse = self.config.load_universe()
+        self.writeable = writeable or run is not None
+        self.run = run
+        self.collections = _as_list(collections) or ([run] if run else None)
+        self.formatters = formatters or default_registry()
+        self.registry = Registry(self.config.registry_path, self.universe, self.writeable)
+        self.io_stats = IOStats()
+        self._txn: _Transaction | None = None
+        if os.access(self.root, os.W_OK):
+            # Any open may finish off what a killed writer left behind; live writers hold
+            # their staging lock and are left alone.
+            recover_stale_staging(self.root, self.registry.existing_ids)
+        if run is not None:
+            with self.transaction():
+                self.registry.register_run(run)
+
+    # -- creation and lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        universe: str | os.PathLike[str] | None = None,
+        description: str = "",
+    ) -> Butler:
+        """Create a new, empty repository at ``path`` and open it for writing."""
+        root = Path(path).expanduser().absolute()
+        config = write_new_repo_config(
+            root, name=name, universe=Path(universe) if universe else None, description=description
+        )
+        try:
+            Registry.create(config.registry_path, config.load_universe())
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return cls(root, writeable=True)
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def __enter__(self) -> Butler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "writeable" if self.writeable else "read-only"
+        return f"Butler({str(self.root)!r}, {mode}, run={self.run!r}, collections={self.collections!r})"
+
+    def info(self) -> dict[str, Any]:
+        return repo_info(
+            self.config,
+            {
+                "root": str(self.root),
+                "datasets": self.registry.count_datasets(),
+                "dataset_types": [t.name for t in self.registry.dataset_types()],
+                "collections": [c["name"] for c in self.registry.collections()],
+            },
+        )
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _check_writeable(self) -> None:
+        if not self.writeable:
+            raise ReadOnlyRepositoryError(
+                f"repository {self.root} was opened read-only; open it with "
+                "Butler(path, writeable=True) or Butler(path, run='...')"
+            )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All puts, removes and registrations inside happen together or not at all.
+
+        Files are staged and moved into place just before the single SQLite commit; an
+        exception rolls both back. Nested calls form savepoints: an exception caught inside
+        the outer block undoes only the inner one.
+        """
+        self._check_writeable()
+        if self._txn is not None:
+            txn = self._txn
+            staged = len(txn.staging.files) if txn.staging else 0
+            deletions = len(txn.staging.deletions) if txn.staging else 0
+            try:
+                with self.registry.transaction():
+                    yield
+            except BaseException:
+                if txn.staging is not None:
+                    for item in txn.staging.files[staged:]:
+                        item.staged.unlink(missing_ok=True)
+                    del txn.staging.files[staged:]
+                    del txn.staging.deletions[deletions:]
+                raise
+            return
+        txn = _Transaction()
+        self._txn = txn
+        committed = False
+        try:
+            with self.registry.transaction():
+                yield
+                if txn.staging is not None:
+                    txn.staging.move_into_place()
+            committed = True
+        finally:
+            self._txn = None
+            if txn.staging is not None:
+                txn.staging.finish(committed, self.registry.existing_ids)
+
+    def _staging(self) -> Staging:
+        assert self._txn is not None
+        if self._txn.staging is None:
+            self._txn.staging = Staging.begin(self.root)
+        return self._txn.staging
+
+    # -- registrations --------------------------------------------------------------------
+
+    def register_dataset_type(
+        self,
+        name: str,
+        dimensions: Iterable[str],
+        storage_class: str,
+        formatter: str | None = None,
+    ) -> DatasetType:
+        """Register (or confirm) a dataset type. Redefining an existing one is an error."""
+        required = self.universe.validate_dimensions(dimensions, f"dataset type {name!r}")
+        sc = self.formatters.storage_class(storage_class)
+        if formatter is not None:
+            fmt = self.formatters.formatter(formatter)
+            if fmt.storage_class != sc.name:
+                raise StorageClassError(
+                    f"formatter {formatter!r} writes storage class {fmt.storage_class!r}, "
+                    f"not {storage_class!r}"
+                )
+        dataset_type = DatasetType(
+            name=name,
+            dimensions=required,
+            storage_class=sc.name,
+            formatter=formatter,
+            implied=self.universe.implied_closure(required),
+        )
+        with self.transaction():
+            self.registry.register_dataset_type(dataset_type)
+        return self.registry.get_dataset_type(name)
+
+    def get_dataset_type(self, name: str) -> DatasetType:
+        return self.registry.get_dataset_type(split_component(name)[0])
+
+    def dataset_types(self) -> list[DatasetType]:
+        return self.registry.dataset_types()
+
+    def register_run(self, name: str, doc: str = "") -> bool:
+        with self.transaction():
+            return self.registry.register_run(name, doc)
+
+    def set_collection_chain(self, name: str, children: Sequence[str], doc: str = "") -> None:
+        """Create or redefine a CHAINED collection that searches ``children`` in order."""
+        with self.transaction():
+            self.registry.set_chain(name, list(children), doc)
+
+    def get_collection_chain(self, name: str) -> list[str]:
+        return self.registry.chain(name)
+
+    def query_collections(self) -> list[dict[str, Any]]:
+        return self.registry.collections()
+
+    def insert_dimension_records(
+        self, element: str, *records: Mapping[str, Any], skip_existing: bool = False
+    ) -> int:
+        """Add dimension records; only key fields are needed (``{"instrument": "HSC", "id": 42}``)."""
+        with self.transaction():
+            return self.registry.insert_dimension_records(
+                element, records, skip_existing=skip_existing
+            )
+
+    # -- resolving datasets ---------------------------------------------------------------
+
+    def _search_runs(self, collections: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+        """(collections as given, RUNs to search in order)."""
+        names = _as_list(collections) or self.collections
+        if names is None:
+            return [], self.registry.all_runs()
+        return names, self.registry.flatten(names)
+
+    def _resolve(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | DataCoordinate | None,
+        collections: str | Sequence[str] | None,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[DatasetRef, FileInfo]:
+        if isinstance(dataset_type_or_ref, DatasetRef):
+            ref = dataset_type_or_ref
+            found = self.registry.get_dataset(ref.id)
+            if found is None:
+                raise DatasetNotFoundError(
+                    f"dataset {ref.name} {ref.data_id!r} (id {ref.id}, run {ref.run!r}) is not "
+                    "in this repository"
+                )
+            return found[0].make_component_ref(ref.component), found[1]
+        name = (
+            dataset_type_or_ref.name
+            if isinstance(dataset_type_or_ref, DatasetType)
+            else dataset_type_or_ref
+        )
+        parent, component = split_component(name)
+        dataset_type = self.registry.get_dataset_type(parent)
+        given = {**dict(data_id or {}), **kwargs}
+        coordinate = self.registry.expand_data_id(dataset_type, given, check_records=False)
+        names, runs = self._search_runs(collections)
+        if not names:
+            # No search path: accept a unique match among all runs.
+            matches = self.registry.query_datasets(
+                dataset_type, runs, data_id=coordinate.required, find_first=False
+            )
+            if len(matches) > 1:
+                raise AmbiguousDatasetError(
+                    f"{parent!r} {coordinate!r} exists in several runs "
+                    f"({', '.join(m[0].run for m in matches)}); pass collections=..."
+                )
+            names = runs
+        found = self.registry.find_dataset(dataset_type, coordinate, runs)
+        if found is None:
+            raise DatasetNotFoundError.for_search(name, coordinate, names)
+        return found[0].make_component_ref(component), found[1]
+
+    def find_dataset(
+        self,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> DatasetRef | None:
+        """The ref of a dataset, or None if it is not in the collections searched."""
+        try:
+            return self._resolve(dataset_type, data_id, collections, kwargs)[0]
+        except DatasetNotFoundError:
+            return None
+
+    def get_file_info(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> FileInfo:
+        """Size, checksum, format and offset index of a dataset's file."""
+        return self._resolve(dataset_type_or_ref, data_id, collections, kwargs)[1]
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Read a dataset (or a component: ``"calexp.metadata"``), or part of it.
+
+        ``parameters`` select a part (``{"bbox": Box(...)}`` for images, ``{"columns": [...]}``
+        for tables) and only the bytes needed are read.
+        """
+        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        return self._read(ref, file, parameters)
+
+    def _read(self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None) -> Any:
+        formatter = self.formatters.formatter(file.formatter)
+        formatter.check_request(ref.component, parameters)
+        path = self.root / file.path
+        try:
+            source = LocalFileSource(path)
+        except FileNotFoundError:
+            raise CorruptFileError(
+                f"the file of {ref!r} is missing from the datastore ({path})"
+            ) from None
+        try:
+            return formatter.read(
+                source, file.index, component=ref.component, parameters=parameters or {}
+            )
+        finally:
+            self.io_stats.bytes_read += source.bytes_read
+            self.io_stats.requests += source.requests
+            source.close()
+
+    def exists(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """True if the dataset is registered and its file is present with the recorded size."""
+        try:
+            _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        except DatasetNotFoundError:
+            return False
+        try:
+            check_file(self.root / file.path, file.size)
+        except CorruptFileError:
+            return False
+        return True
+
+    def get_local_path(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """A local path of the dataset's file, for memory-mapping or external tools."""
+        _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        return self.root / file.path
+
+    def get_uri(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return self.get_local_path(
+            dataset_type_or_ref, data_id, collections=collections, **kwargs
+        ).as_uri()
+
+    def memmap(
+        self,
+        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        hdu: str | int = "IMAGE",
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> np.memmap[Any, Any]:
+        """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy)."""
+        _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        entry = file.hdu(hdu)
+        if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
+            raise ButlerError(
+                f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
+                "only uncompressed image HDUs can be memory-mapped"
+            )
+        return np.memmap(
+            self.root / file.path,
+            dtype=np.dtype(entry["dtype"]),
+            mode="r",
+            offset=int(entry["data_offset"]),
+            shape=tuple(entry["shape"]),
+        )
+
+    def verify(self, refs: Iterable[DatasetRef] | None = None) -> list[tuple[DatasetRef, str]]:
+        """Re-hash files; returns (ref, problem) for each missing or altered one."""
+        problems: list[tuple[DatasetRef, str]] = []
+        if refs is None:
+            refs = [
+                ref
+                for dataset_type in self.registry.dataset_types()
+                for ref in self.query_datasets(dataset_type.name, find_first=False)
+            ]
+        for ref in refs:
+            _, file = self._resolve(ref, None, None, {})
+            try:
+                check_file(self.root / file.path, file.size, file.checksum)
+            except CorruptFileError as exc:
+                problems.append((ref, str(exc)))
+        return problems
+
+    # -- writing --------------------------------------------------------------------------
+
+    def put(
+        self,
+        obj: Any,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        run: str | None = None,
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
+        """Store ``obj`` as a new dataset of ``dataset_type`` in ``run`` (default: the butler's)."""
+        self._check_writeable()
+        dataset_type, formatter, obj = self._prepare_write(obj, dataset_type)
+        run = self._write_run(run)
+        with self.transaction():
+            ref = self._new_ref(dataset_type, run, {**dict(data_id or {}), **data_id_kwargs})
+            staging = self._staging()
+            staged = staging.new_path(ref.id, formatter.extension)
+            try:
+                formatter.write(obj, staged)
+                fsync_file(staged)
+            except ButlerError:
+                staged.unlink(missing_ok=True)
+                raise
+            except Exception as exc:
+                staged.unlink(missing_ok=True)
+                raise StorageClassError(
+                    f"formatter {formatter.name!r} could not write {ref.name} "
+                    f"{ref.data_id!r}: {exc}"
+                ) from exc
+            self._record_file(ref, formatter, staged, staging)
+        return ref
+
+    def ingest(
+        self,
+        path: str | os.PathLike[str],
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        run: str | None = None,
+        transfer: str = "copy",
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
+        """Add an existing file (already in the dataset type's format) as a dataset.
+
+        The file is checked (its offset index built, so a broken or truncated file is refused)
+        before anything is recorded. ``transfer`` is ``copy``, ``move`` or ``hardlink``.
+        """
+        self._check_writeable()
+        if transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {transfer!r}")
+        source_path = Path(path)
+        if not source_path.is_file():
+            raise FileNotFoundError(f"cannot ingest {source_path}: no such file")
+        dataset_type = self._dataset_type(dataset_type)
+        formatter = self._formatter_for(dataset_type)
+        formatter.index(source_path)  # refuse broken input before touching the repository
+        run = self._write_run(run)
+        with self.transaction():
+            ref = self._new_ref(dataset_type, run, {**dict(data_id or {}), **data_id_kwargs})
+            staging = self._staging()
+            staged = staging.new_path(ref.id, formatter.extension)
+            if transfer == "hardlink":
+                os.link(source_path, staged)
+            else:
+                shutil.copyfile(source_path, staged)
+                fsync_file(staged)
+            self._record_file(ref, formatter, staged, staging)
+        if transfer == "move":
+            source_path.unlink()
+        return ref
+
+    def _dataset_type(self, dataset_type: str | DatasetType) -> DatasetType:
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        parent, component = split_component(name)
+        if component is not None:
+            raise StorageClassError(
+                f"cannot write component {name!r}; put the whole {parent!r} dataset"
+            )
+        return self.registry.get_dataset_type(parent)
+
+    def _formatter_for(self, dataset_type: DatasetType) -> Formatter:
+        sc = self.formatters.storage_class(dataset_type.storage_class)
+        return self.formatters.formatter(dataset_type.formatter or sc.default_formatter)
+
+    def _prepare_write(
+        self, obj: Any, dataset_type: str | DatasetType
+    ) -> tuple[DatasetType, Formatter, Any]:
+        resolved = self._dataset_type(dataset_type)
+        sc = self.formatters.storage_class(resolved.storage_class)
+        return resolved, self._formatter_for(resolved), sc.validate(obj)
+
+    def _write_run(self, run: str | None) -> str:
+        run = run or self.run
+        if run is None:
+            raise TransactionError(
+                "no RUN collection to write to: open the butler with run='...' or pass run="
+            )
+        return run
+
+    def _new_ref(self, dataset_type: DatasetType, run: str, data_id: Mapping[str, Any]) -> DatasetRef:
+        self.registry.register_run(run)
+        coordinate = self.registry.expand_data_id(dataset_type, data_id)
+        ref = DatasetRef(uuid.uuid4(), dataset_type, coordinate, run)
+        if self.registry.find_dataset(dataset_type, coordinate, [run]) is not None:
+            from butler.errors import DatasetExistsError
+
+            raise DatasetExistsError(
+                f"a {dataset_type.name!r} dataset with data ID {coordinate!r} exists already in "
+                f"run {run!r}; datasets are immutable: remove it first or write to another run"
+            )
+        return ref
+
+    def _record_file(
+        self, ref: DatasetRef, formatter: Formatter, staged: Path, staging: Staging
+    ) -> None:
+        try:
+            index = formatter.index(staged)
+            info = FileInfo(
+                dataset_id=ref.id,
+                path=render_path(
+                    self.config.file_template,
+                    run=ref.run,
+                    dataset_type=ref.dataset_type.name,
+                    data_id=ref.data_id,
+                    dimensions=ref.dataset_type.dimensions,
+                    dataset_id=ref.id,
+                    extension=formatter.extension,
+                ),
+                size=staged.stat().st_size,
+                checksum=sha256_file(staged),
+                formatter=formatter.name,
+                storage_class=ref.dataset_type.storage_class,
+                index=index,
+            )
+            self.registry.insert_dataset(ref, info)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        staging.add(ref.id, staged, info.path)
+
+    def remove(
+        self,
+        refs: DatasetRef | Iterable[DatasetRef] | str,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Remove datasets (refs, or one dataset type + data ID); files go on commit."""
+        self._check_writeable()
+        if isinstance(refs, str):
+            ref_list = [self._resolve(refs, data_id, collections, kwargs)[0]]
+        elif isinstance(refs, DatasetRef):
+            ref_list = [refs]
+        else:
+            ref_list = list(refs)
+        with self.transaction():
+            staging = self._staging()
+            found = []
+            for ref in ref_list:
+                resolved = self.registry.get_dataset(ref.id)
+                if resolved is None:
+                    raise DatasetNotFoundError(f"cannot remove {ref!r}: it is not in the repository")
+                found.append(resolved)
+            self.registry.delete_datasets(r.id for r, _ in found)
+            for ref, file in found:
+                staging.delete_on_commit(ref.id, self.root / file.path)
+        return len(ref_list)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def query_datasets(
+        self,
+        dataset_type: str | DatasetType,
+        collections: str | Sequence[str] | None = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[DatasetRef]:
+        """Datasets of a type matching a ``where`` expression and data ID values.
+
+        With several collections, ``find_first`` keeps for each data ID only the dataset of
+        the first collection (in search order) that has one.
+        """
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        resolved = self.registry.get_dataset_type(split_component(name)[0])
+        names, runs = self._search_runs(collections)
+        rows = self.registry.query_datasets(
+            resolved,
+            runs,
+            where=where,
+            bind=bind,
+            data_id=data_id,
+            find_first=find_first and bool(names),
+            limit=limit,
+        )
+        return [ref for ref, _ in rows]
+
+    def query_datasets_with_files(
+        self,
+        dataset_type: str | DatasetType,
+        collections: str | Sequence[str] | None = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[tuple[DatasetRef, FileInfo]]:
+        """Like :meth:`query_datasets`, with each dataset's file record (size, checksum, index)."""
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        resolved = self.registry.get_dataset_type(split_component(name)[0])
+        names, runs = self._search_runs(collections)
+        rows = self.registry.query_datasets(
+            resolved,
+            runs,
+            where=where,
+            bind=bind,
+            data_id=data_id,
+            find_first=find_first and bool(names),
+            limit=limit,
+            with_files=True,
+        )
+        return [(ref, file) for ref, file in rows if file is not None]
+
+    def query_data_ids(
+        self,
+        dimensions: str | Sequence[str],
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[DataCoordinate]:
+        """Distinct data IDs over ``dimensions`` (restricted to those with datasets, if asked)."""
+        dims = [dimensions] if isinstance(dimensions, str) else list(dimensions)
+        resolved = self.registry.get_dataset_type(dataset_type) if dataset_type else None
+        runs = self._search_runs(collections)[1] if resolved is not None else None
+        return self.registry.query_data_ids(
+            dims, where, bind, data_id, dataset_type=resolved, runs=runs, limit=limit
+        )
+
+    def query_dimension_records(
+        self,
+        element: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[dict[str, Any]]:
+        """Records of one dimension element (``visit``, ``detector``...), filtered."""
+        return self.registry.query_dimension_records(element, where, bind, data_id, limit)

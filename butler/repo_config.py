@@ -1,0 +1,130 @@
+"""The repository's own config file (``butler.yaml``): format version, name, universe, template."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from butler.errors import RepositoryConfigError
+from butler.universe import DimensionUniverse, default_universe_path
+
+CONFIG_NAME = "butler.yaml"
+UNIVERSE_NAME = "dimensions.yaml"
+REGISTRY_NAME = "registry.sqlite3"
+FORMAT_VERSION = 1
+DEFAULT_FILE_TEMPLATE = "{run}/{dataset_type}/{data_id_path}/{dataset_type}_{data_id_flat}_{id}"
+"""Where a dataset's file goes, relative to the root; the formatter's extension is appended."""
+
+_KNOWN_KEYS = {"format_version", "name", "created", "universe", "file_template", "description"}
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    root: Path
+    name: str
+    format_version: int
+    universe_file: str
+    file_template: str
+    description: str = ""
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / REGISTRY_NAME
+
+    def load_universe(self) -> DimensionUniverse:
+        return DimensionUniverse.from_file(self.root / self.universe_file)
+
+
+def load_repo_config(root: Path) -> RepoConfig:
+    root = Path(root)
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        hint = (
+            "create one with `butler create PATH`"
+            if not root.exists() or not any(root.iterdir())
+            else "is this the right directory?"
+        )
+        raise RepositoryConfigError(f"{root} is not a butler repository (no {CONFIG_NAME}); {hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RepositoryConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise RepositoryConfigError(f"{path}: expected a mapping of settings")
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        raise RepositoryConfigError(
+            f"{path}: unknown settings {sorted(unknown)}; known: {sorted(_KNOWN_KEYS)}"
+        )
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RepositoryConfigError(
+            f"{path}: repository format version {version!r} is not supported by this butler "
+            f"(it reads version {FORMAT_VERSION}); upgrade the butler package"
+        )
+    template = str(data.get("file_template", DEFAULT_FILE_TEMPLATE))
+    if "{id}" not in template:
+        raise RepositoryConfigError(
+            f"{path}: file_template must contain '{{id}}' so every dataset has its own file"
+        )
+    return RepoConfig(
+        root=root,
+        name=str(data.get("name", root.name)),
+        format_version=version,
+        universe_file=str(data.get("universe", UNIVERSE_NAME)),
+        file_template=template,
+        description=str(data.get("description", "")),
+    )
+
+
+def write_new_repo_config(
+    root: Path,
+    name: str | None = None,
+    universe: Path | None = None,
+    file_template: str = DEFAULT_FILE_TEMPLATE,
+    description: str = "",
+) -> RepoConfig:
+    """Lay out a new repository's config and universe in ``root`` (created if missing)."""
+    root = Path(root)
+    if (root / CONFIG_NAME).exists():
+        raise RepositoryConfigError(f"{root} already holds a butler repository")
+    if root.exists() and any(p.name != ".DS_Store" for p in root.iterdir()):
+        raise RepositoryConfigError(
+            f"{root} exists and is not empty; choose a new or empty directory"
+        )
+    source_universe = Path(universe) if universe else default_universe_path()
+    DimensionUniverse.from_file(source_universe)  # validate before writing anything
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source_universe, root / UNIVERSE_NAME)
+    data = {
+        "format_version": FORMAT_VERSION,
+        "name": name or root.resolve().name,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "universe": UNIVERSE_NAME,
+        "file_template": file_template,
+        "description": description,
+    }
+    tmp = root / (CONFIG_NAME + ".tmp")
+    tmp.write_text(
+        "# Butler repository configuration (written by `butler create`).\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    os.replace(tmp, root / CONFIG_NAME)
+    return load_repo_config(root)
+
+
+def repo_info(config: RepoConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "format_version": config.format_version,
+        "file_template": config.file_template,
+        "description": config.description,
+        **(extra or {}),
+    }

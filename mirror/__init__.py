@@ -1,0 +1,1 @@
+"""mirror: pre-fetch the results of a butler query into a local repository for offline work."""
