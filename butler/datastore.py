@@ -32,6 +32,7 @@ JOURNAL_NAME = "journal.json"
 LOCK_NAME = "lock"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 HASH_CHUNK = 1 << 20
+NEW_DIR_GRACE_SECONDS = 60
 
 
 def sha256_file(path: Path) -> str:
@@ -191,12 +192,14 @@ def recover_stale_staging(
     for directory in staging_root.iterdir():
         if not directory.is_dir():
             continue
-        if directory.name.startswith(".new-") and time.time() - directory.stat().st_mtime < 3600:
-            continue  # being created right now (it is renamed once locked)
         try:
             fd = os.open(directory / LOCK_NAME, os.O_RDWR)
         except FileNotFoundError:
-            fd = -1  # died before taking its lock: nothing was moved
+            # The lock is taken right after the directory is made; without one, the directory
+            # is either being made this instant or its process died in between.
+            if time.time() - directory.stat().st_mtime < NEW_DIR_GRACE_SECONDS:
+                continue
+            fd = -1
         except OSError:
             continue
         try:

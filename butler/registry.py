@@ -651,7 +651,7 @@ class Registry:
             raise ConflictingDefinitionError(f"collection {name!r} exists and is {existing}")
         for child in children:
             self.collection_type(child)
-            if name in self.flatten([child]) or child == name:
+            if name in self._reachable(child):
                 raise ConflictingDefinitionError(
                     f"chain {name!r} cannot contain {child!r}: that would make a cycle"
                 )
@@ -694,6 +694,17 @@ class Registry:
         for row in rows:
             row["children"] = self.chain(row["name"]) if row["type"] == "CHAINED" else []
         return rows
+
+    def _reachable(self, name: str) -> set[str]:
+        """Every collection name reachable from ``name`` through chains, itself included."""
+        seen: set[str] = set()
+        pending = [name]
+        while pending:
+            current = pending.pop()
+            if current not in seen:
+                seen.add(current)
+                pending.extend(self.chain(current))
+        return seen
 
     def flatten(self, collections: Sequence[str]) -> list[str]:
         """RUN collections to search, in order, expanding chains depth-first (no repeats)."""

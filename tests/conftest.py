@@ -1,0 +1,82 @@
+"""Shared fixtures: repositories with dimension records, ready for datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from butler import Butler
+
+VISITS = list(range(100, 110))
+DETECTORS = list(range(4))
+
+
+def populate_dimensions(butler: Butler) -> None:
+    """An HSC-like instrument with 4 detectors and 10 visits alternating r and i bands."""
+    butler.insert_dimension_records("instrument", {"name": "HSC", "detector_max": 112})
+    butler.insert_dimension_records("band", {"name": "r"}, {"name": "i"})
+    butler.insert_dimension_records(
+        "physical_filter",
+        {"instrument": "HSC", "name": "HSC-R", "band": "r"},
+        {"instrument": "HSC", "name": "HSC-I", "band": "i"},
+    )
+    butler.insert_dimension_records(
+        "day_obs", {"instrument": "HSC", "id": 20240101}, {"instrument": "HSC", "id": 20240102}
+    )
+    butler.insert_dimension_records(
+        "detector", *[{"instrument": "HSC", "id": d, "full_name": f"ccd{d}"} for d in DETECTORS]
+    )
+    butler.insert_dimension_records(
+        "visit",
+        *[
+            {
+                "instrument": "HSC",
+                "id": v,
+                "physical_filter": "HSC-R" if v % 2 else "HSC-I",
+                "day_obs": 20240101 if v < 105 else 20240102,
+                "exposure_time": 30.0 + v - 100,
+                "target_name": "COSMOS" if v < 103 else "SXDS",
+            }
+            for v in VISITS
+        ],
+    )
+    butler.insert_dimension_records(
+        "exposure",
+        *[
+            {
+                "instrument": "HSC",
+                "id": v,
+                "physical_filter": "HSC-R" if v % 2 else "HSC-I",
+                "day_obs": 20240101 if v < 105 else 20240102,
+            }
+            for v in VISITS
+        ],
+    )
+    butler.insert_dimension_records("skymap", {"name": "rings"})
+    butler.insert_dimension_records("tract", {"skymap": "rings", "id": 9813})
+    butler.insert_dimension_records(
+        "patch", *[{"skymap": "rings", "tract": 9813, "id": p} for p in range(3)]
+    )
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path) -> Iterator[Path]:
+    """A new repository with dimension records and a few dataset types registered."""
+    root = tmp_path / "repo"
+    with Butler.create(root) as butler:
+        populate_dimensions(butler)
+        butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
+        butler.register_dataset_type("config", ["instrument"], "Dict", formatter="yaml")
+        butler.register_dataset_type("flux", ["visit", "detector"], "Array")
+        butler.register_dataset_type("src", ["visit", "detector"], "Table")
+        butler.register_dataset_type("calexp", ["visit", "detector"], "Image")
+        butler.register_dataset_type("deepCoadd", ["tract", "patch", "band"], "Image")
+    yield root
+
+
+@pytest.fixture
+def butler(repo_path: Path) -> Iterator[Butler]:
+    with Butler(repo_path, run="run1") as b:
+        yield b

@@ -1,0 +1,216 @@
+"""ACID transactions: all or nothing, crash safety under SIGKILL, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from butler import Butler, DatasetExistsError
+
+HSC = {"instrument": "HSC"}
+
+# A child process that writes datasets and kills itself with SIGKILL at a chosen point.
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from butler import Butler
+    import butler.datastore as datastore
+
+    repo, mode, point = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "rename":
+        real_rename = os.rename
+        count = [0]
+        def rename(src, dst):
+            if count[0] == point:
+                die()
+            count[0] += 1
+            real_rename(src, dst)
+        datastore.os.rename = rename
+    elif mode == "before-commit":
+        real_move = datastore.Staging.move_into_place
+        def move(self):
+            real_move(self)
+            die()
+        datastore.Staging.move_into_place = move
+    elif mode == "after-commit":
+        def finish(self, committed, is_recorded):
+            die()
+        datastore.Staging.finish = finish
+
+    butler = Butler(repo, run="crash")
+    if mode == "remove":
+        refs = butler.query_datasets("summary", collections="run1")
+        def finish(self, committed, is_recorded):
+            die()
+        datastore.Staging.finish = finish
+        butler.remove(refs)
+    with butler.transaction():
+        for i in range(10):
+            butler.put({"i": i}, "summary", instrument="HSC", visit=100 + i, detector=0)
+            if mode == "staging" and i == point:
+                die()
+    print("finished without dying", file=sys.stderr)
+    sys.exit(3)
+    """
+)
+
+
+def run_child(repo: Path, mode: str, point: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(repo), mode, str(point)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def files_of_run(repo: Path, run: str) -> list[Path]:
+    return sorted(p for p in (repo / run).rglob("*") if p.is_file()) if (repo / run).exists() else []
+
+
+def test_exception_rolls_back_files_and_rows(butler: Butler) -> None:
+    with pytest.raises(RuntimeError, match="boom"), butler.transaction():
+        for visit in (100, 101, 102):
+            butler.put({"v": visit}, "summary", HSC, visit=visit, detector=0)
+        raise RuntimeError("boom")
+    assert butler.query_datasets("summary") == []
+    assert files_of_run(butler.root, "run1") == []
+    assert list((butler.root / ".staging").iterdir()) == []
+
+
+def test_dimension_records_and_types_roll_back_too(butler: Butler) -> None:
+    with pytest.raises(RuntimeError), butler.transaction():
+        butler.insert_dimension_records("band", {"name": "z"})
+        butler.register_dataset_type("newtype", ["visit"], "Dict")
+        raise RuntimeError("boom")
+    assert [r["name"] for r in butler.query_dimension_records("band")] == ["i", "r"]
+    assert "newtype" not in [t.name for t in butler.dataset_types()]
+
+
+def test_nested_transaction_failure_undoes_only_the_inner_block(butler: Butler) -> None:
+    with butler.transaction():
+        butler.put({"v": 1}, "summary", HSC, visit=100, detector=0)
+        with pytest.raises(DatasetExistsError):
+            with butler.transaction():
+                butler.put({"v": 2}, "summary", HSC, visit=101, detector=0)
+                butler.put({"v": 3}, "summary", HSC, visit=100, detector=0)
+        butler.put({"v": 4}, "summary", HSC, visit=102, detector=0)
+    visits = sorted(r.data_id["visit"] for r in butler.query_datasets("summary"))
+    assert visits == [100, 102]
+    assert len(files_of_run(butler.root, "run1")) == 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "point"),
+    [("staging", 0), ("staging", 6), ("rename", 0), ("rename", 5), ("before-commit", 0)],
+)
+def test_sigkill_before_commit_leaves_nothing_visible(repo_path: Path, mode: str, point: int) -> None:
+    run_child(repo_path, mode, point)
+    # Files may be half moved; the next open must undo them.
+    with Butler(repo_path, writeable=True) as butler:
+        assert butler.registry.count_datasets() == 0
+        assert files_of_run(repo_path, "crash") == []
+        assert list((repo_path / ".staging").iterdir()) == []
+        # And the repository is fully usable afterwards.
+        butler.put({"ok": True}, "summary", HSC, visit=100, detector=0, run="crash")
+        assert butler.get("summary", HSC, visit=100, detector=0, collections="crash") == {"ok": True}
+
+
+def test_sigkill_after_commit_keeps_everything(repo_path: Path) -> None:
+    run_child(repo_path, "after-commit", 0)
+    with Butler(repo_path, collections="crash") as butler:
+        refs = butler.query_datasets("summary")
+        assert len(refs) == 10
+        for ref in refs:
+            assert butler.get(ref) == {"i": ref.data_id["visit"] - 100}
+        assert list((repo_path / ".staging").iterdir()) == []
+
+
+def test_sigkill_after_remove_commit_deletes_files_on_next_open(repo_path: Path) -> None:
+    with Butler(repo_path, run="run1") as butler:
+        for visit in (100, 101):
+            butler.put({"v": visit}, "summary", HSC, visit=visit, detector=1)
+    assert len(files_of_run(repo_path, "run1")) == 2
+    run_child(repo_path, "remove", 0)
+    with Butler(repo_path) as butler:
+        assert butler.query_datasets("summary", collections="run1") == []
+    assert files_of_run(repo_path, "run1") == []
+
+
+WRITER = textwrap.dedent(
+    """
+    import json, sys
+    from butler import Butler, DatasetExistsError
+    repo, worker, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ok = dup = 0
+    with Butler(repo, run="shared") as butler:
+        for i in range(50):
+            if mode == "distinct":
+                # 40 distinct data IDs per run; 200 distinct (run, data ID) in all.
+                visit, detector = 100 + i % 10, i // 10 % 4
+                data = {"worker": worker, "i": i}
+                run = f"w{worker}_{i // 40}"
+            else:
+                visit, detector, run = 100 + i % 10, i // 10 % 4, "race"
+                data = {"worker": worker, "i": i}
+            try:
+                butler.put(data, "summary", instrument="HSC", visit=visit, detector=detector, run=run)
+                ok += 1
+            except DatasetExistsError:
+                dup += 1
+    print(json.dumps({"ok": ok, "dup": dup}))
+    """
+)
+
+
+def run_writers(repo: Path, mode: str) -> list[dict[str, int]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(repo), str(w), mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(repo_path: Path) -> None:
+    results = run_writers(repo_path, "distinct")
+    assert sum(r["ok"] for r in results) == 200
+    with Butler(repo_path) as butler:
+        refs = butler.query_datasets("summary", find_first=False)
+        assert len(refs) == 200
+        assert len({(r.run, r.data_id) for r in refs}) == 200
+        contents = {(d["worker"], d["i"]) for d in (butler.get(r) for r in refs)}
+        assert contents == {(w, i) for w in range(4) for i in range(50)}
+        assert sum(1 for p in repo_path.rglob("*.json") if p.is_file()) == 200
+
+
+def test_concurrent_puts_of_the_same_data_ids_keep_exactly_one_each(repo_path: Path) -> None:
+    results = run_writers(repo_path, "race")
+    assert sum(r["ok"] for r in results) == 40
+    assert sum(r["dup"] for r in results) == 160
+    with Butler(repo_path, collections="race") as butler:
+        assert len(butler.query_datasets("summary")) == 40
+    assert len(files_of_run(repo_path, "race")) == 40
+    assert os.listdir(repo_path / ".staging") == []
