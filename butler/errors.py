@@ -87,9 +87,22 @@ class QuerySyntaxError(InvalidQueryError):
         self.position = position
         self.reason = message
         if expression:
-            pointer = " " * position + "^"
-            message = f"{message} at position {position}:\n  {expression}\n  {pointer}"
+            message = f"{message} at position {position}:\n{_excerpt(expression, position)}"
         super().__init__(message)
+
+
+def _excerpt(expression: str, position: int, width: int = 60) -> str:
+    """The line holding ``position``, trimmed to a window around it, with a caret below."""
+    line_start = expression.rfind("\n", 0, position) + 1
+    line_end = expression.find("\n", position)
+    line = expression[line_start : line_end if line_end >= 0 else len(expression)]
+    column = position - line_start
+    start = max(0, column - width)
+    shown = line[start : column + width]
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if column + width < len(line) else ""
+    caret = " " * (len(prefix) + column - start) + "^"
+    return f"  {prefix}{shown}{suffix}\n  {caret}"
 
 
 class ReadOnlyRepositoryError(ButlerError, PermissionError):

@@ -732,36 +732,34 @@ class Registry:
     # -- datasets -------------------------------------------------------------------------
 
     def insert_dataset(self, ref: DatasetRef, file: FileInfo) -> None:
+        self.insert_datasets([(ref, file)])
+
+    def insert_datasets(self, items: Sequence[tuple[DatasetRef, FileInfo]]) -> None:
+        """Insert datasets with their file records (one statement per table for the batch)."""
         self._require_transaction()
-        type_id, dataset_type = self._dataset_type_row(ref.dataset_type.name)
-        dims = [d for d in dataset_type.all_dimensions if d in ref.data_id]
+        if not items:
+            return
+        dataset_type = items[0][0].dataset_type
+        type_id, dataset_type = self._dataset_type_row(dataset_type.name)
+        dims = list(dataset_type.all_dimensions)
         columns = ["id", "dataset_type_id", "run", "data_id_key", "ingest_date", *dims]
-        values = [
-            str(ref.id),
-            type_id,
-            ref.run,
-            self.data_id_key(dataset_type, ref.data_id),
-            _now(),
-            *[ref.data_id[d] for d in dims],
-        ]
-        with self.lock:
-            try:
-                self.conn.execute(
-                    f"INSERT INTO dataset ({', '.join(columns)}) "
-                    f"VALUES ({', '.join('?' for _ in columns)})",
-                    values,
+        now = _now()
+        dataset_rows = []
+        file_rows = []
+        for ref, file in items:
+            if ref.dataset_type.name != dataset_type.name:
+                raise TransactionError("insert_datasets takes datasets of one type per call")
+            dataset_rows.append(
+                (
+                    str(ref.id),
+                    type_id,
+                    ref.run,
+                    self.data_id_key(dataset_type, ref.data_id),
+                    now,
+                    *[ref.data_id.get(d) for d in dims],
                 )
-            except sqlite3.IntegrityError as exc:
-                if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
-                    raise DatasetExistsError(
-                        f"a {ref.dataset_type.name!r} dataset with data ID {ref.data_id!r} "
-                        f"exists already in run {ref.run!r}; datasets are immutable: remove "
-                        "it first or write to another run"
-                    ) from exc
-                raise
-            self.conn.execute(
-                "INSERT INTO file (dataset_id, path, size, checksum, formatter, storage_class, "
-                "file_index) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            file_rows.append(
                 (
                     str(file.dataset_id),
                     file.path,
@@ -770,7 +768,32 @@ class Registry:
                     file.formatter,
                     file.storage_class,
                     json.dumps(file.index, separators=(",", ":")),
-                ),
+                )
+            )
+        with self.lock:
+            try:
+                self.conn.executemany(
+                    f"INSERT INTO dataset ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' for _ in columns)})",
+                    dataset_rows,
+                )
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+                    first = items[0][0] if len(items) == 1 else None
+                    what = (
+                        f"a {first.dataset_type.name!r} dataset with data ID {first.data_id!r} "
+                        f"exists already in run {first.run!r}"
+                        if first
+                        else f"one of {len(items)} {dataset_type.name!r} datasets exists already"
+                    )
+                    raise DatasetExistsError(
+                        f"{what}; datasets are immutable: remove it first or write to another run"
+                    ) from exc
+                raise
+            self.conn.executemany(
+                "INSERT INTO file (dataset_id, path, size, checksum, formatter, storage_class, "
+                "file_index) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                file_rows,
             )
 
     def delete_datasets(self, ids: Iterable[uuid.UUID]) -> None:

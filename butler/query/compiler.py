@@ -1,0 +1,383 @@
+"""Compile a parsed ``where`` tree into a parameterised SQL boolean fragment.
+
+Safety rests on two rules, both enforced here rather than left to callers:
+
+* Literals and bind values only ever become ``?`` parameters, never SQL text.
+* Names only ever become the ``Column.sql`` chosen by the caller's ``NameResolver`` from
+  its own schema; the user's spelling of a name is never copied into the SQL.
+
+Everything else in the output is fixed text from this module (operators, AND/OR/NOT,
+IN, BETWEEN, IS NULL, parentheses), so the fragment can be embedded in a larger statement.
+
+Semantics worth knowing:
+
+* A bare name that is a key of ``bind`` stands for that bind value (the LSST convention);
+  ``:name`` always does.  Dotted names (``exposure.day_obs``) are always columns.
+* Comparisons follow SQL three-valued logic: a NULL column satisfies neither
+  ``x = 1`` nor ``NOT x = 1`` nor ``x NOT IN (...)``; use ``IS NULL`` to select it.
+* A comparison must involve at least one column.  Comparing two constants (literals or
+  bind values) is rejected: it constrains nothing, and is almost always a bind key that
+  shadows the dimension the user meant (``visit = visit`` with ``visit`` in ``bind``).
+* Integer and float columns compare with any number; string columns only with strings.
+  A numeric string against a number column (``visit = '42'``) is rejected rather than
+  converted, so that the query means exactly what it says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any, Final, Literal, Protocol, TypeAlias
+
+from butler.errors import InvalidQueryError
+from butler.query.ast import (
+    INT64_MAX,
+    INT64_MIN,
+    And,
+    BindRef,
+    Comparison,
+    Identifier,
+    InList,
+    IsNull,
+    Node,
+    Not,
+    Range,
+    Value,
+    to_where,
+)
+
+__all__ = ["Column", "ColumnKind", "NameResolver", "compile_where", "referenced_names"]
+
+ColumnKind: TypeAlias = Literal["int", "float", "str"]
+
+_KIND_WORDS: Final[dict[str, str]] = {"int": "an integer", "float": "a float", "str": "a string"}
+
+# SQL spelling of each canonical operator ('<>' is the standard form of '!=').
+_SQL_OPERATORS: Final[dict[str, str]] = {
+    "=": "=",
+    "!=": "<>",
+    "<": "<",
+    "<=": "<=",
+    ">": ">",
+    ">=": ">=",
+}
+
+# Constant conditions, for IN lists whose bind collections turned out empty.
+_SQL_FALSE: Final = "1 = 0"
+
+# Bind values of these types are lists of values, allowed only inside an IN list.
+_COLLECTION_TYPES: Final = (list, tuple, set, frozenset)
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """How a resolver tells the compiler about one name.
+
+    ``sql`` is trusted SQL taken from the resolver's schema (a column reference such as
+    ``exposure.day_obs``, or a parenthesised expression); it is inserted verbatim.
+    ``display`` is how to refer to the name in error messages.
+    """
+
+    sql: str
+    kind: ColumnKind
+    display: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KIND_WORDS:
+            raise ValueError(f"column kind must be 'int', 'float' or 'str', not {self.kind!r}")
+
+
+class NameResolver(Protocol):
+    """Maps a dimension (``field`` None) or a record field to a column of the schema."""
+
+    def resolve(self, name: str, field: str | None) -> Column:
+        """Return the column for ``name``/``field``; raise InvalidQueryError if unknown."""
+        ...
+
+
+def _is_integer(value: object) -> bool:
+    # numbers.Integral also admits numpy integers; bool is excluded because True = 1
+    # in a query is much more likely a mistake than a visit ID.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Constant:
+    """A literal or bind value, with how to refer to it in messages."""
+
+    value: Any
+    source: str  # e.g. "'abc'" or "bind value 'v'"
+    bind_name: str | None = None
+
+    def describe(self) -> str:
+        if self.bind_name is None:
+            return self.source
+        return f"{self.source} ({self.value!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _ColumnRef:
+    column: Column
+    identifier: Identifier
+
+    def describe_kind(self) -> str:
+        what = "dimension" if self.identifier.field is None else "field"
+        return f"{self.column.display} is {_KIND_WORDS[self.column.kind]} {what}"
+
+
+_Operand: TypeAlias = _Constant | _ColumnRef
+
+
+class _Compiler:
+    def __init__(self, resolver: NameResolver, bind: Mapping[str, Any]) -> None:
+        self.resolver = resolver
+        self.bind = bind
+        self.params: list[Any] = []
+
+    # -- operands ------------------------------------------------------------------------
+
+    def bind_value(self, name: str, spelling: str) -> _Constant:
+        if name not in self.bind:
+            given = ", ".join(repr(key) for key in sorted(self.bind)) or "none"
+            raise InvalidQueryError(
+                f"bind parameter {spelling} has no value; pass it in bind= "
+                f"(bind keys given: {given})"
+            )
+        return _Constant(self.bind[name], f"bind value {name!r}", bind_name=name)
+
+    def operand(self, value: Value) -> _Operand:
+        if isinstance(value, BindRef):
+            return self.bind_value(value.name, f":{value.name}")
+        if isinstance(value, Identifier):
+            if value.field is None and value.name in self.bind:
+                return self.bind_value(value.name, value.name)
+            return _ColumnRef(self.resolver.resolve(value.name, value.field), value)
+        return _Constant(value.value, to_where(value))
+
+    def column_operand(self, value: Value, context: str) -> _ColumnRef:
+        operand = self.operand(value)
+        if isinstance(operand, _ColumnRef):
+            return operand
+        raise InvalidQueryError(
+            f"{context} must be a dimension or record field, but {operand.describe()} "
+            f"is a constant{self.shadow_hint(value)}"
+        )
+
+    def shadow_hint(self, *values: Value) -> str:
+        for value in values:
+            if isinstance(value, Identifier) and value.field is None and value.name in self.bind:
+                return (
+                    f" (note: {value.name!r} is a key of bind, so it stands for that bind "
+                    f"value, not the {value.name} dimension; rename the bind key)"
+                )
+        return ""
+
+    def checked(self, column: _ColumnRef, constant: _Constant) -> Any:
+        """Check ``constant`` against ``column``'s kind and return the SQL parameter."""
+        value = constant.value
+        if value is None:
+            raise InvalidQueryError(
+                f"{constant.source} is None, which never compares equal to anything in SQL; "
+                f"to select missing values write '{column.column.display} IS NULL'"
+            )
+        if isinstance(value, _COLLECTION_TYPES):
+            raise InvalidQueryError(
+                f"{constant.source} is a collection; collections can only be used in an IN "
+                f"list, as in {column.column.display} IN (:{constant.bind_name or 'values'})"
+            )
+        kind = column.column.kind
+        if isinstance(value, str):
+            if kind == "str":
+                return value
+            if _looks_numeric(value):
+                raise InvalidQueryError(
+                    f"{column.describe_kind()}, but {constant.describe()} is a string; "
+                    "write the number without quotes (or bind a number, not a string)"
+                )
+            raise InvalidQueryError(
+                f"{column.describe_kind()}, but {constant.describe()} is a string; "
+                "compare it with a number"
+            )
+        if _is_integer(value):
+            if kind == "str":
+                raise InvalidQueryError(
+                    f"{column.describe_kind()}, but {constant.describe()} is a number; "
+                    f"quote it ('{value}') if you meant the text"
+                )
+            integer = int(value)
+            if not INT64_MIN <= integer <= INT64_MAX:
+                raise InvalidQueryError(
+                    f"{constant.describe()} is out of range; integers must fit in 64 bits"
+                )
+            return integer
+        if _is_real(value):
+            if kind == "str":
+                raise InvalidQueryError(
+                    f"{column.describe_kind()}, but {constant.describe()} is a number; "
+                    f"quote it ('{value}') if you meant the text"
+                )
+            number = float(value)
+            if not math.isfinite(number):
+                raise InvalidQueryError(f"{constant.describe()} is not a finite number")
+            return number
+        raise InvalidQueryError(
+            f"{constant.source} has unsupported type {type(value).__name__}; bind values must "
+            "be int, float or str, or a list/tuple/set of them for use in an IN list"
+        )
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def compile(self, node: Node) -> str:
+        if isinstance(node, Comparison):
+            return self.comparison(node)
+        if isinstance(node, InList):
+            return self.in_list(node)
+        if isinstance(node, IsNull):
+            column = self.column_operand(node.expr, "the operand of IS NULL")
+            keyword = "IS NOT NULL" if node.negated else "IS NULL"
+            return f"{column.column.sql} {keyword}"
+        if isinstance(node, Not):
+            return f"NOT ({self.compile(node.operand)})"
+        joiner = " AND " if isinstance(node, And) else " OR "
+        # Always parenthesised, so the fragment means the same wherever it is embedded.
+        return "(" + joiner.join(self.compile(operand) for operand in node.operands) + ")"
+
+    def comparison(self, node: Comparison) -> str:
+        left = self.operand(node.left)
+        right = self.operand(node.right)
+        op = _SQL_OPERATORS[node.op]
+        if isinstance(left, _ColumnRef) and isinstance(right, _ColumnRef):
+            numeric = ("int", "float")
+            left_kind, right_kind = left.column.kind, right.column.kind
+            if (left_kind == "str") != (right_kind == "str"):
+                raise InvalidQueryError(
+                    f"cannot compare {left.column.display} ({_KIND_WORDS[left_kind]}) with "
+                    f"{right.column.display} ({_KIND_WORDS[right_kind]}) in {to_where(node)}"
+                )
+            assert left_kind == right_kind or (left_kind in numeric and right_kind in numeric)
+            return f"{left.column.sql} {op} {right.column.sql}"
+        if isinstance(left, _ColumnRef) and isinstance(right, _Constant):
+            self.params.append(self.checked(left, right))
+            return f"{left.column.sql} {op} ?"
+        if isinstance(left, _Constant) and isinstance(right, _ColumnRef):
+            self.params.append(self.checked(right, left))
+            return f"? {op} {right.column.sql}"
+        raise InvalidQueryError(
+            f"comparison {to_where(node)} has no dimension or record field on either side, "
+            f"so it does not constrain anything{self.shadow_hint(node.left, node.right)}"
+        )
+
+    def in_list(self, node: InList) -> str:
+        column = self.column_operand(node.expr, "the left side of IN")
+        sql = column.column.sql
+        scalar_params: list[Any] = []
+        range_params: list[Any] = []
+        range_terms: list[str] = []
+        for item in node.items:
+            if isinstance(item, Range):
+                if column.column.kind != "int":
+                    raise InvalidQueryError(
+                        f"ranges such as {to_where(item)} need an integer column, but "
+                        f"{column.describe_kind()}"
+                    )
+                if item.stride == 1:
+                    range_terms.append(f"{sql} BETWEEN ? AND ?")
+                    range_params += [item.start, item.stop]
+                else:
+                    # Members are start, start + stride, ... up to stop (inclusive).
+                    range_terms.append(f"({sql} BETWEEN ? AND ? AND ({sql} - ?) % ? = 0)")
+                    range_params += [item.start, item.stop, item.start, item.stride]
+                continue
+            is_bind_name = (
+                isinstance(item, Identifier) and item.field is None and item.name in self.bind
+            )
+            if isinstance(item, Identifier) and not is_bind_name:
+                raise InvalidQueryError(
+                    f"IN list item {to_where(item)} is not a value: IN lists hold literals, "
+                    "ranges and bind parameters (pass it in bind= if it is meant to be one)"
+                )
+            constant = self.operand(item)
+            assert isinstance(constant, _Constant)  # identifiers that are columns were rejected
+            if isinstance(constant.value, _COLLECTION_TYPES):
+                for element in constant.value:
+                    scalar_params.append(
+                        self.checked(
+                            column,
+                            _Constant(element, f"an element of {constant.source}", None),
+                        )
+                    )
+            else:
+                scalar_params.append(self.checked(column, constant))
+        terms: list[str] = []
+        if scalar_params:
+            terms.append(f"{sql} IN ({', '.join('?' * len(scalar_params))})")
+        terms += range_terms
+        self.params += scalar_params + range_params
+        if not terms:  # only empty bind collections: nothing is in an empty list
+            condition = _SQL_FALSE
+        elif len(terms) == 1:
+            condition = terms[0]
+        else:
+            condition = "(" + " OR ".join(terms) + ")"
+        return f"NOT ({condition})" if node.negated else condition
+
+
+def compile_where(
+    node: Node | None, resolver: NameResolver, bind: Mapping[str, Any] | None = None
+) -> tuple[str, list[Any]]:
+    """Compile ``node`` into ``(sql, params)``: a boolean SQL fragment with ``?`` placeholders.
+
+    ``None`` (an empty where string) compiles to ``"1 = 1"``, so callers can always AND the
+    result into their statement.  Raises ``InvalidQueryError`` for unknown names (from the
+    resolver), missing bind values and type mismatches.
+    """
+    if node is None:
+        return "1 = 1", []
+    compiler = _Compiler(resolver, bind or {})
+    sql = compiler.compile(node)
+    return sql, compiler.params
+
+
+def referenced_names(
+    node: Node | None, bind: Mapping[str, Any] | None = None
+) -> set[tuple[str, str | None]]:
+    """Return the ``(name, field)`` pairs ``node`` uses as columns, to plan joins.
+
+    Bare names that are keys of ``bind`` are values, not columns, and are left out when
+    ``bind`` is given; IN list items are never columns.
+    """
+    bind = bind or {}
+    found: set[tuple[str, str | None]] = set()
+    pending: list[Node] = [] if node is None else [node]
+    # An explicit stack rather than recursion: hand-built trees have no depth limit.
+    while pending:
+        current = pending.pop()
+        values: tuple[Value, ...]
+        if isinstance(current, Comparison):
+            values = (current.left, current.right)
+        elif isinstance(current, InList | IsNull):
+            values = (current.expr,)
+        elif isinstance(current, Not):
+            pending.append(current.operand)
+            continue
+        else:
+            pending.extend(current.operands)
+            continue
+        for value in values:
+            if isinstance(value, Identifier) and not (value.field is None and value.name in bind):
+                found.add((value.name, value.field))
+    return found

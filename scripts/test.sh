@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, type checks and pytest, in a fresh virtual environment.
+# Installs Debian's nginx (the independent origin the proxy tests use) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    else
+        echo "nginx is missing; install it (apt-get install nginx-light) for the proxy tests" >&2
+    fi
+fi
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== mypy (strict)"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/pytest "$@"
