@@ -40,8 +40,12 @@ def populate(root: Path, n_visits: int, n_detectors: int) -> Butler:
     butler.insert_dimension_records(
         "visit",
         *(
-            {"instrument": "HSC", "id": v, "physical_filter": f"HSC-{'rig'[v % 3].upper()}",
-             "exposure_time": 30.0 + v % 270}
+            {
+                "instrument": "HSC",
+                "id": v,
+                "physical_filter": f"HSC-{'rig'[v % 3].upper()}",
+                "exposure_time": 30.0 + v % 270,
+            }
             for v in range(n_visits)
         ),
     )
@@ -58,15 +62,30 @@ def populate(root: Path, n_visits: int, n_detectors: int) -> Butler:
                     uuid.uuid4(),
                     dataset_type,
                     DataCoordinate(
-                        {"instrument": "HSC", "detector": d, "visit": v, "band": band,
-                         "physical_filter": f"HSC-{band.upper()}"},
+                        {
+                            "instrument": "HSC",
+                            "detector": d,
+                            "visit": v,
+                            "band": band,
+                            "physical_filter": f"HSC-{band.upper()}",
+                        },
                         dataset_type.dimensions,
                     ),
                     run,
                 )
                 batch.append(
-                    (ref, FileInfo(ref.id, f"{run}/calexp/{v}/{d}/{ref.id}.fits", 1, "sha256:0",
-                                   "fits-image", "Image", {}))
+                    (
+                        ref,
+                        FileInfo(
+                            ref.id,
+                            f"{run}/calexp/{v}/{d}/{ref.id}.fits",
+                            1,
+                            "sha256:0",
+                            "fits-image",
+                            "Image",
+                            {},
+                        ),
+                    )
                 )
             if len(batch) >= 50_000:
                 butler.registry.insert_datasets(batch)
@@ -77,7 +96,9 @@ def populate(root: Path, n_visits: int, n_detectors: int) -> Butler:
     return butler
 
 
-def time_query(butler: Butler, where: str, repeat: int = 50, **data_id: object) -> tuple[float, float, int]:
+def time_query(
+    butler: Butler, where: str, repeat: int = 50, **data_id: object
+) -> tuple[float, float, int]:
     samples = []
     n = 0
     for _ in range(repeat):
@@ -93,8 +114,12 @@ def bench_put(workdir: Path, n: int) -> None:
     root = workdir / "put-repo"
     with Butler.create(root) as butler:
         butler.insert_dimension_records("instrument", {"name": "HSC"})
-        butler.insert_dimension_records("detector", *({"instrument": "HSC", "id": d} for d in range(100)))
-        butler.insert_dimension_records("visit", *({"instrument": "HSC", "id": v} for v in range(2 * n // 100 + 2)))
+        butler.insert_dimension_records(
+            "detector", *({"instrument": "HSC", "id": d} for d in range(100))
+        )
+        butler.insert_dimension_records(
+            "visit", *({"instrument": "HSC", "id": v} for v in range(2 * n // 100 + 2))
+        )
         butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
     with Butler(root, run="single") as butler:
         t0 = time.perf_counter()
@@ -125,7 +150,9 @@ def bench_put(workdir: Path, n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", type=int, default=1_000_000)
     parser.add_argument("--puts", type=int, default=1000)
     parser.add_argument("--workdir", type=Path)

@@ -55,13 +55,21 @@ def build_sample_repository(root: Path, echo: Echo) -> Butler:
             {"instrument": s.instrument, "id": s.visit, "physical_filter": s.physical_filter},
             skip_existing=True,
         )
-    butler.insert_dimension_records("detector", *({"instrument": "LSSTCam", "id": d} for d in range(4)))
+    butler.insert_dimension_records(
+        "detector", *({"instrument": "LSSTCam", "id": d} for d in range(4))
+    )
     butler.insert_dimension_records("day_obs", {"instrument": "LSSTCam", "id": 20261127})
     butler.insert_dimension_records(
         "visit",
         *(
-            {"instrument": "LSSTCam", "id": 2026112700001 + v, "physical_filter": f,
-             "day_obs": 20261127, "exposure_time": 30.0, "target_name": "COSMOS"}
+            {
+                "instrument": "LSSTCam",
+                "id": 2026112700001 + v,
+                "physical_filter": f,
+                "day_obs": 20261127,
+                "exposure_time": 30.0,
+                "target_name": "COSMOS",
+            }
             for v, f in enumerate(["r_57", "i_39"])
         ),
     )
@@ -69,8 +77,9 @@ def build_sample_repository(root: Path, echo: Echo) -> Butler:
     butler.insert_dimension_records("tract", {"skymap": "demo", "id": 0})
     butler.register_dataset_type("image", ["visit", "detector"], "Image")
     butler.register_dataset_type("calexp", ["visit", "detector"], "Image")
-    butler.register_dataset_type("calexp_compressed", ["visit", "detector"], "Image",
-                                 formatter="fits-image-compressed")
+    butler.register_dataset_type(
+        "calexp_compressed", ["visit", "detector"], "Image", formatter="fits-image-compressed"
+    )
     butler.register_dataset_type("refcat", ["skymap", "tract"], "Table")
     butler.register_dataset_type("sources", ["visit", "detector"], "Table")
     butler.register_dataset_type("visit_summary", ["visit"], "Dict")
@@ -78,21 +87,43 @@ def build_sample_repository(root: Path, echo: Echo) -> Butler:
     with butler.transaction():
         for s in samples:
             image = load_image(s)
-            butler.put(image, "image", instrument=s.instrument, visit=s.visit,
-                       detector=s.detector, run="sample/raw")
-            echo(f"   ingested {s.label:<30} {s.path.name:<32} {image.shape[1]}x{image.shape[0]} "
-                 f"-> image {{instrument: {s.instrument}, visit: {s.visit}, detector: {s.detector}}}")
+            butler.put(
+                image,
+                "image",
+                instrument=s.instrument,
+                visit=s.visit,
+                detector=s.detector,
+                run="sample/raw",
+            )
+            echo(
+                f"   ingested {s.label:<30} {s.path.name:<32} {image.shape[1]}x{image.shape[0]} "
+                f"-> image {{instrument: {s.instrument}, visit: {s.visit}, detector: {s.detector}}}"
+            )
         catalog = real_catalog()
         butler.put(catalog, "refcat", skymap="demo", tract=0, run="sample/raw")
-        echo(f"   ingested VizieR catalog J/A+A/511/A56 ({len(catalog)} stars, "
-             f"{len(catalog.colnames)} columns) -> refcat {{skymap: demo, tract: 0}}")
+        echo(
+            f"   ingested VizieR catalog J/A+A/511/A56 ({len(catalog)} stars, "
+            f"{len(catalog.colnames)} columns) -> refcat {{skymap: demo, tract: 0}}"
+        )
     calexp = synthetic_calexp()
     rng = np.random.default_rng(1)
     with butler.transaction():
-        butler.put(calexp, "calexp", instrument="LSSTCam", visit=2026112700001, detector=0,
-                   run="sample/processed")
-        butler.put(calexp, "calexp_compressed", instrument="LSSTCam", visit=2026112700001,
-                   detector=0, run="sample/processed")
+        butler.put(
+            calexp,
+            "calexp",
+            instrument="LSSTCam",
+            visit=2026112700001,
+            detector=0,
+            run="sample/processed",
+        )
+        butler.put(
+            calexp,
+            "calexp_compressed",
+            instrument="LSSTCam",
+            visit=2026112700001,
+            detector=0,
+            run="sample/processed",
+        )
         sources = Table(
             {
                 "id": np.arange(200_000, dtype=np.int64),
@@ -103,10 +134,18 @@ def build_sample_repository(root: Path, echo: Echo) -> Butler:
                 "extendedness": rng.uniform(0, 1, 200_000).astype(np.float32),
             }
         )
-        butler.put(sources, "sources", instrument="LSSTCam", visit=2026112700001, detector=0,
-                   run="sample/processed")
-    echo("   wrote a synthetic 2048x2048 LSSTCam-like calexp (plain and tile-compressed) and a "
-         "200,000-row source table")
+        butler.put(
+            sources,
+            "sources",
+            instrument="LSSTCam",
+            visit=2026112700001,
+            detector=0,
+            run="sample/processed",
+        )
+    echo(
+        "   wrote a synthetic 2048x2048 LSSTCam-like calexp (plain and tile-compressed) and a "
+        "200,000-row source table"
+    )
     butler.set_collection_chain("sample", ["sample/processed", "sample/raw"])
     echo("   chained collection 'sample' searches sample/processed, then sample/raw")
     return butler
@@ -120,7 +159,9 @@ def run_demo(workdir: Path, echo: Echo = print) -> None:
 
     echo("\n2. Queries")
     refs = butler.query_datasets("image", where="instrument IN ('WFPC2', 'DSS') AND detector <= 2")
-    echo(f"   image where \"instrument IN ('WFPC2', 'DSS') AND detector <= 2\": {len(refs)} datasets")
+    echo(
+        f"   image where \"instrument IN ('WFPC2', 'DSS') AND detector <= 2\": {len(refs)} datasets"
+    )
     for ref in refs:
         echo(f"     {dict(ref.data_id.required)} band={ref.data_id.get('band')} run={ref.run}")
     bands = butler.query_data_ids("visit", where="band = 'r'")
@@ -130,48 +171,84 @@ def run_demo(workdir: Path, echo: Echo = print) -> None:
     info = butler.get_file_info("calexp", instrument="LSSTCam", visit=2026112700001, detector=0)
     butler.io_stats.reset()
     header = butler.get("calexp.metadata", instrument="LSSTCam", visit=2026112700001, detector=0)
-    echo(f"   calexp.metadata: TELESCOP={header.get('TELESCOP')!r}; read "
-         f"{_size(butler.io_stats.bytes_read)} of a {_size(info.size)} file")
+    echo(
+        f"   calexp.metadata: TELESCOP={header.get('TELESCOP')!r}; read "
+        f"{_size(butler.io_stats.bytes_read)} of a {_size(info.size)} file"
+    )
     box = Box(x0=1000, y0=1000, width=100, height=100)
     for dataset_type in ("calexp", "calexp_compressed"):
-        size = butler.get_file_info(dataset_type, instrument="LSSTCam", visit=2026112700001,
-                                    detector=0).size
+        size = butler.get_file_info(
+            dataset_type, instrument="LSSTCam", visit=2026112700001, detector=0
+        ).size
         butler.io_stats.reset()
-        cutout: Image = butler.get(dataset_type, instrument="LSSTCam", visit=2026112700001,
-                                   detector=0, parameters={"bbox": box})
-        echo(f"   {dataset_type} 100x100 cutout: shape {cutout.shape}, "
-             f"sky centre {cutout.wcs.pixel_to_world(50, 50).to_string('hmsdms', precision=1)}; "
-             f"read {_size(butler.io_stats.bytes_read)} of {_size(size)}")
+        cutout: Image = butler.get(
+            dataset_type,
+            instrument="LSSTCam",
+            visit=2026112700001,
+            detector=0,
+            parameters={"bbox": box},
+        )
+        echo(
+            f"   {dataset_type} 100x100 cutout: shape {cutout.shape}, "
+            f"sky centre {cutout.wcs.pixel_to_world(50, 50).to_string('hmsdms', precision=1)}; "
+            f"read {_size(butler.io_stats.bytes_read)} of {_size(size)}"
+        )
     butler.io_stats.reset()
     dss_ref = butler.find_dataset("image", instrument="DSS", visit=126604, detector=0)
     assert dss_ref is not None
     dss_wcs = butler.get(dss_ref.make_component_ref("wcs"))
-    echo(f"   DSS plate WCS only ({_size(butler.io_stats.bytes_read)} read): "
-         f"pixel (50, 50) is {dss_wcs.pixel_to_world(50, 50).to_string('hmsdms', precision=1)}")
-    table_size = butler.get_file_info("sources", instrument="LSSTCam", visit=2026112700001,
-                                      detector=0).size
+    echo(
+        f"   DSS plate WCS only ({_size(butler.io_stats.bytes_read)} read): "
+        f"pixel (50, 50) is {dss_wcs.pixel_to_world(50, 50).to_string('hmsdms', precision=1)}"
+    )
+    table_size = butler.get_file_info(
+        "sources", instrument="LSSTCam", visit=2026112700001, detector=0
+    ).size
     butler.io_stats.reset()
-    fluxes = butler.get("sources", instrument="LSSTCam", visit=2026112700001, detector=0,
-                        parameters={"columns": ["psf_flux"]})
-    echo(f"   sources column psf_flux: {len(fluxes)} rows, read "
-         f"{_size(butler.io_stats.bytes_read)} of {_size(table_size)}")
+    fluxes = butler.get(
+        "sources",
+        instrument="LSSTCam",
+        visit=2026112700001,
+        detector=0,
+        parameters={"columns": ["psf_flux"]},
+    )
+    echo(
+        f"   sources column psf_flux: {len(fluxes)} rows, read "
+        f"{_size(butler.io_stats.bytes_read)} of {_size(table_size)}"
+    )
     refcat = butler.get("refcat", skymap="demo", tract=0)
-    echo(f"   refcat: {len(refcat)} rows, clusters {', '.join(sorted({str(c) for c in refcat['Cluster']}))}")
-    pixels = butler.memmap("calexp", instrument="LSSTCam", visit=2026112700001, detector=0,
-                           hdu="IMAGE")
-    echo(f"   memory-mapped the IMAGE HDU through the offset index: shape {pixels.shape}, "
-         f"median {float(np.median(pixels[:256, :256])):.1f} adu (no copy)")
+    echo(
+        f"   refcat: {len(refcat)} rows, clusters "
+        f"{', '.join(sorted({str(c) for c in refcat['Cluster']}))}"
+    )
+    pixels = butler.memmap(
+        "calexp", instrument="LSSTCam", visit=2026112700001, detector=0, hdu="IMAGE"
+    )
+    echo(
+        f"   memory-mapped the IMAGE HDU through the offset index: shape {pixels.shape}, "
+        f"median {float(np.median(pixels[:256, :256])):.1f} adu (no copy)"
+    )
 
     echo("\n4. Transactions")
     with butler.transaction():
         for v in range(3):
-            butler.put({"visit": 2026112700002, "note": f"entry {v}"}, "visit_summary",
-                       instrument="LSSTCam", visit=2026112700002, run=f"sample/notes{v}")
+            butler.put(
+                {"visit": 2026112700002, "note": f"entry {v}"},
+                "visit_summary",
+                instrument="LSSTCam",
+                visit=2026112700002,
+                run=f"sample/notes{v}",
+            )
     echo("   committed 3 visit_summary datasets in one transaction")
     try:
         with butler.transaction():
-            butler.put({"n": 1}, "visit_summary", instrument="LSSTCam", visit=2026112700001,
-                       run="sample/aborted")
+            butler.put(
+                {"n": 1},
+                "visit_summary",
+                instrument="LSSTCam",
+                visit=2026112700001,
+                run="sample/aborted",
+            )
             butler.put({"n": 2}, "visit_summary", instrument="STIS", visit=1, run="sample/aborted")
             raise RuntimeError("simulated failure in the middle of a transaction")
     except RuntimeError as exc:
@@ -179,8 +256,10 @@ def run_demo(workdir: Path, echo: Echo = print) -> None:
             "visit_summary", collections=butler.registry.all_runs(), find_first=False
         )
         aborted_dir = butler.root / "sample" / "aborted"
-        echo(f"   a transaction that failed ({exc}) left {len(leftover) - 3} datasets, "
-             f"{'a' if aborted_dir.exists() else 'no'} run directory and "
-             f"{len(list((butler.root / '.staging').iterdir()))} staged files behind")
+        echo(
+            f"   a transaction that failed ({exc}) left {len(leftover) - 3} datasets, "
+            f"{'a' if aborted_dir.exists() else 'no'} run directory and "
+            f"{len(list((butler.root / '.staging').iterdir()))} staged files behind"
+        )
     echo(f"\nDone: {butler.registry.count_datasets()} datasets in {butler.root}")
     butler.close()

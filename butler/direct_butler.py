@@ -137,7 +137,10 @@ class Butler:
 
     def __repr__(self) -> str:
         mode = "writeable" if self.writeable else "read-only"
-        return f"Butler({str(self.root)!r}, {mode}, run={self.run!r}, collections={self.collections!r})"
+        return (
+            f"Butler({str(self.root)!r}, {mode}, run={self.run!r}, "
+            f"collections={self.collections!r})"
+        )
 
     def info(self) -> dict[str, Any]:
         return repo_info(
@@ -257,7 +260,7 @@ class Butler:
     def insert_dimension_records(
         self, element: str, *records: Mapping[str, Any], skip_existing: bool = False
     ) -> int:
-        """Add dimension records; only key fields are needed (``{"instrument": "HSC", "id": 42}``)."""
+        """Add dimension records; key fields are enough (``{"instrument": "HSC", "id": 42}``)."""
         with self.transaction():
             return self.registry.insert_dimension_records(
                 element, records, skip_existing=skip_existing
@@ -563,7 +566,9 @@ class Butler:
             )
         return run
 
-    def _new_ref(self, dataset_type: DatasetType, run: str, data_id: Mapping[str, Any]) -> DatasetRef:
+    def _new_ref(
+        self, dataset_type: DatasetType, run: str, data_id: Mapping[str, Any]
+    ) -> DatasetRef:
         self.registry.register_run(run)
         coordinate = self.registry.expand_data_id(dataset_type, data_id)
         ref = DatasetRef(uuid.uuid4(), dataset_type, coordinate, run)
@@ -626,7 +631,9 @@ class Butler:
             for ref in ref_list:
                 resolved = self.registry.get_dataset(ref.id)
                 if resolved is None:
-                    raise DatasetNotFoundError(f"cannot remove {ref!r}: it is not in the repository")
+                    raise DatasetNotFoundError(
+                        f"cannot remove {ref!r}: it is not in the repository"
+                    )
                 found.append(resolved)
             self.registry.delete_datasets(r.id for r, _ in found)
             for ref, file in found:

@@ -80,7 +80,9 @@ class Registry:
         self.universe = universe
         self.writeable = writeable
         if not self.path.exists():
-            raise RepositoryConfigError(f"registry {self.path} is missing; the repository is damaged")
+            raise RepositoryConfigError(
+                f"registry {self.path} is missing; the repository is damaged"
+            )
         uri = f"file:{self.path}" + ("" if writeable else "?mode=ro")
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -106,8 +108,8 @@ class Registry:
         db = sqlite_utils.Database(path)
         db.execute("PRAGMA journal_mode = WAL")
         with db.conn:
-            db["butler_meta"].create({"key": str, "value": str}, pk="key")
-            db["butler_meta"].insert_all(
+            db.table("butler_meta").create({"key": str, "value": str}, pk="key")
+            db.table("butler_meta").insert_all(
                 [
                     {"key": "schema_version", "value": str(SCHEMA_VERSION)},
                     {"key": "universe_namespace", "value": universe.namespace},
@@ -116,7 +118,7 @@ class Registry:
             )
             for name in universe.names:
                 db.execute(cls._dimension_table_ddl(universe, name))
-            db["dataset_type"].create(
+            db.table("dataset_type").create(
                 {
                     "id": int,
                     "name": str,
@@ -127,10 +129,11 @@ class Registry:
                 pk="id",
                 not_null={"name", "dimensions", "storage_class"},
             )
-            db["dataset_type"].create_index(["name"], unique=True)
+            db.table("dataset_type").create_index(["name"], unique=True)
             db.execute(
                 "CREATE TABLE collection (name TEXT PRIMARY KEY, "
-                "type TEXT NOT NULL CHECK (type IN ('RUN', 'CHAINED')), doc TEXT NOT NULL DEFAULT '', "
+                "type TEXT NOT NULL CHECK (type IN ('RUN', 'CHAINED')), "
+                "doc TEXT NOT NULL DEFAULT '', "
                 "created TEXT NOT NULL)"
             )
             db.execute(
@@ -244,11 +247,11 @@ class Registry:
         if self._depth == 0:
             raise TransactionError("registry writes must happen inside Registry.transaction()")
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.lock:
             cursor = self.conn.execute(sql, params)
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]  # type: ignore[misc]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     # -- dimension records ----------------------------------------------------------------
 
@@ -286,9 +289,7 @@ class Registry:
                     f"{element} record {record!r} lacks its key fields {missing} "
                     f"(a {element} record is identified by {', '.join(pk)})"
                 )
-            rows.append(
-                {c: _coerce(v, columns[c], f"{element}.{c}") for c, v in row.items()}
-            )
+            rows.append({c: _coerce(v, columns[c], f"{element}.{c}") for c, v in row.items()})
         added = 0
         with self.lock:
             for row in rows:
@@ -327,9 +328,7 @@ class Registry:
         pk = [d for d in self.universe.required_closure([element]) if d != element]
         conditions = [f"{d} = ?" for d in pk] + [f"{spec.key_name} = ?"]
         params = [keys[d] for d in pk] + [keys[element]]
-        rows = self._query(
-            f"SELECT * FROM dim_{element} WHERE {' AND '.join(conditions)}", params
-        )
+        rows = self._query(f"SELECT * FROM dim_{element} WHERE {' AND '.join(conditions)}", params)
         return dict(rows[0]) if rows else None
 
     def query_dimension_records(
@@ -388,7 +387,7 @@ class Registry:
             for dim in dataset_type.all_dimensions:
                 plan.provide(dim, f"d.{dim}")
             base = "dataset AS d"
-            base_conditions = ["d.dataset_type_id = ?"]
+            base_conditions: list[str] = ["d.dataset_type_id = ?"]
             base_params: list[Any] = [type_id]
             if runs is not None:
                 base_conditions.append(f"d.run IN ({', '.join('?' for _ in runs)})")
@@ -398,7 +397,8 @@ class Registry:
             # Drive the query from the record tables of the dimensions nothing else requires
             # (visit and detector for {visit, detector}); they carry their required keys.
             leaves = [
-                d for d in required
+                d
+                for d in required
                 if not any(d != o and d in self.universe.required_closure([o]) for o in required)
             ]
             first, *rest = leaves
@@ -429,9 +429,9 @@ class Registry:
         sql_where, params = self._where(plan, where, bind, data_id)
         wanted = list(required) + [d for d in implied if d in self.universe.names]
         select = ", ".join(f"{plan.ensure_dimension(d)} AS {d}" for d in wanted)
-        conditions = " AND ".join([*base_conditions, sql_where])
+        where_sql = " AND ".join([*base_conditions, sql_where])
         sql = (
-            f"SELECT DISTINCT {select} FROM {base} {plan.join_sql} WHERE {conditions} "
+            f"SELECT DISTINCT {select} FROM {base} {plan.join_sql} WHERE {where_sql} "
             f"ORDER BY {', '.join(required)}"
         )
         if limit is not None:
@@ -461,7 +461,7 @@ class Registry:
         for key, value in (data_id or {}).items():
             column = plan.resolve(key, None)
             fragments.append(f"{column.sql} = ?")
-            params.append(_coerce(value, column.kind, key))  # type: ignore[arg-type]
+            params.append(_coerce(value, column.kind, key))
         return (" AND ".join(fragments) or "1 = 1"), params
 
     # -- data IDs -------------------------------------------------------------------------
@@ -799,9 +799,7 @@ class Registry:
     def delete_datasets(self, ids: Iterable[uuid.UUID]) -> None:
         self._require_transaction()
         with self.lock:
-            self.conn.executemany(
-                "DELETE FROM dataset WHERE id = ?", [(str(i),) for i in ids]
-            )
+            self.conn.executemany("DELETE FROM dataset WHERE id = ?", [(str(i),) for i in ids])
 
     def existing_ids(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         found: set[uuid.UUID] = set()
@@ -907,9 +905,7 @@ class Registry:
         return int(rows[0]["n"])
 
     def _row_to_ref(self, dataset_type: DatasetType, row: Mapping[str, Any]) -> DatasetRef:
-        values = {
-            d: row[d] for d in dataset_type.all_dimensions if row.get(d) is not None
-        }
+        values = {d: row[d] for d in dataset_type.all_dimensions if row.get(d) is not None}
         return DatasetRef(
             id=uuid.UUID(row["id"]),
             dataset_type=dataset_type,

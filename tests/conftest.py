@@ -62,7 +62,7 @@ def populate_dimensions(butler: Butler) -> None:
 
 
 @pytest.fixture
-def repo_path(tmp_path: Path) -> Iterator[Path]:
+def repo_path(tmp_path: Path) -> Path:
     """A new repository with dimension records and a few dataset types registered."""
     root = tmp_path / "repo"
     with Butler.create(root) as butler:
@@ -73,7 +73,7 @@ def repo_path(tmp_path: Path) -> Iterator[Path]:
         butler.register_dataset_type("src", ["visit", "detector"], "Table")
         butler.register_dataset_type("calexp", ["visit", "detector"], "Image")
         butler.register_dataset_type("deepCoadd", ["tract", "patch", "band"], "Image")
-    yield root
+    return root
 
 
 @pytest.fixture

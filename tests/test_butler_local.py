@@ -53,8 +53,16 @@ def test_create_lays_out_a_self_describing_repository(tmp_path: Path) -> None:
     assert (root / "registry.sqlite3").is_file()
     universe = yaml.safe_load((root / "dimensions.yaml").read_text())
     assert set(universe["elements"]) == {
-        "instrument", "band", "physical_filter", "detector", "day_obs", "exposure", "visit",
-        "skymap", "tract", "patch",
+        "instrument",
+        "band",
+        "physical_filter",
+        "detector",
+        "day_obs",
+        "exposure",
+        "visit",
+        "skymap",
+        "tract",
+        "patch",
     }
     assert universe["elements"]["physical_filter"]["implies"] == ["band"]
     with pytest.raises(RepositoryConfigError, match="already holds"):
@@ -84,8 +92,12 @@ def test_put_get_dict_and_yaml(butler: Butler) -> None:
     assert ref.run == "run1"
     # The data ID was expanded with the implied values from the visit record.
     assert dict(ref.data_id) == {
-        "instrument": "HSC", "detector": 2, "visit": 101,
-        "band": "r", "physical_filter": "HSC-R", "day_obs": 20240101,
+        "instrument": "HSC",
+        "detector": 2,
+        "visit": 101,
+        "band": "r",
+        "physical_filter": "HSC-R",
+        "day_obs": 20240101,
     }
     assert butler.get("summary", instrument="HSC", visit=101, detector=2) == {"a": 1, "b": [1, 2]}
     assert butler.get(ref) == {"a": 1, "b": [1, 2]}
@@ -170,21 +182,28 @@ def test_duplicate_put_is_an_error_that_writes_nothing(butler: Butler) -> None:
 
 
 def test_read_only_butler_refuses_writes(repo_path: Path) -> None:
-    with Butler(repo_path) as reader, pytest.raises(ReadOnlyRepositoryError, match="writeable=True"):
+    with (
+        Butler(repo_path) as reader,
+        pytest.raises(ReadOnlyRepositoryError, match="writeable=True"),
+    ):
         reader.insert_dimension_records("band", {"name": "z"})
 
 
 def test_dimension_records_need_only_keys_and_existing_parents(butler: Butler) -> None:
     assert butler.insert_dimension_records("detector", {"instrument": "HSC", "id": 42}) == 1
     [record] = butler.query_dimension_records("detector", instrument="HSC", detector=42)
-    assert record["id"] == 42 and record["full_name"] is None
+    assert record["id"] == 42
+    assert record["full_name"] is None
     with pytest.raises(DimensionRecordNotFoundError, match="insert those records first"):
         butler.insert_dimension_records("detector", {"instrument": "LSSTCam", "id": 1})
     with pytest.raises(ConflictingDefinitionError, match="skip_existing"):
         butler.insert_dimension_records("detector", {"instrument": "HSC", "id": 42})
-    assert butler.insert_dimension_records(
-        "detector", {"instrument": "HSC", "id": 42}, skip_existing=True
-    ) == 0
+    assert (
+        butler.insert_dimension_records(
+            "detector", {"instrument": "HSC", "id": 42}, skip_existing=True
+        )
+        == 0
+    )
     with pytest.raises(DataIdError, match="lacks its key fields"):
         butler.insert_dimension_records("detector", {"id": 43})
     with pytest.raises(DataIdError, match="unknown fields"):
@@ -222,7 +241,9 @@ def test_chained_collections_search_in_order(butler: Butler) -> None:
         butler.query_datasets("summary", collections="nope")
 
 
-def test_without_collections_a_unique_match_is_found_and_ambiguity_reported(repo_path: Path) -> None:
+def test_without_collections_a_unique_match_is_found_and_ambiguity_reported(
+    repo_path: Path,
+) -> None:
     with Butler(repo_path, writeable=True) as writer:
         put_summaries(writer, "run1", visits=[100, 101])
         put_summaries(writer, "run2", visits=[101])
@@ -234,13 +255,17 @@ def test_without_collections_a_unique_match_is_found_and_ambiguity_reported(repo
 
 def test_query_datasets_where_and_bind(butler: Butler) -> None:
     put_summaries(butler)
-    refs = butler.query_datasets("summary", where="visit IN (100..105) AND band = 'r' AND detector > 1")
+    refs = butler.query_datasets(
+        "summary", where="visit IN (100..105) AND band = 'r' AND detector > 1"
+    )
     assert sorted({r.data_id["visit"] for r in refs}) == [101, 103, 105]
     assert {r.data_id["detector"] for r in refs} == {2, 3}
     refs = butler.query_datasets("summary", where="visit.exposure_time >= 38.5")
     assert {r.data_id["visit"] for r in refs} == {109}
     refs = butler.query_datasets(
-        "summary", where="visit.target_name = tgt AND detector = :det", bind={"tgt": "COSMOS", "det": 3}
+        "summary",
+        where="visit.target_name = tgt AND detector = :det",
+        bind={"tgt": "COSMOS", "det": 3},
     )
     assert sorted(r.data_id["visit"] for r in refs) == [100, 101, 102]
     refs = butler.query_datasets("summary", where="day_obs > 20240101", detector=0)
@@ -291,7 +316,9 @@ def test_query_data_ids_and_records(butler: Butler) -> None:
     put_summaries(butler, visits=[100, 103])
     with_data = butler.query_data_ids("visit", dataset_type="summary", collections="run1")
     assert [v["visit"] for v in with_data] == [100, 103]
-    records = butler.query_dimension_records("visit", where="band = 'r' AND visit.exposure_time < 34")
+    records = butler.query_dimension_records(
+        "visit", where="band = 'r' AND visit.exposure_time < 34"
+    )
     assert [r["id"] for r in records] == [101, 103]
     patches = butler.query_dimension_records("patch", skymap="rings", tract=9813)
     assert [p["id"] for p in patches] == [0, 1, 2]
@@ -302,7 +329,8 @@ def test_remove_deletes_rows_and_files(butler: Butler) -> None:
     refs = butler.query_datasets("summary")
     paths = [butler.get_local_path(r) for r in refs]
     assert butler.remove(refs[:2]) == 2
-    assert not paths[0].exists() and not paths[1].exists()
+    assert not paths[0].exists()
+    assert not paths[1].exists()
     assert paths[2].exists()
     assert len(butler.query_datasets("summary")) == 2
     with pytest.raises(DatasetNotFoundError):
@@ -313,7 +341,8 @@ def test_registry_is_plain_sqlite_with_json_file_index(butler: Butler) -> None:
     ref = butler.put(np.zeros((3, 3), dtype=np.int16), "flux", HSC, visit=100, detector=1)
     conn = sqlite3.connect(butler.root / "registry.sqlite3")
     row = conn.execute(
-        "SELECT f.size, f.formatter, f.file_index FROM file f WHERE f.dataset_id = ?", (str(ref.id),)
+        "SELECT f.size, f.formatter, f.file_index FROM file f WHERE f.dataset_id = ?",
+        (str(ref.id),),
     ).fetchone()
     conn.close()
     assert row[1] == "npy"

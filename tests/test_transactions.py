@@ -78,7 +78,9 @@ def run_child(repo: Path, mode: str, point: int) -> None:
 
 
 def files_of_run(repo: Path, run: str) -> list[Path]:
-    return sorted(p for p in (repo / run).rglob("*") if p.is_file()) if (repo / run).exists() else []
+    return (
+        sorted(p for p in (repo / run).rglob("*") if p.is_file()) if (repo / run).exists() else []
+    )
 
 
 def test_exception_rolls_back_files_and_rows(butler: Butler) -> None:
@@ -103,10 +105,9 @@ def test_dimension_records_and_types_roll_back_too(butler: Butler) -> None:
 def test_nested_transaction_failure_undoes_only_the_inner_block(butler: Butler) -> None:
     with butler.transaction():
         butler.put({"v": 1}, "summary", HSC, visit=100, detector=0)
-        with pytest.raises(DatasetExistsError):
-            with butler.transaction():
-                butler.put({"v": 2}, "summary", HSC, visit=101, detector=0)
-                butler.put({"v": 3}, "summary", HSC, visit=100, detector=0)
+        with pytest.raises(DatasetExistsError), butler.transaction():
+            butler.put({"v": 2}, "summary", HSC, visit=101, detector=0)
+            butler.put({"v": 3}, "summary", HSC, visit=100, detector=0)
         butler.put({"v": 4}, "summary", HSC, visit=102, detector=0)
     visits = sorted(r.data_id["visit"] for r in butler.query_datasets("summary"))
     assert visits == [100, 102]
@@ -117,7 +118,9 @@ def test_nested_transaction_failure_undoes_only_the_inner_block(butler: Butler) 
     ("mode", "point"),
     [("staging", 0), ("staging", 6), ("rename", 0), ("rename", 5), ("before-commit", 0)],
 )
-def test_sigkill_before_commit_leaves_nothing_visible(repo_path: Path, mode: str, point: int) -> None:
+def test_sigkill_before_commit_leaves_nothing_visible(
+    repo_path: Path, mode: str, point: int
+) -> None:
     run_child(repo_path, mode, point)
     # Files may be half moved; the next open must undo them.
     with Butler(repo_path, writeable=True) as butler:
@@ -126,7 +129,9 @@ def test_sigkill_before_commit_leaves_nothing_visible(repo_path: Path, mode: str
         assert list((repo_path / ".staging").iterdir()) == []
         # And the repository is fully usable afterwards.
         butler.put({"ok": True}, "summary", HSC, visit=100, detector=0, run="crash")
-        assert butler.get("summary", HSC, visit=100, detector=0, collections="crash") == {"ok": True}
+        assert butler.get("summary", HSC, visit=100, detector=0, collections="crash") == {
+            "ok": True
+        }
 
 
 def test_sigkill_after_commit_keeps_everything(repo_path: Path) -> None:
@@ -167,7 +172,9 @@ WRITER = textwrap.dedent(
                 visit, detector, run = 100 + i % 10, i // 10 % 4, "race"
                 data = {"worker": worker, "i": i}
             try:
-                butler.put(data, "summary", instrument="HSC", visit=visit, detector=detector, run=run)
+                butler.put(
+                    data, "summary", instrument="HSC", visit=visit, detector=detector, run=run
+                )
                 ok += 1
             except DatasetExistsError:
                 dup += 1

@@ -8,10 +8,11 @@ Third-party data products register through the entry-point groups ``butler.stora
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
 from butler.errors import ButlerError, FormatterNotFoundError, StorageClassError
@@ -59,7 +60,7 @@ class FormatterRegistry:
             for ep in entry_points(group=FORMATTER_GROUP):
                 self._formatters.setdefault(ep.name, ep.value)
             for ep in entry_points(group=STORAGE_CLASS_GROUP):
-                self._storage_classes.setdefault(ep.name, lambda ep=ep: _resolve_sc(ep.load()))
+                self._storage_classes.setdefault(ep.name, functools.partial(_load_sc, ep))
 
     def register_formatter(self, cls: type[Formatter]) -> None:
         self._formatters[cls.name] = cls
@@ -77,7 +78,8 @@ class FormatterRegistry:
             raise FormatterNotFoundError(
                 f"No formatter {name!r} is installed. Install the package that provides it "
                 f"(it registers under the entry-point group {FORMATTER_GROUP!r}), or register "
-                f"it with butler.register_formatter. Installed: {', '.join(self.formatter_names())}."
+                f"it with butler.register_formatter. "
+                f"Installed: {', '.join(self.formatter_names())}."
             )
         if isinstance(entry, str):
             try:
@@ -114,7 +116,8 @@ class FormatterRegistry:
         return sorted(self._storage_classes)
 
 
-def _resolve_sc(obj: Any) -> StorageClass:
+def _load_sc(entry_point: EntryPoint) -> StorageClass:
+    obj = entry_point.load()
     sc = obj() if callable(obj) and not isinstance(obj, StorageClass) else obj
     if not isinstance(sc, StorageClass):
         raise ButlerError(f"Entry point in {STORAGE_CLASS_GROUP!r} gave {sc!r}, not a StorageClass")

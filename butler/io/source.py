@@ -14,8 +14,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from butler.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 ByteRange = tuple[int, int]
 """``(offset, length)`` of a run of bytes in a file."""
@@ -153,7 +157,7 @@ class RangeFile(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
         want = min(len(view), max(0, self.source.size - self._pos))
         if want == 0:
@@ -173,7 +177,7 @@ class RangeFile(io.RawIOBase):
         data = self.read(rest) if rest > 0 else b""
         return data or b""
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             size = max(0, self.source.size - self._pos)
         out = bytearray(size)
