@@ -4,7 +4,8 @@ Open a repository with :class:`Butler`, then ``put``, ``get``, ``query_datasets`
 ``transaction()``; see the README for a tour.
 """
 
-from butler.direct_butler import Butler, IOStats
+from butler.butler import Butler, IOStats
+from butler.direct_butler import DirectButler
 from butler.errors import (
     AmbiguousDatasetError,
     ButlerError,
@@ -33,6 +34,7 @@ from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 __all__ = [
     "AmbiguousDatasetError",
     "Box",
+    "DirectButler",
     "Butler",
     "ButlerError",
     "CollectionNotFoundError",

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from butler.direct_butler import Butler
+from butler.butler import Butler
+from butler.direct_butler import DirectButler
 from butler.image import Box, Image
 from butler.sample_data import load_image, real_catalog, real_images, synthetic_calexp
 
@@ -29,7 +30,7 @@ def _size(n: float) -> str:
     return f"{n} B"
 
 
-def build_sample_repository(root: Path, echo: Echo) -> Butler:
+def build_sample_repository(root: Path, echo: Echo) -> DirectButler:
     """Create ``root`` with real HST/DSS images, a synthetic LSST-like calexp and catalogs."""
     if root.exists():
         shutil.rmtree(root)

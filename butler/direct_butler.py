@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from butler.butler import Butler, Collections, DatasetLike, as_collection_list
 from butler.datastore import (
     Staging,
     check_file,
@@ -32,7 +31,7 @@ from butler.errors import (
 )
 from butler.formatters.base import Formatter
 from butler.formatters.registry import FormatterRegistry, default_registry
-from butler.io.source import LocalFileSource
+from butler.io.source import ByteSource, LocalFileSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
 from butler.repo_config import RepoConfig, load_repo_config, repo_info, write_new_repo_config
@@ -42,39 +41,13 @@ TRANSFER_MODES = ("copy", "move", "hardlink")
 
 
 @dataclass
-class IOStats:
-    """Bytes and read requests that this butler's reads have made (for checks and tests)."""
-
-    bytes_read: int = 0
-    requests: int = 0
-
-    def reset(self) -> None:
-        self.bytes_read = 0
-        self.requests = 0
-
-
-@dataclass
 class _Transaction:
     staging: Staging | None = None
     marks: list[int] = field(default_factory=list)
 
 
-def _as_list(collections: str | Sequence[str] | None) -> list[str] | None:
-    if collections is None:
-        return None
-    if isinstance(collections, str):
-        return [collections]
-    return list(collections)
-
-
-class Butler:
-    """Read and write datasets of one local repository.
-
-    ``Butler(path)`` opens read-only; ``writeable=True`` or ``run=...`` (the RUN collection
-    that :meth:`put` writes to) opens for writing. ``collections`` is the default search path
-    for reads (a name or a list, searched in order); without it, reads search every RUN and
-    complain if a data ID is found in more than one.
-    """
+class DirectButler(Butler):
+    """The butler on a local repository directory (see :class:`~butler.butler.Butler`)."""
 
     def __init__(
         self,
@@ -85,15 +58,12 @@ class Butler:
         *,
         formatters: FormatterRegistry | None = None,
     ) -> None:
+        super().__init__(path, writeable, run, collections)
         self.root = Path(path).expanduser().absolute()
         self.config: RepoConfig = load_repo_config(self.root)
         self.universe: DimensionUniverse = self.config.load_universe()
-        self.writeable = writeable or run is not None
-        self.run = run
-        self.collections = _as_list(collections) or ([run] if run else None)
         self.formatters = formatters or default_registry()
         self.registry = Registry(self.config.registry_path, self.universe, self.writeable)
-        self.io_stats = IOStats()
         self._txn: _Transaction | None = None
         if os.access(self.root, os.W_OK):
             # Any open may finish off what a killed writer left behind; live writers hold
@@ -106,14 +76,14 @@ class Butler:
     # -- creation and lifecycle -----------------------------------------------------------
 
     @classmethod
-    def create(
+    def create_repository(
         cls,
         path: str | os.PathLike[str],
         *,
         name: str | None = None,
         universe: str | os.PathLike[str] | None = None,
         description: str = "",
-    ) -> Butler:
+    ) -> DirectButler:
         """Create a new, empty repository at ``path`` and open it for writing."""
         root = Path(path).expanduser().absolute()
         config = write_new_repo_config(
@@ -128,12 +98,6 @@ class Butler:
 
     def close(self) -> None:
         self.registry.close()
-
-    def __enter__(self) -> Butler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         mode = "writeable" if self.writeable else "read-only"
@@ -270,7 +234,7 @@ class Butler:
 
     def _search_runs(self, collections: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
         """(collections as given, RUNs to search in order)."""
-        names = _as_list(collections) or self.collections
+        names = as_collection_list(collections) or self.collections
         if names is None:
             return [], self.registry.all_runs()
         return names, self.registry.flatten(names)
@@ -317,136 +281,36 @@ class Butler:
             raise DatasetNotFoundError.for_search(name, coordinate, names)
         return found[0].make_component_ref(component), found[1]
 
-    def find_dataset(
-        self,
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> DatasetRef | None:
-        """The ref of a dataset, or None if it is not in the collections searched."""
-        try:
-            return self._resolve(dataset_type, data_id, collections, kwargs)[0]
-        except DatasetNotFoundError:
-            return None
-
-    def get_file_info(
-        self,
-        dataset_type_or_ref: str | DatasetType | DatasetRef,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> FileInfo:
-        """Size, checksum, format and offset index of a dataset's file."""
-        return self._resolve(dataset_type_or_ref, data_id, collections, kwargs)[1]
-
-    # -- reading --------------------------------------------------------------------------
-
-    def get(
-        self,
-        dataset_type_or_ref: str | DatasetType | DatasetRef,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        parameters: Mapping[str, Any] | None = None,
-        collections: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Read a dataset (or a component: ``"calexp.metadata"``), or part of it.
-
-        ``parameters`` select a part (``{"bbox": Box(...)}`` for images, ``{"columns": [...]}``
-        for tables) and only the bytes needed are read.
-        """
-        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self._read(ref, file, parameters)
-
-    def _read(self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None) -> Any:
-        formatter = self.formatters.formatter(file.formatter)
-        formatter.check_request(ref.component, parameters)
+    def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
         path = self.root / file.path
         try:
-            source = LocalFileSource(path)
+            return LocalFileSource(path)
         except FileNotFoundError:
             raise CorruptFileError(
                 f"the file of {ref!r} is missing from the datastore ({path})"
             ) from None
-        try:
-            return formatter.read(
-                source, file.index, component=ref.component, parameters=parameters or {}
-            )
-        finally:
-            self.io_stats.bytes_read += source.bytes_read
-            self.io_stats.requests += source.requests
-            source.close()
 
-    def exists(
-        self,
-        dataset_type_or_ref: str | DatasetType | DatasetRef,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> bool:
-        """True if the dataset is registered and its file is present with the recorded size."""
-        try:
-            _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        except DatasetNotFoundError:
-            return False
+    def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
+        return self.root / file.path
+
+    def _file_present(self, file: FileInfo) -> bool:
         try:
             check_file(self.root / file.path, file.size)
         except CorruptFileError:
             return False
         return True
 
-    def get_local_path(
-        self,
-        dataset_type_or_ref: str | DatasetType | DatasetRef,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """A local path of the dataset's file, for memory-mapping or external tools."""
-        _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self.root / file.path
-
     def get_uri(
         self,
-        dataset_type_or_ref: str | DatasetType | DatasetRef,
+        dataset_type_or_ref: DatasetLike,
         data_id: Mapping[str, Any] | None = None,
         *,
-        collections: str | Sequence[str] | None = None,
+        collections: Collections = None,
         **kwargs: Any,
     ) -> str:
         return self.get_local_path(
             dataset_type_or_ref, data_id, collections=collections, **kwargs
         ).as_uri()
-
-    def memmap(
-        self,
-        dataset_type_or_ref: str | DatasetType | DatasetRef,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        hdu: str | int = "IMAGE",
-        collections: str | Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> np.memmap[Any, Any]:
-        """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy)."""
-        _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        entry = file.hdu(hdu)
-        if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
-            raise ButlerError(
-                f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
-                "only uncompressed image HDUs can be memory-mapped"
-            )
-        return np.memmap(
-            self.root / file.path,
-            dtype=np.dtype(entry["dtype"]),
-            mode="r",
-            offset=int(entry["data_offset"]),
-            shape=tuple(entry["shape"]),
-        )
 
     def verify(self, refs: Iterable[DatasetRef] | None = None) -> list[tuple[DatasetRef, str]]:
         """Re-hash files; returns (ref, problem) for each missing or altered one."""
@@ -641,36 +505,6 @@ class Butler:
         return len(ref_list)
 
     # -- queries --------------------------------------------------------------------------
-
-    def query_datasets(
-        self,
-        dataset_type: str | DatasetType,
-        collections: str | Sequence[str] | None = None,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        find_first: bool = True,
-        limit: int | None = None,
-        **data_id: Any,
-    ) -> list[DatasetRef]:
-        """Datasets of a type matching a ``where`` expression and data ID values.
-
-        With several collections, ``find_first`` keeps for each data ID only the dataset of
-        the first collection (in search order) that has one.
-        """
-        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
-        resolved = self.registry.get_dataset_type(split_component(name)[0])
-        names, runs = self._search_runs(collections)
-        rows = self.registry.query_datasets(
-            resolved,
-            runs,
-            where=where,
-            bind=bind,
-            data_id=data_id,
-            find_first=find_first and bool(names),
-            limit=limit,
-        )
-        return [ref for ref, _ in rows]
 
     def query_datasets_with_files(
         self,

@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from butler.direct_butler import Butler
+from butler.butler import Butler
 from butler.errors import ButlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,8 +73,12 @@ def _print_rows(rows: Iterable[Mapping[str, Any]], as_json: bool, title: str = "
 
 
 repo_argument = click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
-where_option = click.option("--where", default="", help="Query expression, e.g. \"visit > 100 AND band = 'r'\".")
-bind_option = click.option("--bind", multiple=True, metavar="KEY=VALUE", help="Bind value for the where expression.")
+where_option = click.option(
+    "--where", default="", help="Query expression, e.g. \"visit > 100 AND band = 'r'\"."
+)
+bind_option = click.option(
+    "--bind", multiple=True, metavar="KEY=VALUE", help="Bind value for the where expression."
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 collections_option = click.option(
     "--collections", multiple=True, help="Collections to search, in order (repeatable)."
@@ -90,8 +94,11 @@ def main() -> None:
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", help="Repository name (default: the directory name).")
-@click.option("--universe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Dimension universe YAML (default: the LSST-like universe in config/).")
+@click.option(
+    "--universe",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Dimension universe YAML (default: the LSST-like universe in config/).",
+)
 @_handle_errors
 def create(path: Path, name: str | None, universe: Path | None) -> None:
     """Create an empty repository at PATH."""
@@ -139,7 +146,9 @@ def register_dataset_type(
 @click.argument("records_file", type=click.File("r"))
 @click.option("--skip-existing", is_flag=True, help="Ignore records that exist already.")
 @_handle_errors
-def insert_dimension_records(repo: Path, element: str, records_file: Any, skip_existing: bool) -> None:
+def insert_dimension_records(
+    repo: Path, element: str, records_file: Any, skip_existing: bool
+) -> None:
     """Insert ELEMENT records from a YAML or JSON list of mappings ('-' for stdin)."""
     try:
         records = yaml.safe_load(records_file)
@@ -157,14 +166,26 @@ def insert_dimension_records(repo: Path, element: str, records_file: Any, skip_e
 @main.command()
 @repo_argument
 @click.argument("dataset_type")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--run", required=True, help="RUN collection to add the datasets to.")
-@click.option("--data-id", "data_id", multiple=True, metavar="KEY=VALUE", required=True,
-              help="Data ID values (repeatable); with several files, give one file at a time.")
+@click.option(
+    "--data-id",
+    "data_id",
+    multiple=True,
+    metavar="KEY=VALUE",
+    required=True,
+    help="Data ID values (repeatable); with several files, give one file at a time.",
+)
 @click.option("--transfer", type=click.Choice(["copy", "move", "hardlink"]), default="copy")
 @_handle_errors
 def ingest(
-    repo: Path, dataset_type: str, files: tuple[Path, ...], run: str, data_id: tuple[str, ...],
+    repo: Path,
+    dataset_type: str,
+    files: tuple[Path, ...],
+    run: str,
+    data_id: tuple[str, ...],
     transfer: str,
 ) -> None:
     """Add existing FILES (already in the dataset type's format) as datasets."""
@@ -184,23 +205,41 @@ def ingest(
 @where_option
 @bind_option
 @click.option("--limit", type=int, help="Return at most this many.")
-@click.option("--all-runs", "find_all", is_flag=True, help="Show every match, not the first per data ID.")
+@click.option(
+    "--all-runs", "find_all", is_flag=True, help="Show every match, not the first per data ID."
+)
 @json_option
 @_handle_errors
 def query_datasets(
-    repo: Path, dataset_type: str, collections: tuple[str, ...], where: str, bind: tuple[str, ...],
-    limit: int | None, find_all: bool, as_json: bool,
+    repo: Path,
+    dataset_type: str,
+    collections: tuple[str, ...],
+    where: str,
+    bind: tuple[str, ...],
+    limit: int | None,
+    find_all: bool,
+    as_json: bool,
 ) -> None:
     """List datasets of DATASET_TYPE matching --where."""
     with Butler(repo) as butler:
         rows = butler.query_datasets_with_files(
-            dataset_type, collections or None, where, _parse_pairs(bind, "--bind"),
-            find_first=not find_all, limit=limit,
+            dataset_type,
+            collections or None,
+            where,
+            _parse_pairs(bind, "--bind"),
+            find_first=not find_all,
+            limit=limit,
         )
     _print_rows(
         (
-            {"type": ref.dataset_type.name, "run": ref.run, **ref.data_id.required,
-             "id": str(ref.id), "size": file.size, "path": file.path}
+            {
+                "type": ref.dataset_type.name,
+                "run": ref.run,
+                **ref.data_id.required,
+                "id": str(ref.id),
+                "size": file.size,
+                "path": file.path,
+            }
             for ref, file in rows
         ),
         as_json,
@@ -219,14 +258,24 @@ def query_datasets(
 @json_option
 @_handle_errors
 def query_data_ids(
-    repo: Path, dimensions: tuple[str, ...], where: str, bind: tuple[str, ...],
-    dataset_type: str | None, collections: tuple[str, ...], limit: int | None, as_json: bool,
+    repo: Path,
+    dimensions: tuple[str, ...],
+    where: str,
+    bind: tuple[str, ...],
+    dataset_type: str | None,
+    collections: tuple[str, ...],
+    limit: int | None,
+    as_json: bool,
 ) -> None:
     """List distinct data IDs over DIMENSIONS."""
     with Butler(repo) as butler:
         ids = butler.query_data_ids(
-            dimensions, where, _parse_pairs(bind, "--bind"), dataset_type=dataset_type,
-            collections=collections or None, limit=limit,
+            dimensions,
+            where,
+            _parse_pairs(bind, "--bind"),
+            dataset_type=dataset_type,
+            collections=collections or None,
+            limit=limit,
         )
     _print_rows((dict(i) for i in ids), as_json, "data IDs")
 
@@ -271,8 +320,12 @@ def query_dataset_types(repo: Path, as_json: bool) -> None:
     """List registered dataset types."""
     with Butler(repo) as butler:
         rows = [
-            {"name": t.name, "dimensions": ", ".join(t.dimensions),
-             "storage_class": t.storage_class, "formatter": t.formatter or "(default)"}
+            {
+                "name": t.name,
+                "dimensions": ", ".join(t.dimensions),
+                "storage_class": t.storage_class,
+                "formatter": t.formatter or "(default)",
+            }
             for t in butler.dataset_types()
         ]
     _print_rows(rows, as_json, "dataset types")
@@ -299,13 +352,20 @@ def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_handle_errors
 def remove(
-    repo: Path, dataset_type: str, collections: tuple[str, ...], where: str, bind: tuple[str, ...],
+    repo: Path,
+    dataset_type: str,
+    collections: tuple[str, ...],
+    where: str,
+    bind: tuple[str, ...],
     yes: bool,
 ) -> None:
     """Remove the datasets of DATASET_TYPE matching --where (one transaction)."""
     with Butler(repo, writeable=True) as butler:
         refs = butler.query_datasets(
-            dataset_type, collections or None, where, _parse_pairs(bind, "--bind"),
+            dataset_type,
+            collections or None,
+            where,
+            _parse_pairs(bind, "--bind"),
             find_first=False,
         )
         if not refs:
@@ -332,8 +392,13 @@ def verify(repo: Path) -> None:
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-work"),
-              show_default=True, help="Directory for the sample repository (replaced).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-work"),
+    show_default=True,
+    help="Directory for the sample repository (replaced).",
+)
 @_handle_errors
 def demo(workdir: Path) -> None:
     """Run the end-to-end tour on embedded defaults and print what happens."""

@@ -1,0 +1,451 @@
+"""``Butler``: one interface over a local repository and a remote one.
+
+``Butler(path_or_url, ...)`` returns a :class:`~butler.direct_butler.DirectButler` for a local
+path and a :class:`~butler.remote.butler.RemoteButler` for an ``http(s)://`` URL (a repository
+server or a caching proxy in front of one). Reading is implemented once, here, on top of four
+backend primitives: find a dataset and its file record, open a byte source on the file, give
+a local path for it, check it is present. Everything else is declared here (the interface
+both backends implement, which is why its bodies only raise) and implemented by each backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from butler.errors import ButlerError, DatasetNotFoundError
+from butler.formatters.registry import FormatterRegistry
+from butler.io.source import ByteSource, RangeFile
+from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+from butler.universe import DimensionUniverse
+
+if TYPE_CHECKING:
+    from butler.direct_butler import DirectButler
+
+DatasetLike = str | DatasetType | DatasetRef
+Collections = str | Sequence[str] | None
+
+
+@dataclass
+class IOStats:
+    """Bytes and read requests that this butler's reads have made (for checks and tests)."""
+
+    bytes_read: int = 0
+    requests: int = 0
+
+    def reset(self) -> None:
+        self.bytes_read = 0
+        self.requests = 0
+
+    def add(self, source: ByteSource) -> None:
+        self.bytes_read += source.bytes_read
+        self.requests += source.requests
+
+
+def is_remote_uri(path: object) -> bool:
+    return isinstance(path, str) and path.startswith(("http://", "https://"))
+
+
+def as_collection_list(collections: Collections) -> list[str] | None:
+    if collections is None:
+        return None
+    if isinstance(collections, str):
+        return [collections]
+    return list(collections)
+
+
+class _ButlerFactory(type):
+    """``Butler(...)`` picks the backend from its first argument (path or URL)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Butler:
+            target = args[0] if args else kwargs.get("path")
+            if is_remote_uri(target):
+                from butler.remote.butler import RemoteButler
+
+                return RemoteButler(*args, **kwargs)
+            from butler.direct_butler import DirectButler
+
+            return DirectButler(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class Butler(metaclass=_ButlerFactory):
+    """Read and write datasets by dataset type + data ID.
+
+    ``Butler(path)`` opens a local repository read-only; ``writeable=True`` or ``run=...``
+    (the RUN collection :meth:`put` writes to) opens it for writing. ``collections`` is the
+    default search path for reads (a name or a list, searched in order); without it, reads
+    search every RUN and complain if a data ID is found in more than one. An ``http(s)://``
+    URL opens a remote repository (server or proxy) with the same interface.
+    """
+
+    universe: DimensionUniverse
+    formatters: FormatterRegistry
+    io_stats: IOStats
+    run: str | None
+    collections: list[str] | None
+    writeable: bool
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        writeable: bool = False,
+        run: str | None = None,
+        collections: Collections = None,
+        **options: Any,
+    ) -> None:
+        # ``run`` implies writing: it names where puts go.
+        self.writeable = writeable or run is not None
+        self.run = run
+        self.collections = as_collection_list(collections) or ([run] if run else None)
+        self.io_stats = IOStats()
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        universe: str | os.PathLike[str] | None = None,
+        description: str = "",
+    ) -> DirectButler:
+        """Create a new, empty local repository at ``path`` and open it for writing."""
+        from butler.direct_butler import DirectButler
+
+        return DirectButler.create_repository(
+            path, name=name, universe=universe, description=description
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- backend primitives ---------------------------------------------------------------
+
+    def _resolve(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None,
+        collections: Collections,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[DatasetRef, FileInfo]:
+        """The dataset (with its component, if one was named) and its file record."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _resolve")
+
+    def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
+        """Random access to the dataset's file."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _open_source")
+
+    def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
+        """A complete, verified local copy (or the file itself) of the dataset's file."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _local_file")
+
+    def _file_present(self, file: FileInfo) -> bool:
+        """Whether the file of a registered dataset can be read."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _file_present")
+
+    # -- reading (shared by every backend) ------------------------------------------------
+
+    def find_dataset(
+        self,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> DatasetRef | None:
+        """The ref of a dataset, or None if it is not in the collections searched."""
+        try:
+            return self._resolve(dataset_type, data_id, collections, kwargs)[0]
+        except DatasetNotFoundError:
+            return None
+
+    def get_file_info(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> FileInfo:
+        """Size, checksum, format and offset index of a dataset's file."""
+        return self._resolve(dataset_type_or_ref, data_id, collections, kwargs)[1]
+
+    def get(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Read a dataset (or a component: ``"calexp.metadata"``), or part of it.
+
+        ``parameters`` select a part (``{"bbox": Box(...)}`` for images, ``{"columns": [...]}``
+        for tables) and only the bytes needed are read.
+        """
+        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        return self.read_file(ref, file, parameters)
+
+    def read_file(
+        self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Read a resolved dataset through its formatter (only the bytes the request needs)."""
+        formatter = self.formatters.formatter(file.formatter)
+        formatter.check_request(ref.component, parameters)
+        source = self._open_source(ref, file)
+        try:
+            return formatter.read(
+                source, file.index, component=ref.component, parameters=parameters or {}
+            )
+        finally:
+            self.io_stats.add(source)
+            source.close()
+
+    def open(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        read_ahead: int = 64 * 1024,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> RangeFile:
+        """A seekable binary file object over the dataset's file that reads lazily.
+
+        Hand it to astropy.io.fits or pyarrow: only the bytes they ask for are read
+        (plus ``read_ahead`` bytes per miss, to keep small reads from becoming requests).
+        """
+        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        return self._open_source(ref, file).open(read_ahead=read_ahead)
+
+    def exists(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> bool:
+        """True if the dataset is registered and its file can be read."""
+        try:
+            _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        except DatasetNotFoundError:
+            return False
+        return self._file_present(file)
+
+    def get_local_path(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> Path:
+        """A local path of the dataset's file, for memory-mapping or external tools.
+
+        Local repositories give the file itself; remote ones download it once into the
+        client cache and verify its checksum first.
+        """
+        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        return self._local_file(ref, file)
+
+    def get_uri(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> str:
+        """Where the dataset's file lives (``file://`` or ``http(s)://``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_uri")
+
+    def memmap(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        hdu: str | int = "IMAGE",
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> np.memmap[Any, Any]:
+        """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy)."""
+        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+        entry = file.hdu(hdu)
+        if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
+            raise ButlerError(
+                f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
+                "only uncompressed image HDUs can be memory-mapped"
+            )
+        return np.memmap(
+            self._local_file(ref, file),
+            dtype=np.dtype(entry["dtype"]),
+            mode="r",
+            offset=int(entry["data_offset"]),
+            shape=tuple(entry["shape"]),
+        )
+
+    # -- the rest of the interface --------------------------------------------------------
+
+    def close(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement close")
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement info")
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All puts, removes and registrations inside happen together or not at all."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement transaction")
+
+    def register_dataset_type(
+        self,
+        name: str,
+        dimensions: Iterable[str],
+        storage_class: str,
+        formatter: str | None = None,
+    ) -> DatasetType:
+        raise NotImplementedError(f"{type(self).__name__} does not implement register_dataset_type")
+
+    def get_dataset_type(self, name: str) -> DatasetType:
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_dataset_type")
+
+    def dataset_types(self) -> list[DatasetType]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement dataset_types")
+
+    def register_run(self, name: str, doc: str = "") -> bool:
+        raise NotImplementedError(f"{type(self).__name__} does not implement register_run")
+
+    def set_collection_chain(self, name: str, children: Sequence[str], doc: str = "") -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement set_collection_chain")
+
+    def get_collection_chain(self, name: str) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_collection_chain")
+
+    def query_collections(self) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement query_collections")
+
+    def insert_dimension_records(
+        self, element: str, *records: Mapping[str, Any], skip_existing: bool = False
+    ) -> int:
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement insert_dimension_records"
+        )
+
+    def put(
+        self,
+        obj: Any,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        run: str | None = None,
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
+        raise NotImplementedError(f"{type(self).__name__} does not implement put")
+
+    def ingest(
+        self,
+        path: str | os.PathLike[str],
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        run: str | None = None,
+        transfer: str = "copy",
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
+        """Add an existing file (already in the dataset type's format) as a dataset."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement ingest")
+
+    def verify(self, refs: Iterable[DatasetRef] | None = None) -> list[tuple[DatasetRef, str]]:
+        """Re-hash files; returns (ref, problem) for each missing or altered one."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement verify")
+
+    def remove(
+        self,
+        refs: DatasetRef | Iterable[DatasetRef] | str,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> int:
+        raise NotImplementedError(f"{type(self).__name__} does not implement remove")
+
+    def query_datasets_with_files(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[tuple[DatasetRef, FileInfo]]:
+        """Like :meth:`query_datasets`, with each dataset's file record."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement query_datasets_with_files"
+        )
+
+    def query_datasets(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[DatasetRef]:
+        """Datasets of a type matching a ``where`` expression and data ID values.
+
+        With several collections, ``find_first`` keeps for each data ID only the dataset of
+        the first collection (in search order) that has one.
+        """
+        rows = self.query_datasets_with_files(
+            dataset_type, collections, where, bind, find_first=find_first, limit=limit, **data_id
+        )
+        return [ref for ref, _ in rows]
+
+    def query_data_ids(
+        self,
+        dimensions: str | Sequence[str],
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[DataCoordinate]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement query_data_ids")
+
+    def query_dimension_records(
+        self,
+        element: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        **data_id: Any,
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement query_dimension_records"
+        )
+
+    def iter_datasets(self, dataset_types: Iterable[str] | None = None) -> Iterator[DatasetRef]:
+        """Every dataset in every RUN, type by type (for verification and copying)."""
+        names = list(dataset_types) if dataset_types else [t.name for t in self.dataset_types()]
+        runs = [c["name"] for c in self.query_collections() if c["type"] == "RUN"]
+        for name in names:
+            yield from self.query_datasets(name, collections=runs, find_first=False)
