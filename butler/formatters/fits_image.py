@@ -1,0 +1,661 @@
+"""FITS formatters for the ``Image`` storage class, with byte-exact partial reads.
+
+Files are written in the LSST layout: an empty PRIMARY HDU carrying the observation metadata,
+then ``IMAGE`` (pixels, with the WCS and ``BUNIT``), ``MASK`` (``int32`` bit planes, plane
+names as ``MP_<NAME> = bit`` cards) and ``VARIANCE``. :class:`CompressedFitsImageFormatter`
+writes the same HDUs tile-compressed, losslessly.
+
+Reading uses the file's offset index (:mod:`butler.formatters.fits_index`) so it asks the
+:class:`~butler.io.source.ByteSource` for exactly the bytes it needs, all at once:
+
+- ``metadata`` / ``wcs``: one range, the header of the PRIMARY / IMAGE HDU;
+- a ``bbox`` cutout of an uncompressed HDU: one range per image row of the box (a
+  full-width box is one range), for all requested planes in a single ``read_ranges`` call;
+- a ``bbox`` cutout of a tile-compressed HDU: the table rows describing the tiles that
+  intersect the box, then the compressed bytes of just those tiles (two calls).
+
+Files from other telescopes are read too: the pixels come from the HDU called ``IMAGE`` or
+``SCI`` (or the first HDU with pixels), the mask from ``MASK`` or ``DQ``, the variance from
+``VARIANCE``/``VAR`` or, squared, from ``ERR``; what is missing is NaN variance / zero mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from astropy import units as u
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+from astropy.wcs import WCS
+
+from butler.errors import CorruptFileError, StorageClassError
+from butler.formatters.base import FileIndex, Formatter
+from butler.formatters.fits_index import (
+    apply_scaling,
+    decode_image,
+    ensure_index,
+    find_hdu,
+    hdu_header_range,
+    image_header,
+    index_fits,
+    is_image_hdu,
+    parse_header,
+    wcs_from_header,
+)
+from butler.image import Box, Image, as_box
+from butler.io.source import ByteRange, ByteSource, merge_ranges
+
+__all__ = ["CompressedFitsImageFormatter", "FitsImageFormatter"]
+
+log = logging.getLogger(__name__)
+
+# Cards that describe how a header's HDU is stored, not the observation; they are dropped from
+# the metadata so that writing it into a new HDU cannot contradict that HDU's own structure.
+# (Metadata comes from the PRIMARY header, which is never tile-compressed, so Z* cards such as
+# ZD or ZPT are observation metadata and are kept.)
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|XTENSION|PCOUNT|GCOUNT|GROUPS|EXTNAME|EXTVER|EXTLEVEL|"
+    r"BSCALE|BZERO|BLANK|CHECKSUM|DATASUM)$"
+)
+_PLANE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _metadata_header(header: fits.Header) -> fits.Header:
+    out = header.copy()
+    for key in {k for k in out if _STRUCTURAL.match(k)}:
+        del out[key]
+    return out
+
+
+def _bunit(unit: u.UnitBase | None) -> str | None:
+    if unit is None:
+        return None
+    try:
+        text: str = unit.to_string("fits")
+    except ValueError:
+        # Not a FITS-standard unit (e.g. electron): astropy's generic form still reads back.
+        text = unit.to_string()
+    return text
+
+
+# BUNIT spellings common in archive headers that astropy does not parse.
+_UNIT_ALIASES = {
+    "COUNTS": "count",
+    "COUNTS/S": "count/s",
+    "ELECTRONS": "electron",
+    "ELECTRONS/S": "electron/s",
+    "DN": "adu",
+    "DN/S": "adu/s",
+}
+
+
+def _parse_unit(text: Any, where: str) -> u.UnitBase | None:
+    """The unit a BUNIT card names, or None (logged) if astropy cannot interpret it."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = text.strip()
+    candidates = [(text, "fits"), (text, None)]
+    if text.upper() in _UNIT_ALIASES:
+        candidates.append((_UNIT_ALIASES[text.upper()], None))
+    for candidate, fmt in candidates:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", u.UnitsWarning)
+                unit: u.UnitBase = u.Unit(candidate, format=fmt)
+        except ValueError:
+            continue
+        return unit
+    log.warning("%s: BUNIT = %r is not a unit astropy knows; reading without a unit", where, text)
+    return None
+
+
+def _two_d(shape: Sequence[int], where: str) -> tuple[int, int]:
+    if len(shape) < 2 or any(n != 1 for n in shape[:-2]):
+        raise StorageClassError(
+            f"{where}: pixels have shape {tuple(shape)}; the Image storage class is 2-D "
+            "(read such files with the 'npy'/'Array' storage class instead)"
+        )
+    return int(shape[-2]), int(shape[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# Which HDU holds what
+
+
+@dataclass
+class _Layout:
+    primary: Mapping[str, Any]
+    image: Mapping[str, Any]
+    mask: Mapping[str, Any] | None
+    variance: Mapping[str, Any] | None
+    variance_is_stddev: bool
+    mask_is_lsst: bool
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, index: Mapping[str, Any], name: str) -> _Layout:
+        hdus = index["hdus"]
+        image = next(
+            (
+                h
+                for h in (find_hdu(index, "IMAGE"), find_hdu(index, "SCI"))
+                if h is not None and is_image_hdu(h)
+            ),
+            None,
+        ) or next((h for h in hdus if is_image_hdu(h)), None)
+        if image is None:
+            described = ", ".join(f"{h['index']}:{h['name'] or '?'}({h['kind']})" for h in hdus)
+            raise CorruptFileError(f"{name}: no HDU holds image pixels (HDUs: {described})")
+        shape = _two_d(image["shape"], f"{name}: HDU {image['index']}")
+        # HST/JWST files pair SCI with DQ and ERR of the same EXTVER.
+        ver = image["ver"] if image["name"] == "SCI" else None
+
+        def pick(*names: str, ver: int | None = None) -> Mapping[str, Any] | None:
+            for n in names:
+                hdu = find_hdu(index, n, ver=ver)
+                if hdu is not None and is_image_hdu(hdu):
+                    if tuple(hdu["shape"][-2:]) != shape:
+                        raise CorruptFileError(
+                            f"{name}: HDU {hdu['index']} ({n}) has shape {hdu['shape']} but the "
+                            f"image has shape {list(shape)}"
+                        )
+                    return hdu
+            return None
+
+        mask = pick("MASK")
+        mask_is_lsst = mask is not None
+        if mask is None:
+            mask = pick("DQ", ver=ver)
+        variance = pick("VARIANCE", "VAR")
+        stddev = variance is None
+        if variance is None:
+            variance = pick("ERR", ver=ver)
+        return cls(
+            primary=hdus[0],
+            image=image,
+            mask=mask,
+            variance=variance,
+            variance_is_stddev=stddev and variance is not None,
+            mask_is_lsst=mask_is_lsst,
+            shape=shape,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Reading pixels
+
+
+class _Batch:
+    """Ranges collected from several readers, fetched with one ``read_ranges`` call."""
+
+    def __init__(self) -> None:
+        self.ranges: list[ByteRange] = []
+        self.results: list[bytes] = []
+
+    def add(self, ranges: Sequence[ByteRange]) -> slice:
+        start = len(self.ranges)
+        self.ranges.extend(ranges)
+        return slice(start, len(self.ranges))
+
+    def fetch(self, source: ByteSource) -> None:
+        self.results = source.read_ranges(self.ranges) if self.ranges else []
+
+    def get(self, handle: slice) -> list[bytes]:
+        return self.results[handle]
+
+
+class _PlainPixels:
+    """A box of an uncompressed image HDU: one range per row, merged where rows touch."""
+
+    def __init__(self, hdu: Mapping[str, Any], shape: tuple[int, int], box: Box) -> None:
+        self.hdu, self.box = hdu, box
+        itemsize = np.dtype(hdu["dtype"]).itemsize
+        nx = shape[1]
+        base = int(hdu["data_offset"])
+        rows = [
+            (base + (y * nx + box.x0) * itemsize, box.width * itemsize)
+            for y in range(box.y0, box.y1)
+        ]
+        # Full-width boxes collapse to one range; keep the merged list in file order so the
+        # concatenated bytes are the rows in order.
+        self.ranges = merge_ranges(rows)
+        self.handle = slice(0)
+
+    def stage1(self, batch: _Batch) -> None:
+        self.handle = batch.add(self.ranges)
+
+    def stage2(self, batch: _Batch, first: _Batch) -> None:
+        return None
+
+    def result(self, first: _Batch, second: _Batch) -> npt.NDArray[Any]:
+        # The merged runs, in file order, are exactly the box's rows one after the other.
+        return decode_image(b"".join(first.get(self.handle)), self.hdu, self.box.shape)
+
+
+_ELEMENT_DTYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
+_FIELD_DTYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "L": "u1"}
+
+
+def _row_dtype(hdu: Mapping[str, Any]) -> np.dtype[Any]:
+    """Structured dtype of one row of a compressed image's tile table."""
+    names: list[str] = []
+    formats: list[np.dtype[Any]] = []
+    offsets: list[int] = []
+    for col in hdu["columns"]:
+        code = col["code"]
+        if code in "PQ":
+            fmt = np.dtype((">i4" if code == "P" else ">i8", (2,)))
+        elif code in _FIELD_DTYPES:
+            base = np.dtype(_FIELD_DTYPES[code])
+            fmt = base if col["repeat"] == 1 else np.dtype((base, (col["repeat"],)))
+        else:
+            continue  # a column the tile decoder never looks at
+        names.append(col["name"].upper())
+        formats.append(fmt)
+        offsets.append(col["offset"])
+    return np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": hdu["naxis1"]}
+    )
+
+
+class _TiledPixels:
+    """A box of a tile-compressed image HDU: descriptors of the tiles it touches, then their
+    compressed bytes, decoded with astropy's codecs exactly as ``CompImageHDU`` does."""
+
+    def __init__(self, hdu: Mapping[str, Any], shape: tuple[int, int], box: Box) -> None:
+        self.hdu, self.box, self.shape = hdu, box, shape
+        tile = hdu["tile_shape"]
+        if len(tile) < 2 or any(t != 1 for t in tile[:-2]):
+            raise StorageClassError(f"tile shape {tile} of a 2-D image is not supported")
+        self.ty, self.tx = int(tile[-2]), int(tile[-1])
+        self.ntx = -(-shape[1] // self.tx)
+        self.tiles_y = range(box.y0 // self.ty, (box.y1 - 1) // self.ty + 1)
+        self.tiles_x = range(box.x0 // self.tx, (box.x1 - 1) // self.tx + 1)
+        self.rows = [ty * self.ntx + tx for ty in self.tiles_y for tx in self.tiles_x]
+        if hdu["naxis2"] < max(self.rows) + 1:
+            raise CorruptFileError(
+                f"compressed HDU {hdu['index']} has {hdu['naxis2']} tile rows, fewer than its "
+                f"{shape} image and {tile} tiles need"
+            )
+        self.row_dtype = _row_dtype(hdu)
+        self.handle = slice(0)
+        self.heap_handle = slice(0)
+        self.descriptors: npt.NDArray[Any] = np.zeros(0, dtype=self.row_dtype)
+        self.heap_plan: list[tuple[str, int]] = []
+
+    def stage1(self, batch: _Batch) -> None:
+        base, width = int(self.hdu["data_offset"]), int(self.hdu["naxis1"])
+        self.handle = batch.add(merge_ranges([(base + r * width, width) for r in self.rows]))
+
+    def _heap_column(self, name: str) -> tuple[str, np.dtype[Any]] | None:
+        for col in self.hdu["columns"]:
+            if col["name"].upper() == name and col["code"] in "PQ":
+                return name, np.dtype(_ELEMENT_DTYPES.get(col.get("element", "B"), "u1"))
+        return None
+
+    def stage2(self, batch: _Batch, first: _Batch) -> None:
+        # Map each wanted tile row to its record inside the merged descriptor runs.
+        base, width = int(self.hdu["data_offset"]), int(self.hdu["naxis1"])
+        runs = merge_ranges([(base + r * width, width) for r in self.rows])
+        blobs = first.get(self.handle)
+        records = []
+        for r in self.rows:
+            off = base + r * width
+            for (run_off, run_len), blob in zip(runs, blobs, strict=True):
+                if run_off <= off < run_off + run_len:
+                    records.append(blob[off - run_off : off - run_off + width])
+                    break
+        self.descriptors = np.frombuffer(b"".join(records), dtype=self.row_dtype)
+        heap = int(self.hdu["data_offset"]) + int(self.hdu["theap"])
+        ranges: list[ByteRange] = []
+        self.heap_plan = []
+        for i in range(len(self.rows)):
+            chosen = self._pick_column(i)
+            if chosen is None:
+                raise CorruptFileError(
+                    f"compressed HDU {self.hdu['index']}: tile row {self.rows[i]} has no data "
+                    "in COMPRESSED_DATA and no GZIP_COMPRESSED_DATA/UNCOMPRESSED_DATA column"
+                )
+            name, dtype = chosen
+            count, offset = (int(v) for v in self.descriptors[name][i])
+            ranges.append((heap + offset, count * dtype.itemsize))
+            self.heap_plan.append((name, i))
+        self.heap_handle = batch.add(ranges)
+
+    def _pick_column(self, i: int) -> tuple[str, np.dtype[Any]] | None:
+        main = self._heap_column("COMPRESSED_DATA")
+        if main is not None and int(self.descriptors["COMPRESSED_DATA"][i][0]) > 0:
+            return main
+        # Quantised float tiles that would not quantise are stored losslessly elsewhere.
+        for name in ("GZIP_COMPRESSED_DATA", "UNCOMPRESSED_DATA"):
+            col = self._heap_column(name)
+            if col is not None:
+                return col
+        return main
+
+    def result(self, first: _Batch, second: _Batch) -> npt.NDArray[Any]:
+        from astropy.io.fits.hdu.compressed._quantization import DITHER_METHODS, Quantize
+        from astropy.io.fits.hdu.compressed._tiled_compression import (
+            _decompress_tile,
+            _finalize_array,
+            _header_to_settings,
+            _update_tile_settings,
+        )
+
+        hdu = self.hdu
+        zbitpix = int(hdu["bitpix"])
+        algorithm = hdu["zcmptype"]
+        # _header_to_settings reads ZCMPTYPE/ZBITPIX and ZNAMEn/ZVALn pairs from a header;
+        # rebuild just those from the index so no header fetch is needed.
+        pseudo: dict[str, Any] = {"ZCMPTYPE": algorithm, "ZBITPIX": zbitpix}
+        for n, (key, value) in enumerate(hdu.get("zsettings", {}).items(), start=1):
+            pseudo[f"ZNAME{n}"] = key
+            pseudo[f"ZVAL{n}"] = value
+        settings = _header_to_settings(pseudo)
+        names: tuple[str, ...] = self.row_dtype.names or ()
+        quantized = "ZSCALE" in names
+        dither_method = DITHER_METHODS[hdu.get("zquantiz", "NO_DITHER")]
+        dither_seed = int(hdu.get("zdither0", 0))
+        zblank_header = hdu.get("zblank", hdu.get("blank"))
+        stored_dtype = np.dtype(hdu["dtype"])
+        ny, nx = self.shape
+        y_lo, x_lo = self.tiles_y.start * self.ty, self.tiles_x.start * self.tx
+        y_hi = min(ny, self.tiles_y.stop * self.ty)
+        x_hi = min(nx, self.tiles_x.stop * self.tx)
+        region = np.empty((y_hi - y_lo, x_hi - x_lo), dtype=stored_dtype.newbyteorder("="))
+        blobs = second.get(self.heap_handle)
+        for i, (tile_y, tile_x) in enumerate(
+            (ty, tx) for ty in self.tiles_y for tx in self.tiles_x
+        ):
+            row = self.rows[i]
+            ys = slice(tile_y * self.ty - y_lo, min(ny, (tile_y + 1) * self.ty) - y_lo)
+            xs = slice(tile_x * self.tx - x_lo, min(nx, (tile_x + 1) * self.tx) - x_lo)
+            tile_shape = (ys.stop - ys.start, xs.stop - xs.start)
+            column, _ = self.heap_plan[i]
+            _, element = self._heap_column(column) or (column, np.dtype("u1"))
+            cdata = np.frombuffer(blobs[i], dtype=element)
+            if column == "UNCOMPRESSED_DATA":
+                tile = cdata.reshape(tile_shape)
+            elif column == "GZIP_COMPRESSED_DATA":
+                buffer = _decompress_tile(cdata, algorithm="GZIP_1")
+                tile = _finalize_array(
+                    buffer,
+                    bitpix=zbitpix,
+                    tile_shape=tile_shape,
+                    algorithm="GZIP_1",
+                    lossless=True,
+                )
+            else:
+                settings = _update_tile_settings(settings, algorithm, tile_shape)
+                if algorithm == "GZIP_2":
+                    # GZIP_2 shuffles bytes; the element size comes from the plain inflate.
+                    plain = np.asarray(_decompress_tile(cdata, algorithm="GZIP_1"))
+                    settings["itemsize"] = plain.size // math.prod(tile_shape)
+                buffer = _decompress_tile(cdata, algorithm=algorithm, **settings)
+                tile = _finalize_array(
+                    buffer,
+                    bitpix=zbitpix,
+                    tile_shape=tile_shape,
+                    algorithm=algorithm,
+                    lossless=not quantized,
+                )
+                zblank = self.descriptors["ZBLANK"][i] if "ZBLANK" in names else zblank_header
+                blank_mask = (tile == zblank) if zblank is not None else None
+                if quantized:
+                    q = Quantize(
+                        row=(row + dither_seed) if dither_method != -1 else 0,
+                        dither_method=dither_method,
+                        quantize_level=None,
+                        bitpix=zbitpix,
+                    )
+                    tile = np.asarray(
+                        q.decode_quantized(
+                            tile, self.descriptors["ZSCALE"][i], self.descriptors["ZZERO"][i]
+                        )
+                    ).reshape(tile_shape)
+                if blank_mask is not None and zbitpix < 0:
+                    tile = np.array(tile, copy=True)
+                    tile[blank_mask] = np.nan
+            region[ys, xs] = tile
+        b = self.box
+        cut = region[b.y0 - y_lo : b.y1 - y_lo, b.x0 - x_lo : b.x1 - x_lo]
+        # BSCALE/BZERO/BLANK of the image apply after decompression, as for a plain HDU.
+        return apply_scaling(cut.astype(stored_dtype, copy=False), hdu)
+
+
+def _pixels(
+    hdu: Mapping[str, Any], shape: tuple[int, int], box: Box
+) -> _PlainPixels | _TiledPixels:
+    if hdu["kind"] == "compimage":
+        return _TiledPixels(hdu, shape, box)
+    return _PlainPixels(hdu, shape, box)
+
+
+@dataclass
+class _Request:
+    """Everything one read needs: headers by role, pixel readers by plane."""
+
+    headers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    planes: dict[str, _PlainPixels | _TiledPixels] = field(default_factory=dict)
+
+    def run(self, source: ByteSource) -> tuple[dict[str, fits.Header], dict[str, Any]]:
+        first, second = _Batch(), _Batch()
+        header_handles = {
+            role: first.add([hdu_header_range(hdu)]) for role, hdu in self.headers.items()
+        }
+        for plane in self.planes.values():
+            plane.stage1(first)
+        first.fetch(source)
+        for plane in self.planes.values():
+            plane.stage2(second, first)
+        second.fetch(source)
+        headers = {
+            role: parse_header(first.get(h)[0], f"{source.name}: HDU {self.headers[role]['index']}")
+            for role, h in header_handles.items()
+        }
+        arrays = {name: plane.result(first, second) for name, plane in self.planes.items()}
+        return headers, arrays
+
+
+# ----------------------------------------------------------------------------------------
+# The formatters
+
+
+class FitsImageFormatter(Formatter):
+    """``Image`` <-> LSST-layout multi-extension FITS (PRIMARY, IMAGE, MASK, VARIANCE).
+
+    Components: ``image``, ``variance``, ``mask`` (arrays), ``wcs`` (``astropy.wcs.WCS`` or
+    None), ``metadata`` (FITS header). Parameter: ``bbox`` (:class:`~butler.image.Box` or
+    ``(slice(y0, y1), slice(x0, x1))``), also applied to the components (a cutout's WCS is
+    shifted so sky coordinates stay right).
+    """
+
+    name: ClassVar[str] = "fits-image"
+    storage_class: ClassVar[str] = "Image"
+    extension: ClassVar[str] = ".fits"
+    components: ClassVar[frozenset[str]] = frozenset(
+        {"image", "variance", "mask", "wcs", "metadata"}
+    )
+    parameters: ClassVar[frozenset[str]] = frozenset({"bbox"})
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _plane_hdu(self, data: npt.NDArray[Any], header: fits.Header, role: str) -> fits.ImageHDU:
+        return fits.ImageHDU(data=data, header=header)
+
+    def write(self, obj: Any, path: Path) -> None:
+        image = obj if isinstance(obj, Image) else Image.from_nddata(obj)
+        image_hdr = fits.Header()
+        if image.wcs is not None:
+            image_hdr.update(image.wcs.to_header(relax=True))
+        bunit = _bunit(image.unit)
+        if bunit is not None:
+            image_hdr["BUNIT"] = (bunit, "unit of the pixel values")
+        image_hdr["EXTNAME"] = "IMAGE"
+        mask_hdr = fits.Header()
+        mask_hdr["EXTNAME"] = "MASK"
+        for plane, bit in sorted(image.mask_planes.items(), key=lambda kv: kv[1]):
+            if not _PLANE_NAME.match(plane):
+                raise StorageClassError(
+                    f"Mask plane name {plane!r} cannot be stored as a FITS keyword; use "
+                    "upper-case letters, digits and '_' (e.g. {plane.upper()!r})."
+                )
+            # Long names need HIERARCH cards; asking for them avoids astropy's warning.
+            key = f"MP_{plane}" if len(plane) <= 5 else f"HIERARCH MP_{plane}"
+            mask_hdr[key] = (bit, "mask plane bit number")
+        var_hdr = fits.Header()
+        var_hdr["EXTNAME"] = "VARIANCE"
+        with warnings.catch_warnings():
+            # A metadata card that FITS cannot hold must fail the write, not vanish.
+            warnings.simplefilter("error", VerifyWarning)
+            hdus = fits.HDUList(
+                [
+                    fits.PrimaryHDU(header=_metadata_header(image.header)),
+                    self._plane_hdu(np.asarray(image.data), image_hdr, "image"),
+                    self._plane_hdu(np.asarray(image.mask, dtype=np.int32), mask_hdr, "mask"),
+                    self._plane_hdu(image.variance, var_hdr, "variance"),
+                ]
+            )
+            try:
+                hdus.writeto(path, overwrite=False, output_verify="exception")
+            except (VerifyWarning, fits.VerifyError, ValueError) as exc:
+                raise StorageClassError(
+                    f"Image cannot be written as FITS: {exc}. Check the header cards."
+                ) from exc
+
+    def index(self, path: Path) -> FileIndex:
+        return index_fits(path)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(
+        self,
+        source: ByteSource,
+        index: Mapping[str, Any],
+        *,
+        component: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Any:
+        self.check_request(component, parameters)
+        idx = ensure_index(source, index)
+        layout = _Layout.of(idx, source.name)
+        bbox = (parameters or {}).get("bbox")
+        box = as_box(bbox, layout.shape) if bbox is not None else Box(0, 0, *layout.shape[::-1])
+        cutout = bbox is not None
+
+        request = _Request()
+        if component in (None, "metadata"):
+            request.headers["metadata"] = layout.primary
+        if component in (None, "wcs"):
+            request.headers["image"] = layout.image
+        if component is None and layout.mask is not None and layout.mask_is_lsst:
+            request.headers["mask"] = layout.mask
+        for plane, hdu in (
+            ("image", layout.image),
+            ("mask", layout.mask),
+            ("variance", layout.variance),
+        ):
+            if hdu is not None and component in (None, plane):
+                request.planes[plane] = _pixels(hdu, layout.shape, box)
+        headers, arrays = request.run(source)
+
+        if component == "metadata":
+            return _metadata_header(headers["metadata"])
+        wcs = None
+        unit = None
+        if "image" in headers:
+            img_header = image_header(layout.image, headers["image"])
+            wcs = wcs_from_header(img_header, f"{source.name}: HDU {layout.image['index']}")
+            if wcs is not None and cutout:
+                wcs = _shift_wcs(wcs, box)
+            unit = _parse_unit(
+                img_header.get("BUNIT"), f"{source.name}: HDU {layout.image['index']}"
+            )
+        if component == "wcs":
+            return wcs
+        variance = arrays.get("variance")
+        if variance is not None and layout.variance_is_stddev:
+            variance = np.square(variance)
+        if component == "image":
+            return arrays["image"]
+        if component == "variance":
+            return variance if variance is not None else np.full(box.shape, np.nan, np.float32)
+        mask = arrays.get("mask")
+        if component == "mask":
+            return _as_int32(mask) if mask is not None else np.zeros(box.shape, dtype=np.int32)
+
+        planes: dict[str, int] | None
+        if "mask" in headers:
+            planes = {
+                key[3:]: int(value)
+                for key, value in headers["mask"].items()
+                if key.startswith("MP_") and isinstance(value, int)
+            }
+        else:
+            # A DQ array's bits are instrument-specific; without names, every set bit counts.
+            planes = {} if mask is not None else None
+        return Image(
+            arrays["image"],
+            variance=variance,
+            mask=_as_int32(mask) if mask is not None else None,
+            mask_planes=planes,
+            wcs=wcs,
+            unit=unit,
+            header=_metadata_header(headers["metadata"]),
+        )
+
+
+def _shift_wcs(wcs: WCS, box: Box) -> WCS:
+    # WCS.slice moves CRPIX (and SIP/distortion reference points) by the cutout origin.
+    shifted: WCS = wcs.slice(box.slices)
+    return shifted
+
+
+def _as_int32(mask: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+    if mask.dtype == np.int32:
+        return mask
+    if mask.dtype.kind not in "iu":
+        raise CorruptFileError(f"mask HDU holds {mask.dtype} values; a mask holds integer bits")
+    return mask.astype(np.int64).astype(np.uint32).view(np.int32)
+
+
+class CompressedFitsImageFormatter(FitsImageFormatter):
+    """The LSST layout with each plane losslessly tile-compressed.
+
+    Integer planes (the mask, integer images) use ``RICE_1``; float planes use ``GZIP_2``
+    without quantisation, so the pixels read back bit for bit. Square tiles (``tile_shape``,
+    default 64x64, numpy order) keep a small cutout to a few tiles of each plane.
+    """
+
+    name: ClassVar[str] = "fits-image-compressed"
+    extension: ClassVar[str] = ".fits"
+    tile_shape: ClassVar[tuple[int, int]] = (64, 64)
+
+    def _plane_hdu(self, data: npt.NDArray[Any], header: fits.Header, role: str) -> fits.ImageHDU:
+        tiles = tuple(min(t, n) for t, n in zip(self.tile_shape, data.shape, strict=True))
+        if data.dtype.kind == "f":
+            # quantize_level=0 switches quantisation off: lossless byte-shuffled gzip.
+            return fits.CompImageHDU(
+                data=data,
+                header=header,
+                compression_type="GZIP_2",
+                tile_shape=tiles,
+                quantize_level=0.0,
+            )
+        if data.dtype.itemsize == 8:
+            # RICE_1 handles at most 32-bit integers; gzip is lossless for any width.
+            return fits.CompImageHDU(
+                data=data, header=header, compression_type="GZIP_2", tile_shape=tiles
+            )
+        return fits.CompImageHDU(
+            data=data, header=header, compression_type="RICE_1", tile_shape=tiles
+        )
