@@ -22,7 +22,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 from butler.image import Image
 
 
-def _astropy_file(relative: str) -> Path:
+def astropy_file(relative: str) -> Path:
+    """A data file inside the installed astropy package (must exist)."""
     path = Path(str(resources.files("astropy") / relative))
     if not path.exists():
         raise FileNotFoundError(
@@ -46,27 +47,38 @@ class RealImage:
 
 
 def real_images() -> list[RealImage]:
-    wfpc2 = _astropy_file("io/fits/tests/data/test0.fits")
+    wfpc2 = astropy_file("io/fits/tests/data/test0.fits")
     return [
         *(
             RealImage(f"HST WFPC2 chip {chip}", wfpc2, chip, "WFPC2", "F673N", "r", 2020100, chip)
             for chip in (1, 2, 3, 4)
         ),
         RealImage(
-            "HST STIS CCD", _astropy_file("io/fits/tests/data/o4sp040b0_raw.fits"), 1,
-            "STIS", "Clear", "white", 1, 0,
+            "HST STIS CCD",
+            astropy_file("io/fits/tests/data/o4sp040b0_raw.fits"),
+            1,
+            "STIS",
+            "Clear",
+            "white",
+            1,
+            0,
         ),
         RealImage(
             "DSS UK 48-inch Schmidt plate",
-            _astropy_file("wcs/tests/data/dss.14.29.56-62.41.05.fits.gz"),
-            0, "DSS", "IIIaJ", "g", 126604, 0,
+            astropy_file("wcs/tests/data/dss.14.29.56-62.41.05.fits.gz"),
+            0,
+            "DSS",
+            "IIIaJ",
+            "g",
+            126604,
+            0,
         ),
     ]
 
 
 def real_compressed_image_path() -> Path:
     """A real tile-compressed image (NGC 1316, RICE-compressed CompImageHDU)."""
-    return _astropy_file("io/fits/tests/data/comp.fits")
+    return astropy_file("io/fits/tests/data/comp.fits")
 
 
 def load_image(sample: RealImage) -> Image:
@@ -83,7 +95,11 @@ def load_image(sample: RealImage) -> Image:
     with warnings.catch_warnings():
         # Old real headers carry deprecated keywords that astropy fixes and warns about.
         warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header) if header.get("CTYPE1") and "UNITLESS" not in str(header.get("CTYPE1")) else None
+        wcs = (
+            WCS(header)
+            if header.get("CTYPE1") and "UNITLESS" not in str(header.get("CTYPE1"))
+            else None
+        )
     unit: Any = None
     bunit = header.get("BUNIT")
     if bunit:
@@ -92,29 +108,66 @@ def load_image(sample: RealImage) -> Image:
     metadata = fits.Header()
     for source in (primary, header):
         for card in source.cards:
-            if card.keyword and card.keyword not in ("", "COMMENT", "HISTORY") and not _structural(card.keyword):
+            if (
+                card.keyword
+                and card.keyword not in ("", "COMMENT", "HISTORY")
+                and not _structural(card.keyword)
+            ):
                 metadata[card.keyword] = card.value
-    metadata["TELESCOP"] = metadata.get("TELESCOP") or ("HST" if sample.instrument in ("WFPC2", "STIS") else "UK 48-inch Schmidt")
+    metadata["TELESCOP"] = metadata.get("TELESCOP") or (
+        "HST" if sample.instrument in ("WFPC2", "STIS") else "UK 48-inch Schmidt"
+    )
     return Image(data, wcs=wcs, unit=unit, header=metadata)
 
 
-_STRUCTURAL = {"SIMPLE", "BITPIX", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "BSCALE", "BZERO",
-               "EXTNAME", "EXTVER", "INHERIT", "CHECKSUM", "DATASUM", "BLANK"}
+_STRUCTURAL = {
+    "SIMPLE",
+    "BITPIX",
+    "EXTEND",
+    "XTENSION",
+    "PCOUNT",
+    "GCOUNT",
+    "BSCALE",
+    "BZERO",
+    "EXTNAME",
+    "EXTVER",
+    "INHERIT",
+    "CHECKSUM",
+    "DATASUM",
+    "BLANK",
+}
 
 
 def _structural(keyword: str) -> bool:
     if keyword in _STRUCTURAL or keyword.startswith("NAXIS"):
         return True
     # WCS keywords travel in the WCS object, not in the metadata.
-    prefixes = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "CROTA",
-                "CUNIT", "LONPOLE", "LATPOLE", "EQUINOX", "RADESYS", "WCSAXES", "PV1_", "PV2_")
+    prefixes = (
+        "CTYPE",
+        "CRPIX",
+        "CRVAL",
+        "CDELT",
+        "CD1_",
+        "CD2_",
+        "PC1_",
+        "PC2_",
+        "CROTA",
+        "CUNIT",
+        "LONPOLE",
+        "LATPOLE",
+        "EQUINOX",
+        "RADESYS",
+        "WCSAXES",
+        "PV1_",
+        "PV2_",
+    )
     return keyword.startswith(prefixes)
 
 
 def real_catalog() -> Table:
     """Observing log of 15 red-clump giants in 5 open clusters (VizieR J/A+A/511/A56)."""
-    data = _astropy_file("io/ascii/tests/data/vizier/table1.dat")
-    readme = _astropy_file("io/ascii/tests/data/vizier/ReadMe")
+    data = astropy_file("io/ascii/tests/data/vizier/table1.dat")
+    readme = astropy_file("io/ascii/tests/data/vizier/ReadMe")
     table = Table.read(data, readme=readme, format="ascii.cds")
     table.meta["source"] = "VizieR J/A+A/511/A56 (Pancino+ 2010), table1"
     return table

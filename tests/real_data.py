@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from importlib.resources import files
 from pathlib import Path
 
-
-def astropy_file(relative: str) -> Path:
-    """A data file inside the installed astropy package (must exist)."""
-    path = Path(str(files("astropy") / relative))
-    if not path.is_file():
-        raise FileNotFoundError(f"astropy test data file {relative} is not installed")
-    return path
+from butler.sample_data import astropy_file
 
 
 def fits_test_file(name: str) -> Path:
