@@ -11,6 +11,7 @@ both backends implement, which is why its bodies only raise) and implemented by 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -154,6 +155,17 @@ class Butler(metaclass=_ButlerFactory):
         raise NotImplementedError(f"{type(self).__name__} does not implement _file_present")
 
     # -- reading (shared by every backend) ------------------------------------------------
+
+    def resolve(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> tuple[DatasetRef, FileInfo]:
+        """The dataset's ref and its file record; raises ``DatasetNotFoundError`` if absent."""
+        return self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
 
     def find_dataset(
         self,
@@ -361,6 +373,7 @@ class Butler(metaclass=_ButlerFactory):
         *,
         run: str | None = None,
         transfer: str = "copy",
+        dataset_id: uuid.UUID | None = None,
         **data_id_kwargs: Any,
     ) -> DatasetRef:
         """Add an existing file (already in the dataset type's format) as a dataset."""
@@ -389,6 +402,7 @@ class Butler(metaclass=_ButlerFactory):
         *,
         find_first: bool = True,
         limit: int | None = None,
+        offset: int = 0,
         **data_id: Any,
     ) -> list[tuple[DatasetRef, FileInfo]]:
         """Like :meth:`query_datasets`, with each dataset's file record."""
@@ -426,6 +440,7 @@ class Butler(metaclass=_ButlerFactory):
         dataset_type: str | None = None,
         collections: Collections = None,
         limit: int | None = None,
+        offset: int = 0,
         **data_id: Any,
     ) -> list[DataCoordinate]:
         raise NotImplementedError(f"{type(self).__name__} does not implement query_data_ids")

@@ -149,8 +149,9 @@ class Staging:
         for parent in parents:
             _fsync_dir(parent)
 
-    def finish(self, committed: bool, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
-               ) -> None:
+    def finish(
+        self, committed: bool, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
+    ) -> None:
         """After the registry committed or rolled back: settle files, drop the staging dir."""
         if committed:
             for _, path in self.deletions:
@@ -168,8 +169,9 @@ class Staging:
             self._lock_fd = -1
 
 
-def _undo_journal(journal: Path, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
-                  ) -> None:
+def _undo_journal(
+    journal: Path, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
+) -> None:
     try:
         entries = json.loads(journal.read_text())
     except (OSError, ValueError):

@@ -371,12 +371,16 @@ class DirectButler(Butler):
         *,
         run: str | None = None,
         transfer: str = "copy",
+        dataset_id: uuid.UUID | None = None,
         **data_id_kwargs: Any,
     ) -> DatasetRef:
         """Add an existing file (already in the dataset type's format) as a dataset.
 
         The file is checked (its offset index built, so a broken or truncated file is refused)
-        before anything is recorded. ``transfer`` is ``copy``, ``move`` or ``hardlink``.
+        before anything is recorded. ``transfer`` is ``copy``, ``move`` (the source is removed
+        once the transaction commits) or ``hardlink``. ``dataset_id`` keeps a UUID assigned
+        elsewhere (a remote client, the repository a mirror copies): a UUID names the same
+        bytes everywhere.
         """
         self._check_writeable()
         if transfer not in TRANSFER_MODES:
@@ -389,17 +393,25 @@ class DirectButler(Butler):
         formatter.index(source_path)  # refuse broken input before touching the repository
         run = self._write_run(run)
         with self.transaction():
-            ref = self._new_ref(dataset_type, run, {**dict(data_id or {}), **data_id_kwargs})
+            ref = self._new_ref(
+                dataset_type, run, {**dict(data_id or {}), **data_id_kwargs}, dataset_id
+            )
             staging = self._staging()
             staged = staging.new_path(ref.id, formatter.extension)
-            if transfer == "hardlink":
-                os.link(source_path, staged)
+            if transfer in ("hardlink", "move"):
+                try:
+                    # A link is instant and leaves the source intact until the commit.
+                    os.link(source_path, staged)
+                except OSError:
+                    if transfer == "hardlink":
+                        raise
+                    shutil.copyfile(source_path, staged)
             else:
                 shutil.copyfile(source_path, staged)
-                fsync_file(staged)
+            fsync_file(staged)
             self._record_file(ref, formatter, staged, staging)
         if transfer == "move":
-            source_path.unlink()
+            source_path.unlink(missing_ok=True)
         return ref
 
     def _dataset_type(self, dataset_type: str | DatasetType) -> DatasetType:
@@ -431,11 +443,15 @@ class DirectButler(Butler):
         return run
 
     def _new_ref(
-        self, dataset_type: DatasetType, run: str, data_id: Mapping[str, Any]
+        self,
+        dataset_type: DatasetType,
+        run: str,
+        data_id: Mapping[str, Any],
+        dataset_id: uuid.UUID | None = None,
     ) -> DatasetRef:
         self.registry.register_run(run)
         coordinate = self.registry.expand_data_id(dataset_type, data_id)
-        ref = DatasetRef(uuid.uuid4(), dataset_type, coordinate, run)
+        ref = DatasetRef(dataset_id or uuid.uuid4(), dataset_type, coordinate, run)
         if self.registry.find_dataset(dataset_type, coordinate, [run]) is not None:
             from butler.errors import DatasetExistsError
 
@@ -515,6 +531,7 @@ class DirectButler(Butler):
         *,
         find_first: bool = True,
         limit: int | None = None,
+        offset: int = 0,
         **data_id: Any,
     ) -> list[tuple[DatasetRef, FileInfo]]:
         """Like :meth:`query_datasets`, with each dataset's file record (size, checksum, index)."""
@@ -530,6 +547,7 @@ class DirectButler(Butler):
             find_first=find_first and bool(names),
             limit=limit,
             with_files=True,
+            offset=offset,
         )
         return [(ref, file) for ref, file in rows if file is not None]
 
@@ -542,6 +560,7 @@ class DirectButler(Butler):
         dataset_type: str | None = None,
         collections: str | Sequence[str] | None = None,
         limit: int | None = None,
+        offset: int = 0,
         **data_id: Any,
     ) -> list[DataCoordinate]:
         """Distinct data IDs over ``dimensions`` (restricted to those with datasets, if asked)."""
@@ -549,7 +568,7 @@ class DirectButler(Butler):
         resolved = self.registry.get_dataset_type(dataset_type) if dataset_type else None
         runs = self._search_runs(collections)[1] if resolved is not None else None
         return self.registry.query_data_ids(
-            dims, where, bind, data_id, dataset_type=resolved, runs=runs, limit=limit
+            dims, where, bind, data_id, dataset_type=resolved, runs=runs, limit=limit, offset=offset
         )
 
     def query_dimension_records(

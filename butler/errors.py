@@ -15,19 +15,37 @@ class ButlerError(Exception):
     """Base class of every error the butler raises on purpose."""
 
     error_type: ClassVar[str] = "ButlerError"
+    http_status: ClassVar[int] = 400
+    """Status a server answers with when a request raises this (like h11's status hints)."""
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """Structured facts beyond the message that should survive the trip to a client."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error_type": self.error_type, "message": str(self)}
+        return {"error_type": self.error_type, "message": str(self), "details": self.details}
+
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any] | None = None) -> ButlerError:
+        """Rebuild an error received from a server, with the server's message verbatim."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        for key, value in (details or {}).items():
+            setattr(error, key, value)
+        return error
 
 
 class DatasetTypeNotFoundError(ButlerError, LookupError):
     error_type = "DatasetTypeNotFoundError"
+    http_status = 404
 
 
 class DatasetNotFoundError(ButlerError, LookupError):
     """A dataset (type + data ID) is not in the collections searched."""
 
     error_type = "DatasetNotFoundError"
+    http_status = 404
 
     @classmethod
     def for_search(
@@ -45,14 +63,17 @@ class AmbiguousDatasetError(ButlerError, LookupError):
     """A dataset type + data ID matches datasets in several runs and no search order was given."""
 
     error_type = "AmbiguousDatasetError"
+    http_status = 409
 
 
 class CollectionNotFoundError(ButlerError, LookupError):
     error_type = "CollectionNotFoundError"
+    http_status = 404
 
 
 class DimensionRecordNotFoundError(ButlerError, LookupError):
     error_type = "DimensionRecordNotFoundError"
+    http_status = 404
 
 
 class DataIdError(ButlerError, ValueError):
@@ -65,6 +86,7 @@ class ConflictingDefinitionError(ButlerError, ValueError):
     """Something with the same identity exists already with other content."""
 
     error_type = "ConflictingDefinitionError"
+    http_status = 409
 
 
 class DatasetExistsError(ConflictingDefinitionError):
@@ -90,6 +112,10 @@ class QuerySyntaxError(InvalidQueryError):
             message = f"{message} at position {position}:\n{_excerpt(expression, position)}"
         super().__init__(message)
 
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"expression": self.expression, "position": self.position, "reason": self.reason}
+
 
 def _excerpt(expression: str, position: int, width: int = 60) -> str:
     """The line holding ``position``, trimmed to a window around it, with a caret below."""
@@ -107,12 +133,14 @@ def _excerpt(expression: str, position: int, width: int = 60) -> str:
 
 class ReadOnlyRepositoryError(ButlerError, PermissionError):
     error_type = "ReadOnlyRepositoryError"
+    http_status = 403
 
 
 class RepositoryConfigError(ButlerError, ValueError):
     """The repository or its configuration is missing or invalid."""
 
     error_type = "RepositoryConfigError"
+    http_status = 500
 
 
 class StorageClassError(ButlerError, TypeError):
@@ -125,6 +153,7 @@ class FormatterNotFoundError(ButlerError, LookupError):
     """No formatter is installed for a file's format (a plugin is missing)."""
 
     error_type = "FormatterNotFoundError"
+    http_status = 404
 
 
 class UnsupportedParameterError(ButlerError, ValueError):
@@ -137,15 +166,70 @@ class CorruptFileError(ButlerError, OSError):
     """A file is truncated, unreadable, or does not match its recorded checksum."""
 
     error_type = "CorruptFileError"
+    http_status = 500
+
+
+class AuthenticationError(ButlerError, PermissionError):
+    """The server wants a (valid) bearer token."""
+
+    error_type = "AuthenticationRequired"
+    http_status = 401
+
+
+class AuthorizationError(ButlerError, PermissionError):
+    """The token is valid but lacks the scope, or the server refuses writes."""
+
+    error_type = "InsufficientScope"
+    http_status = 403
+
+
+class ServerError(ButlerError, RuntimeError):
+    """The server failed (a bug or an outage); the message carries its request ID."""
+
+    error_type = "InternalServerError"
+    http_status = 500
+
+
+class RemoteUnavailableError(ButlerError, ConnectionError):
+    """The remote repository cannot be reached."""
+
+    error_type = "RemoteUnavailableError"
+    http_status = 502
+
+
+class BadRequestError(ButlerError, ValueError):
+    """A request to a repository server is malformed (a parameter, a body)."""
+
+    error_type = "BadRequestError"
+    http_status = 400
+
+
+class UploadError(ButlerError, ValueError):
+    """An upload to a remote transaction was damaged, too large, or unknown."""
+
+    error_type = "UploadError"
+    http_status = 400
+
+
+class TransactionNotFoundError(ButlerError, LookupError):
+    """A remote transaction does not exist (expired, finished, or someone else's)."""
+
+    error_type = "TransactionNotFoundError"
+    http_status = 404
 
 
 class TransactionError(ButlerError, RuntimeError):
     error_type = "TransactionError"
+    http_status = 409
 
 
 def error_classes() -> dict[str, type[ButlerError]]:
     """Every butler error class by its stable ``error_type`` (used to re-raise remote errors)."""
-    found: dict[str, type[ButlerError]] = {}
+    found: dict[str, type[ButlerError]] = {
+        # The server's authentication layer names its refusals more precisely.
+        "InvalidToken": AuthenticationError,
+        "WritesDisabled": AuthorizationError,
+    }
     pending: list[type[ButlerError]] = [ButlerError]
     while pending:
         cls = pending.pop()

@@ -49,6 +49,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
+def _limit_sql(limit: int | None, offset: int, params: list[Any]) -> str:
+    """``LIMIT``/``OFFSET`` clause (bound parameters) for paginated queries."""
+    if limit is None and not offset:
+        return ""
+    params.extend([-1 if limit is None else int(limit), int(offset)])
+    return " LIMIT ? OFFSET ?"
+
+
 def _coerce(value: Any, kind: ValueKind, what: str) -> DataIdValue | float | None:
     if value is None:
         return None
@@ -338,6 +346,7 @@ class Registry:
         bind: Mapping[str, Any] | None = None,
         data_id: Mapping[str, Any] | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         self._element(element)
         spec = self.universe[element]
@@ -355,9 +364,7 @@ class Registry:
         sql = f"SELECT r.* FROM dim_{element} AS r {plan.join_sql} WHERE {sql_where}"
         order = [f"r.{d}" for d in required if d != element] + [f"r.{spec.key_name}"]
         sql += " ORDER BY " + ", ".join(order)
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        sql += _limit_sql(limit, offset, params)
         rows = self._query(sql, plan.join_params + params)
         return [dict(r) for r in rows]
 
@@ -370,6 +377,7 @@ class Registry:
         dataset_type: DatasetType | None = None,
         runs: Sequence[str] | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[DataCoordinate]:
         """Distinct data IDs of ``dimensions`` that have records (and datasets, if asked)."""
         for d in dimensions:
@@ -434,9 +442,7 @@ class Registry:
             f"SELECT DISTINCT {select} FROM {base} {plan.join_sql} WHERE {where_sql} "
             f"ORDER BY {', '.join(required)}"
         )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        sql += _limit_sql(limit, offset, params)
         rows = self._query(sql, base_params + plan.join_params + params)
         return [
             DataCoordinate({k: v for k, v in row.items() if v is not None}, required)
@@ -832,6 +838,15 @@ class Registry:
         rows.sort(key=lambda r: runs.index(r["run"]))
         return self._row_to_ref(dataset_type, rows[0]), self._row_to_file(rows[0])
 
+    def file_by_path(self, path: str) -> FileInfo | None:
+        """The file record stored at a repository-relative path (for serving files)."""
+        rows = self._query(
+            "SELECT dataset_id AS id, path, size, checksum, formatter, storage_class, file_index "
+            "FROM file WHERE path = ?",
+            (path,),
+        )
+        return self._row_to_file(rows[0]) if rows else None
+
     def get_dataset(self, dataset_id: uuid.UUID) -> tuple[DatasetRef, FileInfo] | None:
         rows = self._query(
             "SELECT d.*, t.name AS dataset_type_name, f.path, f.size, f.checksum, f.formatter, "
@@ -855,6 +870,7 @@ class Registry:
         find_first: bool = True,
         limit: int | None = None,
         with_files: bool = False,
+        offset: int = 0,
     ) -> list[tuple[DatasetRef, FileInfo | None]]:
         if not runs:
             return []
@@ -888,9 +904,7 @@ class Registry:
             )
             all_params = [*runs, *all_params]
         sql = f"{select} ORDER BY {order}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            all_params.append(int(limit))
+        sql += _limit_sql(limit, offset, all_params)
         rows = self._query(sql, all_params)
         return [
             (self._row_to_ref(dataset_type, r), self._row_to_file(r) if with_files else None)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 import yaml
@@ -389,6 +389,57 @@ def verify(repo: Path) -> None:
     if problems:
         sys.exit(1)
     click.echo("All files match their checksums.")
+
+
+@main.command()
+@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8642, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--tokens",
+    "tokens_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file of bearer tokens with read/write scopes (writes need one).",
+)
+@click.option("--read-only", is_flag=True, help="Refuse every write.")
+@click.option(
+    "--read-access",
+    type=click.Choice(["public", "token"]),
+    default="public",
+    show_default=True,
+    help="Whether reads need a token with the read scope.",
+)
+@click.option(
+    "--staging-ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds before an abandoned transaction's uploads are removed.",
+)
+@_handle_errors
+def serve(
+    repo: Path,
+    host: str,
+    port: int,
+    tokens_file: Path | None,
+    read_only: bool,
+    read_access: Literal["public", "token"],
+    staging_ttl: int,
+) -> None:
+    """Serve repository REPO over HTTP (API under /api/v1/, files under /files/)."""
+    from butler.server.app import serve as run_server
+    from butler.server.settings import ServerSettings
+
+    settings = ServerSettings(
+        repo=repo.absolute(),
+        host=host,
+        port=port,
+        tokens_file=tokens_file,
+        read_only=read_only,
+        read_access=read_access,
+        staging_ttl=staging_ttl,
+    )
+    run_server(settings, print_url=lambda url: click.echo(f"Serving {repo} at {url}", err=True))
 
 
 @main.command()

@@ -1,0 +1,1 @@
+"""Pure HTTP semantics (RFC 9110 ranges and conditional requests) shared by server and proxy."""

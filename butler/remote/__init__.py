@@ -1,0 +1,1 @@
+"""Remote repositories: the client side of the repository HTTP API."""

@@ -1,0 +1,1 @@
+"""The repository HTTP server behind ``butler serve``."""

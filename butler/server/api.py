@@ -1,0 +1,480 @@
+"""Handlers of the repository HTTP API (``/api/v1/...``) and of dataset files (``/files/...``).
+
+Handlers are thin: they parse parameters, run one repository call in a worker thread (see
+:mod:`butler.server.pool`) and shape JSON. Semantics (queries, find-first, errors) are the
+local butler's own, so a remote butler behaves exactly like a local one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+from aiohttp import web
+
+from butler.direct_butler import DirectButler
+from butler.errors import BadRequestError, DatasetNotFoundError
+from butler.http.conditional import evaluate_preconditions
+from butler.refs import DatasetRef, split_component
+from butler.server.files import send_file
+from butler.server.pool import RepositoryPool
+from butler.server.settings import ServerSettings
+from butler.server.transactions import TransactionManager, UploadWriter, apply_operations
+
+API = "/api/v1"
+API_VERSION = "1.0"
+
+SETTINGS: web.AppKey[ServerSettings] = web.AppKey("settings", ServerSettings)
+POOL: web.AppKey[RepositoryPool] = web.AppKey("pool", RepositoryPool)
+TRANSACTIONS: web.AppKey[TransactionManager] = web.AppKey("transactions", TransactionManager)
+
+_CONTENT_TYPES = {
+    ".fits": "application/fits",
+    ".parq": "application/vnd.apache.parquet",
+    ".parquet": "application/vnd.apache.parquet",
+    ".json": "application/json",
+    ".yaml": "application/yaml",
+    ".npy": "application/x-npy",
+}
+
+
+# -- parameters -------------------------------------------------------------------------
+
+
+def _json_param(request: web.Request, name: str) -> dict[str, Any]:
+    raw = request.query.get(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequestError(f"parameter {name!r} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BadRequestError(f"parameter {name!r} must be a JSON object")
+    return value
+
+
+def _int_param(
+    request: web.Request, name: str, default: int | None, maximum: int | None = None
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError(f"parameter {name!r} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise BadRequestError(f"parameter {name!r} must not be negative")
+    if maximum is not None and value > maximum:
+        raise BadRequestError(f"parameter {name!r} is at most {maximum}")
+    return value
+
+
+def _bool_param(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise BadRequestError(f"parameter {name!r} must be true or false, got {raw!r}")
+
+
+def _collections(request: web.Request) -> list[str] | None:
+    values = request.query.getall("collections", [])
+    return list(values) if values else None
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    settings = request.app[SETTINGS]
+    limit = _int_param(request, "limit", settings.page_size, settings.max_page_size)
+    offset = _int_param(request, "offset", 0)
+    assert limit is not None
+    assert offset is not None
+    return limit, offset
+
+
+# -- responses --------------------------------------------------------------------------
+
+
+def json_response(request: web.Request, data: Any, *, cacheable: bool = True) -> web.Response:
+    """JSON with a strong ETag of its bytes, short freshness, and 304 on If-None-Match."""
+    body = json.dumps(data, separators=(",", ":"), default=str).encode()
+    headers = {"Content-Type": "application/json"}
+    if cacheable and request.method in ("GET", "HEAD"):
+        settings = request.app[SETTINGS]
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        scope = "private" if settings.read_access == "token" else "public"
+        headers["ETag"] = etag
+        headers["Cache-Control"] = f"{scope}, max-age={settings.api_max_age}"
+        if scope == "private":
+            headers["Vary"] = "Authorization"
+        status = evaluate_preconditions(request.method, request.headers, etag, None)
+        if status is not None:
+            return web.Response(
+                status=status, headers={k: v for k, v in headers.items() if k != "Content-Type"}
+            )
+    else:
+        headers["Cache-Control"] = "no-store"
+    return web.Response(body=body, headers=headers)
+
+
+def _dataset_json(ref: DatasetRef, file: Any) -> dict[str, Any]:
+    return {"ref": ref.to_dict(), "file": file.to_dict()}
+
+
+# -- read handlers ----------------------------------------------------------------------
+
+
+async def repo_info(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+
+    def work(butler: DirectButler) -> dict[str, Any]:
+        info = butler.info()
+        info.pop("root", None)
+        return {
+            **info,
+            "api_version": API_VERSION,
+            "read_only": settings.read_only,
+            "read_access": settings.read_access,
+            "max_ranges": settings.max_ranges,
+            "universe": butler.universe.config,
+        }
+
+    return json_response(request, await request.app[POOL].read(work))
+
+
+async def universe(request: web.Request) -> web.Response:
+    data = await request.app[POOL].read(lambda b: b.universe.config)
+    return json_response(request, data)
+
+
+async def list_dataset_types(request: web.Request) -> web.Response:
+    types = await request.app[POOL].read(lambda b: [t.to_dict() for t in b.dataset_types()])
+    return json_response(request, {"dataset_types": types})
+
+
+async def get_dataset_type(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    data = await request.app[POOL].read(lambda b: b.get_dataset_type(name).to_dict())
+    return json_response(request, data)
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    rows = await request.app[POOL].read(lambda b: b.query_collections())
+    return json_response(request, {"collections": rows})
+
+
+async def get_collection(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+
+    def work(butler: DirectButler) -> dict[str, Any]:
+        kind = butler.registry.collection_type(name)
+        return {
+            "name": name,
+            "type": kind,
+            "children": butler.get_collection_chain(name) if kind == "CHAINED" else [],
+            "runs": butler.registry.flatten([name]),
+        }
+
+    return json_response(request, await request.app[POOL].read(work))
+
+
+async def dimension_records(request: web.Request) -> web.Response:
+    element = request.match_info["element"]
+    where = request.query.get("where", "")
+    bind = _json_param(request, "bind")
+    data_id = _json_param(request, "data_id")
+    limit, offset = _page(request)
+
+    def work(butler: DirectButler) -> list[dict[str, Any]]:
+        return butler.registry.query_dimension_records(
+            element, where, bind, data_id, limit=limit + 1, offset=offset
+        )
+
+    rows = await request.app[POOL].read(work)
+    return json_response(request, _paged("records", rows, limit, offset))
+
+
+async def dimension_values(request: web.Request) -> web.Response:
+    """Distinct values of one dimension under constraints (what completion offers)."""
+    element = request.match_info["element"]
+    where = request.query.get("where", "")
+    bind = _json_param(request, "bind")
+    data_id = _json_param(request, "data_id")
+    prefix = request.query.get("prefix", "")
+    limit, _ = _page(request)
+
+    def work(butler: DirectButler) -> list[Any]:
+        ids = butler.registry.query_data_ids([element], where, bind, data_id)
+        values = sorted({i[element] for i in ids}, key=lambda v: (str(type(v)), v))
+        return [v for v in values if str(v).startswith(prefix)][:limit]
+
+    values = await request.app[POOL].read(work)
+    return json_response(request, {"element": element, "values": values})
+
+
+def _paged(key: str, rows: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    more = len(rows) > limit
+    return {key: rows[:limit], "next_offset": offset + limit if more else None}
+
+
+async def query_datasets(request: web.Request) -> web.Response:
+    if request.method == "POST":
+        body = await _json_body(request)
+        params = {
+            "dataset_type": body.get("dataset_type"),
+            "collections": body.get("collections"),
+            "where": body.get("where", ""),
+            "bind": body.get("bind") or {},
+            "data_id": body.get("data_id") or {},
+            "find_first": bool(body.get("find_first", True)),
+        }
+        settings = request.app[SETTINGS]
+        limit = int(body.get("limit") or settings.page_size)
+        offset = int(body.get("offset") or 0)
+        if limit > settings.max_page_size or limit < 0 or offset < 0:
+            raise BadRequestError(f"limit must be between 0 and {settings.max_page_size}")
+    else:
+        params = {
+            "dataset_type": request.query.get("dataset_type"),
+            "collections": _collections(request),
+            "where": request.query.get("where", ""),
+            "bind": _json_param(request, "bind"),
+            "data_id": _json_param(request, "data_id"),
+            "find_first": _bool_param(request, "find_first", True),
+        }
+        limit, offset = _page(request)
+    if not params["dataset_type"]:
+        raise BadRequestError("parameter 'dataset_type' is required")
+
+    def work(butler: DirectButler) -> list[dict[str, Any]]:
+        rows = butler.query_datasets_with_files(
+            params["dataset_type"],
+            params["collections"],
+            params["where"],
+            params["bind"],
+            find_first=params["find_first"],
+            limit=limit + 1,
+            offset=offset,
+            **params["data_id"],
+        )
+        return [_dataset_json(ref, file) for ref, file in rows]
+
+    rows = await request.app[POOL].read(work)
+    # A POST query is a read too: its answer may be cached by the client, not by proxies.
+    return json_response(request, _paged("datasets", rows, limit, offset))
+
+
+async def get_dataset(request: web.Request) -> web.Response:
+    try:
+        dataset_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise BadRequestError(f"{request.match_info['id']!r} is not a dataset UUID") from None
+
+    def work(butler: DirectButler) -> dict[str, Any]:
+        found = butler.registry.get_dataset(dataset_id)
+        if found is None:
+            raise DatasetNotFoundError(f"no dataset with id {dataset_id} in this repository")
+        return _dataset_json(*found)
+
+    return json_response(request, await request.app[POOL].read(work))
+
+
+async def find_dataset(request: web.Request) -> web.Response:
+    dataset_type = request.query.get("dataset_type")
+    if not dataset_type:
+        raise BadRequestError("parameter 'dataset_type' is required")
+    parent, _ = split_component(dataset_type)
+    data_id = _json_param(request, "data_id")
+    collections = _collections(request)
+
+    def work(butler: DirectButler) -> dict[str, Any]:
+        ref, file = butler.resolve(parent, data_id, collections=collections)
+        return _dataset_json(ref, file)
+
+    return json_response(request, await request.app[POOL].read(work))
+
+
+async def query_data_ids(request: web.Request) -> web.Response:
+    dimensions = request.query.getall("dimensions", [])
+    if not dimensions:
+        raise BadRequestError("parameter 'dimensions' is required (repeat it for several)")
+    where = request.query.get("where", "")
+    bind = _json_param(request, "bind")
+    data_id = _json_param(request, "data_id")
+    dataset_type = request.query.get("dataset_type") or None
+    collections = _collections(request)
+    limit, offset = _page(request)
+
+    def work(butler: DirectButler) -> list[dict[str, Any]]:
+        ids = butler.query_data_ids(
+            dimensions,
+            where,
+            bind,
+            dataset_type=dataset_type,
+            collections=collections,
+            limit=limit + 1,
+            offset=offset,
+            **data_id,
+        )
+        return [i.to_dict() for i in ids]
+
+    rows = await request.app[POOL].read(work)
+    return json_response(request, _paged("data_ids", rows, limit, offset))
+
+
+async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    relative = request.match_info["path"]
+    parts = PurePosixPath(relative).parts
+    # Paths from the network never leave the repository: only registered file paths are
+    # served, and those never contain "..", absolute parts or backslashes.
+    if not parts or any(p in ("..", ".") or "\\" in p or p.startswith("/") for p in parts):
+        raise web.HTTPNotFound(text="not a dataset file\n")
+    file = await request.app[POOL].read(lambda b: b.registry.file_by_path("/".join(parts)))
+    if file is None:
+        raise web.HTTPNotFound(text=f"no dataset file at {relative}\n")
+    path = (settings.repo / file.path).resolve()
+    if not path.is_relative_to(settings.repo.resolve()):
+        raise web.HTTPNotFound(text="not a dataset file\n")
+    scope = "private" if settings.read_access == "token" else "public"
+    content_type = _CONTENT_TYPES.get(path.suffix) or (
+        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    )
+    stat = await request.app[POOL].blocking(path.stat)
+    return await send_file(
+        request,
+        path,
+        etag=file.etag,
+        last_modified=stat.st_mtime,
+        content_type=content_type,
+        cache_control=f"{scope}, max-age={settings.file_max_age}, immutable",
+        max_ranges=settings.max_ranges,
+        extra_headers={"X-Dataset-Id": str(file.dataset_id), "X-Request-ID": request["request_id"]},
+    )
+
+
+# -- write handlers ---------------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequestError(f"request body must be JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return body
+
+
+def _operations(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    operations = body.get("operations")
+    if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
+        raise BadRequestError("body needs 'operations': a list of objects")
+    return operations
+
+
+async def apply_direct_operations(request: web.Request) -> web.Response:
+    """Registrations and removals without uploads, committed atomically."""
+    operations = _operations(await _json_body(request))
+    pool = request.app[POOL]
+    results = await pool.write(lambda b: apply_operations(b, pool.write_lock, operations, None))
+    return json_response(request, {"results": results}, cacheable=False)
+
+
+async def begin_transaction(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    await pool.write(lambda b: None)  # refuse early on a read-only server
+    txn = request.app[TRANSACTIONS].begin(request["principal"])
+    return json_response(request, {"id": txn.id, "expires": txn.expires}, cacheable=False)
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    txn = request.app[TRANSACTIONS].get(request.match_info["txn"], request["principal"])
+    upload_id = request.match_info["upload"]
+    path = txn.upload_path(upload_id)
+    pool = request.app[POOL]
+    writer = await pool.blocking(lambda: UploadWriter(path, settings.max_upload_bytes))
+    try:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            await pool.blocking(lambda c=chunk: writer.write(c))  # type: ignore[misc]
+        checksum = await pool.blocking(lambda: writer.finish(request.headers.get("X-Checksum")))
+    except BaseException:
+        await pool.blocking(writer.abort)
+        raise
+    return json_response(
+        request, {"id": upload_id, "size": writer.size, "checksum": checksum}, cacheable=False
+    )
+
+
+async def commit_transaction(request: web.Request) -> web.Response:
+    manager = request.app[TRANSACTIONS]
+    txn = manager.get(request.match_info["txn"], request["principal"])
+    operations = _operations(await _json_body(request))
+    pool = request.app[POOL]
+    try:
+        results = await pool.write(lambda b: apply_operations(b, pool.write_lock, operations, txn))
+    finally:
+        await pool.blocking(lambda: manager.finish(txn))
+    return json_response(request, {"results": results}, cacheable=False)
+
+
+async def abort_transaction(request: web.Request) -> web.Response:
+    manager = request.app[TRANSACTIONS]
+    txn = manager.get(request.match_info["txn"], request["principal"])
+    await request.app[POOL].blocking(lambda: manager.finish(txn))
+    return web.Response(status=204, headers={"Cache-Control": "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    count = await request.app[POOL].read(lambda b: b.registry.count_datasets())
+    return web.json_response(
+        {
+            "status": "ok",
+            "datasets": count,
+            "registry_ms": round((time.perf_counter() - started) * 1000, 2),
+            "open_transactions": request.app[TRANSACTIONS].open_count,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    from butler.server.openapi import openapi_json
+
+    app.router.add_get(f"{API}/", repo_info)
+    app.router.add_get(f"{API}/openapi.json", openapi_json)
+    app.router.add_get(f"{API}/universe", universe)
+    app.router.add_get(f"{API}/dataset-types", list_dataset_types)
+    app.router.add_get(f"{API}/dataset-types/{{name}}", get_dataset_type)
+    app.router.add_get(f"{API}/collections", list_collections)
+    app.router.add_get(f"{API}/collections/{{name:.+}}", get_collection)
+    app.router.add_get(f"{API}/dimensions/{{element}}/records", dimension_records)
+    app.router.add_get(f"{API}/dimensions/{{element}}/values", dimension_values)
+    app.router.add_get(f"{API}/datasets", query_datasets)
+    app.router.add_post(f"{API}/datasets/query", query_datasets)
+    app.router.add_get(f"{API}/datasets/{{id}}", get_dataset)
+    app.router.add_get(f"{API}/find", find_dataset)
+    app.router.add_get(f"{API}/data-ids", query_data_ids)
+    app.router.add_post(f"{API}/operations", apply_direct_operations)
+    app.router.add_post(f"{API}/transactions", begin_transaction)
+    app.router.add_put(f"{API}/transactions/{{txn}}/uploads/{{upload}}", upload_file)
+    app.router.add_post(f"{API}/transactions/{{txn}}/commit", commit_transaction)
+    app.router.add_delete(f"{API}/transactions/{{txn}}", abort_transaction)
+    app.router.add_get("/files/{path:.+}", serve_dataset_file)
+    app.router.add_get("/healthz", healthz)
+
+
+# Requests that read even though their method is POST (for scopes and caching).
+READ_POSTS = {f"{API}/datasets/query"}

@@ -1,0 +1,107 @@
+"""Bearer tokens for ``butler serve``: who may read and who may write.
+
+The tokens file is YAML::
+
+    tokens:
+      - name: alice                # shown in logs and errors; the token itself never is
+        token: "long random string"
+        scopes: [read, write]
+      - name: pipeline
+        sha256: "<hex sha256 of the token>"   # to keep plain tokens out of the file
+        scopes: [read]
+
+Tokens are compared by their SHA-256 digests in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from butler.errors import RepositoryConfigError
+
+SCOPES = ("read", "write")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+
+
+class TokenStore:
+    def __init__(self, entries: Mapping[str, Principal]) -> None:
+        self._by_digest = dict(entries)
+
+    @classmethod
+    def empty(cls) -> TokenStore:
+        return cls({})
+
+    @classmethod
+    def load(cls, path: Path) -> TokenStore:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise RepositoryConfigError(f"cannot read tokens file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise RepositoryConfigError(f"tokens file {path} is not valid YAML: {exc}") from exc
+        entries: dict[str, Principal] = {}
+        items = (data or {}).get("tokens") if isinstance(data, Mapping) else None
+        if not isinstance(items, list):
+            raise RepositoryConfigError(
+                f"{path}: expected a 'tokens:' list (see butler serve --help)"
+            )
+        for number, item in enumerate(items, 1):
+            entries.update([cls._parse(path, number, item)])
+        return cls(entries)
+
+    @staticmethod
+    def _parse(path: Path, number: int, item: Any) -> tuple[str, Principal]:
+        where = f"{path}: token entry {number}"
+        if not isinstance(item, Mapping) or not item.get("name"):
+            raise RepositoryConfigError(f"{where} needs a 'name'")
+        scopes = item.get("scopes", ["read"])
+        if not isinstance(scopes, list) or not set(scopes) <= set(SCOPES):
+            raise RepositoryConfigError(f"{where}: scopes must be a list drawn from {SCOPES}")
+        if "token" in item:
+            token = str(item["token"])
+            if len(token) < 16:
+                raise RepositoryConfigError(f"{where}: tokens must be at least 16 characters")
+            digest = digest_token(token)
+        elif "sha256" in item:
+            digest = str(item["sha256"]).lower()
+            if len(digest) != 64:
+                raise RepositoryConfigError(f"{where}: sha256 must be 64 hex digits")
+        else:
+            raise RepositoryConfigError(f"{where} needs 'token' or 'sha256'")
+        return digest, Principal(str(item["name"]), frozenset(scopes))
+
+    def identify(self, token: str) -> Principal | None:
+        digest = digest_token(token)
+        for known, principal in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self._by_digest)
+
+
+def digest_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()

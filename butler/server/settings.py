@@ -1,0 +1,33 @@
+"""Settings of ``butler serve``: one object, passed explicitly to everything that needs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+ReadAccess = Literal["public", "token"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    repo: Path
+    host: str = "127.0.0.1"
+    port: int = 8642
+    tokens_file: Path | None = None
+    read_only: bool = False
+    read_access: ReadAccess = "public"
+    """``public``: anyone may read; ``token``: reads need a token with the ``read`` scope."""
+    api_max_age: int = 10
+    """Seconds a client or shared cache may reuse an API response without revalidating."""
+    file_max_age: int = 365 * 24 * 3600
+    """Dataset files never change (a UUID names the same bytes), so caches keep them long."""
+    page_size: int = 1000
+    max_page_size: int = 10_000
+    max_ranges: int = 200
+    """Ranges per file request; more is refused (RFC 9110 §14.2 warns of range abuse)."""
+    staging_ttl: int = 3600
+    """Seconds an unfinished remote transaction's uploads are kept before being removed."""
+    read_workers: int = 4
+    """Read-only registry connections used in parallel by API requests."""
+    max_upload_bytes: int = 64 * 2**30

@@ -1,0 +1,220 @@
+"""Remote write transactions: uploads staged on the server until one atomic commit.
+
+A client begins a transaction, uploads each new file (the server hashes it while it streams
+to disk), then commits a list of operations. The commit runs as one local repository
+transaction, so it is all or nothing, and crash safe exactly like a local one. Staged uploads
+live in ``<repo>/.staging-remote/<txn>/`` (same filesystem as the datastore, so committing
+links instead of copying). Abandoned transactions expire; a restarted server removes every
+staged upload, since no transaction survives a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from butler.direct_butler import DirectButler
+from butler.errors import TransactionError, TransactionNotFoundError, UploadError
+from butler.refs import DatasetRef
+
+REMOTE_STAGING_DIR = ".staging-remote"
+_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass
+class RemoteTransaction:
+    id: str
+    directory: Path
+    expires: float
+    owner: str
+
+    def upload_path(self, upload_id: str) -> Path:
+        if not _UPLOAD_ID.match(upload_id):
+            raise UploadError(f"upload id {upload_id!r} is not a dataset UUID")
+        return self.directory / upload_id
+
+
+class TransactionManager:
+    """Open remote transactions of one server, their uploads, and their expiry."""
+
+    def __init__(self, repo: Path, ttl: int) -> None:
+        self.root = repo / REMOTE_STAGING_DIR
+        self.ttl = ttl
+        self._open: dict[str, RemoteTransaction] = {}
+        self._lock = threading.Lock()
+        # Nothing survives a restart: clean whatever a killed server left.
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def begin(self, owner: str) -> RemoteTransaction:
+        txn_id = secrets.token_urlsafe(18)
+        directory = self.root / txn_id
+        directory.mkdir()
+        txn = RemoteTransaction(txn_id, directory, time.time() + self.ttl, owner)
+        (directory / "transaction.json").write_text(
+            json.dumps({"id": txn_id, "owner": owner, "expires": txn.expires})
+        )
+        with self._lock:
+            self._open[txn_id] = txn
+        return txn
+
+    def get(self, txn_id: str, owner: str) -> RemoteTransaction:
+        with self._lock:
+            txn = self._open.get(txn_id) if _ID.match(txn_id) else None
+        if txn is None or txn.expires < time.time():
+            raise TransactionNotFoundError(
+                f"transaction {txn_id!r} does not exist or has expired (after {self.ttl} s "
+                "without activity); begin a new one"
+            )
+        if txn.owner != owner:
+            raise TransactionNotFoundError(f"transaction {txn_id!r} belongs to someone else")
+        txn.expires = time.time() + self.ttl
+        return txn
+
+    def finish(self, txn: RemoteTransaction) -> None:
+        with self._lock:
+            self._open.pop(txn.id, None)
+        shutil.rmtree(txn.directory, ignore_errors=True)
+
+    def expire(self) -> int:
+        """Drop transactions past their expiry; returns how many."""
+        now = time.time()
+        with self._lock:
+            stale = [t for t in self._open.values() if t.expires < now]
+            for txn in stale:
+                self._open.pop(txn.id, None)
+        for txn in stale:
+            shutil.rmtree(txn.directory, ignore_errors=True)
+        return len(stale)
+
+    @property
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
+class UploadWriter:
+    """Receives one upload's bytes into the staging directory, hashing as they arrive."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.tmp = path.with_suffix(".part")
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise UploadError(f"upload exceeds the server's limit of {self.max_bytes} bytes")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self, expected_checksum: str | None) -> str:
+        self._file.flush()
+        self._file.close()
+        checksum = "sha256:" + self._hash.hexdigest()
+        if expected_checksum and expected_checksum != checksum:
+            self.tmp.unlink(missing_ok=True)
+            raise UploadError(
+                f"upload checksum mismatch: client said {expected_checksum}, server received "
+                f"{checksum} ({self.size} bytes); the upload was damaged in transit, retry it"
+            )
+        self.tmp.replace(self.path)
+        return checksum
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _writing(butler: DirectButler, lock: threading.Lock) -> Iterator[None]:
+    with lock, butler.transaction():
+        yield
+
+
+def apply_operations(
+    butler: DirectButler,
+    lock: threading.Lock,
+    operations: Sequence[Mapping[str, Any]],
+    txn: RemoteTransaction | None,
+) -> list[dict[str, Any]]:
+    """Apply a commit's operations in one local transaction; returns one result per operation."""
+    results: list[dict[str, Any]] = []
+    with _writing(butler, lock):
+        for number, op in enumerate(operations):
+            try:
+                results.append(_apply(butler, op, txn))
+            except KeyError as exc:
+                raise TransactionError(
+                    f"operation {number} ({op.get('op')!r}) lacks the field {exc}"
+                ) from exc
+    return results
+
+
+def _apply(
+    butler: DirectButler, op: Mapping[str, Any], txn: RemoteTransaction | None
+) -> dict[str, Any]:
+    kind = op.get("op")
+    if kind == "put":
+        if txn is None:
+            raise TransactionError("a 'put' operation needs a transaction with its upload")
+        upload = txn.upload_path(str(op["id"]))
+        if not upload.is_file():
+            raise UploadError(f"no upload for dataset {op['id']} in this transaction")
+        ref = butler.ingest(
+            upload,
+            op["dataset_type"],
+            dict(op["data_id"]),
+            run=op["run"],
+            transfer="move",
+            dataset_id=_uuid(op["id"]),
+        )
+        file = butler.get_file_info(ref)
+        if op.get("checksum") and op["checksum"] != file.checksum:
+            raise UploadError(f"dataset {op['id']}: checksum changed between upload and commit")
+        return {"ref": ref.to_dict(), "file": file.to_dict()}
+    if kind == "remove":
+        refs = [DatasetRef.from_dict(r) for r in op["refs"]]
+        return {"removed": butler.remove(refs)}
+    if kind == "insert_dimension_records":
+        added = butler.insert_dimension_records(
+            op["element"], *op["records"], skip_existing=bool(op.get("skip_existing"))
+        )
+        return {"inserted": added}
+    if kind == "register_dataset_type":
+        dataset_type = butler.register_dataset_type(
+            op["name"], op["dimensions"], op["storage_class"], op.get("formatter")
+        )
+        return {"dataset_type": dataset_type.to_dict()}
+    if kind == "register_run":
+        return {"created": butler.register_run(op["name"], op.get("doc", ""))}
+    if kind == "set_collection_chain":
+        butler.set_collection_chain(op["name"], op["children"], op.get("doc", ""))
+        return {}
+    raise TransactionError(
+        f"unknown operation {kind!r}; expected put, remove, insert_dimension_records, "
+        "register_dataset_type, register_run or set_collection_chain"
+    )
+
+
+def _uuid(value: Any) -> Any:
+    import uuid
+
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise UploadError(f"{value!r} is not a dataset UUID") from None
