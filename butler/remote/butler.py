@@ -51,6 +51,15 @@ class _LoopThread:
             self.loop.close()
 
 
+async def _in_transaction(coro: Coroutine[Any, Any, T], txn: RemoteTransaction | None) -> T:
+    """Run ``coro`` with the calling thread's transaction (each call is a task of its own)."""
+    token = _CURRENT_TXN.set(txn)
+    try:
+        return await coro
+    finally:
+        _CURRENT_TXN.reset(token)
+
+
 class RemoteButler(Butler):
     """A butler on a remote repository (``Butler("http://host:port/")``)."""
 
@@ -86,20 +95,15 @@ class RemoteButler(Butler):
         self._local = threading.local()
         try:
             self._run(self.remote.info())
+            if run is not None:
+                # Like a local butler: the RUN to write to exists from the start.
+                self._run(self.remote.register_run(run))
         except BaseException:
             self.close()
             raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._io.run(self._in_transaction(coro))
-
-    async def _in_transaction(self, coro: Coroutine[Any, Any, T]) -> T:
-        # Each call runs as its own task on the I/O loop: hand it this thread's transaction.
-        token = _CURRENT_TXN.set(getattr(self._local, "txn", None))
-        try:
-            return await coro
-        finally:
-            _CURRENT_TXN.reset(token)
+        return self._io.run(_in_transaction(coro, getattr(self._local, "txn", None)))
 
     @property
     def url(self) -> str:

@@ -90,6 +90,9 @@ class RepositoryClient:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._session_lock = asyncio.Lock()
+        self.connections_opened = 0
+        """TCP connections opened so far (requests beyond that reused a kept-alive one)."""
+        self.requests_sent = 0
 
     @property
     def base_url(self) -> str:
@@ -105,8 +108,12 @@ class RepositoryClient:
                     headers = {"User-Agent": "butler-client/1"}
                     if self.settings.token:
                         headers["Authorization"] = f"Bearer {self.settings.token}"
+                    trace = aiohttp.TraceConfig()
+                    trace.on_connection_create_end.append(self._count_connection)
+                    trace.on_request_start.append(self._count_request)
                     self._session = aiohttp.ClientSession(
                         headers=headers,
+                        trace_configs=[trace],
                         connector=aiohttp.TCPConnector(
                             limit=self.settings.max_connections, ttl_dns_cache=300
                         ),
@@ -118,6 +125,12 @@ class RepositoryClient:
                         raise_for_status=False,
                     )
         return self._session
+
+    async def _count_connection(self, *_: Any) -> None:
+        self.connections_opened += 1
+
+    async def _count_request(self, *_: Any) -> None:
+        self.requests_sent += 1
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -22,9 +22,10 @@ log = logging.getLogger("butler.server")
 TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs rid=%{X-Request-ID}o'
-"""Access-log line: client, request line, status, bytes, seconds, request ID (never headers,
-so tokens are never logged)."""
+ACCESS_LOG_FORMAT = '%a "%r" %s body=%{Content-Length}o %Tfs rid=%{X-Request-ID}o'
+"""Access-log line: client, request line, status, body bytes, seconds, request ID. (Body bytes
+come from Content-Length because files go out by sendfile, which aiohttp's %b does not count.
+No request headers are logged, so tokens never are.)"""
 
 
 def _error_body(
