@@ -61,6 +61,23 @@ def as_collection_list(collections: Collections) -> list[str] | None:
     return list(collections)
 
 
+def memmap_hdu(path: Path, file: FileInfo, hdu: str | int) -> np.memmap[Any, Any]:
+    """Map exactly one uncompressed FITS image HDU of a local file, using its offset index."""
+    entry = file.hdu(hdu)
+    if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
+        raise ButlerError(
+            f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
+            "only uncompressed image HDUs can be memory-mapped"
+        )
+    return np.memmap(
+        path,
+        dtype=np.dtype(entry["dtype"]),
+        mode="r",
+        offset=int(entry["data_offset"]),
+        shape=tuple(entry["shape"]),
+    )
+
+
 class _ButlerFactory(type):
     """``Butler(...)`` picks the backend from its first argument (path or URL)."""
 
@@ -294,19 +311,7 @@ class Butler(metaclass=_ButlerFactory):
     ) -> np.memmap[Any, Any]:
         """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy)."""
         ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        entry = file.hdu(hdu)
-        if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
-            raise ButlerError(
-                f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
-                "only uncompressed image HDUs can be memory-mapped"
-            )
-        return np.memmap(
-            self._local_file(ref, file),
-            dtype=np.dtype(entry["dtype"]),
-            mode="r",
-            offset=int(entry["data_offset"]),
-            shape=tuple(entry["shape"]),
-        )
+        return memmap_hdu(self._local_file(ref, file), file, hdu)
 
     # -- the rest of the interface --------------------------------------------------------
 

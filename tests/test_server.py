@@ -29,6 +29,7 @@ from butler import (
 )
 from butler.errors import AuthenticationError, AuthorizationError, DataIdError, ServerError
 from butler.remote.async_butler import AsyncButler
+from butler.sample_data import synthetic_calexp
 from butler.server.openapi import build_openapi
 
 HSC = {"instrument": "HSC"}
@@ -460,3 +461,26 @@ def test_put_outside_a_transaction_is_atomic_and_checked(server: ButlerServer) -
         pytest.raises(TransactionError, match="no RUN"),
     ):
         runless.put({}, "summary", HSC, visit=1, detector=0)
+
+
+async def test_async_butler_offers_the_reading_methods(
+    repo: Path, server: ButlerServer, tmp_path: Path
+) -> None:
+    image = synthetic_calexp(size=64)
+    with Butler(repo, run="run1") as local:
+        local.put(image, "calexp", HSC, visit=100, detector=0)
+    async with AsyncButler(server.url, collections="run1", cache_dir=tmp_path / "c") as butler:
+        uri = await butler.get_uri("calexp", HSC, visit=100, detector=0)
+        assert uri.startswith(server.url + "files/run1/calexp/")
+        mapped = await butler.memmap("calexp", HSC, visit=100, detector=0, hdu="IMAGE")
+        np.testing.assert_array_equal(mapped, image.data)
+        path = await butler.get_local_path("calexp", HSC, visit=100, detector=0)
+        assert (
+            path.stat().st_size
+            == (await butler.get_file_info("calexp", HSC, visit=100, detector=0)).size
+        )
+        f = await butler.open("calexp", HSC, visit=100, detector=0)
+        first = await asyncio.to_thread(f.read, 80)
+        assert first.startswith(b"SIMPLE  =")
+        assert await butler.exists("calexp", HSC, visit=100, detector=0)
+        assert not await butler.exists("calexp", HSC, visit=101, detector=0)

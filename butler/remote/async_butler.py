@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from butler.butler import Collections, DatasetLike, IOStats, as_collection_list
+import numpy as np
+
+from butler.butler import Collections, DatasetLike, IOStats, as_collection_list, memmap_hdu
 from butler.datastore import sha256_file
 from butler.errors import (
     AmbiguousDatasetError,
@@ -35,6 +37,7 @@ from butler.errors import (
     TransactionError,
 )
 from butler.formatters.registry import FormatterRegistry, default_registry
+from butler.io.source import RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
 from butler.remote.client import ClientSettings, RepositoryClient, data_id_json
@@ -296,8 +299,52 @@ class AsyncButler:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def get_uri(self, file: FileInfo) -> str:
+    def file_url(self, file: FileInfo) -> str:
         return self.client.url("files/" + file.path)
+
+    async def get_uri(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> str:
+        """The ``http(s)://`` URL of the dataset's file on the server."""
+        _, file = await self.resolve(
+            dataset_type_or_ref, data_id, collections=collections, **kwargs
+        )
+        return self.file_url(file)
+
+    async def open(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        read_ahead: int = 64 * 1024,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> RangeFile:
+        """A lazily range-reading file object; read it from a thread (it blocks on the loop)."""
+        _, file = await self.resolve(
+            dataset_type_or_ref, data_id, collections=collections, **kwargs
+        )
+        return self.byte_source(file).open(read_ahead=read_ahead)
+
+    async def memmap(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        hdu: str | int = "IMAGE",
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> np.memmap[Any, Any]:
+        """Download once into the client cache, then memory-map one HDU's pixels."""
+        _, file = await self.resolve(
+            dataset_type_or_ref, data_id, collections=collections, **kwargs
+        )
+        return memmap_hdu(await self.local_file(file), file, hdu)
 
     # -- queries --------------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ class RemoteButler(Butler):
         **kwargs: Any,
     ) -> str:
         _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self.remote.get_uri(file)
+        return self.remote.file_url(file)
 
     # -- registry-like ---------------------------------------------------------------------
 
