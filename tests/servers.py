@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from butler.server.process import ServerProcess
@@ -38,7 +39,20 @@ class ButlerServer(ServerProcess):
         return self.log_path.read_text(errors="replace")
 
     def access_log(self) -> list[dict[str, str]]:
+        self._settle()
         return [m.groupdict() for m in _ACCESS.finditer(self.log_text())]
+
+    def _settle(self, quiet: float = 0.15, limit: float = 3.0) -> None:
+        """Wait until the log stops growing: aiohttp writes an access-log line only after the
+        response has gone out, so a client can be faster than the line it caused."""
+        deadline = time.monotonic() + limit
+        size = -1
+        while time.monotonic() < deadline:
+            current = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if current == size:
+                return
+            size = current
+            time.sleep(quiet)
 
     def mark(self) -> int:
         """Position in the access log, to count only what follows."""
