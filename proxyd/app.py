@@ -1,0 +1,125 @@
+"""Assemble and run the proxy: routes, background eviction, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from proxyd.metrics import CONTENT_TYPE_LATEST
+from proxyd.server import STATE, ProxyState, handle
+from proxyd.settings import ConfigError, ProxySettings
+
+RESERVED_NAMES = ("metrics", "healthz")
+EVICTION_INTERVAL = 5.0
+
+log = logging.getLogger("proxyd")
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await asyncio.to_thread(_render_metrics, state)
+    return web.Response(
+        body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
+    )
+
+
+def _render_metrics(state: ProxyState) -> bytes:
+    state.metrics.cache_size.set(state.store.volume())
+    state.metrics.coalesced_waits.inc(0)
+    return state.metrics.render()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    volume = await asyncio.to_thread(state.store.volume)
+    return web.json_response(
+        {
+            "status": "ok",
+            "cache_bytes": volume,
+            "cache_limit": state.settings.cache_size,
+            "upstreams": sorted(state.settings.upstreams),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _evictor(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(EVICTION_INTERVAL)
+            removed = await asyncio.to_thread(state.store.evict)
+            if removed:
+                state.metrics.evictions.inc(removed)
+                log.info("evicted %d cache entries", removed)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await state.close()
+
+
+def create_app(settings: ProxySettings) -> web.Application:
+    clash = set(RESERVED_NAMES) & set(settings.upstreams)
+    if clash:
+        raise ConfigError(
+            "upstreams",
+            "configuration",
+            f"the names {sorted(clash)} are reserved for proxyd's own endpoints",
+            "another upstream name",
+        )
+    app = web.Application()
+    app[STATE] = ProxyState(settings)
+    if settings.metrics:
+        app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    app.cleanup_ctx.append(_evictor)
+    return app
+
+
+def configure_logging(settings: ProxySettings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    access = logging.getLogger("proxyd.access")
+    access.propagate = True
+    if settings.access_log is False:
+        access.disabled = True
+    elif isinstance(settings.access_log, Path):
+        handler = logging.FileHandler(settings.access_log)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
+
+
+def run(settings: ProxySettings) -> None:
+    configure_logging(settings)
+    app = create_app(settings)
+    log.info(
+        "proxyd listening on http://%s/ for %s",
+        settings.listen,
+        ", ".join(f"/{n}/ -> {u}" for n, u in sorted(settings.upstreams.items())),
+    )
+    started = time.monotonic()
+    web.run_app(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        print=None,
+        access_log=None,  # proxyd writes its own line per request, with cache status
+        handler_cancellation=True,
+        keepalive_timeout=settings.client_timeout,
+        # Let over-long targets and fields through the parser so the policy answers them
+        # with 414/431 and a clear message; far beyond that the parser refuses (400).
+        max_line_size=4 * settings.max_url_bytes,
+        max_field_size=4 * settings.max_header_bytes,
+    )
+    log.info("proxyd stopped after %.0f s", time.monotonic() - started)

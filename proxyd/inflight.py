@@ -1,0 +1,207 @@
+"""Coalesced block fetches: one upstream request per run of missing blocks, many readers.
+
+A :class:`BlockRun` fetches blocks ``first..last`` of one object version with one upstream
+range request and writes each block to the store as soon as it is complete. Readers of any
+of those blocks — the request that started the run and every concurrent request that needs
+the same bytes — subscribe to it and receive bytes *as they arrive*, so N clients asking for
+the same cold bytes cost the origin those bytes once, and nobody waits for a whole block.
+
+Only blocks in flight are held in memory; a block is released once stored, and later readers
+take it from the store. If every reader of a run goes away, the run stops after reading
+``readahead`` bytes past the furthest point any reader reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("proxyd.inflight")
+
+ChunkSource = Callable[["BlockRun"], Awaitable[None]]
+"""Fills a run: fetches its byte range upstream and calls ``feed`` / ``finish``."""
+
+
+class RunFailedError(Exception):
+    """The upstream fetch of a run failed; readers of its missing bytes fail with it."""
+
+
+@dataclass
+class _Block:
+    index: int
+    expected: int
+    data: bytearray = field(default_factory=bytearray)
+    stored: bool = False
+
+
+class BlockRun:
+    """Blocks ``first..last`` of object version ``version`` being fetched."""
+
+    def __init__(
+        self,
+        version: str,
+        first: int,
+        last: int,
+        block_size: int,
+        size: int,
+        readahead: int,
+    ) -> None:
+        self.version = version
+        self.first = first
+        self.last = last
+        self.block_size = block_size
+        self.start = first * block_size
+        self.end = min(size, (last + 1) * block_size)  # exclusive
+        self.readahead = readahead
+        self.received = 0
+        """Bytes of the run received so far (from ``start``)."""
+        self.blocks = {
+            i: _Block(i, min(block_size, size - i * block_size)) for i in range(first, last + 1)
+        }
+        self.error: BaseException | None = None
+        self.finished = False
+        self.readers = 0
+        self.furthest = self.start
+        """Furthest byte offset any reader has asked for (drives the abandonment rule)."""
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    # -- producer side --------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """Add upstream bytes; returns blocks that became complete (to be stored)."""
+        completed = []
+        offset = 0
+        while offset < len(chunk):
+            index = (self.start + self.received) // self.block_size
+            block = self.blocks.get(index)
+            if block is None:
+                raise RunFailedError(
+                    f"upstream sent more bytes than the run {self.start}-{self.end}"
+                )
+            take = min(block.expected - len(block.data), len(chunk) - offset)
+            block.data += chunk[offset : offset + take]
+            offset += take
+            self.received += take
+            if len(block.data) == block.expected:
+                completed.append((index, bytes(block.data)))
+        self._pulse()
+        return completed
+
+    def mark_stored(self, index: int) -> None:
+        block = self.blocks[index]
+        block.stored = True
+        block.data = bytearray()  # readers now take it from the store
+        self._pulse()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.received < self.end - self.start and error is None:
+            error = RunFailedError(
+                f"upstream ended after {self.received} of {self.end - self.start} bytes"
+            )
+        self.error = error
+        self.finished = True
+        self._pulse()
+
+    def abandoned(self) -> bool:
+        """No reader left and read-ahead past the furthest request exhausted: stop."""
+        return self.readers == 0 and self.start + self.received >= self.furthest + self.readahead
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- reader side ----------------------------------------------------------------------
+
+    async def read(
+        self,
+        index: int,
+        start: int,
+        end: int,
+        load_stored: Callable[[int], Awaitable[bytes | None]],
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``start..end`` (exclusive, offsets within block ``index``) as they arrive."""
+        block = self.blocks[index]
+        base = index * self.block_size
+        position = start
+        self.furthest = max(self.furthest, base + end)
+        while position < end:
+            if block.stored:
+                stored = await load_stored(index)
+                if stored is None:
+                    raise RunFailedError(f"block {index} vanished from the store")
+                yield stored[position:end]
+                return
+            available = min(len(block.data), end)
+            if available > position:
+                chunk = bytes(block.data[position:available])
+                position = available
+                yield chunk
+                continue
+            if self.finished:
+                raise RunFailedError(str(self.error or "upstream fetch ended early"))
+            await self._changed.wait()
+
+
+class InflightRegistry:
+    """Which blocks are being fetched right now, so new requests join instead of refetching."""
+
+    def __init__(self) -> None:
+        self._by_block: dict[tuple[str, int], BlockRun] = {}
+        self.coalesced = 0
+        """Reads that joined an existing fetch instead of starting one."""
+
+    def run_for(self, version: str, index: int) -> BlockRun | None:
+        return self._by_block.get((version, index))
+
+    def register(self, run: BlockRun) -> None:
+        """Make a run's blocks findable (its bytes come from a fetch already under way)."""
+        for index in run.blocks:
+            self._by_block[(run.version, index)] = run
+
+    def unregister(self, run: BlockRun) -> None:
+        for index in run.blocks:
+            if self._by_block.get((run.version, index)) is run:
+                del self._by_block[(run.version, index)]
+
+    def start(self, run: BlockRun, fill: ChunkSource) -> BlockRun:
+        """Register a run and start the task that fills it."""
+        self.register(run)
+
+        async def runner() -> None:
+            try:
+                await fill(run)
+                if not run.finished:
+                    run.finish()
+            except asyncio.CancelledError:
+                run.finish(RunFailedError("fetch cancelled"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to every reader of the run
+                log.debug("run %s %d-%d failed: %s", run.version, run.first, run.last, exc)
+                run.finish(exc)
+            finally:
+                self.unregister(run)
+
+        run.task = asyncio.create_task(runner())
+        return run
+
+    @contextlib.asynccontextmanager
+    async def reading(self, run: BlockRun, joined: bool) -> AsyncIterator[BlockRun]:
+        if joined:
+            self.coalesced += 1
+        run.readers += 1
+        try:
+            yield run
+        finally:
+            run.readers -= 1
+
+    async def close(self) -> None:
+        tasks = {run.task for run in self._by_block.values() if run.task is not None}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task

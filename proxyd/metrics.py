@@ -1,0 +1,70 @@
+"""Prometheus metrics of one proxyd instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "proxyd_requests",
+            "Client requests by method, status and cache outcome",
+            ["method", "status", "cache"],
+            registry=r,
+        )
+        self.hits = Counter("proxyd_cache_hits", "Requests answered wholly from cache", registry=r)
+        self.misses = Counter(
+            "proxyd_cache_misses", "Requests answered wholly from the origin", registry=r
+        )
+        self.partial_hits = Counter(
+            "proxyd_cache_partial_hits",
+            "Requests answered partly from cache, partly fetched",
+            registry=r,
+        )
+        self.bytes_from_cache = Counter(
+            "proxyd_bytes_from_cache", "Body bytes sent to clients from stored blocks", registry=r
+        )
+        self.bytes_from_origin = Counter(
+            "proxyd_bytes_from_origin",
+            "Body bytes received from upstream origins",
+            ["upstream"],
+            registry=r,
+        )
+        self.bytes_to_clients = Counter(
+            "proxyd_bytes_to_clients", "Body bytes sent to clients", registry=r
+        )
+        self.coalesced_waits = Counter(
+            "proxyd_coalesced_waits",
+            "Block reads that joined an upstream fetch already in flight",
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "proxyd_upstream_latency_seconds",
+            "Time to upstream response headers",
+            ["upstream"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.errors = Counter("proxyd_errors", "Errors by kind", ["kind"], registry=r)
+        self.cache_size = Gauge(
+            "proxyd_cache_size_bytes", "Bytes held by the block cache", registry=r
+        )
+        self.evictions = Counter("proxyd_evictions", "Cache entries evicted (LRU)", registry=r)
+        self.stale_served = Counter(
+            "proxyd_stale_served", "Responses served stale because the origin failed", registry=r
+        )
+        self.auth_checks = Counter(
+            "proxyd_auth_checks",
+            "Authorisation checks sent to origins, by answer",
+            ["result"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

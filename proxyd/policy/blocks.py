@@ -1,0 +1,301 @@
+"""Block planning: which fixed-size blocks a request needs, and how to fetch the missing ones.
+
+An object of ``size`` bytes is cut into blocks of ``block_size`` bytes (the last one shorter);
+block ``i`` holds bytes ``i*block_size`` up to ``min((i+1)*block_size, size) - 1``. Blocks are
+stored under (URL, validator, index), so every request — full, single range, suffix,
+open-ended or multi-range — becomes "these blocks, these slices of them", and overlapping
+reads share blocks. Missing blocks are fetched with one upstream range request per contiguous
+run, each at most ``max_fetch_bytes`` long, so a miss never costs more than the blocks it
+needs and a 2 KB read of a 4 GB file fetches one block.
+
+When the size is not known yet (nothing cached about the object), :func:`initial_fetch` says
+what to ask for first and :func:`interpret_fetch_response` reads the size off the answer
+(Content-Range of a 206, Content-Length of a 200, or the ``*/size`` of a 416).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from butler.http.conditional import EntityTag
+from butler.http.ranges import ByteRange, RangeSpec, parse_content_range
+from proxyd.policy import HeaderPairs, Headers, field_value
+
+__all__ = [
+    "BlockRun",
+    "BlockSlice",
+    "FetchResult",
+    "block_count",
+    "block_span",
+    "blocks_for",
+    "initial_fetch",
+    "interpret_fetch_response",
+    "missing_runs",
+    "run_request_headers",
+    "slice_plan",
+]
+
+
+def _check_block_size(block_size: int) -> None:
+    if block_size <= 0:
+        raise ValueError(f"block size must be positive, got {block_size}")
+
+
+def block_count(size: int, block_size: int) -> int:
+    """Number of blocks of an object of ``size`` bytes (0 for an empty object)."""
+    _check_block_size(block_size)
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    return -(-size // block_size)
+
+
+def block_span(index: int, size: int, block_size: int) -> ByteRange:
+    """The bytes of the object that block ``index`` holds."""
+    if not 0 <= index < block_count(size, block_size):
+        raise ValueError(f"block {index} is outside an object of {size} bytes")
+    start = index * block_size
+    return ByteRange(start, min(start + block_size, size) - 1)
+
+
+def blocks_for(ranges: Iterable[ByteRange], size: int, block_size: int) -> list[int]:
+    """Indexes of the blocks holding any byte of ``ranges``, sorted, each once.
+
+    The ranges are satisfiable ranges of the object (as :func:`parse_range_header` returns
+    them); a range reaching past the end is an error of the caller.
+    """
+    _check_block_size(block_size)
+    needed: set[int] = set()
+    for r in ranges:
+        if r.end >= size:
+            raise ValueError(f"range {r.start}-{r.end} is outside an object of {size} bytes")
+        needed.update(range(r.start // block_size, r.end // block_size + 1))
+    return sorted(needed)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRun:
+    """Contiguous blocks ``first..last`` fetched with one upstream range request for bytes
+    ``byte_start..byte_end`` (inclusive, like a ``Range`` header)."""
+
+    first: int
+    last: int
+    byte_start: int
+    byte_end: int
+
+    @property
+    def length(self) -> int:
+        """Bytes in the run."""
+        return self.byte_end - self.byte_start + 1
+
+    @property
+    def blocks(self) -> range:
+        """The block indexes of the run."""
+        return range(self.first, self.last + 1)
+
+    @property
+    def byte_range(self) -> ByteRange:
+        return ByteRange(self.byte_start, self.byte_end)
+
+    @property
+    def range_header(self) -> str:
+        """The ``Range`` field value requesting this run (RFC 9110 §14.2)."""
+        return f"bytes={self.byte_start}-{self.byte_end}"
+
+
+def _run(first: int, last: int, size: int | None, block_size: int) -> BlockRun:
+    end = (last + 1) * block_size - 1
+    if size is not None:
+        end = min(end, size - 1)
+    return BlockRun(first, last, first * block_size, end)
+
+
+def missing_runs(
+    needed_block_indexes: Iterable[int],
+    present: Collection[int],
+    block_size: int,
+    size: int,
+    max_fetch_bytes: int,
+) -> list[BlockRun]:
+    """Group the needed blocks that are not ``present`` into runs to fetch, in block order.
+
+    Each run is a maximal sequence of consecutive missing blocks, split so that no run is
+    longer than ``max_fetch_bytes`` — except that a run always holds at least one block, so
+    a block larger than the cap is fetched whole rather than never. Present blocks split runs:
+    fetching them again would cost the origin bytes the cache already has.
+    """
+    _check_block_size(block_size)
+    if max_fetch_bytes <= 0:
+        raise ValueError(f"max_fetch_bytes must be positive, got {max_fetch_bytes}")
+    count = block_count(size, block_size)
+    per_run = max(1, max_fetch_bytes // block_size)
+    missing = sorted({i for i in needed_block_indexes if i not in present})
+    if missing and (missing[0] < 0 or missing[-1] >= count):
+        raise ValueError(f"block indexes must be within 0..{count - 1} for {size} bytes")
+    runs: list[BlockRun] = []
+    start = prev = None
+    for i in missing:
+        if start is not None and prev is not None and i == prev + 1 and i - start < per_run:
+            prev = i
+            continue
+        if start is not None and prev is not None:
+            runs.append(_run(start, prev, size, block_size))
+        start = prev = i
+    if start is not None and prev is not None:
+        runs.append(_run(start, prev, size, block_size))
+    return runs
+
+
+class BlockSlice(NamedTuple):
+    """Bytes ``start:stop`` (a Python slice: ``stop`` exclusive) of block ``block_index``."""
+
+    block_index: int
+    start: int
+    stop: int
+
+
+def slice_plan(r: ByteRange, block_size: int) -> list[BlockSlice]:
+    """The slices of blocks whose concatenation, in order, is exactly the bytes of ``r``."""
+    _check_block_size(block_size)
+    plan: list[BlockSlice] = []
+    pos = r.start
+    while pos <= r.end:
+        index = pos // block_size
+        block_start = index * block_size
+        stop = min(r.end + 1, block_start + block_size)
+        plan.append(BlockSlice(index, pos - block_start, stop - block_start))
+        pos = stop
+    return plan
+
+
+def initial_fetch(
+    specs: Sequence[RangeSpec] | None, block_size: int, max_fetch_bytes: int
+) -> BlockRun:
+    """The first upstream range request for an object whose size is not known yet.
+
+    ``specs`` are the client's range-specs (:func:`butler.http.ranges.parse_range_specs`),
+    None for an unranged GET. The request is block-aligned so that what comes back can be
+    stored as blocks, and its answer reveals the size (:func:`interpret_fetch_response`):
+
+    * no Range: the first ``max_fetch_bytes`` (the client wants it all, in order);
+    * the first int-range spec in request order: the blocks from its first byte to its last
+      (to the cap for an open-ended range), at most ``max_fetch_bytes``;
+    * only suffix ranges: block 0, since where a suffix starts depends on the size.
+
+    The run's ``byte_end`` may lie past the end of the object: the origin clips it (RFC 9110
+    §14.1.2), and a start past the end yields a 416 that carries the size.
+    """
+    _check_block_size(block_size)
+    per_run = max(1, max_fetch_bytes // block_size)
+    for spec in specs or ():
+        if spec.first is not None:
+            first = spec.first // block_size
+            last = first + per_run - 1
+            if spec.last is not None:
+                last = min(last, spec.last // block_size)
+            return _run(first, last, None, block_size)
+    if specs:
+        return _run(0, 0, None, block_size)
+    return _run(0, per_run - 1, None, block_size)
+
+
+def run_request_headers(run: BlockRun, etag: str | None, last_modified: str | None) -> HeaderPairs:
+    """Fields of the upstream request for ``run`` of a known object version.
+
+    ``Range`` for the run's bytes; ``Accept-Encoding: identity`` because byte ranges apply to
+    the content coding sent (RFC 9110 §14.1.2) and blocks must be slices of one fixed coding;
+    and a precondition so that a changed object is refused (412) instead of mixing versions:
+    ``If-Match`` with a strong ETag (§13.1.1 uses strong comparison, so a weak tag would
+    always fail), else ``If-Unmodified-Since`` with Last-Modified (§13.1.4). Without either
+    validator the caller must compare the response's size with the stored one
+    (:func:`interpret_fetch_response` does).
+    """
+    out: list[tuple[str, str]] = [("Range", run.range_header), ("Accept-Encoding", "identity")]
+    tag = None if etag is None else EntityTag.parse(etag)
+    if tag is not None and not tag.weak:
+        out.append(("If-Match", str(tag)))
+    elif last_modified is not None:
+        out.append(("If-Unmodified-Since", last_modified))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What an upstream answer to a block-run request carries.
+
+    ``size`` is the object's complete length (None if the origin did not say: a 200 without
+    Content-Length); ``received`` the object bytes the body holds, None for none (a 416, or
+    an empty object). For a 200 the origin ignored Range and ``received`` starts at 0; the
+    caller skips ahead to the run it asked for. A 200 without Content-Length (chunked) has
+    both None: the body runs to its end, and its length is the size.
+    """
+
+    status: int
+    size: int | None
+    received: ByteRange | None
+
+
+def interpret_fetch_response(
+    requested: BlockRun,
+    status: int,
+    headers: Headers,
+    *,
+    known_size: int | None = None,
+    expected_etag: str | None = None,
+) -> FetchResult | str:
+    """Check an upstream answer to a block-run request; a string says what is wrong.
+
+    Refused (as a string, never stored): a 206 whose Content-Range is missing, multipart, of
+    unknown length, or not the bytes asked for (start at ``byte_start``; end at ``byte_end``
+    or the object's last byte); a size different from ``known_size`` or an ETag different
+    from ``expected_etag`` (the object changed: the caller drops its metadata and starts
+    over, so no response mixes two versions); a 416 without ``bytes */size``; any other
+    status.
+    """
+    if expected_etag is not None:
+        etag = field_value(headers, "ETag")
+        if etag is not None and etag.strip(" \t") != expected_etag.strip(" \t"):
+            return f"the object changed: ETag {etag.strip()} instead of {expected_etag.strip()}"
+
+    def changed(size: int) -> str | None:
+        if known_size is not None and size != known_size:
+            return f"the object changed: {size} bytes instead of {known_size}"
+        return None
+
+    if status == 206:
+        value = field_value(headers, "Content-Range")
+        parsed = None if value is None else parse_content_range(value)
+        if parsed is None or parsed.start is None or parsed.end is None:
+            return "a 206 without a single valid Content-Range"
+        if parsed.size is None:
+            return "a 206 whose Content-Range does not give the complete length"
+        problem = changed(parsed.size)
+        if problem is not None:
+            return problem
+        expected_end = min(requested.byte_end, parsed.size - 1)
+        if parsed.start != requested.byte_start or parsed.end != expected_end:
+            return (
+                f"asked for bytes {requested.byte_start}-{expected_end}, the origin sent "
+                f"{parsed.start}-{parsed.end}"
+            )
+        return FetchResult(206, parsed.size, ByteRange(parsed.start, parsed.end))
+    if status == 200:
+        length = field_value(headers, "Content-Length")
+        size = int(length) if length is not None and length.strip().isdigit() else None
+        if size is not None:
+            problem = changed(size)
+            if problem is not None:
+                return problem
+        received = None if size == 0 else ByteRange(0, size - 1) if size is not None else None
+        return FetchResult(200, size, received)
+    if status == 416:
+        value = field_value(headers, "Content-Range")
+        parsed = None if value is None else parse_content_range(value)
+        if parsed is None or parsed.size is None or parsed.start is not None:
+            return "a 416 without Content-Range: bytes */size"
+        problem = changed(parsed.size)
+        if problem is not None:
+            return problem
+        return FetchResult(416, parsed.size, None)
+    return f"unexpected status {status} for a range request"
