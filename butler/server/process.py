@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 
 def free_port() -> int:
@@ -35,33 +36,27 @@ def wait_for_http(
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-class ServerProcess:
-    """``butler serve REPO`` on 127.0.0.1 and a free port, logging to ``log_path``."""
+class ChildServer:
+    """An HTTP server of ours run as a child process on 127.0.0.1 and a free port."""
 
-    def __init__(self, repo: Path, log_path: Path, *extra: str) -> None:
-        self.repo = repo
+    health_path = "healthz"
+
+    def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
-        self.extra = list(extra)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServerProcess:
-        args = [
-            sys.executable,
-            "-m",
-            "butler.cli.main",
-            "serve",
-            str(self.repo),
-            "--port",
-            str(self.port),
-            *self.extra,
-        ]
+    def command(self) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} must say how it is started")
+
+    def start(self) -> Self:
+        args = self.command()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed argv
                 args, stdout=log, stderr=log, env={**os.environ}, start_new_session=True
             )
-        wait_for_http(self.url + "healthz", process=self.process)
+        wait_for_http(self.url + self.health_path, process=self.process)
         return self
 
     def stop(self) -> None:
@@ -82,8 +77,29 @@ class ServerProcess:
             self.process.wait()
         self.process = None
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerProcess(ChildServer):
+    """``butler serve REPO`` on 127.0.0.1 and a free port, logging to ``log_path``."""
+
+    def __init__(self, repo: Path, log_path: Path, *extra: str) -> None:
+        super().__init__(log_path)
+        self.repo = repo
+        self.extra = list(extra)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "butler.cli.main",
+            "serve",
+            str(self.repo),
+            "--port",
+            str(self.port),
+            *self.extra,
+        ]
