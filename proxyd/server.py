@@ -89,7 +89,8 @@ class VersionChangedError(Exception):
 class Served:
     """What one request did, for the access log and the metrics."""
 
-    cache: str = "MISS"
+    cache: str = ""
+    """HIT, PARTIAL, MISS, REVALIDATED, STALE, PASS, DENIED, REFUSED or ERROR."""
     from_cache: int = 0
     from_origin: int = 0
 
@@ -299,6 +300,7 @@ async def serve_cacheable(
         if isinstance(probed, web.StreamResponse):
             return probed
         meta = probed
+        served.cache = "MISS"
     return await respond_from_blocks(request, state, target, meta, served, stale=stale)
 
 
@@ -610,6 +612,7 @@ async def respond_from_blocks(
         meta.etag,
         None if modified_ts is None else float(modified_ts),
     )
+    served.cache = served.cache or "HIT"  # no fetch so far: what follows is from the cache
     if precondition is not None:
         headers[CACHE_HEADER] = served.cache
         for name in ("Content-Type", "Content-Encoding", "Content-Disposition"):
@@ -668,7 +671,7 @@ async def respond_from_blocks(
     needed = blocks.blocks_for([r for _, r in parts], size, settings.block_size) if size else []
     reader = _BlockReader(state, target, meta, request, needed)
     await reader.start_missing()
-    if served.cache in ("MISS", "HIT") and not stale:
+    if served.cache == "HIT" and not stale:
         served.cache = reader.cache_status()
     response.headers[CACHE_HEADER] = "STALE" if stale else served.cache
     await response.prepare(request)
