@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -315,3 +316,50 @@ def remote_tour(repo: Path, workdir: Path, echo: Echo) -> None:
                     )
             refs = writer.query_datasets("visit_summary", collections="sample/remote")
             echo(f"   remote transaction: {len(refs)} datasets uploaded and committed at once")
+        proxy_tour(server.url, workdir, echo)
+
+
+def proxy_tour(origin_url: str, workdir: Path, echo: Echo) -> None:
+    """Put proxyd in front of the server: a cold read, a warm read, and the metrics."""
+    from proxyd.process import ProxydProcess
+
+    echo("\n6. A site cache in front of it (proxyd on 127.0.0.1)")
+    cache_dir = workdir / "proxy-cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    with ProxydProcess({"sample": origin_url}, cache_dir, workdir / "proxyd.log") as proxy:
+        url = proxy.upstream_url("sample")
+        echo(f"   proxyd at {proxy.url}: /sample/ -> {origin_url} (cache: {cache_dir})")
+        data_id = {"instrument": "LSSTCam", "visit": 2026112700001, "detector": 0}
+        for label in ("cold", "warm"):
+            with Butler(url, collections="sample", cache_dir=workdir / f"client-{label}") as b:
+                started = time.perf_counter()
+                image = b.get("calexp", data_id)
+                seconds = time.perf_counter() - started
+            echo(
+                f"   {label} read of the whole 48 MiB calexp through the proxy: "
+                f"{seconds * 1000:.0f} ms (shape {image.shape})"
+            )
+        metrics = _metrics(proxy.url)
+        origin_bytes = sum(
+            v for k, v in metrics.items() if k.startswith("proxyd_bytes_from_origin_total")
+        )
+        echo(
+            "   metrics: "
+            f"{metrics.get('proxyd_cache_hits_total', 0):.0f} hits, "
+            f"{metrics.get('proxyd_cache_misses_total', 0):.0f} misses, "
+            f"{_size(metrics.get('proxyd_bytes_from_cache_total', 0))} from cache, "
+            f"{_size(origin_bytes)} from the origin"
+        )
+
+
+def _metrics(proxy_url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(proxy_url + "metrics", timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
