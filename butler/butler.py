@@ -84,6 +84,10 @@ class _ButlerFactory(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls is Butler:
             target = args[0] if args else kwargs.get("path")
+            if kwargs.get("mirror") is not None:
+                from butler.mirrored import MirroredButler
+
+                return MirroredButler(*args, **kwargs)
             if is_remote_uri(target):
                 from butler.remote.butler import RemoteButler
 

@@ -1,0 +1,366 @@
+"""``mirror pull``: query a source repository, then copy what the mirror lacks.
+
+Steps: run the query on the source (a server, a proxy of one, or a local path); plan against
+what the mirror holds; refuse if the disk lacks room; copy the dataset types, dimension
+records and collections the datasets need; download the files (bounded concurrency,
+resumable, verified); and commit registry rows in batches, only for verified files, each
+under the UUID it has at the source. Interrupted at any point, the mirror never claims a file
+it lacks; the next pull resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from butler.butler import Butler, is_remote_uri
+from butler.direct_butler import DirectButler
+from butler.errors import ButlerError, RepositoryConfigError
+from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
+from mirror.state import MirrorState
+from mirror.transfer import (
+    HttpFetcher,
+    LocalFetcher,
+    TransferSettings,
+    free_bytes,
+    partial_sizes,
+    remove_partial_dir,
+    run_transfers,
+)
+
+COMMIT_BATCH = 200
+COMMIT_INTERVAL = 2.0
+Echo = Callable[[str], None]
+
+
+class NotEnoughSpaceError(ButlerError, OSError):
+    error_type = "NotEnoughSpaceError"
+
+
+@dataclass
+class PullRequest:
+    source: str
+    dest: Path
+    dataset_types: Sequence[str]
+    collections: Sequence[str] = ()
+    where: str = ""
+    bind: Mapping[str, Any] = field(default_factory=dict)
+    jobs: int = 8
+    dry_run: bool = False
+    via: str | None = None
+    token: str | None = None
+
+
+@dataclass
+class PullSummary:
+    plan: Plan
+    downloaded: int = 0
+    downloaded_bytes: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    file_requests: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.as_dict(),
+            "downloaded": self.downloaded,
+            "downloaded_bytes": self.downloaded_bytes,
+            "skipped": self.skipped,
+            "failed": [{"dataset": d, "reason": r} for d, r in self.failed],
+            "seconds": round(self.seconds, 3),
+            "rate_bytes_per_second": round(self.downloaded_bytes / self.seconds)
+            if self.seconds
+            else 0,
+        }
+
+
+def open_source(source: str, via: str | None, token: str | None) -> Butler:
+    """The repository to query: ``via`` (a proxy URL for it) when given, else ``source``."""
+    target = via or source
+    if is_remote_uri(target):
+        return Butler(target, token=token)
+    path = Path(target)
+    if not path.is_dir():
+        raise RepositoryConfigError(f"source {target} is neither an http(s) URL nor a directory")
+    return Butler(path)
+
+
+def open_mirror(dest: Path, source: Butler) -> DirectButler:
+    """The destination repository, created with the source's dimension universe if new."""
+    if (dest / "butler.yaml").exists():
+        return DirectButler(dest, writeable=True)
+    universe_file = dest.parent / f".{dest.name}-universe.yaml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    universe_file.write_text(yaml.safe_dump(source.universe.config, sort_keys=False))
+    try:
+        return DirectButler.create_repository(
+            dest, universe=universe_file, description=f"mirror of {_describe_source(source)}"
+        )
+    finally:
+        universe_file.unlink(missing_ok=True)
+
+
+def _describe_source(source: Butler) -> str:
+    return str(getattr(source, "url", None) or getattr(source, "root", ""))
+
+
+def query_items(
+    source: Butler,
+    dataset_types: Sequence[str],
+    collections: Sequence[str],
+    where: str,
+    bind: Mapping[str, Any],
+) -> list[Item]:
+    items: list[Item] = []
+    for dataset_type in dataset_types:
+        rows = source.query_datasets_with_files(
+            dataset_type,
+            list(collections) or None,
+            where,
+            dict(bind),
+            find_first=bool(collections),
+        )
+        items += [Item(ref, file) for ref, file in rows]
+    return items
+
+
+def copy_definitions(source: Butler, mirror: DirectButler, items: Sequence[Item]) -> None:
+    """Dataset types and dimension records the items need, copied from the source."""
+    types = {item.ref.dataset_type.name: item.ref.dataset_type for item in items}
+    universe = mirror.universe
+    needed: dict[str, set[tuple[tuple[str, Any], ...]]] = defaultdict(set)
+    for item in items:
+        values = dict(item.ref.data_id)
+        for element in values:
+            keys = universe.required_closure([element])
+            if all(k in values for k in keys):
+                needed[element].add(tuple((k, values[k]) for k in keys))
+    records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    fetched: dict[str, set[tuple[tuple[str, Any], ...]]] = defaultdict(set)
+    # Dependents first, so a record's implied dimensions (a visit's physical_filter) are
+    # known before those elements are fetched.
+    for element in reversed(universe.names):
+        wanted = needed[element] - fetched[element]
+        for record in _fetch_records(source, universe, element, wanted):
+            records[element].append(record)
+            spec = universe[element]
+            own = {k: record[k] for k in universe.required_closure([element]) if k != element}
+            own[element] = record[spec.key_name]
+            fetched[element].add(tuple((k, own[k]) for k in universe.required_closure([element])))
+            for implied in spec.implies:
+                if record.get(implied) is None:
+                    continue
+                parent_keys = universe.required_closure([implied])
+                values = {**own, implied: record[implied]}
+                if all(k in values for k in parent_keys):
+                    needed[implied].add(tuple((k, values[k]) for k in parent_keys))
+    with mirror.transaction():
+        for name, dataset_type in types.items():
+            mirror.register_dataset_type(
+                name, dataset_type.dimensions, dataset_type.storage_class, dataset_type.formatter
+            )
+        for element in universe.names:
+            if records[element]:
+                mirror.insert_dimension_records(element, *records[element], skip_existing=True)
+
+
+def _fetch_records(
+    source: Butler, universe: Any, element: str, wanted: Iterable[tuple[tuple[str, Any], ...]]
+) -> list[dict[str, Any]]:
+    by_parents: dict[tuple[tuple[str, Any], ...], list[Any]] = defaultdict(list)
+    for key in wanted:
+        parents = tuple((k, v) for k, v in key if k != element)
+        by_parents[parents].append(dict(key)[element])
+    out: list[dict[str, Any]] = []
+    for parents, keys in by_parents.items():
+        for start in range(0, len(keys), 500):
+            chunk = sorted(set(keys[start : start + 500]), key=str)
+            out += source.query_dimension_records(
+                element, f"{element} IN (:values)", {"values": chunk}, **dict(parents)
+            )
+    return out
+
+
+def copy_collections(source: Butler, mirror: DirectButler, collections: Sequence[str]) -> None:
+    """Recreate CHAINED collections that were queried (their RUN children may be empty)."""
+    kinds = {c["name"]: c for c in source.query_collections()}
+
+    def ensure(name: str, depth: int = 0) -> None:
+        info = kinds.get(name)
+        if info is None or depth > 50:
+            return
+        if info["type"] == "RUN":
+            mirror.register_run(name)
+            return
+        children = list(info.get("children") or source.get_collection_chain(name))
+        for child in children:
+            ensure(child, depth + 1)
+        mirror.set_collection_chain(name, children)
+
+    for name in collections:
+        ensure(name)
+
+
+def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
+    """Run a pull end to end (see the module docstring); ``progress`` is a rich Progress."""
+    started = time.monotonic()
+    with contextlib.closing(open_source(request.source, request.via, request.token)) as source:
+        items = query_items(
+            source, request.dataset_types, request.collections, request.where, request.bind
+        )
+        dest = request.dest.absolute()
+        present: set[uuid.UUID] = set()
+        if (dest / "butler.yaml").exists():
+            with DirectButler(dest) as existing:
+                present = existing.registry.existing_ids(i.ref.id for i in items)
+        partial = {uuid.UUID(k): v for k, v in partial_sizes(dest).items()}
+        plan = make_plan(items, present, partial, free_bytes(dest))
+        echo(describe_plan(plan))
+        summary = PullSummary(plan=plan, skipped=len(plan.present))
+        if not plan.fits:
+            raise NotEnoughSpaceError(
+                f"not enough space at {dest}: the pull needs {human_size(plan.needed_bytes)} "
+                f"and {human_size(plan.free_bytes)} is free; free some space or narrow the "
+                "query (--where, --dataset-type)"
+            )
+        if request.dry_run:
+            return summary
+        mirror = open_mirror(dest, source)
+        state = MirrorState(dest)
+        try:
+            pull_id = state.start_pull(request.source)
+            query_id = state.record_query(
+                request.source,
+                request.dataset_types,
+                request.collections,
+                request.where,
+                request.bind,
+            )
+            if plan.to_fetch:
+                copy_definitions(source, mirror, plan.to_fetch)
+            copy_collections(source, mirror, request.collections)
+            if plan.to_fetch:
+                asyncio.run(
+                    _transfer(request, source, mirror, state, plan, summary, query_id, progress)
+                )
+            state.add_provenance(
+                {
+                    "dataset_id": str(i.ref.id),
+                    "query_id": query_id,
+                    "source": request.source,
+                    "size": i.file.size,
+                    "checksum": i.file.checksum,
+                }
+                for i in plan.present
+            )
+            state.mark_pulled(query_id)
+            summary.seconds = time.monotonic() - started
+            state.finish_pull(
+                pull_id,
+                "failed" if summary.failed else "complete",
+                summary.downloaded,
+                summary.skipped,
+                len(summary.failed),
+                summary.downloaded_bytes,
+            )
+            remove_partial_dir(dest)
+        finally:
+            state.close()
+            mirror.close()
+    return summary
+
+
+async def _transfer(
+    request: PullRequest,
+    source: Butler,
+    mirror: DirectButler,
+    state: MirrorState,
+    plan: Plan,
+    summary: PullSummary,
+    query_id: int,
+    progress: Any,
+) -> None:
+    dest = request.dest.absolute()
+    url = getattr(source, "url", None)
+    fetcher: HttpFetcher | LocalFetcher = (
+        HttpFetcher(url, request.token, TransferSettings(jobs=request.jobs))
+        if url
+        else LocalFetcher(Path(getattr(source, "root")))  # noqa: B009
+    )
+    bytes_task = files_task = None
+    if progress is not None:
+        files_task = progress.add_task("datasets", total=len(plan.to_fetch))
+        bytes_task = progress.add_task(
+            "bytes", total=plan.fetch_bytes + plan.resumable_bytes, completed=plan.resumable_bytes
+        )
+    pending: list[tuple[Item, Path]] = []
+    lock = asyncio.Lock()
+    last_commit = time.monotonic()
+
+    def on_bytes(n: int) -> None:
+        if progress is not None:
+            progress.advance(bytes_task, n)
+
+    def commit(batch: list[tuple[Item, Path]]) -> None:
+        with mirror.transaction():
+            for item, path in batch:
+                mirror.ingest(
+                    path,
+                    item.ref.dataset_type.name,
+                    item.ref.data_id.required,
+                    run=item.ref.run,
+                    transfer="move",
+                    dataset_id=item.ref.id,
+                )
+        state.add_provenance(
+            {
+                "dataset_id": str(i.ref.id),
+                "query_id": query_id,
+                "source": request.source,
+                "size": i.file.size,
+                "checksum": i.file.checksum,
+            }
+            for i, _ in batch
+        )
+
+    async def flush() -> None:
+        nonlocal last_commit
+        batch, pending[:] = list(pending), []
+        if batch:
+            await asyncio.to_thread(commit, batch)
+            summary.downloaded += len(batch)
+            summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
+            if progress is not None:
+                progress.advance(files_task, len(batch))
+        last_commit = time.monotonic()
+
+    async def on_done(item: Item, path: Path) -> None:
+        async with lock:
+            pending.append((item, path))
+            if len(pending) >= COMMIT_BATCH or time.monotonic() - last_commit > COMMIT_INTERVAL:
+                await flush()
+
+    def on_failed(item: Item, reason: str) -> None:
+        summary.failed.append(
+            (f"{item.ref.dataset_type.name} {dict(item.ref.data_id.required)}", reason)
+        )
+
+    async with fetcher:
+        try:
+            await run_transfers(
+                fetcher, plan.to_fetch, dest, request.jobs, on_bytes, on_done, on_failed
+            )
+        finally:
+            async with lock:
+                await flush()
+        summary.file_requests = fetcher.requests
