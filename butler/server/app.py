@@ -100,6 +100,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     write = _is_write(request)
     needed = "write" if write else "read"
     public = request.path == "/healthz" or request.path.endswith("/openapi.json")
+    if write and settings.read_only:
+        return _auth_error(
+            request,
+            403,
+            "ReadOnlyRepositoryError",
+            "this repository is served read-only; writes are refused",
+        )
     if token and principal is None:
         return _auth_error(
             request,

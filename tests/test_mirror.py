@@ -1,0 +1,329 @@
+"""``mirror``: plan, download, resume after SIGKILL, incremental updates, maintenance,
+offline use and sharing — against a real ``butler serve`` (and proxyd for ``--via``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import populate_dimensions
+from servers import ButlerServer
+
+from butler import Butler, DatasetNotFoundError
+from butler.direct_butler import DirectButler
+from mirror.plan import Item, make_plan
+from mirror.pull import NotEnoughSpaceError, PullRequest, pull
+
+HSC = {"instrument": "HSC"}
+ARRAY_BYTES = 256 * 1024
+
+
+def add_arrays(repo: Path, visits: range, run: str = "raw") -> None:
+    rng = np.random.default_rng(visits.start)
+    with Butler(repo, run=run) as butler, butler.transaction():
+        for visit in visits:
+            for detector in range(4):
+                butler.put(
+                    rng.random(ARRAY_BYTES // 8), "flux", HSC, visit=visit, detector=detector
+                )
+
+
+@pytest.fixture
+def source_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "source"
+    with Butler.create(root) as butler:
+        populate_dimensions(butler)
+        butler.register_dataset_type("flux", ["visit", "detector"], "Array")
+        butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
+    add_arrays(root, range(100, 105))
+    return root
+
+
+@pytest.fixture
+def server(source_repo: Path, tmp_path: Path) -> Iterator[ButlerServer]:
+    srv = ButlerServer(source_repo, tmp_path).start()
+    yield srv
+    srv.stop()
+
+
+def run_mirror(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"mirror {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def pull_args(url: str, dest: Path, *extra: str) -> list[str]:
+    return [
+        "pull",
+        url,
+        "--dest",
+        str(dest),
+        "--dataset-type",
+        "flux",
+        "--collections",
+        "raw",
+        *extra,
+    ]
+
+
+def test_pull_plans_downloads_verifies_and_works_offline(
+    server: ButlerServer, source_repo: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "laptop"
+    dry = run_mirror(*pull_args(server.url, dest, "--dry-run", "--json"))
+    plan = json.loads(dry.stdout)
+    assert plan["datasets"] == 20
+    assert plan["to_download"] == 20
+    assert plan["present"] == 0
+    assert plan["download_bytes"] > 20 * ARRAY_BYTES
+    assert plan["free_bytes"] > 0
+    assert not dest.exists() or not (dest / "butler.yaml").exists()  # a dry run writes nothing
+
+    mark = server.mark()
+    out = run_mirror(*pull_args(server.url, dest, "--where", "visit IN (100..102)", "--jobs", "4"))
+    assert "12 datasets" in out.stdout
+    assert "12 to download" in out.stdout
+    assert "Downloaded 12 datasets" in out.stdout
+    assert len(server.file_requests(mark)) == 12
+    server.stop()  # offline from here on
+    with Butler(dest, collections="raw") as offline, Butler(source_repo, collections="raw") as src:
+        refs = offline.query_datasets("flux")
+        assert len(refs) == 12
+        for ref in refs:
+            np.testing.assert_array_equal(offline.get(ref), src.get(ref))  # same UUIDs
+            assert offline.get_file_info(ref).checksum == src.get_file_info(ref).checksum
+        assert offline.query_dimension_records("visit", visit=101)[0]["exposure_time"] == 31.0
+        assert offline.verify() == []
+
+
+def test_not_enough_space_is_refused_before_anything_moves(
+    server: ButlerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mirror.pull.free_bytes", lambda _: 1024)
+    dest = tmp_path / "full-disk"
+    with pytest.raises(NotEnoughSpaceError, match="not enough space.*1.0 KiB is free"):
+        pull(PullRequest(server.url, dest, ["flux"], ["raw"]), echo=lambda _: None)
+    assert not (dest / "registry.sqlite3").exists()
+
+
+def test_plan_counts_partial_downloads() -> None:
+    import uuid
+
+    from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+
+    dataset_type = DatasetType("flux", ("instrument",), "Array")
+
+    def item(size: int) -> Item:
+        i = uuid.uuid4()
+        ref = DatasetRef(
+            i, dataset_type, DataCoordinate({"instrument": "HSC"}, ("instrument",)), "raw"
+        )
+        return Item(ref, FileInfo(i, "p", size, "sha256:0", "npy", "Array", {}))
+
+    a, b, c = item(100), item(200), item(300)
+    plan = make_plan([a, b, c, a], {a.ref.id}, {b.ref.id: 50}, free_bytes=10**12)
+    assert len(plan.items) == 3
+    assert (len(plan.present), len(plan.to_fetch)) == (1, 2)
+    assert plan.fetch_bytes == 200 + 300 - 50
+    assert plan.fits
+    assert not make_plan([c], set(), {}, free_bytes=10).fits
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import mirror.transfer as transfer
+    from mirror.cli import main
+
+    limit = int(os.environ["KILL_AFTER_BYTES"])
+    real = transfer.run_transfers
+    seen = [0]
+
+    async def run_transfers(fetcher, items, dest, jobs, progress, on_done, on_failed):
+        def counting(n):
+            seen[0] += n
+            progress(n)
+            if seen[0] >= limit:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return await real(fetcher, items, dest, jobs, counting, on_done, on_failed)
+
+    transfer.run_transfers = run_transfers
+    import mirror.pull
+    mirror.pull.run_transfers = run_transfers
+    sys.argv = ["mirror", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+def test_sigkill_mid_pull_then_rerun_fetches_only_what_is_missing(
+    server: ButlerServer, source_repo: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "interrupted"
+    total = sum(
+        f.size for _, f in DirectButler(source_repo).query_datasets_with_files("flux", "raw")
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, *pull_args(server.url, dest, "--jobs", "2", "--quiet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "KILL_AFTER_BYTES": str(total // 2)},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with DirectButler(dest) as partial_mirror:
+        committed = partial_mirror.query_datasets("flux", "raw")
+        assert partial_mirror.verify() == []  # never claims a file it lacks or holds corrupt
+    with DirectButler(source_repo) as src:
+        sizes = {r.id: f.size for r, f in src.query_datasets_with_files("flux", "raw")}
+    committed_bytes = sum(sizes[r.id] for r in committed)
+    partial_dir = dest / ".mirror-partial"
+    in_flight = (
+        sum(p.stat().st_size for p in partial_dir.glob("*.part")) if partial_dir.exists() else 0
+    )
+    mark = server.mark()
+    run_mirror(*pull_args(server.url, dest, "--jobs", "2", "--quiet"))
+    sent = server.file_bytes_sent(mark)
+    remaining = total - committed_bytes
+    assert sent <= remaining - in_flight + 2 * 64 * 1024, (sent, remaining, in_flight)
+    with DirectButler(dest) as done:
+        assert len(done.query_datasets("flux", "raw")) == 20
+        assert done.verify() == []
+
+
+def test_incremental_update_fetches_only_new_datasets(
+    server: ButlerServer, source_repo: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "incremental"
+    run_mirror(*pull_args(server.url, dest, "--quiet"))
+    mark = server.mark()
+    again = run_mirror(*pull_args(server.url, dest, "--json"))
+    summary = json.loads(again.stdout)
+    assert summary["downloaded"] == 0
+    assert summary["skipped"] == 20
+    assert server.file_requests(mark) == []  # only query requests
+    add_arrays(source_repo, range(105, 107))
+    mark = server.mark()
+    update = run_mirror("update", str(dest), "--json")
+    results = json.loads(update.stdout)
+    assert results[0]["downloaded"] == 8
+    assert len(server.file_requests(mark)) == 8
+    status = json.loads(run_mirror("status", str(dest), "--json").stdout)
+    assert status["datasets"] == 28
+    assert status["sources"] == [server.url]
+    assert status["queries"][0]["query"] == "flux in raw"
+    assert status["last_pull"]["status"] == "complete"
+
+
+def test_verify_repair_and_prune(server: ButlerServer, tmp_path: Path) -> None:
+    dest = tmp_path / "maintained"
+    run_mirror(*pull_args(server.url, dest, "--quiet"))
+    with DirectButler(dest, collections="raw") as mirror:
+        victim = mirror.query_datasets("flux", visit=100, detector=0)[0]
+        path = mirror.get_local_path(victim)
+        original = path.read_bytes()
+    path.write_bytes(original[:-10] + b"0123456789")
+    bad = run_mirror("verify", str(dest), check=False)
+    assert bad.returncode == 1
+    assert "visit" in bad.stderr
+    assert "checksum" in bad.stderr
+    fixed = run_mirror("verify", str(dest), "--repair")
+    assert "Repaired 1 file" in fixed.stdout
+    assert path.read_bytes() == original
+    assert run_mirror("verify", str(dest)).stdout.strip() == "All files match their checksums."
+    listing = run_mirror("ls", str(dest)).stdout.splitlines()
+    assert len(listing) == 20
+    pruned = run_mirror("prune", str(dest), "--where", "visit = 104", "--yes")
+    assert "Removed 4 dataset(s)" in pruned.stdout
+    with DirectButler(dest) as mirror:
+        assert len(mirror.query_datasets("flux", "raw")) == 16
+        assert mirror.verify() == []
+    assert not list((dest / "raw" / "flux").glob("**/*_104_*"))
+
+
+def test_mirror_first_then_remote_and_a_clear_error_offline(
+    server: ButlerServer, source_repo: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "partial-mirror"
+    run_mirror(*pull_args(server.url, dest, "--where", "visit = 100", "--quiet"))
+    with Butler(server.url, mirror=dest, collections="raw") as both:
+        mark = server.mark()
+        both.get("flux", HSC, visit=100, detector=1)
+        assert server.file_requests(mark) == []  # read from the mirror
+        both.get("flux", HSC, visit=101, detector=1)
+        assert len(server.file_requests(mark)) == 1  # the rest from the remote
+    url = server.url
+    server.stop()
+    with Butler(url, mirror=dest, collections="raw") as offline:
+        assert offline.get("flux", HSC, visit=100, detector=2).shape == (ARRAY_BYTES // 8,)
+        with pytest.raises(DatasetNotFoundError) as info:
+            offline.get("flux", HSC, visit=102, detector=1)
+    message = str(info.value)
+    assert "'flux'" in message
+    assert "visit=102" in message
+    assert str(dest) in message
+    assert url in message
+
+
+def test_mirror_serve_shares_read_only(server: ButlerServer, tmp_path: Path) -> None:
+    from butler.errors import ReadOnlyRepositoryError
+    from butler.server.process import ChildServer
+
+    dest = tmp_path / "shared"
+    run_mirror(*pull_args(server.url, dest, "--quiet"))
+
+    class MirrorServe(ChildServer):
+        def command(self) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "mirror.cli",
+                "serve",
+                str(dest),
+                "--port",
+                str(self.port),
+            ]
+
+    with MirrorServe(tmp_path / "mirror-serve.log") as lan:
+        with Butler(lan.url, collections="raw") as colleague:
+            assert len(colleague.query_datasets("flux")) == 20
+            ref = colleague.query_datasets("flux", visit=103, detector=3)[0]
+            assert colleague.get(ref).shape == (ARRAY_BYTES // 8,)
+        with pytest.raises(ReadOnlyRepositoryError, match="read-only"):
+            Butler(lan.url, run="x")  # opening with a RUN registers it: a write
+
+
+def test_pull_via_proxyd_leaves_the_proxy_warm(server: ButlerServer, tmp_path: Path) -> None:
+    from proxyd.process import ProxydProcess
+
+    with ProxydProcess(
+        {"repo": server.url}, tmp_path / "proxy-cache", tmp_path / "proxyd.log"
+    ) as proxy:
+        via = proxy.upstream_url("repo")
+        first = tmp_path / "first"
+        run_mirror(*pull_args(server.url, first, "--via", via, "--quiet"))
+        mark = server.mark()
+        second = tmp_path / "second"
+        run_mirror(*pull_args(server.url, second, "--via", via, "--quiet"))
+        assert server.file_bytes_sent(mark) == 0  # every file came from the proxy's cache
+        with DirectButler(second) as mirror:
+            assert len(mirror.query_datasets("flux", "raw")) == 20
+            assert mirror.verify() == []
+        status = json.loads(run_mirror("status", str(second), "--json").stdout)
+        assert status["sources"] == [server.url]  # provenance names the source, not the proxy
