@@ -383,6 +383,7 @@ class Butler(metaclass=_ButlerFactory):
         run: str | None = None,
         transfer: str = "copy",
         dataset_id: uuid.UUID | None = None,
+        checksum: str | None = None,
         **data_id_kwargs: Any,
     ) -> DatasetRef:
         """Add an existing file (already in the dataset type's format) as a dataset."""

@@ -15,7 +15,6 @@ from butler.butler import Butler, Collections, DatasetLike, as_collection_list
 from butler.datastore import (
     Staging,
     check_file,
-    fsync_file,
     recover_stale_staging,
     render_path,
     sha256_file,
@@ -349,8 +348,7 @@ class DirectButler(Butler):
             staging = self._staging()
             staged = staging.new_path(ref.id, formatter.extension)
             try:
-                formatter.write(obj, staged)
-                fsync_file(staged)
+                formatter.write(obj, staged)  # made durable at commit (Staging.move_into_place)
             except ButlerError:
                 staged.unlink(missing_ok=True)
                 raise
@@ -372,6 +370,7 @@ class DirectButler(Butler):
         run: str | None = None,
         transfer: str = "copy",
         dataset_id: uuid.UUID | None = None,
+        checksum: str | None = None,
         **data_id_kwargs: Any,
     ) -> DatasetRef:
         """Add an existing file (already in the dataset type's format) as a dataset.
@@ -380,7 +379,9 @@ class DirectButler(Butler):
         before anything is recorded. ``transfer`` is ``copy``, ``move`` (the source is removed
         once the transaction commits) or ``hardlink``. ``dataset_id`` keeps a UUID assigned
         elsewhere (a remote client, the repository a mirror copies): a UUID names the same
-        bytes everywhere.
+        bytes everywhere. ``checksum`` is the file's ``sha256:`` digest when the caller has
+        just computed and verified it (a mirror hashes while downloading), so it is not read
+        again.
         """
         self._check_writeable()
         if transfer not in TRANSFER_MODES:
@@ -408,8 +409,7 @@ class DirectButler(Butler):
                     shutil.copyfile(source_path, staged)
             else:
                 shutil.copyfile(source_path, staged)
-            fsync_file(staged)
-            self._record_file(ref, formatter, staged, staging)
+            self._record_file(ref, formatter, staged, staging, checksum)
         if transfer == "move":
             source_path.unlink(missing_ok=True)
         return ref
@@ -462,7 +462,12 @@ class DirectButler(Butler):
         return ref
 
     def _record_file(
-        self, ref: DatasetRef, formatter: Formatter, staged: Path, staging: Staging
+        self,
+        ref: DatasetRef,
+        formatter: Formatter,
+        staged: Path,
+        staging: Staging,
+        checksum: str | None = None,
     ) -> None:
         try:
             index = formatter.index(staged)
@@ -478,7 +483,7 @@ class DirectButler(Butler):
                     extension=formatter.extension,
                 ),
                 size=staged.stat().st_size,
-                checksum=sha256_file(staged),
+                checksum=checksum or sha256_file(staged),
                 formatter=formatter.name,
                 storage_class=ref.dataset_type.storage_class,
                 index=index,

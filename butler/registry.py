@@ -103,6 +103,7 @@ class Registry:
         self.lock = threading.RLock()
         self._depth = 0
         self._dataset_types: dict[str, tuple[int, DatasetType]] = {}
+        self._records: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
         self._check_schema()
 
     # -- schema ---------------------------------------------------------------------------
@@ -237,7 +238,9 @@ class Registry:
                 if depth == 0:
                     self.conn.execute("ROLLBACK")
                     self._dataset_types.clear()
+                    self._records.clear()
                 else:
+                    self._records.clear()
                     self.conn.execute(f"ROLLBACK TO {savepoint}")
                     self.conn.execute(f"RELEASE {savepoint}")
                 raise
@@ -299,6 +302,7 @@ class Registry:
                 )
             rows.append({c: _coerce(v, columns[c], f"{element}.{c}") for c, v in row.items()})
         added = 0
+        self._records.clear()
         with self.lock:
             for row in rows:
                 names = list(row)
@@ -334,10 +338,20 @@ class Registry:
     def fetch_record(self, element: str, keys: Mapping[str, DataIdValue]) -> dict[str, Any] | None:
         spec = self.universe[element]
         pk = [d for d in self.universe.required_closure([element]) if d != element]
-        conditions = [f"{d} = ?" for d in pk] + [f"{spec.key_name} = ?"]
         params = [keys[d] for d in pk] + [keys[element]]
+        cache_key = (element, tuple(params))
+        if cache_key in self._records:
+            return self._records[cache_key]
+        conditions = [f"{d} = ?" for d in pk] + [f"{spec.key_name} = ?"]
         rows = self._query(f"SELECT * FROM dim_{element} WHERE {' AND '.join(conditions)}", params)
-        return dict(rows[0]) if rows else None
+        record = dict(rows[0]) if rows else None
+        if record is not None:
+            # Records are looked up for every put's data ID; the same few instruments and
+            # detectors come back again and again. Writes through this registry clear it.
+            if len(self._records) > 50_000:
+                self._records.clear()
+            self._records[cache_key] = record
+        return record
 
     def query_dimension_records(
         self,

@@ -303,9 +303,7 @@ async def _transfer(
         bytes_task = progress.add_task(
             "bytes", total=plan.fetch_bytes + plan.resumable_bytes, completed=plan.resumable_bytes
         )
-    pending: list[tuple[Item, Path]] = []
-    lock = asyncio.Lock()
-    last_commit = time.monotonic()
+    verified: asyncio.Queue[tuple[Item, Path] | None] = asyncio.Queue()
 
     def on_bytes(n: int) -> None:
         if progress is not None:
@@ -321,6 +319,7 @@ async def _transfer(
                     run=item.ref.run,
                     transfer="move",
                     dataset_id=item.ref.id,
+                    checksum=item.file.checksum,  # verified while it was downloaded
                 )
         state.add_provenance(
             {
@@ -333,34 +332,45 @@ async def _transfer(
             for i, _ in batch
         )
 
-    async def flush() -> None:
-        nonlocal last_commit
-        batch, pending[:] = list(pending), []
-        if batch:
-            await asyncio.to_thread(commit, batch)
-            summary.downloaded += len(batch)
-            summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
-            if progress is not None:
-                progress.advance(files_task, len(batch))
-        last_commit = time.monotonic()
+    async def committer() -> None:
+        """One task commits verified files in batches, so downloads never wait for it."""
+        done = False
+        while not done:
+            batch: list[tuple[Item, Path]] = []
+            deadline = time.monotonic() + COMMIT_INTERVAL
+            while len(batch) < COMMIT_BATCH:
+                try:
+                    entry = await asyncio.wait_for(
+                        verified.get(), timeout=max(0.0, deadline - time.monotonic())
+                    )
+                except TimeoutError:
+                    break
+                if entry is None:
+                    done = True
+                    break
+                batch.append(entry)
+            if batch:
+                await asyncio.to_thread(commit, batch)
+                summary.downloaded += len(batch)
+                summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
+                if progress is not None:
+                    progress.advance(files_task, len(batch))
 
     async def on_done(item: Item, path: Path) -> None:
-        async with lock:
-            pending.append((item, path))
-            if len(pending) >= COMMIT_BATCH or time.monotonic() - last_commit > COMMIT_INTERVAL:
-                await flush()
+        verified.put_nowait((item, path))
 
     def on_failed(item: Item, reason: str) -> None:
         summary.failed.append(
             (f"{item.ref.dataset_type.name} {dict(item.ref.data_id.required)}", reason)
         )
 
+    commits = asyncio.create_task(committer())
     async with fetcher:
         try:
             await run_transfers(
                 fetcher, plan.to_fetch, dest, request.jobs, on_bytes, on_done, on_failed
             )
         finally:
-            async with lock:
-                await flush()
+            verified.put_nowait(None)
+            await commits
         summary.file_requests = fetcher.requests

@@ -16,12 +16,12 @@ import os
 import random
 import shutil
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-import aiofiles
 import aiohttp
 
 from mirror.plan import Item
@@ -79,6 +79,55 @@ def _complete(target: Path, size: int, digest: hashlib._Hash, checksum: str) -> 
         return True
     target.unlink(missing_ok=True)
     return False
+
+
+async def _receive(
+    response: aiohttp.ClientResponse,
+    target: Path,
+    mode: Literal["ab", "wb"],
+    digest: hashlib._Hash,
+    progress: Progress,
+) -> None:
+    """Write a body to ``target`` while hashing it, both in a worker thread.
+
+    Chunks are gathered to about 1 MiB before each hop to the thread: hashing and writing a
+    megabyte costs far more than the hop, and the event loop stays free for the other
+    downloads. The file is opened by the first write and closed by the last.
+    """
+    sink = _Sink(target, mode, digest)
+    try:
+        pending: list[bytes] = []
+        pending_bytes = 0
+        async for chunk in response.content.iter_any():
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= CHUNK:
+                await asyncio.to_thread(sink.write, pending)
+                progress(pending_bytes)
+                pending, pending_bytes = [], 0
+        await asyncio.to_thread(sink.write, pending, True)
+        progress(pending_bytes)
+    finally:
+        if sink.file is not None:
+            await asyncio.to_thread(sink.file.close)
+
+
+class _Sink:
+    def __init__(self, target: Path, mode: Literal["ab", "wb"], digest: hashlib._Hash) -> None:
+        self.target = target
+        self.mode = mode
+        self.digest = digest
+        self.file: BinaryIO | None = None
+
+    def write(self, chunks: list[bytes], last: bool = False) -> None:
+        if self.file is None:
+            self.file = open(self.target, self.mode)  # noqa: SIM115 - closed by the last write
+        data = b"".join(chunks)
+        self.digest.update(data)
+        self.file.write(data)
+        if last:
+            self.file.close()
+            self.file = None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -171,11 +220,7 @@ class HttpFetcher:
                     if response.status == 200 and have:
                         digest = hashlib.sha256()  # the server sent it all again
                         progress(-have)
-                    async with aiofiles.open(target, mode) as out:
-                        async for chunk in response.content.iter_chunked(CHUNK):
-                            digest.update(chunk)
-                            await out.write(chunk)
-                            progress(len(chunk))
+                    await _receive(response, target, mode, digest, progress)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _Retry(exc, None) from exc
         if not await asyncio.to_thread(_complete, target, size, digest, item.file.checksum):
@@ -236,6 +281,11 @@ async def run_transfers(
 ) -> None:
     """Fetch ``items`` with ``jobs`` workers; hand each verified file to ``on_done``."""
     (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+    # File writes, hashing and commits all hop to threads: enough of them that the
+    # downloads never queue behind a commit.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=max(8, 2 * jobs), thread_name_prefix="mirror-io")
+    )
     queue: asyncio.Queue[Item] = asyncio.Queue()
     for item in items:
         queue.put_nowait(item)

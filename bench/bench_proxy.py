@@ -1,0 +1,122 @@
+"""Issue 4, item 12: proxyd against the peer users would pick instead, side by side.
+
+Both run in front of the same nginx origin (Debian's nginx serving generated objects, all on
+127.0.0.1): proxyd, and nginx with ``proxy_cache`` + ``slice`` (slice = proxyd's block size)
++ ``proxy_cache_lock``. Workloads (bench/harness.py):
+
+(a) hot full-object throughput: 1 GiB object, 8 clients            target ≥ 0.9 × nginx
+(b) hot 2,880-byte ranges at random offsets, 32 connections (wrk)   target ≥ 0.5 × nginx
+(c) cold coalescing: origin bytes ÷ object size, 32 clients         target exactly 1.0
+(d) proxyd peak RSS while serving 32 concurrent 1 GiB downloads     target under 200 MB
+
+Usage: python bench/bench_proxy.py [--quick] [--block-size 1048576] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness import GiB, MiB
+
+from proxyd.process import ProxydProcess
+
+
+def workloads(
+    url: str,
+    pid: int,
+    origin: Any,
+    hot: int,
+    cold: int,
+    duration: float,
+    rounds: int,
+    limit: float,
+    cold_name: str,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    print("   (c) cold coalescing ...", file=sys.stderr)
+    figures["c_cold_coalescing"] = harness.cold_coalescing(
+        url, origin, cold_name, cold, clients=32, time_limit=limit
+    )
+    print("   (a) hot throughput ...", file=sys.stderr)
+    figures["a_hot_throughput"] = harness.hot_throughput(
+        url, "hot.bin", hot, clients=8, rounds=rounds, time_limit=limit
+    )
+    print("   (b) hot small ranges ...", file=sys.stderr)
+    figures["b_hot_ranges"] = harness.hot_small_ranges(
+        url, "hot.bin", hot, connections=32, duration=duration, warm_first=False
+    )
+    print("   (d) peak RSS ...", file=sys.stderr)
+    figures["d_peak_rss"] = harness.peak_rss(url, pid, "hot.bin", hot, clients=32, time_limit=limit)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small objects, 3 s durations")
+    parser.add_argument("--block-size", type=int, default=MiB)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    harness.require_tools()
+    hot = 64 * MiB if args.quick else GiB
+    cold = 16 * MiB if args.quick else 64 * MiB
+    duration = 3.0 if args.quick else 10.0
+    rounds = 2 if args.quick else 3
+    limit = 30.0 if args.quick else 90.0
+    work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    origin = harness.start_origin(work, {"hot.bin": hot, "cold-a.bin": cold, "cold-b.bin": cold})
+    results: dict[str, Any] = {}
+    try:
+        print("proxyd:", file=sys.stderr)
+        block = f"{args.block_size}B"
+        with ProxydProcess(
+            {"origin": origin.url},
+            work / "proxyd-cache",
+            work / "proxyd.log",
+            "--block-size",
+            block,
+            "--cache-size",
+            "8GiB",
+        ) as proxy:
+            assert proxy.process is not None
+            time.sleep(0.5)
+            results["proxyd"] = workloads(
+                proxy.upstream_url("origin"),
+                proxy.process.pid,
+                origin.origin,
+                hot,
+                cold,
+                duration,
+                rounds,
+                limit,
+                "cold-a.bin",
+            )
+        print("nginx slice cache:", file=sys.stderr)
+        peer = harness.start_nginx_peer(origin.url, work, args.block_size)
+        try:
+            results["nginx"] = workloads(
+                peer.url, peer.pid, origin.origin, hot, cold, duration, rounds, limit, "cold-b.bin"
+            )
+        finally:
+            peer.stop()
+    finally:
+        origin.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"proxyd vs nginx slice cache ({'quick' if args.quick else 'full'} run, "
+        f"block {args.block_size // 1024} KiB)"
+    )
+    harness.compare(results["proxyd"], results["nginx"], names=("proxyd", "nginx"))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
