@@ -16,9 +16,12 @@ Everything here blocks (SQLite, file I/O): callers run it in a worker thread.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ import diskcache
 from proxyd.policy.freshness import StoredMeta
 
 DIGEST_SIZE = 32
+META_MEMORY_SECONDS = 1.0
+"""How long metadata read from disk is reused from memory (other processes may purge)."""
 
 
 def _digest(data: bytes) -> bytes:
@@ -113,6 +118,7 @@ class BlockStore:
         block_size: int,
         low_watermark: float = 0.9,
         high_watermark: float = 0.95,
+        memory_bytes: int = 128 * 2**20,
     ) -> None:
         self.directory = Path(directory)
         self.block_size = block_size
@@ -135,6 +141,12 @@ class BlockStore:
         self._lock = threading.Lock()
         self.evictions = 0
         self.corrupt_blocks = 0
+        # Hot blocks stay in memory once verified: a small range of a hot object then costs
+        # neither a disk read nor hashing a whole block. Bounded in bytes, LRU.
+        self.memory_limit = memory_bytes
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_bytes = 0
+        self._meta_memory: dict[str, tuple[float, ObjectMeta | None]] = {}
 
     def close(self) -> None:
         self._cache.close()
@@ -143,20 +155,41 @@ class BlockStore:
     # -- metadata -------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> ObjectMeta | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._meta_memory.get(key)
+        if cached is not None and now - cached[0] < META_MEMORY_SECONDS:
+            return None if cached[1] is None else copy.copy(cached[1])
+        meta = None
         for cache in (self._pinned, self._cache):
             text = cache.get(f"meta:{key}")
             if text is not None:
-                return ObjectMeta.from_json(text)
-        return None
+                meta = ObjectMeta.from_json(text)
+                break
+        self._remember_meta(key, meta)
+        return None if meta is None else copy.copy(meta)
+
+    def _remember_meta(self, key: str, meta: ObjectMeta | None) -> None:
+        with self._lock:
+            if len(self._meta_memory) > 100_000:
+                self._meta_memory.clear()
+            self._meta_memory[key] = (time.monotonic(), meta)
 
     def put_meta(self, meta: ObjectMeta) -> None:
         target = self._pinned if meta.pinned else self._cache
         target.set(f"meta:{meta.key}", meta.to_json())
+        self._remember_meta(meta.key, copy.copy(meta))
 
     def delete_object(self, key: str) -> int:
         """Forget an object and every block of its current version; returns blocks removed."""
         removed = 0
         meta = self.get_meta(key)
+        with self._lock:
+            self._meta_memory.pop(key, None)
+            if meta is not None:
+                prefix = f"block:{meta.version(self.block_size)}:"
+                for block_key in [k for k in self._memory if k.startswith(prefix)]:
+                    self._memory_bytes -= len(self._memory.pop(block_key))
         for cache in (self._pinned, self._cache):
             cache.delete(f"meta:{key}")
             if meta is not None:
@@ -167,8 +200,33 @@ class BlockStore:
 
     # -- blocks ---------------------------------------------------------------------------
 
+    def memory_block(self, version: str, index: int) -> bytes | None:
+        """A block already verified and held in memory, or None (never touches the disk)."""
+        block_key = f"block:{version}:{index}"
+        with self._lock:
+            data = self._memory.get(block_key)
+            if data is not None:
+                self._memory.move_to_end(block_key)
+            return data
+
+    def _remember_block(self, block_key: str, data: bytes) -> None:
+        if len(data) > self.memory_limit // 4:
+            return
+        with self._lock:
+            old = self._memory.pop(block_key, None)
+            if old is not None:
+                self._memory_bytes -= len(old)
+            self._memory[block_key] = data
+            self._memory_bytes += len(data)
+            while self._memory_bytes > self.memory_limit and self._memory:
+                _, dropped = self._memory.popitem(last=False)
+                self._memory_bytes -= len(dropped)
+
     def get_block(self, version: str, index: int) -> bytes | None:
         """A verified block, or None (missing, or damaged and now dropped)."""
+        in_memory = self.memory_block(version, index)
+        if in_memory is not None:
+            return in_memory
         block_key = f"block:{version}:{index}"
         for cache in (self._pinned, self._cache):
             raw = cache.get(block_key)
@@ -177,6 +235,7 @@ class BlockStore:
             data = bytes(raw)
             body = data[DIGEST_SIZE:]
             if len(data) >= DIGEST_SIZE and _digest(body) == data[:DIGEST_SIZE]:
+                self._remember_block(block_key, body)
                 return body
             cache.delete(block_key)
             with self._lock:
@@ -188,13 +247,17 @@ class BlockStore:
         present = set()
         for index in indexes:
             block_key = f"block:{version}:{index}"
-            if block_key in self._pinned or block_key in self._cache:
+            with self._lock:
+                in_memory = block_key in self._memory
+            if in_memory or block_key in self._pinned or block_key in self._cache:
                 present.add(index)
         return present
 
     def put_block(self, version: str, index: int, data: bytes, *, pinned: bool = False) -> None:
         target = self._pinned if pinned else self._cache
-        target.set(f"block:{version}:{index}", _digest(data) + data)
+        block_key = f"block:{version}:{index}"
+        target.set(block_key, _digest(data) + data)
+        self._remember_block(block_key, data)
 
     # -- pinning, eviction, listing -------------------------------------------------------
 
@@ -215,6 +278,7 @@ class BlockStore:
         meta.pinned = True
         self._cache.delete(f"meta:{key}")
         self._pinned.set(f"meta:{key}", meta.to_json())
+        self._remember_meta(key, copy.copy(meta))
         return moved
 
     def unpin(self, key: str) -> None:
@@ -231,11 +295,19 @@ class BlockStore:
         meta.pinned = False
         self._pinned.delete(f"meta:{key}")
         self._cache.set(f"meta:{key}", meta.to_json())
+        self._remember_meta(key, copy.copy(meta))
 
     def evict(self) -> int:
         """If above the high watermark, drop least recently used entries to the low one."""
-        if self._cache.volume() + self._pinned.volume() <= self.high:
+        pinned = int(self._pinned.volume())
+        if self._cache.volume() + pinned <= self.high:
             return 0
+        # Pinned content counts against the limit but cannot be evicted: the evictable
+        # part must shrink to what is left of the low watermark, or a cache holding pinned
+        # content would stay above its limit for ever (evicting a little every round).
+        target = max(0, self.low - pinned)
+        if self._cache.size_limit != target:
+            self._cache.reset("size_limit", target)
         removed = int(self._cache.cull())
         with self._lock:
             self.evictions += removed
@@ -278,6 +350,10 @@ class BlockStore:
         if not prefix:
             self._cache.clear()
             self._pinned.clear()
+        with self._lock:
+            self._memory.clear()
+            self._memory_bytes = 0
+            self._meta_memory.clear()
         return count
 
 
