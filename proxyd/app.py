@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.typedefs import Handler
 
 from proxyd.metrics import CONTENT_TYPE_LATEST
 from proxyd.server import STATE, ProxyState, handle
@@ -68,6 +70,21 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
     await state.close()
 
 
+@web.middleware
+async def _policy_for_unrouted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests the router cannot place go to the proxy's policy all the same.
+
+    aiohttp's router matches paths, so a target that is not a path -- CONNECT's
+    authority-form ``host:port``, OPTIONS's asterisk-form ``*`` -- never reaches the
+    catch-all route and would get aiohttp's bare 404 and no access-log line. The policy
+    (:func:`proxyd.policy.requests.route`) has the right answers for them (405 with
+    ``Allow`` for CONNECT, 400 for ``*``), so hand them to :func:`handle`.
+    """
+    if request.match_info.http_exception is not None:
+        return await handle(request)
+    return await handler(request)
+
+
 def create_app(settings: ProxySettings) -> web.Application:
     clash = set(RESERVED_NAMES) & set(settings.upstreams)
     if clash:
@@ -77,7 +94,7 @@ def create_app(settings: ProxySettings) -> web.Application:
             f"the names {sorted(clash)} are reserved for proxyd's own endpoints",
             "another upstream name",
         )
-    app = web.Application()
+    app = web.Application(middlewares=[_policy_for_unrouted])
     app[STATE] = ProxyState(settings)
     if settings.metrics:
         app.router.add_get("/metrics", metrics_view)
@@ -87,8 +104,24 @@ def create_app(settings: ProxySettings) -> web.Application:
     return app
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs every request its parser refuses (over-long lines, bad syntax: answered
+    400) with a full traceback; any client could flood the log with them. Keep one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg = "refused a malformed request (400): %s"
+            record.args = (" ".join(str(exc.message).split())[:200],)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(settings: ProxySettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequestFilter())
     access = logging.getLogger("proxyd.access")
     access.propagate = True
     if settings.access_log is False:

@@ -7,8 +7,14 @@ the same bytes — subscribe to it and receive bytes *as they arrive*, so N clie
 the same cold bytes cost the origin those bytes once, and nobody waits for a whole block.
 
 Only blocks in flight are held in memory; a block is released once stored, and later readers
-take it from the store. If every reader of a run goes away, the run stops after reading
-``readahead`` bytes past the furthest point any reader reached.
+take it from the store.
+
+Requests that need a run's blocks *claim* it for as long as they run. A run fetches at most
+``readahead`` bytes past the furthest point any reader has asked for, then waits for the
+readers (backpressure: a slow client slows the upstream transfer instead of letting the proxy
+fetch, store or buffer the whole object ahead of it). Once no request claims it, the run
+stops: at once if no reader ever reached it, else after ``readahead`` bytes past the furthest
+point read, so an abandoned download costs the origin a bounded read-ahead.
 """
 
 from __future__ import annotations
@@ -64,10 +70,16 @@ class BlockRun:
         self.error: BaseException | None = None
         self.finished = False
         self.readers = 0
+        """Readers inside :meth:`read` right now."""
+        self.claims = 0
+        """Requests that will (or may still) read this run's blocks (see :meth:`claim`)."""
+        self.reached = False
+        """Whether any reader has asked for bytes of this run yet."""
         self.furthest = self.start
-        """Furthest byte offset any reader has asked for (drives the abandonment rule)."""
+        """Furthest byte offset any reader has asked for (drives read-ahead and abandonment)."""
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._progress = asyncio.Event()
 
     # -- producer side --------------------------------------------------------------------
 
@@ -106,9 +118,49 @@ class BlockRun:
         self.finished = True
         self._pulse()
 
+    def claim(self) -> None:
+        """A request will read blocks of this run: keep fetching until it releases it."""
+        self.claims += 1
+
+    def release(self) -> None:
+        self.claims -= 1
+        self._nudge()
+
+    def ahead(self) -> bool:
+        """The fetch is ``readahead`` bytes past the furthest point any reader asked for."""
+        return self.start + self.received >= self.furthest + self.readahead
+
+    def complete(self, index: int) -> bool:
+        """Whether all bytes of block ``index`` have arrived (stored, or about to be)."""
+        block = self.blocks[index]
+        return block.stored or len(block.data) == block.expected
+
     def abandoned(self) -> bool:
-        """No reader left and read-ahead past the furthest request exhausted: stop."""
-        return self.readers == 0 and self.start + self.received >= self.furthest + self.readahead
+        """No request wants the run any more, and the read-ahead past the furthest point
+        read is spent (or nobody ever read from it): stop."""
+        if self.readers or self.claims:
+            return False
+        return not self.reached or self.ahead()
+
+    async def wait_for_readers(self, limit: float) -> bool:
+        """Backpressure for the producer: while ``readahead`` past the readers, wait until a
+        reader asks for more or every request has gone (then :meth:`abandoned` is true).
+
+        False if the readers have not moved for ``limit`` seconds: the producer should then
+        give up its upstream connection rather than hold it idle (connections per origin
+        are capped, and the origin may time it out anyway); readers that get that far
+        later fetch the rest again from where the run stopped."""
+        try:
+            async with asyncio.timeout(limit):
+                while self.ahead() and not self.abandoned():
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _nudge(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     def _pulse(self) -> None:
         self._changed.set()
@@ -127,7 +179,10 @@ class BlockRun:
         block = self.blocks[index]
         base = index * self.block_size
         position = start
-        self.furthest = max(self.furthest, base + end)
+        self.reached = True
+        if base + end > self.furthest:
+            self.furthest = base + end
+            self._nudge()
         while position < end:
             if block.stored:
                 stored = await load_stored(index)
@@ -197,6 +252,7 @@ class InflightRegistry:
             yield run
         finally:
             run.readers -= 1
+            run._nudge()
 
     async def close(self) -> None:
         tasks = {run.task for run in self._by_block.values() if run.task is not None}

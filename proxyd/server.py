@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 from aiohttp import web
@@ -36,6 +36,7 @@ from butler.http.conditional import (
 from butler.http.ranges import (
     ByteRange,
     RangeOutcome,
+    RangeSpec,
     content_range,
     make_boundary,
     multipart_content_type,
@@ -65,19 +66,20 @@ access_log = logging.getLogger("proxyd.access")
 CACHE_HEADER = "X-Cache"
 CHUNK = 256 * 1024
 Outcome = freshness.Outcome
-# Fields describing the stored representation that a response from cache repeats.
-_REPLAYED = {
-    "content-type",
-    "content-encoding",
-    "content-language",
-    "content-disposition",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "expires",
-    "vary",
-    "link",
-    "x-dataset-id",
+# Stored fields a response from cache does not repeat: proxyd frames each response itself
+# (length, range, Accept-Ranges, Age, its own X-Cache), and X-Request-ID names the origin's
+# log line of the request that filled the cache, not this one. Every other stored field is
+# replayed, unknown ones included: RFC 9111 §3.1 and §4 (a cache answers with the stored
+# header fields), so new end-to-end fields work through the proxy. headers_to_store has
+# already dropped hop-by-hop fields, Set-Cookie and the other per-response ones.
+_NOT_REPLAYED = {
+    "content-length",
+    "content-range",
+    "transfer-encoding",
+    "accept-ranges",
+    "age",
+    "x-cache",
+    "x-request-id",
 }
 
 
@@ -100,6 +102,36 @@ class Uncacheable:
     reason: str
 
 
+@dataclass
+class _Probe:
+    """A first fetch in progress and the requests waiting for its answer."""
+
+    future: asyncio.Future[Probed | Uncacheable]
+    waiting: int = 0
+    """Requests waiting for the answer: the run it starts is created with one claim for
+    each of them (:meth:`proxyd.inflight.BlockRun.claim`), which each one releases."""
+    key: tuple[str, str | None] = ("", None)
+    """Its key in ``ProxyState.probes``: (cache key, credential fingerprint)."""
+
+
+@dataclass
+class Probed:
+    """What a first fetch learnt: the object's metadata, and the run of blocks its body is
+    filling (None when the body held no blocks, e.g. an empty object)."""
+
+    meta: ObjectMeta
+    run: BlockRun | None
+    personal: tuple[tuple[str, str], ...] = ()
+    """Fields of the origin's answer meant for the client whose request was forwarded
+    (Set-Cookie...): never stored, given to that request only (see probe())."""
+
+
+# Fields of a response meant for the one client whose request the origin answered. They are
+# never stored (policy.freshness.headers_to_store drops them), so no other client ever gets
+# them from the cache; the client whose request fetched the object still does.
+_PERSONAL = ("set-cookie", "set-cookie2", "authentication-info")
+
+
 class ProxyState:
     """Everything one running proxy shares between requests."""
 
@@ -117,7 +149,7 @@ class ProxyState:
         self.inflight = InflightRegistry()
         self.auth_cache = access.AuthDecisionCache(max_entries=100_000)
         self.limits = RequestLimits.from_settings(settings)
-        self.probes: dict[tuple[str, str | None], asyncio.Future[ObjectMeta | Uncacheable]] = {}
+        self.probes: dict[tuple[str, str | None], _Probe] = {}
 
     async def blocking(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking call (diskcache, SQLite) off the event loop."""
@@ -160,11 +192,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         else:
             response = await serve_cacheable(request, state, decision, served)
         status = response.status
+        if not response.prepared and served.cache:
+            # Every answer says what the cache did, denials and refusals included.
+            response.headers.setdefault(CACHE_HEADER, served.cache)
         return response
     except UpstreamError as exc:
         served.cache = "ERROR"
         status = exc.status
-        return _text(exc.status, f"{exc}\n")
+        return _text(exc.status, f"{exc}\n", [(CACHE_HEADER, "ERROR")])
     finally:
         _account(state, request, served, status, started)
 
@@ -236,6 +271,14 @@ async def forward_uncached(
     async with state.upstreams.request(
         target.upstream, request.method, target.upstream_url, list(headers), data=body
     ) as upstream:
+        # Invalidate before relaying the answer (RFC 9111 §4.4): a client that has seen its
+        # PUT succeed and asks for the object again must not get the old one from cache.
+        for url in freshness.invalidation_targets(
+            request.method, upstream.status, target.upstream_url, upstream.headers
+        ):
+            key = cache_key(url, state.settings.signing_params)
+            await state.blocking(state.store.delete_object, key)
+            state.auth_cache.forget_object(key)
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -245,19 +288,30 @@ async def forward_uncached(
             response.content_length = upstream.content_length
         response.headers[CACHE_HEADER] = "PASS"
         await response.prepare(request)
-        if request.method != "HEAD":
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                served.from_origin += len(chunk)
-                state.metrics.bytes_from_origin.labels(target.upstream).inc(len(chunk))
-                await _write(response, chunk, state)
-        await response.write_eof()
-        for url in freshness.invalidation_targets(
-            request.method, upstream.status, target.upstream_url, upstream.headers
-        ):
-            key = cache_key(url, state.settings.signing_params)
-            await state.blocking(state.store.delete_object, key)
-            state.auth_cache.forget_object(key)
+        try:
+            if request.method != "HEAD":
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    served.from_origin += len(chunk)
+                    state.metrics.bytes_from_origin.labels(target.upstream).inc(len(chunk))
+                    await _write(response, chunk, state)
+            await response.write_eof()
+        except (TimeoutError, ConnectionError) as exc:
+            _drop_client(request, state, target, exc)
     return response
+
+
+def _drop_client(
+    request: web.Request, state: ProxyState, target: Route, exc: BaseException
+) -> NoReturn:
+    """The client did not take more of the response for client_timeout seconds (or its
+    connection broke): close the connection. Handled here, it is an ordinary event with a
+    log line and a metric, not a server error with a traceback."""
+    kind = "client_timeout" if isinstance(exc, TimeoutError) else "client_gone"
+    log.info("dropping client %s of %s: %s", request.remote, target.upstream_url, kind)
+    state.metrics.errors.labels(kind).inc()
+    if request.transport is not None:
+        request.transport.close()
+    raise web.HTTPInternalServerError() from None
 
 
 # -- cacheable requests --------------------------------------------------------------------------
@@ -295,13 +349,21 @@ async def serve_cacheable(
         if isinstance(checked, web.StreamResponse):
             return checked
         meta, stale = checked
+    fetching = None
+    personal: tuple[tuple[str, str], ...] = ()
     if meta is None:
         probed = await probe(request, state, target, served)
         if isinstance(probed, web.StreamResponse):
             return probed
-        meta = probed
+        meta, fetching, personal = probed.meta, probed.run, probed.personal
         served.cache = "MISS"
-    return await respond_from_blocks(request, state, target, meta, served, stale=stale)
+    try:
+        return await respond_from_blocks(
+            request, state, target, meta, served, stale=stale, fetching=fetching, extra=personal
+        )
+    finally:
+        if fetching is not None:
+            fetching.release()  # the claim probe() handed to this request
 
 
 async def check_with_origin(
@@ -416,20 +478,45 @@ async def _forget(state: ProxyState, key: str) -> None:
 
 async def probe(
     request: web.Request, state: ProxyState, target: Route, served: Served
-) -> ObjectMeta | web.StreamResponse:
+) -> Probed | web.StreamResponse:
     """Learn an object's size and validators with its first block-aligned range request;
-    concurrent requests for the same object (and the same credentials) share it."""
+    concurrent requests for the same object (and the same credentials) share it.
+
+    A :class:`Probed` answer with a run comes with a claim on that run, which the caller
+    must release once it no longer reads from it."""
     probe_key = (target.cache_key, target.credential)
-    future = state.probes.get(probe_key)
-    if future is None:
-        future = asyncio.get_running_loop().create_future()
-        state.probes[probe_key] = future
-        task = asyncio.create_task(_probe_task(request, state, target, future))
-        task.add_done_callback(lambda _: state.probes.pop(probe_key, None))
+    entry = state.probes.get(probe_key)
+    originator = entry is None
+    if entry is None:
+        entry = _Probe(asyncio.get_running_loop().create_future(), key=probe_key)
+        state.probes[probe_key] = entry
+        task = asyncio.create_task(_probe_task(request, state, target, entry))
+        task.add_done_callback(lambda _: _end_probe(state, entry))
     else:
         state.inflight.coalesced += 1
         state.metrics.coalesced_waits.inc()
-    result = await asyncio.shield(future)
+    future = entry.future
+    # Until the answer is out, the run is created with a claim for each waiting request;
+    # a request that joins later takes its own.
+    counted = not future.done()
+    if counted:
+        entry.waiting += 1
+    try:
+        result = await asyncio.shield(future)
+    except BaseException:
+        if not future.done():
+            entry.waiting -= 1
+        elif counted and not future.cancelled() and future.exception() is None:
+            answer = future.result()
+            if isinstance(answer, Probed) and answer.run is not None:
+                answer.run.release()
+        raise
+    if isinstance(result, Probed) and result.run is not None and not counted:
+        result.run.claim()
+    if isinstance(result, Probed) and not originator and result.personal:
+        # Requests that joined the probe may be other clients (anonymous ones share it):
+        # the origin's cookie for the first client is not theirs.
+        result = Probed(result.meta, result.run)
     if isinstance(result, Uncacheable):
         served.cache = "PASS"
         return await forward_uncached(request, state, target, served)
@@ -440,68 +527,104 @@ async def _probe_task(
     request: web.Request,
     state: ProxyState,
     target: Route,
-    future: asyncio.Future[ObjectMeta | Uncacheable],
+    entry: _Probe,
 ) -> None:
     settings = state.settings
-    range_value = request.headers.get("Range") if request.method == "GET" else None
-    specs = parse_range_specs(range_value) if range_value else None
+    future = entry.future
+    if request.method == "GET":
+        range_value = request.headers.get("Range")
+        specs = parse_range_specs(range_value) if range_value else None
+    else:
+        # HEAD needs the size and validators only: ask for the first block, not the
+        # first max_fetch_bytes of an object nobody is going to read.
+        specs = (RangeSpec(first=0, last=0),)
     run_plan = blocks.initial_fetch(
         specs if isinstance(specs, tuple) else None, settings.block_size, settings.max_fetch_bytes
     )
-    sent = [
-        *_credential_headers(request),
-        ("Range", run_plan.range_header),
-        ("Accept-Encoding", "identity"),
-    ]
-    request_time = time.time()
+    first_attempt_done = False
     try:
-        async with state.upstreams.request(
-            target.upstream, "GET", target.upstream_url, sent
-        ) as upstream:
-            response_time = time.time()
-            result = blocks.interpret_fetch_response(run_plan, upstream.status, upstream.headers)
-            storable = freshness.storable(
-                "GET", target.credential is not None, upstream.status, upstream.headers
-            )
-            if isinstance(result, str) or not storable or result.size is None:
-                reason = result if isinstance(result, str) else "not storable in a shared cache"
-                future.set_result(Uncacheable(reason))
-                return
-            stored = freshness.StoredMeta.from_response(
-                upstream.status,
-                upstream.headers,
-                request_time=request_time,
-                response_time=response_time,
-                request_headers=sent,
-                requires_authorization=access.requires_authorization(
-                    target.credential is not None, upstream.headers
-                ),
-                size=result.size,
-            )
-            meta = ObjectMeta(target.cache_key, target.upstream_url, stored)
-            await state.blocking(state.store.put_meta, meta)
-            if target.credential is not None:
-                state.auth_cache.put(
-                    target.credential, target.cache_key, access.AuthEntry.allow(stored, time.time())
+        while True:
+            sent = [
+                *_credential_headers(request),
+                ("Range", run_plan.range_header),
+                ("Accept-Encoding", "identity"),
+            ]
+            request_time = time.time()
+            async with state.upstreams.request(
+                target.upstream, "GET", target.upstream_url, sent
+            ) as upstream:
+                response_time = time.time()
+                result = blocks.interpret_fetch_response(
+                    run_plan, upstream.status, upstream.headers
                 )
-            received = result.received
-            run = None
-            if received is not None and received.end >= received.start and result.size > 0:
-                bs = settings.block_size
-                skip = 0
-                if upstream.status == 206:
-                    first, last = received.start // bs, received.end // bs
-                else:
-                    # 200: the origin sent the whole object; keep all of it.
-                    first, last = 0, (result.size - 1) // bs
-                run = BlockRun(
-                    meta.version(bs), first, last, bs, result.size, settings.readahead_bytes
+                if (
+                    not first_attempt_done
+                    and isinstance(result, blocks.FetchResult)
+                    and result.status == 416
+                ):
+                    # The client's first range starts past the end: the 416 gives the size
+                    # but no validators nor other metadata of the object. Ask for block 0
+                    # instead; the cache then answers the client's ranges itself (a 416 of
+                    # its own, or the parts that do exist) like any other request.
+                    first_attempt_done = True
+                    run_plan = blocks.initial_fetch(
+                        (RangeSpec(first=0, last=0),), settings.block_size, settings.max_fetch_bytes
+                    )
+                    continue
+                storable = freshness.storable(
+                    "GET", target.credential is not None, upstream.status, upstream.headers
                 )
-                state.inflight.register(run)
-                skip = first * bs - received.start if upstream.status == 206 else 0
-            future.set_result(meta)
-            if run is not None:
-                await _pump(state, target, meta, upstream, run, skip=max(0, skip))
+                if isinstance(result, str) or not storable or result.size is None:
+                    reason = result if isinstance(result, str) else "not storable in a shared cache"
+                    future.set_result(Uncacheable(reason))
+                    return
+                stored = freshness.StoredMeta.from_response(
+                    upstream.status,
+                    upstream.headers,
+                    request_time=request_time,
+                    response_time=response_time,
+                    request_headers=sent,
+                    requires_authorization=access.requires_authorization(
+                        target.credential is not None, upstream.headers
+                    ),
+                    size=result.size,
+                )
+                meta = ObjectMeta(target.cache_key, target.upstream_url, stored)
+                await state.blocking(state.store.put_meta, meta)
+                if target.credential is not None:
+                    state.auth_cache.put(
+                        target.credential,
+                        target.cache_key,
+                        access.AuthEntry.allow(stored, time.time()),
+                    )
+                received = result.received
+                run = None
+                if received is not None and received.end >= received.start and result.size > 0:
+                    bs = settings.block_size
+                    skip = 0
+                    if upstream.status == 206:
+                        first, last = received.start // bs, received.end // bs
+                    else:
+                        # 200: the origin sent the whole object; keep all of it.
+                        first, last = 0, (result.size - 1) // bs
+                    run = BlockRun(
+                        meta.version(bs), first, last, bs, result.size, settings.readahead_bytes
+                    )
+                    run.claims = entry.waiting  # handed to the waiting requests with the answer
+                    state.inflight.register(run)
+                    skip = first * bs - received.start if upstream.status == 206 else 0
+                personal = tuple(
+                    (k, v) for k, v in upstream.headers.items() if k.lower() in _PERSONAL
+                )
+                # The answer is out and the metadata stored: from now on requests find the
+                # object in the store (and its blocks in flight), not this probe. Leaving it
+                # registered while its body is pumped would hand its metadata to requests made
+                # after the object was invalidated, purged or found changed.
+                _end_probe(state, entry)
+                future.set_result(Probed(meta, run, personal))
+                if run is not None:
+                    await _pump(state, target, meta, upstream, run, skip=max(0, skip))
+            return
     except BaseException as exc:
         if not future.done():
             future.set_exception(exc)
@@ -513,6 +636,12 @@ async def _probe_task(
         # Mark the exception retrieved: waiters may all have gone away.
         if future.done() and not future.cancelled():
             future.exception()
+
+
+def _end_probe(state: ProxyState, entry: _Probe) -> None:
+    """Stop offering ``entry`` to new requests (only if a newer probe has not replaced it)."""
+    if state.probes.get(entry.key) is entry:
+        del state.probes[entry.key]
 
 
 def _credential_headers(request: web.Request) -> list[tuple[str, str]]:
@@ -529,11 +658,32 @@ async def _pump(
     *,
     skip: int = 0,
 ) -> None:
-    """Feed an upstream body into a run: store each block as it completes, stop when the
-    readers have gone and the read-ahead is spent."""
+    """Feed an upstream body into a run: store each block as it completes, keep at most the
+    read-ahead in front of the readers, stop when no request wants the run any more."""
     counter = state.metrics.bytes_from_origin.labels(target.upstream)
+    wanted = run.end - run.start
     try:
-        async for chunk in upstream.content.iter_chunked(CHUNK):
+        while run.received < wanted:
+            # Backpressure: not reading the upstream body makes the origin wait (TCP), so
+            # a slow client never makes the proxy fetch (or hold) the object ahead of it.
+            if not await run.wait_for_readers(state.settings.upstream_read_timeout):
+                log.debug("pausing fetch of %s: readers too slow", target.upstream_url)
+                run.finish(RunFailedError("readers too slow: upstream connection released"))
+                return
+            if run.abandoned():
+                log.debug("stopping fetch of %s: no reader left", target.upstream_url)
+                run.finish(RunFailedError("abandoned by its readers"))
+                return
+            if skip:
+                size = min(CHUNK, skip)
+            else:
+                # Never read past the read-ahead (nor past the run: an origin that ignored
+                # Range sends the rest of the object, which this run does not want).
+                allowance = run.furthest + run.readahead - (run.start + run.received)
+                size = max(1, min(CHUNK, wanted - run.received, allowance))
+            chunk = await upstream.content.read(size)
+            if not chunk:
+                break  # the body ended: finish() says whether it was short
             counter.inc(len(chunk))
             if skip:
                 cut = min(skip, len(chunk))
@@ -545,10 +695,6 @@ async def _pump(
                     state.store.put_block, run.version, index, data, pinned=meta.pinned
                 )
                 run.mark_stored(index)
-            if run.abandoned():
-                log.debug("stopping fetch of %s: no reader left", target.upstream_url)
-                run.finish(RunFailedError("abandoned by its readers"))
-                return
         run.finish()
     except BaseException as exc:
         run.finish(exc if isinstance(exc, Exception) else RunFailedError("cancelled"))
@@ -597,12 +743,23 @@ async def respond_from_blocks(
     served: Served,
     *,
     stale: bool,
+    fetching: BlockRun | None = None,
+    extra: Iterable[tuple[str, str]] = (),
 ) -> web.StreamResponse:
+    """Answer from the blocks of ``meta``'s version. ``fetching`` is the run the first
+    fetch of the object (which this request made or waited for) is filling: its bytes count
+    as from the origin for this request. ``extra`` fields are added to the response."""
     settings = state.settings
     size = meta.size or 0
     now = time.time()
-    headers = _headers((k, v) for k, v in meta.stored.headers if k.lower() in _REPLAYED)
+    headers = _headers(
+        forward_response_headers(
+            [(k, v) for k, v in meta.stored.headers if k.lower() not in _NOT_REPLAYED]
+        )
+    )
     headers["Accept-Ranges"] = "bytes"
+    for name, value in extra:
+        headers.add(name, value)
     headers["Age"] = freshness.age_field(meta.stored.current_age(now))
     last_modified = meta.last_modified
     modified_ts = parse_http_date(last_modified) if last_modified else None
@@ -668,9 +825,35 @@ async def respond_from_blocks(
         await response.write_eof()
         return response
 
-    needed = blocks.blocks_for([r for _, r in parts], size, settings.block_size) if size else []
-    reader = _BlockReader(state, target, meta, request, needed)
-    await reader.start_missing()
+    reader = _BlockReader(state, target, meta, request, [r for _, r in parts], fetching)
+    try:
+        return await _stream(
+            request, response, state, target, reader, parts, closing, served, stale
+        )
+    finally:
+        reader.close()
+
+
+async def _stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    state: ProxyState,
+    target: Route,
+    reader: _BlockReader,
+    parts: list[tuple[bytes, ByteRange]],
+    closing: bytes,
+    served: Served,
+    stale: bool,
+) -> web.StreamResponse:
+    # ``stale``: the origin has just failed to answer. Serve what is stored; a response
+    # that would need bytes from it gets a clean 502 now rather than a cut-off body later.
+    await reader.start_missing(fetch=not stale)
+    if stale and reader.cache_status() != "HIT":
+        raise UpstreamError(
+            target.upstream,
+            f"upstream {target.upstream!r} is unavailable, and only part of the requested "
+            "bytes are cached",
+        )
     if served.cache == "HIT" and not stale:
         served.cache = reader.cache_status()
     response.headers[CACHE_HEADER] = "STALE" if stale else served.cache
@@ -692,12 +875,21 @@ async def respond_from_blocks(
         if request.transport is not None:
             request.transport.close()
         raise web.HTTPInternalServerError() from None
+    except (TimeoutError, ConnectionError) as exc:
+        _drop_client(request, state, target, exc)
     return response
 
 
 class _BlockReader:
     """Bytes of one object version for one response: from store, in-flight runs, or new
-    fetches started for the missing runs."""
+    fetches of the missing runs.
+
+    Missing runs are fetched at most ``readahead_bytes`` (in response order) ahead of what
+    the client has been sent, so a full GET of an object larger than ``max_fetch_bytes``
+    does not open every run's upstream request at once (each would stop at its read-ahead,
+    and the rest be fetched again block by block), and an abandoned download costs a
+    bounded read-ahead. Every run the request uses is claimed until :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -705,29 +897,118 @@ class _BlockReader:
         target: Route,
         meta: ObjectMeta,
         request: web.Request,
-        needed: list[int],
+        ranges: list[ByteRange],
+        fetching: BlockRun | None = None,
     ) -> None:
         self.state = state
         self.target = target
         self.meta = meta
-        self.version = meta.version(state.settings.block_size)
-        self.needed = needed
+        self.block_size = state.settings.block_size
+        self.version = meta.version(self.block_size)
         self.credentials = _credential_headers(request)
+        # Where in the response each block is first needed (bytes sent before it).
+        self.first_needed: dict[int, int] = {}
+        offset = 0
+        for r in ranges:
+            for piece in blocks.slice_plan(r, self.block_size):
+                self.first_needed.setdefault(piece.block_index, offset)
+                offset += piece.stop - piece.start
+        self.needed = sorted(self.first_needed)
         self.present: set[int] = set()
-        self.started: list[BlockRun] = []
+        """Blocks of ``needed`` stored when the request was planned."""
+        self.ready: set[int] = set()
+        """... plus those whose bytes had all arrived in a fetch still storing them."""
+        self.started: list[BlockRun] = [] if fetching is None else [fetching]
+        """Runs fetching for this request (not joined from another one)."""
+        self.claimed: set[BlockRun] = set()
+        self.pending: list[tuple[int, blocks.BlockRun]] = []
+        """Missing runs not started yet: (response offset where first needed, plan)."""
+        self.sent = 0
+        """Body bytes handed to the response so far."""
 
-    async def start_missing(self) -> None:
+    async def start_missing(self, *, fetch: bool = True) -> None:
+        """Plan the response: which blocks are ready, and (``fetch``) start fetching the
+        first missing runs."""
         state = self.state
+        # Which blocks are being fetched is looked at before the store, and again after:
+        # a fetch that ends meanwhile has stored its blocks before it unregisters them,
+        # so no block can slip between the two looks and be fetched a second time.
+        runs = {i: state.inflight.run_for(self.version, i) for i in self.needed}
         self.present = await state.blocking(state.store.has_blocks, self.version, self.needed)
-        waiting = {i for i in self.needed if state.inflight.run_for(self.version, i)}
-        for plan in blocks.missing_runs(
+        for i in self.needed:
+            runs[i] = runs[i] or state.inflight.run_for(self.version, i)
+        waiting = {i for i, run in runs.items() if run is not None}
+        # Blocks the cache held when the request was planned. One whose bytes have all
+        # arrived in a fetch still writing it counts: a client that has just received a
+        # whole response and asks again must see a HIT. Blocks of the first fetch this
+        # request made or waited for (``started``) came from the origin for it.
+        ours = {i for run in self.started for i in run.blocks}
+        complete = {i for i, run in runs.items() if run is not None and run.complete(i)}
+        self.ready = (self.present | complete) - ours
+        for run in {run for run in runs.values() if run is not None}:
+            self._claim(run)
+        plans = blocks.missing_runs(
             [i for i in self.needed if i not in waiting],
             self.present,
-            state.settings.block_size,
+            self.block_size,
             self.meta.size or 0,
             state.settings.max_fetch_bytes,
-        ):
-            self._start(plan.first, plan.last)
+        )
+        self.pending = sorted(
+            ((min(self.first_needed[i] for i in range(p.first, p.last + 1)), p) for p in plans),
+            key=lambda item: item[0],
+        )
+        if not fetch:
+            return
+        await self._start_due(planned_now=True)
+        if self.pending and not self.started:
+            # Something to fetch and nothing under way for this request yet: start now.
+            _, plan = self.pending.pop(0)
+            await self._start_plan(plan, check_store=False)
+
+    def _claim(self, run: BlockRun) -> None:
+        if run not in self.claimed:
+            run.claim()
+            self.claimed.add(run)
+
+    def close(self) -> None:
+        """The response is over (sent, failed or abandoned): release every claimed run."""
+        for run in self.claimed:
+            run.release()
+        self.claimed.clear()
+
+    async def _start_due(self, *, planned_now: bool = False) -> None:
+        """Start the pending runs first needed within the read-ahead of what was sent."""
+        horizon = self.sent + self.state.settings.readahead_bytes
+        while self.pending and self.pending[0][0] <= horizon:
+            _, plan = self.pending.pop(0)
+            await self._start_plan(plan, check_store=not planned_now)
+
+    async def _start_plan(self, plan: blocks.BlockRun, *, check_store: bool) -> None:
+        """Fetch the blocks of ``plan`` that are still missing. Since the plan was made,
+        other requests may have started fetching some of them (join those) or stored them
+        (``check_store``)."""
+        state = self.state
+        indexes = range(plan.first, plan.last + 1)
+        present: set[int] = set()
+        fetching: set[int] = set()
+        if check_store:
+            # As in start_missing: in-flight blocks first, then the store.
+            fetching = {i for i in indexes if state.inflight.run_for(self.version, i)}
+            present = await state.blocking(state.store.has_blocks, self.version, indexes)
+        group: list[int] = []
+        for i in indexes:
+            run = state.inflight.run_for(self.version, i)
+            if run is None and i not in present and i not in fetching:
+                group.append(i)
+                continue
+            if run is not None:
+                self._claim(run)
+            if group:
+                self._start(group[0], group[-1])
+                group = []
+        if group:
+            self._start(group[0], group[-1])
 
     def _start(self, first: int, last: int) -> BlockRun:
         settings = self.state.settings
@@ -739,36 +1020,103 @@ class _BlockReader:
             self.meta.size or 0,
             settings.readahead_bytes,
         )
+        self._claim(run)
         self.state.inflight.start(
             run, lambda r: _fill_run(self.state, self.target, self.meta, r, self.credentials)
         )
         self.started.append(run)
         return run
 
+    async def _refetch(self, index: int, failed: BlockRun | None) -> None:
+        """Fetch from block ``index`` on (not fetched yet, evicted or damaged since
+        planning, or the fetch that was to bring it failed): through the following needed
+        blocks that are missing too, up to ``max_fetch_bytes``, so that a long read never
+        degrades to a fetch per block."""
+        state = self.state
+        for position, (_, plan) in enumerate(self.pending):
+            if plan.first <= index <= plan.last:
+                del self.pending[position]  # not due yet, but needed now
+                await self._start_plan(plan, check_store=True)
+                return
+        per_run = max(1, state.settings.max_fetch_bytes // self.block_size)
+        following = [i for i in range(index + 1, index + per_run) if i in self.first_needed]
+        fetching = {i for i in following if state.inflight.run_for(self.version, i)}
+        present = await state.blocking(state.store.has_blocks, self.version, following)
+        if state.inflight.run_for(self.version, index) not in (None, failed):
+            return  # another request started fetching it meanwhile
+        last = index
+        for i in following:
+            if i != last + 1 or i in present or i in fetching:
+                break
+            if state.inflight.run_for(self.version, i) not in (None, failed):
+                break
+            if any(plan.first <= i <= plan.last for _, plan in self.pending):
+                break
+            last = i
+        self._start(index, last)
+
     def cache_status(self) -> str:
-        if not self.needed or len(self.present) == len(set(self.needed)):
+        if not self.needed or len(self.ready) == len(set(self.needed)):
             return "HIT"
-        return "PARTIAL" if self.present else "MISS"
+        return "PARTIAL" if self.ready else "MISS"
 
     async def bytes_of(self, byte_range: ByteRange, served: Served) -> AsyncIterator[bytes]:
         state = self.state
-        for piece in blocks.slice_plan(byte_range, state.settings.block_size):
+        for piece in blocks.slice_plan(byte_range, self.block_size):
             index = piece.block_index
-            run = state.inflight.run_for(self.version, index)
-            if run is None:
-                data = await state.blocking(state.store.get_block, self.version, index)
-                if data is not None:
-                    served.from_cache += piece.stop - piece.start
-                    yield data[piece.start : piece.stop]
+            # Blocks ready when the request was planned count as from the cache; bytes this
+            # request fetched or waited for count as from the origin, wherever they are read
+            # from by now (a fetch may have stored them already).
+            cached = index in self.ready
+            position = piece.start
+            attempts = 0
+            failed: BlockRun | None = None
+            while position < piece.stop:
+                await self._start_due()
+                run = state.inflight.run_for(self.version, index)
+                if run is failed:
+                    run = None
+                if run is None:
+                    data = await state.blocking(state.store.get_block, self.version, index)
+                    if data is not None:
+                        chunk = data[position : piece.stop]
+                        if cached:
+                            served.from_cache += len(chunk)
+                        else:
+                            served.from_origin += len(chunk)
+                        self.sent += len(chunk)
+                        yield chunk
+                        break
+                    attempts += 1
+                    if attempts > 3:
+                        raise RunFailedError(f"block {index} could not be fetched")
+                    await self._refetch(index, failed)
+                    cached = False
                     continue
-                run = self._start(index, index)  # evicted or damaged since planning
-            joined = run not in self.started
-            if joined:
-                state.metrics.coalesced_waits.inc()
-            async with state.inflight.reading(run, joined):
-                async for chunk in run.read(index, piece.start, piece.stop, self._load):
-                    served.from_origin += len(chunk)
-                    yield chunk
+                self._claim(run)
+                # Waiting for another request's fetch is a coalesced wait.
+                joined = run not in self.started and not cached
+                if joined:
+                    state.metrics.coalesced_waits.inc()
+                try:
+                    async with state.inflight.reading(run, joined):
+                        async for chunk in run.read(index, position, piece.stop, self._load):
+                            if cached:
+                                served.from_cache += len(chunk)
+                            else:
+                                served.from_origin += len(chunk)
+                            position += len(chunk)
+                            self.sent += len(chunk)
+                            yield chunk
+                except RunFailedError:
+                    # A fetch that failed for a reason other than a new version (the origin
+                    # closed a connection that waited too long for a slow client, another
+                    # request's fetch was abandoned...) is retried from where this left off.
+                    attempts += 1
+                    if isinstance(run.error, VersionChangedError) or attempts > 3:
+                        raise
+                    failed = run
+                    cached = False
 
     async def _load(self, index: int) -> bytes | None:
         data: bytes | None = await self.state.blocking(

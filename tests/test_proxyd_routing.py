@@ -1,0 +1,216 @@
+"""proxyd is a reverse proxy only (issue 4, item 2), tested on the wire.
+
+Raw sockets send what a client library would normalise or refuse to send (absolute-form
+targets, CONNECT, dot-segments, encoded slashes, backslashes); nginx's access log proves none
+of it reached the origin. A recording origin shows which fields proxyd forwards and returns
+(hop-by-hop ones never), and that unsafe methods pass uncached and invalidate what they touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures_nginx import write_object
+from nginx import NginxOrigin
+from proxies import Proxy, RecordingOrigin, raw_request, request, running
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
+    base = tmp_path_factory.mktemp("routing")
+    nginx = NginxOrigin(base / "root", base / "nginx")
+    try:
+        yield nginx.start()
+    finally:
+        nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(origin: NginxOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    with running(Proxy({"o": origin.url}, tmp_path_factory.mktemp("routing-proxy"))) as p:
+        yield p
+
+
+REFUSED = [
+    # (raw request line, status, words of the message)
+    ("GET http://evil.example/ HTTP/1.1", 400, "absolute-form"),
+    ("GET http://127.0.0.1/o/a.bin HTTP/1.1", 400, "absolute-form"),
+    ("GET https://evil.example/o/a.bin HTTP/1.1", 400, "absolute-form"),
+    ("CONNECT evil.example:443 HTTP/1.1", 405, "CONNECT is not supported"),
+    ("CONNECT 127.0.0.1:22 HTTP/1.1", 405, "not a tunnel"),
+    ("TRACE /o/a.bin HTTP/1.1", 405, "TRACE is not allowed"),
+    ("OPTIONS * HTTP/1.1", 400, "asterisk-form"),
+    ("GET /nope/a.bin HTTP/1.1", 404, "no upstream named nope"),
+    ("GET /a.bin HTTP/1.1", 404, "no upstream named a.bin"),
+    ("GET //o/a.bin HTTP/1.1", 404, "no upstream named in the path"),
+    ("GET /o/../a.bin HTTP/1.1", 400, "dot-segments"),
+    ("GET /o/sub/../../etc/passwd HTTP/1.1", 400, "dot-segments"),
+    ("GET /o/./a.bin HTTP/1.1", 400, "dot-segments"),
+    ("GET /o/%2e%2e/a.bin HTTP/1.1", 400, "dot-segments"),
+    ("GET /o/.%2E/a.bin HTTP/1.1", 400, "dot-segments"),
+    ("GET /o/..;/a.bin HTTP/1.1", 400, "dot-segments"),
+    ("GET /o/..%2f..%2fetc%2fpasswd HTTP/1.1", 400, "encoded slash"),
+    ("GET /o/x%2Fa.bin HTTP/1.1", 400, "encoded slash"),
+    ("GET /o/x\\..\\a.bin HTTP/1.1", 400, "backslash"),
+    ("GET /o/x%5c..%5ca.bin HTTP/1.1", 400, "backslash"),
+    ("GET /o/a.bin%00.txt HTTP/1.1", 400, "NUL"),
+    ("GET /o/a%zz.bin HTTP/1.1", 400, "percent-encoding"),
+]
+
+
+@pytest.mark.parametrize(("line", "status", "words"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_refuses_everything_but_configured_upstream_paths(
+    origin: NginxOrigin, proxy: Proxy, line: str, status: int, words: str
+) -> None:
+    write_object(origin.root_dir, "a.bin", 1000)
+    mark = origin.mark()
+    got, headers, body = raw_request(
+        proxy.port, f"{line}\r\nHost: evil.example\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert got == status, body
+    assert words in body.decode(), body
+    if status == 405:
+        assert "GET" in headers["allow"]
+        assert "CONNECT" not in headers["allow"]
+    if status == 404:
+        assert "/o/" in body.decode()  # the configured upstreams are named
+    assert origin.access_log(mark) == []  # nothing reached the origin
+    [entry] = [e for e in proxy.access_log() if e["target"] == line.split()[1]][-1:]
+    assert entry["cache"] == "REFUSED"
+    assert entry["status"] == status
+
+
+def test_configured_upstream_path_is_forwarded(origin: NginxOrigin, proxy: Proxy) -> None:
+    data = write_object(origin.root_dir, "sub/b.bin", 5000, seed=3)
+    got, headers, body = raw_request(
+        proxy.port, b"GET /o/sub/b.bin HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    )
+    assert got == 200
+    assert body == data
+    # The Host the client sent is not where the request went.
+    assert [e["uri"] for e in origin.access_log()][-1] == "/sub/b.bin"
+
+
+# -- hop-by-hop fields --------------------------------------------------------------------------
+
+CLIENT_HOP = {
+    "Connection": "keep-alive, X-Hop-Req",
+    "X-Hop-Req": "secret-per-connection",
+    "Keep-Alive": "timeout=300",
+    "TE": "trailers",
+    "Trailer": "X-Checksum",
+    "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+    "Proxy-Connection": "keep-alive",
+    "X-End-To-End": "kept",
+}
+HOP_REQUEST_FIELDS = {
+    "x-hop-req",
+    "keep-alive",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+}
+ORIGIN_HOP = {
+    "Connection": "X-Hop-Resp",
+    "X-Hop-Resp": "secret-per-connection",
+    "Keep-Alive": "timeout=5, max=1000",
+    "Proxy-Authenticate": 'Basic realm="origin"',
+    "Upgrade": "h2c",
+    "Trailer": "X-Checksum",
+    "X-Origin-End-To-End": "kept",
+}
+HOP_RESPONSE_FIELDS = {"x-hop-resp", "proxy-authenticate", "upgrade", "trailer"}
+
+
+@pytest.fixture
+def recording() -> Iterator[RecordingOrigin]:
+    with RecordingOrigin() as rec:
+        yield rec
+
+
+def test_hop_by_hop_fields_are_neither_forwarded_nor_returned(
+    recording: RecordingOrigin, tmp_path: Path
+) -> None:
+    recording.response_headers = dict(ORIGIN_HOP)
+    recording.put("/cached.bin", b"c" * 200_000)
+    recording.put("/nostore.bin", b"n" * 1000)
+    recording.headers_for["/nostore.bin"] = {"Cache-Control": "no-store"}
+    with running(Proxy({"r": recording.url}, tmp_path / "p")) as proxy:
+        cases = [
+            ("GET", "cached.bin", None, "MISS"),  # probe and block fetch
+            ("GET", "cached.bin", None, None),  # from cache (revalidated or hit)
+            ("GET", "nostore.bin", None, "PASS"),  # forwarded as is
+            ("POST", "cached.bin", b"payload", "PASS"),
+            ("PUT", "put.bin", b"new object", "PASS"),
+        ]
+        for method, name, body, cache in cases:
+            before = len(recording.requests)
+            response = request(proxy.url, f"r/{name}", CLIENT_HOP, method=method, body=body)
+            assert response.status in (200, 204), (method, name, response.status)
+            if cache is not None:
+                assert response.header("X-Cache") == cache
+            returned = {k.lower() for k in response.headers}
+            assert not returned & HOP_RESPONSE_FIELDS, (method, name, returned)
+            assert response.header("Keep-Alive") != ORIGIN_HOP["Keep-Alive"]
+            assert "X-Hop-Resp" not in (response.header("Connection") or "")
+            # End-to-end fields of the origin are passed on.
+            assert response.header("X-Origin-End-To-End") == "kept", (method, name)
+            for sent in recording.requests[before:]:
+                assert not sent.names() & HOP_REQUEST_FIELDS, (method, name, sent.headers)
+                assert "x-hop-req" not in (sent.header("Connection") or "").lower()
+                # Host names the upstream, never what the client said.
+                assert sent.header("Host") == f"127.0.0.1:{recording.port}"
+        # Forwarded requests (not cache fills) carry the client's end-to-end fields and Via.
+        post = recording.requests_for("/cached.bin")[-1]
+        assert post.method == "POST"
+        assert post.body == b"payload"
+        assert post.header("X-End-To-End") == "kept"
+        assert "proxyd" in (post.header("Via") or "")
+        assert recording.objects["/put.bin"] == b"new object"
+
+
+def test_unsafe_methods_pass_uncached_and_invalidate(
+    recording: RecordingOrigin, tmp_path: Path
+) -> None:
+    recording.response_headers = {"Cache-Control": "public, max-age=3600"}
+    old, new = b"old-" * 50_000, b"new!" * 60_000
+    recording.put("/obj.bin", old)
+    with running(Proxy({"r": recording.url}, tmp_path / "p")) as proxy:
+        first = proxy.get("/r/obj.bin")
+        assert (first.status, first.header("X-Cache"), first.body) == (200, "MISS", old)
+        count = len(recording.requests)
+        second = proxy.get("/r/obj.bin")
+        assert (second.header("X-Cache"), second.body) == ("HIT", old)
+        assert len(recording.requests) == count  # fresh (max-age=3600): no origin contact
+
+        # PUT through the proxy: forwarded with its body, not cached, and it invalidates.
+        put = request(proxy.url, "r/obj.bin", method="PUT", body=new)
+        assert (put.status, put.header("X-Cache")) == (204, "PASS")
+        assert recording.requests[-1].method == "PUT"
+        assert recording.requests[-1].body == new
+        third = proxy.get("/r/obj.bin")
+        assert (third.header("X-Cache"), third.body) == ("MISS", new)
+
+        # POST invalidates too (RFC 9111 §4.4), although the object did not change here.
+        assert proxy.get("/r/obj.bin").header("X-Cache") == "HIT"
+        post = request(proxy.url, "r/obj.bin", method="POST", body=b"{}")
+        assert (post.status, post.header("X-Cache")) == (204, "PASS")
+        again = proxy.get("/r/obj.bin")
+        assert (again.header("X-Cache"), again.body) == ("MISS", new)
+
+        # DELETE: forwarded, and the cached copy is gone (no stale 200 for a deleted object).
+        delete = request(proxy.url, "r/obj.bin", method="DELETE")
+        assert (delete.status, delete.header("X-Cache")) == (204, "PASS")
+        gone = proxy.get("/r/obj.bin")
+        assert gone.status == 404
+        # Recreated at the origin: cached afresh.
+        recording.put("/obj.bin", old)
+        assert proxy.get("/r/obj.bin").body == old
+        assert proxy.get("/r/obj.bin").header("X-Cache") == "HIT"
+        methods = [r.method for r in recording.requests_for("/obj.bin")]
+        assert methods.count("PUT") == 1
+        assert methods.count("POST") == 1
+        assert methods.count("DELETE") == 1
