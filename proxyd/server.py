@@ -323,7 +323,9 @@ async def serve_cacheable(
     settings = state.settings
     now = time.time()
     creq = freshness.CacheRequest.from_headers(request.method, request.headers)
-    meta: ObjectMeta | None = await state.blocking(state.store.get_meta, target.cache_key)
+    meta = state.store.remembered_meta(target.cache_key)  # hot objects: no thread hop
+    if meta is None:
+        meta = await state.blocking(state.store.get_meta, target.cache_key)
     decision = freshness.decide(creq, meta.stored if meta else None, now, settings)
     if decision.outcome is Outcome.ONLY_IF_CACHED:
         return _text(504, "not in the cache, and the request says only-if-cached")
@@ -934,7 +936,7 @@ class _BlockReader:
         # a fetch that ends meanwhile has stored its blocks before it unregisters them,
         # so no block can slip between the two looks and be fetched a second time.
         runs = {i: state.inflight.run_for(self.version, i) for i in self.needed}
-        self.present = await state.blocking(state.store.has_blocks, self.version, self.needed)
+        self.present = await self._present(self.needed)
         for i in self.needed:
             runs[i] = runs[i] or state.inflight.run_for(self.version, i)
         waiting = {i for i, run in runs.items() if run is not None}
@@ -995,7 +997,7 @@ class _BlockReader:
         if check_store:
             # As in start_missing: in-flight blocks first, then the store.
             fetching = {i for i in indexes if state.inflight.run_for(self.version, i)}
-            present = await state.blocking(state.store.has_blocks, self.version, indexes)
+            present = await self._present(list(indexes))
         group: list[int] = []
         for i in indexes:
             run = state.inflight.run_for(self.version, i)
@@ -1041,7 +1043,7 @@ class _BlockReader:
         per_run = max(1, state.settings.max_fetch_bytes // self.block_size)
         following = [i for i in range(index + 1, index + per_run) if i in self.first_needed]
         fetching = {i for i in following if state.inflight.run_for(self.version, i)}
-        present = await state.blocking(state.store.has_blocks, self.version, following)
+        present = await self._present(list(following))
         if state.inflight.run_for(self.version, index) not in (None, failed):
             return  # another request started fetching it meanwhile
         last = index
@@ -1077,7 +1079,9 @@ class _BlockReader:
                 if run is failed:
                     run = None
                 if run is None:
-                    data = await state.blocking(state.store.get_block, self.version, index)
+                    data = state.store.memory_block(self.version, index)
+                    if data is None:
+                        data = await state.blocking(state.store.get_block, self.version, index)
                     if data is not None:
                         chunk = data[position : piece.stop]
                         if cached:
@@ -1119,7 +1123,18 @@ class _BlockReader:
                     cached = False
 
     async def _load(self, index: int) -> bytes | None:
-        data: bytes | None = await self.state.blocking(
-            self.state.store.get_block, self.version, index
-        )
+        data = self.state.store.memory_block(self.version, index)
+        if data is None:
+            data = await self.state.blocking(self.state.store.get_block, self.version, index)
         return data
+
+    async def _present(self, indexes: list[int]) -> set[int]:
+        """Stored blocks among ``indexes``; the store is asked only about those not in memory
+        (a thread hop per request is most of the cost of a small hot range)."""
+        store = self.state.store
+        in_memory = {i for i in indexes if store.memory_block(self.version, i) is not None}
+        rest = [i for i in indexes if i not in in_memory]
+        if not rest:
+            return in_memory
+        on_disk: set[int] = await self.state.blocking(store.has_blocks, self.version, rest)
+        return in_memory | on_disk

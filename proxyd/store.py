@@ -169,6 +169,16 @@ class BlockStore:
         self._remember_meta(key, meta)
         return None if meta is None else copy.copy(meta)
 
+    def remembered_meta(self, key: str) -> ObjectMeta | None:
+        """Metadata held in memory and still fresh, else None (never touches the disk)."""
+        with self._lock:
+            cached = self._meta_memory.get(key)
+        if cached is None or cached[1] is None:
+            return None
+        if time.monotonic() - cached[0] >= META_MEMORY_SECONDS:
+            return None
+        return copy.copy(cached[1])
+
     def _remember_meta(self, key: str, meta: ObjectMeta | None) -> None:
         with self._lock:
             if len(self._meta_memory) > 100_000:
