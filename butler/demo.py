@@ -4,7 +4,8 @@ Creates a sample repository, ingests real telescope images and a real catalog, q
 reads a cutout and the metadata only (printing the bytes each read cost), memory-maps one
 HDU through the offset index, and shows that a transaction is all or nothing. Then it serves
 the repository with ``butler serve`` on 127.0.0.1 and does the same through ``Butler(url)``,
-including a remote transaction.
+including a remote transaction; puts ``proxyd`` in front of it; and pulls a query into an
+offline mirror that it reads back with the server stopped.
 """
 
 from __future__ import annotations
@@ -317,6 +318,45 @@ def remote_tour(repo: Path, workdir: Path, echo: Echo) -> None:
             refs = writer.query_datasets("visit_summary", collections="sample/remote")
             echo(f"   remote transaction: {len(refs)} datasets uploaded and committed at once")
         proxy_tour(server.url, workdir, echo)
+        mirror_dir = mirror_pull(server.url, workdir, echo)
+    mirror_offline(mirror_dir, echo)
+
+
+def mirror_pull(url: str, workdir: Path, echo: Echo) -> Path:
+    """Pull a query's datasets into a local mirror (the server is still up)."""
+    from mirror.pull import PullRequest, pull
+
+    echo("\n7. An offline mirror of a query (mirror pull)")
+    dest = workdir / "mirror"
+    shutil.rmtree(dest, ignore_errors=True)
+    request = PullRequest(
+        source=url,
+        dest=dest,
+        dataset_types=["image", "calexp"],
+        collections=["sample"],
+        where="instrument IN ('WFPC2', 'LSSTCam')",
+    )
+    summary = pull(request, echo=lambda line: echo("   " + line.replace("\n", "\n   ")))
+    echo(
+        f"   downloaded {summary.downloaded} datasets ({_size(summary.downloaded_bytes)}), "
+        f"checksums verified, into {dest}"
+    )
+    return dest
+
+
+def mirror_offline(dest: Path, echo: Echo) -> None:
+    """Read the mirror back with the server stopped."""
+    echo("   the server is stopped now; reading the mirror with no network:")
+    with Butler(dest, collections="sample") as offline:
+        refs = offline.query_datasets("image")
+        header = offline.get(
+            "calexp.metadata", instrument="LSSTCam", visit=2026112700001, detector=0
+        )
+        problems = offline.verify()
+    echo(
+        f"   {len(refs)} WFPC2 images and the calexp (EXPTIME={header['EXPTIME']}) read "
+        f"offline; verify: {problems or 'all files intact'}"
+    )
 
 
 def proxy_tour(origin_url: str, workdir: Path, echo: Echo) -> None:
