@@ -24,6 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from butler.cli.main import parse_pairs
 from butler.errors import ButlerError
 from mirror.plan import human_size
 from mirror.pull import PullRequest, PullSummary, pull
@@ -43,22 +44,6 @@ def _handle_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def _bind(pairs: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--bind")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out
 
 
 def _token(token_file: Path | None) -> str | None:
@@ -184,7 +169,7 @@ def pull_command(
         dataset_types=dataset_types,
         collections=collections,
         where=where,
-        bind=_bind(bind),
+        bind=parse_pairs(bind, "--bind"),
         jobs=jobs,
         dry_run=dry_run,
         via=via,

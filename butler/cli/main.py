@@ -33,7 +33,7 @@ def _handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _parse_pairs(pairs: Sequence[str], what: str) -> dict[str, Any]:
+def parse_pairs(pairs: Sequence[str], what: str) -> dict[str, Any]:
     """``["visit=12", "band=r"]`` -> ``{"visit": 12, "band": "r"}`` (integers converted)."""
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -189,7 +189,7 @@ def ingest(
     transfer: str,
 ) -> None:
     """Add existing FILES (already in the dataset type's format) as datasets."""
-    values = _parse_pairs(data_id, "--data-id")
+    values = parse_pairs(data_id, "--data-id")
     if len(files) > 1:
         raise click.UsageError("give one file per data ID (several files would share it)")
     with Butler(repo, run=run) as butler, butler.transaction():
@@ -226,7 +226,7 @@ def query_datasets(
             dataset_type,
             collections or None,
             where,
-            _parse_pairs(bind, "--bind"),
+            parse_pairs(bind, "--bind"),
             find_first=not find_all,
             limit=limit,
         )
@@ -272,7 +272,7 @@ def query_data_ids(
         ids = butler.query_data_ids(
             dimensions,
             where,
-            _parse_pairs(bind, "--bind"),
+            parse_pairs(bind, "--bind"),
             dataset_type=dataset_type,
             collections=collections or None,
             limit=limit,
@@ -294,7 +294,7 @@ def query_dimension_records(
     """List the records of a dimension ELEMENT (visit, detector, ...)."""
     with Butler(repo) as butler:
         records = butler.query_dimension_records(
-            element, where, _parse_pairs(bind, "--bind"), limit=limit
+            element, where, parse_pairs(bind, "--bind"), limit=limit
         )
     _print_rows(records, as_json, f"{element} records")
 
@@ -365,7 +365,7 @@ def remove(
             dataset_type,
             collections or None,
             where,
-            _parse_pairs(bind, "--bind"),
+            parse_pairs(bind, "--bind"),
             find_first=False,
         )
         if not refs:

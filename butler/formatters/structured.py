@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,11 +91,13 @@ class _StructuredFormatter(Formatter):
     storage_class: ClassVar[str] = "Dict"
     format_name: ClassVar[str]
 
+    @abstractmethod
     def _dump(self, obj: dict[str, Any]) -> str:
-        raise NotImplementedError
+        """Text of ``obj`` in this format."""
 
+    @abstractmethod
     def _load(self, text: str) -> Any:
-        raise NotImplementedError
+        """The object a text in this format holds (safe loaders only)."""
 
     def write(self, obj: Any, path: Path) -> None:
         if not isinstance(obj, Mapping):
