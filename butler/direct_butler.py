@@ -391,7 +391,7 @@ class DirectButler(Butler):
             raise FileNotFoundError(f"cannot ingest {source_path}: no such file")
         dataset_type = self._dataset_type(dataset_type)
         formatter = self._formatter_for(dataset_type)
-        formatter.index(source_path)  # refuse broken input before touching the repository
+        index = formatter.index(source_path)  # refuse broken input before touching anything
         run = self._write_run(run)
         with self.transaction():
             ref = self._new_ref(
@@ -409,7 +409,7 @@ class DirectButler(Butler):
                     shutil.copyfile(source_path, staged)
             else:
                 shutil.copyfile(source_path, staged)
-            self._record_file(ref, formatter, staged, staging, checksum)
+            self._record_file(ref, formatter, staged, staging, checksum, index)
         if transfer == "move":
             source_path.unlink(missing_ok=True)
         return ref
@@ -468,9 +468,11 @@ class DirectButler(Butler):
         staged: Path,
         staging: Staging,
         checksum: str | None = None,
+        index: dict[str, Any] | None = None,
     ) -> None:
         try:
-            index = formatter.index(staged)
+            if index is None:  # ingest indexed the file already; a put's file is new
+                index = formatter.index(staged)
             info = FileInfo(
                 dataset_id=ref.id,
                 path=render_path(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -24,26 +23,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from butler.cli.main import parse_pairs
-from butler.errors import ButlerError
+from butler.cli.main import handle_errors, parse_pairs
 from mirror.plan import human_size
 from mirror.pull import PullRequest, PullSummary, pull
 from mirror.state import MirrorState
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _handle_errors(func: F) -> F:
-    """Butler and mirror errors become one clear line and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (ButlerError, OSError) as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _token(token_file: Path | None) -> str | None:
@@ -147,7 +132,7 @@ common_options = [
 @_with(pull_options)
 @_with(common_options)
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop.")
-@_handle_errors
+@handle_errors
 def pull_command(
     source: str,
     dest: Path,
@@ -189,7 +174,7 @@ def pull_command(
 @main.command()
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_with(common_options)
-@_handle_errors
+@handle_errors
 def update(
     dest: Path, jobs: int, via: str | None, token_file: Path | None, quiet: bool, as_json: bool
 ) -> None:
@@ -228,7 +213,7 @@ def update(
 @main.command()
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
-@_handle_errors
+@handle_errors
 def status(dest: Path, as_json: bool) -> None:
     """Source, recorded queries, datasets, bytes and the last pull of a mirror."""
     from butler.direct_butler import DirectButler
@@ -274,7 +259,7 @@ def status(dest: Path, as_json: bool) -> None:
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--dataset-type", "dataset_types", multiple=True)
 @click.option("--where", default="")
-@_handle_errors
+@handle_errors
 def list_datasets(dest: Path, dataset_types: tuple[str, ...], where: str) -> None:
     """List the datasets in a mirror."""
     from butler.direct_butler import DirectButler
@@ -291,7 +276,7 @@ def list_datasets(dest: Path, dataset_types: tuple[str, ...], where: str) -> Non
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repair", is_flag=True, help="Fetch missing or corrupt files from the source.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@_handle_errors
+@handle_errors
 def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
     """Re-hash every file of the mirror; with --repair, re-fetch the bad ones."""
     from mirror.maintenance import repair_files, verify_files
@@ -318,7 +303,7 @@ def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
 @click.option("--dataset-type", "dataset_types", multiple=True)
 @click.option("--query", "query_id", type=int, help="Remove what a recorded query brought.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_handle_errors
+@handle_errors
 def prune(
     dest: Path, where: str, dataset_types: tuple[str, ...], query_id: int | None, yes: bool
 ) -> None:
@@ -337,7 +322,7 @@ def prune(
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8642, show_default=True, type=click.IntRange(0, 65535))
-@_handle_errors
+@handle_errors
 def serve(dest: Path, host: str, port: int) -> None:
     """Share the mirror read-only over HTTP (it is `butler serve --read-only`)."""
     from butler.server.app import serve as run_server

@@ -211,6 +211,20 @@ def copy_collections(source: Butler, mirror: DirectButler, collections: Sequence
         ensure(name)
 
 
+def provenance_rows(items: Iterable[Item], query_id: int, source: str) -> list[dict[str, Any]]:
+    """Provenance of mirrored datasets: which query brought them, from where, what bytes."""
+    return [
+        {
+            "dataset_id": str(i.ref.id),
+            "query_id": query_id,
+            "source": source,
+            "size": i.file.size,
+            "checksum": i.file.checksum,
+        }
+        for i in items
+    ]
+
+
 def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
     """Run a pull end to end (see the module docstring); ``progress`` is a rich Progress."""
     started = time.monotonic()
@@ -253,16 +267,7 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
                 asyncio.run(
                     _transfer(request, source, mirror, state, plan, summary, query_id, progress)
                 )
-            state.add_provenance(
-                {
-                    "dataset_id": str(i.ref.id),
-                    "query_id": query_id,
-                    "source": request.source,
-                    "size": i.file.size,
-                    "checksum": i.file.checksum,
-                }
-                for i in plan.present
-            )
+            state.add_provenance(provenance_rows(plan.present, query_id, request.source))
             state.mark_pulled(query_id)
             summary.seconds = time.monotonic() - started
             state.finish_pull(
@@ -321,16 +326,7 @@ async def _transfer(
                     dataset_id=item.ref.id,
                     checksum=item.file.checksum,  # verified while it was downloaded
                 )
-        state.add_provenance(
-            {
-                "dataset_id": str(i.ref.id),
-                "query_id": query_id,
-                "source": request.source,
-                "size": i.file.size,
-                "checksum": i.file.checksum,
-            }
-            for i, _ in batch
-        )
+        state.add_provenance(provenance_rows([i for i, _ in batch], query_id, request.source))
 
     async def committer() -> None:
         """One task commits verified files in batches, so downloads never wait for it."""

@@ -49,11 +49,8 @@ def nginx_origin(tmp_path: Path) -> Iterator[NginxOrigin]:
     Write files into ``nginx_origin.root_dir`` (e.g. with :func:`write_object`) and fetch
     ``nginx_origin.url + name``; ``/private/`` wants ``Bearer nginx.GOOD_TOKEN``.
     """
-    origin = NginxOrigin(tmp_path / "origin-root", tmp_path / "nginx-origin")
-    try:
-        yield origin.start()
-    finally:
-        origin.stop()
+    with NginxOrigin(tmp_path / "origin-root", tmp_path / "nginx-origin") as origin:
+        yield origin
 
 
 @pytest.fixture

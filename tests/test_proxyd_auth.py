@@ -22,7 +22,7 @@ SIZE = 4 * BLOCK + 10
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
-    nginx = NginxOrigin(
+    with NginxOrigin(
         tmp_path / "root",
         tmp_path / "nginx",
         tokens=[GOOD_TOKEN, OTHER_TOKEN],
@@ -31,11 +31,8 @@ def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
                 "/auth/", require_token=True, headers={"Cache-Control": "public, must-revalidate"}
             )
         ],
-    )
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    ) as nginx:
+        yield nginx
 
 
 def bearer(token: str) -> dict[str, str]:

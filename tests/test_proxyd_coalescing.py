@@ -23,11 +23,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
-    nginx = NginxOrigin(tmp_path / "root", tmp_path / "nginx")
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    with NginxOrigin(tmp_path / "root", tmp_path / "nginx") as nginx:
+        yield nginx
 
 
 async def test_32_cold_gets_of_a_64_mib_object_cost_the_origin_one_copy(

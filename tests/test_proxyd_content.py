@@ -37,11 +37,8 @@ MAX_FETCH = 256 * 1024
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
     base = tmp_path_factory.mktemp("content")
-    nginx = NginxOrigin(base / "root", base / "nginx", slow_rate="1m")
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    with NginxOrigin(base / "root", base / "nginx", slow_rate="1m") as nginx:
+        yield nginx
 
 
 @pytest.fixture(scope="module")

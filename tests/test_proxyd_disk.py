@@ -25,11 +25,8 @@ KiB, MiB = 1 << 10, 1 << 20
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
-    nginx = NginxOrigin(tmp_path / "root", tmp_path / "nginx")
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    with NginxOrigin(tmp_path / "root", tmp_path / "nginx") as nginx:
+        yield nginx
 
 
 def requests_for(origin: NginxOrigin, mark: int, name: str) -> list[dict[str, Any]]:

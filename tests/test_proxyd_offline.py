@@ -24,15 +24,12 @@ TIMEOUTS = {"upstream_connect_timeout": 1, "upstream_read_timeout": 1}
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
     # /stale/ says max-age=0: stale at once (but not forbidden to be served stale).
-    nginx = NginxOrigin(
+    with NginxOrigin(
         tmp_path / "root",
         tmp_path / "nginx",
         locations=[Location("/stale/", headers={"Cache-Control": "max-age=0"})],
-    )
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    ) as nginx:
+        yield nginx
 
 
 def test_origin_down_cached_content_is_served_stale(origin: NginxOrigin, tmp_path: Path) -> None:

@@ -19,11 +19,8 @@ SIZE = 5 * BLOCK + 123
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
-    nginx = NginxOrigin(tmp_path / "root", tmp_path / "nginx")
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    with NginxOrigin(tmp_path / "root", tmp_path / "nginx") as nginx:
+        yield nginx
 
 
 @pytest.fixture

@@ -31,11 +31,8 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
     base = tmp_path_factory.mktemp("properties")
-    nginx = NginxOrigin(base / "root", base / "nginx")
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    with NginxOrigin(base / "root", base / "nginx") as nginx:
+        yield nginx
 
 
 @pytest.fixture(scope="module")

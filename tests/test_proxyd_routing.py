@@ -20,11 +20,8 @@ from proxies import Proxy, RecordingOrigin, raw_request, request, running
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
     base = tmp_path_factory.mktemp("routing")
-    nginx = NginxOrigin(base / "root", base / "nginx")
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    with NginxOrigin(base / "root", base / "nginx") as nginx:
+        yield nginx
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ SIZE = 6 * BLOCK + 100
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
     base = tmp_path_factory.mktemp("validation")
-    nginx = NginxOrigin(
+    with NginxOrigin(
         base / "root",
         base / "nginx",
         locations=[
@@ -44,11 +44,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
                 },
             ),
         ],
-    )
-    try:
-        yield nginx.start()
-    finally:
-        nginx.stop()
+    ) as nginx:
+        yield nginx
 
 
 @pytest.fixture(scope="module")

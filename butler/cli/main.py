@@ -20,14 +20,15 @@ from butler.errors import ButlerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _handle_errors(func: F) -> F:
-    """Turn butler errors into a one-line message and exit status 1, never a traceback."""
+def handle_errors(func: F) -> F:
+    """Turn butler errors (and OS errors: a missing file, a full disk) into a one-line
+    message and exit status 1, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ButlerError, FileNotFoundError, PermissionError) as exc:
+        except (ButlerError, OSError) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -99,7 +100,7 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Dimension universe YAML (default: the LSST-like universe in config/).",
 )
-@_handle_errors
+@handle_errors
 def create(path: Path, name: str | None, universe: Path | None) -> None:
     """Create an empty repository at PATH."""
     with Butler.create(path, name=name, universe=universe) as butler:
@@ -109,7 +110,7 @@ def create(path: Path, name: str | None, universe: Path | None) -> None:
 @main.command()
 @repo_argument
 @json_option
-@_handle_errors
+@handle_errors
 def info(repo: Path, as_json: bool) -> None:
     """Show a repository's name, format, dataset types and collections."""
     with Butler(repo) as butler:
@@ -128,7 +129,7 @@ def info(repo: Path, as_json: bool) -> None:
 @click.argument("storage_class")
 @click.argument("dimensions", nargs=-1)
 @click.option("--formatter", help="Formatter name (default: the storage class's).")
-@_handle_errors
+@handle_errors
 def register_dataset_type(
     repo: Path, name: str, storage_class: str, dimensions: tuple[str, ...], formatter: str | None
 ) -> None:
@@ -145,7 +146,7 @@ def register_dataset_type(
 @click.argument("element")
 @click.argument("records_file", type=click.File("r"))
 @click.option("--skip-existing", is_flag=True, help="Ignore records that exist already.")
-@_handle_errors
+@handle_errors
 def insert_dimension_records(
     repo: Path, element: str, records_file: Any, skip_existing: bool
 ) -> None:
@@ -179,7 +180,7 @@ def insert_dimension_records(
     help="Data ID values (repeatable); with several files, give one file at a time.",
 )
 @click.option("--transfer", type=click.Choice(["copy", "move", "hardlink"]), default="copy")
-@_handle_errors
+@handle_errors
 def ingest(
     repo: Path,
     dataset_type: str,
@@ -209,7 +210,7 @@ def ingest(
     "--all-runs", "find_all", is_flag=True, help="Show every match, not the first per data ID."
 )
 @json_option
-@_handle_errors
+@handle_errors
 def query_datasets(
     repo: Path,
     dataset_type: str,
@@ -256,7 +257,7 @@ def query_datasets(
 @collections_option
 @click.option("--limit", type=int)
 @json_option
-@_handle_errors
+@handle_errors
 def query_data_ids(
     repo: Path,
     dimensions: tuple[str, ...],
@@ -287,7 +288,7 @@ def query_data_ids(
 @bind_option
 @click.option("--limit", type=int)
 @json_option
-@_handle_errors
+@handle_errors
 def query_dimension_records(
     repo: Path, element: str, where: str, bind: tuple[str, ...], limit: int | None, as_json: bool
 ) -> None:
@@ -302,7 +303,7 @@ def query_dimension_records(
 @main.command("query-collections")
 @repo_argument
 @json_option
-@_handle_errors
+@handle_errors
 def query_collections(repo: Path, as_json: bool) -> None:
     """List collections (RUN and CHAINED)."""
     with Butler(repo) as butler:
@@ -315,7 +316,7 @@ def query_collections(repo: Path, as_json: bool) -> None:
 @main.command("query-dataset-types")
 @repo_argument
 @json_option
-@_handle_errors
+@handle_errors
 def query_dataset_types(repo: Path, as_json: bool) -> None:
     """List registered dataset types."""
     with Butler(repo) as butler:
@@ -335,7 +336,7 @@ def query_dataset_types(repo: Path, as_json: bool) -> None:
 @repo_argument
 @click.argument("name")
 @click.argument("children", nargs=-1, required=True)
-@_handle_errors
+@handle_errors
 def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
     """Make NAME a CHAINED collection searching CHILDREN in order."""
     with Butler(repo, writeable=True) as butler:
@@ -350,7 +351,7 @@ def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
 @where_option
 @bind_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_handle_errors
+@handle_errors
 def remove(
     repo: Path,
     dataset_type: str,
@@ -379,7 +380,7 @@ def remove(
 
 @main.command()
 @repo_argument
-@_handle_errors
+@handle_errors
 def verify(repo: Path) -> None:
     """Re-hash every file against its recorded size and checksum."""
     with Butler(repo) as butler:
@@ -416,7 +417,7 @@ def verify(repo: Path) -> None:
     type=click.IntRange(1),
     help="Seconds before an abandoned transaction's uploads are removed.",
 )
-@_handle_errors
+@handle_errors
 def serve(
     repo: Path,
     host: str,
@@ -450,7 +451,7 @@ def serve(
     show_default=True,
     help="Directory for the sample repository (replaced).",
 )
-@_handle_errors
+@handle_errors
 def demo(workdir: Path) -> None:
     """Run the end-to-end tour on embedded defaults and print what happens."""
     from butler.demo import run_demo
