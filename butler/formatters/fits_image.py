@@ -636,7 +636,10 @@ class FitsImageFormatter(Formatter):
         )
         request = _Request()
         if component in (None, "metadata"):
-            request.headers["metadata"] = layout.primary
+            if "image" in known and layout.primary is layout.image:
+                known["metadata"] = known["image"]  # a single-HDU file: one header for both
+            else:
+                request.headers["metadata"] = layout.primary
         if component in (None, "wcs") and "image" not in known:
             request.headers["image"] = layout.image
         if component is None and layout.mask is not None and layout.mask_is_lsst:

@@ -220,7 +220,7 @@ def _cards(header: fits.Header) -> dict[str, Any]:
             continue
         try:
             out[key] = card.value
-        except (ValueError, KeyError):  # an unparseable card is not worth failing for
+        except (ValueError, KeyError, fits.VerifyError):  # a broken card is not worth failing for
             continue
     return out
 

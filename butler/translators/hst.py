@@ -62,7 +62,7 @@ HST_DQ_BITS: dict[int, str] = {
 
 
 def _filter(cards: dict[str, Any]) -> str | None:
-    for key in ("FILTER", "FILTER1", "FILTER2", "FILTNAM1", "FILTNAM2"):
+    for key in ("FILTER", "FILTER1", "FILTER2", "FILTNAM1", "FILTNAM2", "OPT_ELEM"):
         value = cards.get(key)
         if isinstance(value, str) and value.strip() and not value.upper().startswith("CLEAR"):
             return value.strip()
