@@ -25,9 +25,7 @@ def to_variance(values: npt.NDArray[Any], kind: str) -> npt.NDArray[np.floating[
     """The variance from a stored plane: a variance as is, a standard deviation squared,
     an inverse variance inverted (a weight of 0, "no data", becomes a NaN variance)."""
     arr = np.asarray(values)
-    floats: npt.NDArray[np.floating[Any]] = (
-        arr if arr.dtype.kind == "f" else arr.astype(np.float32)
-    )
+    floats: npt.NDArray[np.floating[Any]] = arr if arr.dtype.kind == "f" else arr.astype(np.float32)
     if kind == "variance":
         return floats
     if kind == "stddev":

@@ -148,7 +148,9 @@ class AstroMetadataTranslator(Translator):
             physical_filter=physical_filter,
             band=band_of(physical_filter),
             day_obs=int(info.observing_day),
-            exposure_time=float(info.exposure_time.to_value("s")) if info.exposure_time else 0.0,
+            exposure_time=float(info.exposure_time.to_value("s"))
+            if info.exposure_time is not None
+            else 0.0,
             datetime_begin=begin.utc.isot if begin is not None else None,
             datetime_end=end.utc.isot if end is not None else None,
             tracking_ra=float(radec.icrs.ra.deg) if radec is not None else None,
