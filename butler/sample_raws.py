@@ -204,7 +204,7 @@ def decam_raw(
             header[f"PV{axis}_0"] = 0.0
             header[f"PV{axis}_1"] = 1.0
             header[f"PV{axis}_2"] = 0.0
-            header[f"PV{axis}_4"] = 2.0e-3
+            header[f"PV{axis}_4"] = 5.0
         header.update(
             {
                 "CCDNUM": ccdnum,

@@ -24,12 +24,26 @@ _STRUCTURAL = re.compile(
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
-def _primary_header(source: fits.Header) -> bytes:
+# WCS keywords stay with the pixels they describe (the image extension).
+_WCS = re.compile(
+    r"^(WCSAXES|CTYPE\d|CRPIX\d|CRVAL\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
+    r"[AB]P?_\d+_\d+|[AB]P?_ORDER|[AB]P?_DMAX|LONPOLE|LATPOLE|EQUINOX|EPOCH|RADESYS|RADECSYS|"
+    r"MJDREF|DATEREF)$"
+)
+
+
+def _primary_header(exposure: fits.Header, detector: fits.Header | None) -> bytes:
+    """A data-less PRIMARY with the exposure's cards and then the detector's own (gain,
+    CCD number...), so the metadata of one detector's dataset says all the source said."""
     header = fits.Header([("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True)])
-    for card in source.cards:
-        if card.keyword in ("", "COMMENT", "HISTORY") or _STRUCTURAL.match(card.keyword):
-            continue
-        header.append(card, end=True)
+    for source in (exposure, detector):
+        for card in source.cards if source is not None else []:
+            key = card.keyword
+            if key in ("", "COMMENT", "HISTORY") or _STRUCTURAL.match(key):
+                continue
+            if source is detector and (_WCS.match(key) or key in header):
+                continue
+            header.append(card, end=True)
     return _text(header)
 
 
@@ -74,8 +88,9 @@ def assemble(plan: StoragePlan, files: Mapping[str, FileHeaders], out: Path) -> 
     companion's) to that file's headers and index."""
     layout = plan.unit.layout
     meta = files[layout.metadata.file].headers[layout.metadata.hdu]
+    image = files[layout.image.file].headers[layout.image.hdu]
     with out.open("xb") as dst:
-        dst.write(_primary_header(meta))
+        dst.write(_primary_header(meta, image if image is not meta else None))
         for role, ref in plan.parts:
             source = files[ref.file]
             hdu = source.hdu(ref.hdu)
