@@ -97,7 +97,11 @@ def sky_box(wcs: WCS | None, shape: tuple[int, int], region: SkyRegion, where: s
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.any():
-        raise UnsupportedParameterError(f"{where}: the sky region is not on this image's WCS")
+        raise UnsupportedParameterError(
+            f"{where}: the sky region centred at RA {centre.ra.deg:.6f}, Dec "
+            f"{centre.dec.deg:.6f} deg does not overlap the image (it lies outside the "
+            "projection of its WCS)"
+        )
     height, width = shape
     # Pixel centres are at integers; a pixel covers [i - 0.5, i + 0.5).
     x0 = max(0, math.floor(float(x[finite].min()) + 0.5))
