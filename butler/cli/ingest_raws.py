@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from butler.butler import Butler
 from butler.direct_butler import DirectButler
 from butler.errors import ButlerError
+
+if TYPE_CHECKING:
+    from butler.ingest import FileOutcome
 
 _STATUS_STYLE = {"ingested": "green", "skipped": "yellow", "failed": "red"}
 
@@ -62,12 +66,9 @@ def ingest_raws_command(
         instrument=instrument, transfer=transfer, run=run, fail_fast=fail_fast
     )
 
-    def report(outcome: object) -> None:
-        status = getattr(outcome, "status", "")
-        click.echo(
-            click.style(f"{status.upper():>8}", fg=_STATUS_STYLE.get(status))
-            + f" {getattr(outcome, 'path', '')}: {getattr(outcome, 'message', '')}"
-        )
+    def report(outcome: FileOutcome) -> None:
+        status = click.style(f"{outcome.status.upper():>8}", fg=_STATUS_STYLE[outcome.status])
+        click.echo(f"{status} {outcome.path}: {outcome.message}")
 
     try:
         with Butler(repo, writeable=True) as butler:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from butler.direct_butler import DirectButler
 from butler.errors import ButlerError, DatasetExistsError
@@ -22,7 +22,7 @@ from butler.ingest.headers import read_file_headers
 from butler.ingest.plan import StoragePlan, plan_storage
 from butler.ingest.records import dimension_records
 from butler.refs import DatasetRef
-from butler.translators.base import FileHeaders, Observation, Translator
+from butler.translators.base import FileHeaders, Observation, RawUnit, Translator
 from butler.translators.registry import TranslatorRegistry, choose_translator
 
 __all__ = ["RAW_DIMENSIONS", "FileOutcome", "RawIngestOptions", "ingest_raws"]
@@ -137,7 +137,9 @@ def _ingest_file(
     )
 
 
-def _companions(translator: Translator, path: Path, units: Sequence[Any]) -> dict[str, FileHeaders]:
+def _companions(
+    translator: Translator, path: Path, units: Sequence[RawUnit]
+) -> dict[str, FileHeaders]:
     needed = {ref.file for u in units for ref in u.layout.refs().values()} - {"main"}
     found = translator.companions(path)
     missing = sorted(needed - set(found))
