@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def test_two_telescopes_example(tmp_path: Path) -> None:
         text=True,
         timeout=240,
         check=False,
+        # A writable matplotlib cache, so a read-only home cannot turn into a warning.
+        env={**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")},
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -362,3 +362,39 @@ def test_estimated_variance_reads_the_image_bytes_only(
         assert butler.io_stats.bytes_read == 200 * 160 * 2  # the uint16 pixels, nothing else
     assert variance.shape == (200, 160)
     assert np.isfinite(variance).all()
+
+
+def test_hst_flt_err_and_dq_bits(repo: Path, tmp_path: Path) -> None:
+    """An ACS flt with the real ACS primary header and SCI/ERR/DQ planes of one chip."""
+    from butler.sample_data import astropy_file
+
+    with fits.open(astropy_file("wcs/tests/data/j94f05bgq_flt.fits")) as hdul:
+        primary = hdul[0].header.copy()
+        sci_header = hdul["SCI", 1].header.copy()
+    rng = np.random.default_rng(0)
+    sci = rng.normal(100, 10, (20, 30)).astype(np.float32)
+    err = np.full((20, 30), 3.0, dtype=np.float32)
+    dq = np.zeros((20, 30), dtype=np.int16)
+    dq[1, 2] = 256  # full-well saturation
+    dq[3, 4] = 4096 | 16  # cosmic ray on a hot pixel
+    dq[5, 6] = -32768  # bit 15: not in the HST table
+    path = tmp_path / "j94f05bgq_flt.fits"
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(header=primary),
+            fits.ImageHDU(sci, header=sci_header, name="SCI"),
+            fits.ImageHDU(err, name="ERR"),
+            fits.ImageHDU(dq, name="DQ"),
+        ]
+    ).writeto(path)
+    (outcome,) = ingest(repo, path)
+    assert outcome.status == "ingested", outcome.message
+    image = get(repo, "ACS", 2)  # SCI,1 of ACS/WFC is chip 2
+    assert np.array_equal(image.data, sci)
+    assert (image.variance == 9.0).all()
+    assert image.mask[1, 2] == planes("SAT")
+    assert image.mask[3, 4] == planes("CR", "BAD")
+    assert image.mask[5, 6] == planes("SUSPECT")
+    assert int(np.count_nonzero(image.mask)) == 3
+    assert image.unit == u.electron
+    assert image.wcs.sip is not None

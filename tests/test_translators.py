@@ -341,3 +341,34 @@ def test_dimension_records_leave_unknown_facts_out() -> None:
     assert records["exposure"]["tracking_ra"] == 1.5
     assert "tracking_dec" not in records["exposure"]
     assert records["visit"]["id"] == 12  # visit defaults to the exposure
+
+
+def test_sdss_frame_through_astro_metadata_translator(
+    registry: TranslatorRegistry, tmp_path: Path
+) -> None:
+    path = _write(
+        tmp_path / "fpC-003530-r4-0100.fits",
+        {
+            "ORIGIN": "SDSS",
+            "CCDMODE": "DRIFT",
+            "TELESCOP": "2.5m",
+            "RUN": 3530,
+            "CAMCOL": 4,
+            "FILTER": "r",
+            "FRAME": 100,
+            "DATE-OBS": "2003-03-05",
+            "TAIHMS": "03:04:05.00",
+            "EXPTIME": 53.907,
+            "FLAVOR": "science",
+            "OBJECT": "82 S",
+        },
+    )
+    translator, units = translate(registry, path)
+    assert translator.name == "astro-metadata-translator"
+    obs = units[0].observation
+    assert obs.translator == "SDSS (astro-metadata-translator)"
+    # astro-metadata-translator's SDSS model: the drift-scan RUN is the exposure and the
+    # filter + camera column ("r4") the detector.
+    assert (obs.instrument, obs.exposure, obs.detector_name) == ("Imager on SDSS 2.5m", 3530, "r4")
+    assert (obs.physical_filter, obs.band) == ("r", "r")
+    assert obs.datetime_begin == "2003-03-05T03:03:33.000"  # TAI 03:04:05 in UTC

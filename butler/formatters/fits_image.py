@@ -14,9 +14,19 @@ Reading uses the file's offset index (:mod:`butler.formatters.fits_index`) so it
 - a ``bbox`` cutout of a tile-compressed HDU: the table rows describing the tiles that
   intersect the box, then the compressed bytes of just those tiles (two calls).
 
-Files from other telescopes are read too: the pixels come from the HDU called ``IMAGE`` or
-``SCI`` (or the first HDU with pixels), the mask from ``MASK`` or ``DQ``, the variance from
-``VARIANCE``/``VAR`` or, squared, from ``ERR``; what is missing is NaN variance / zero mask.
+Files from other telescopes are read too. Raws ingested with ``butler ingest-raws`` carry
+their layout in the offset index (``index["raw"]``, see :mod:`butler.translators`): which
+HDU holds the image, variance (or sigma, or inverse variance) and mask, how source flags map
+onto the common mask planes (:mod:`butler.formatters.planes`), and the gain and read noise
+that estimate a variance the file does not store. Without a recorded layout the pixels come
+from the HDU called ``IMAGE`` or ``SCI`` (or the first HDU with pixels), the mask from
+``MASK`` or ``DQ``, the variance from ``VARIANCE``/``VAR`` or, squared, from ``ERR``; what is
+missing is NaN variance / zero mask.
+
+The ``sky`` parameter (:mod:`butler.formatters.sky`) reads the image header first, places
+the region through its WCS, then reads that pixel box exactly as ``bbox`` does. The
+``obsinfo`` component is the translated observation (from the index when ingest recorded
+it, else from the headers).
 """
 
 from __future__ import annotations

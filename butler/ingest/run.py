@@ -119,7 +119,9 @@ def _ingest_file(
         return FileOutcome(
             path,
             "skipped",
-            "already ingested (datasets with these data IDs exist)",
+            f"already ingested: {options.dataset_type} datasets with these data IDs exist in "
+            f"run {options.run or default_run(units[0].observation.instrument)!r} (--run "
+            "another RUN keeps a second version)",
             translator.name,
         )
     if transfer == "move" and not plans[0].as_is:
