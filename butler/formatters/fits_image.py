@@ -744,8 +744,6 @@ class FitsImageFormatter(Formatter):
         raw = index.get("raw")
         if isinstance(raw, Mapping) and isinstance(raw.get("observation"), Mapping):
             return dict(raw["observation"])
-        from pathlib import Path
-
         from butler.translators import FileHeaders, TranslatorRegistry, choose_translator
 
         hdus = index["hdus"]

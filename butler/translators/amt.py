@@ -43,8 +43,16 @@ from butler.translators.helpers import as_float, band_of
 __all__ = ["AstroMetadataTranslator"]
 
 SUPPORTED = ("HSC", "DECam", "SuprimeCam", "MegaPrime", "SDSS")
-_DECAM_CP_CODES = {1: "BAD", 2: "SAT", 3: "INTRP", 4: "SUSPECT", 5: "CR", 6: "SUSPECT"}
-_DECAM_CP_CODES.update({7: "SUSPECT", 8: "SUSPECT"})
+_DECAM_CP_CODES = {
+    1: "BAD",
+    2: "SAT",
+    3: "INTRP",
+    4: "SUSPECT",
+    5: "CR",
+    6: "SUSPECT",
+    7: "SUSPECT",
+    8: "SUSPECT",
+}
 # Facts ObservationInfo must provide for a usable data ID.
 _REQUIRED = ("instrument", "exposure_id", "detector_num", "physical_filter", "observing_day")
 

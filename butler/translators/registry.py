@@ -17,6 +17,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from butler.translators.base import (
     TRANSLATOR_GROUP,
@@ -53,7 +54,9 @@ def _load(spec: str) -> type[Translator]:
 class TranslatorRegistry:
     """The built-in translators plus those registered by entry points or at run time."""
 
-    def __init__(self, extra: Sequence[type[Translator]] = (), entry_points_too: bool = True):
+    def __init__(
+        self, extra: Sequence[type[Translator]] = (), entry_points_too: bool = True
+    ) -> None:
         classes = [_load(spec) for spec in _BUILTIN]
         if entry_points_too:
             for ep in entry_points(group=TRANSLATOR_GROUP):
@@ -84,8 +87,6 @@ class TranslatorRegistry:
 
     def companion_owner(self, path_name: str) -> Translator | None:
         """The translator that treats a file of this name as a companion (weight, mask)."""
-        from pathlib import Path
-
         for translator in self.translators:
             if translator.is_companion(Path(path_name)):
                 return translator
