@@ -398,3 +398,44 @@ def test_hst_flt_err_and_dq_bits(repo: Path, tmp_path: Path) -> None:
     assert int(np.count_nonzero(image.mask)) == 3
     assert image.unit == u.electron
     assert image.wcs.sip is not None
+
+
+def test_move_of_a_multi_detector_file_removes_it_after_commit(
+    repo: Path, tmp_path: Path, stars: list[sample_raws.Star]
+) -> None:
+    source = sample_raws.decam_raw(tmp_path, RA, DEC, stars)
+    (outcome,) = ingest(repo, source, transfer="move")
+    assert len(outcome.refs) == 2
+    assert not source.exists()
+    assert get(repo, "DECam", 26).shape == (120, 100)
+
+
+def test_gmos_raw_amplifiers_estimate_variance(repo: Path, tmp_path: Path) -> None:
+    """Archived GMOS raws: unnamed amplifier extensions with their own GAIN and RDNOISE."""
+    primary = fits.Header()
+    for key, value in {
+        "INSTRUME": "GMOS-N",
+        "TELESCOP": "Gemini-North",
+        "ORIGNAME": "N20190101S0123.fits",
+        "DATE-OBS": "2019-01-01",
+        "TIME-OBS": "10:11:12",
+        "EXPTIME": 30.0,
+        "FILTER1": "g_G0301",
+        "FILTER2": "open2-8",
+    }.items():
+        primary[key] = value
+    amps = []
+    for gain, noise in ((2.0, 4.0), (2.5, 5.0)):
+        header = fits.Header([("GAIN", gain), ("RDNOISE", noise)])
+        amps.append(fits.ImageHDU(np.full((6, 4), 1000 + 100 * gain, np.uint16), header=header))
+    path = tmp_path / "N20190101S0123.fits"
+    fits.HDUList([fits.PrimaryHDU(header=primary), *amps]).writeto(path)
+    (outcome,) = ingest(repo, path)
+    assert outcome.status == "ingested", outcome.message
+    first, second = get(repo, "GMOS-N", 1), get(repo, "GMOS-N", 2)
+    assert np.allclose(first.variance, 1200 / 2.0 + (4.0 / 2.0) ** 2)
+    assert np.allclose(second.variance, 1250 / 2.5 + (5.0 / 2.5) ** 2)
+    with Butler(repo) as butler:
+        (exposure,) = butler.query_dimension_records("exposure", "instrument = 'GMOS-N'")
+    assert exposure["id"] == 1_2019_0101_0123
+    assert exposure["physical_filter"] == "g_G0301"
