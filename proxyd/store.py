@@ -44,7 +44,9 @@ SUB_BLOCK = 64 * 1024
 MAGIC = b"PXB2"
 _HEAD = struct.Struct(">4sII")  # magic, sub-block size, data length
 META_MEMORY_SECONDS = 1.0
-"""How long metadata read from disk is reused from memory (other processes may purge)."""
+"""How long metadata read from disk is reused from memory."""
+PURGE_CHECK_SECONDS = 0.01
+"""How often a running proxy looks for purges made by other processes."""
 MAX_OPEN_FILES = 256
 """Block files kept open for hot small reads."""
 VERIFIED_SECONDS = 600.0
@@ -224,6 +226,10 @@ class BlockStore:
         self._located: dict[str, tuple[str, BlockHeader]] = {}
         self._verified: dict[str, float] = {}
         self._touched: set[str] = set()
+        self._purge_marker = self.directory / "purged"
+        self._purge_checked = 0.0
+        self._purge_seen = 0
+        self._notice_purges(time.monotonic())
         self._fds: OrderedDict[str, int] = OrderedDict()
         """Open descriptors of block files, for :meth:`quick_slice` (event loop only)."""
 
@@ -237,6 +243,7 @@ class BlockStore:
 
     def get_meta(self, key: str) -> ObjectMeta | None:
         now = time.monotonic()
+        self._notice_purges(now)
         with self._lock:
             cached = self._meta_memory.get(key)
         if cached is not None and now - cached[0] < META_MEMORY_SECONDS:
@@ -251,7 +258,8 @@ class BlockStore:
         return None if meta is None else copy.copy(meta)
 
     def remembered_meta(self, key: str) -> ObjectMeta | None:
-        """Metadata held in memory and still fresh, else None (never touches the disk)."""
+        """Metadata held in memory and still fresh, else None (no SQLite, no waiting)."""
+        self._notice_purges(time.monotonic())
         with self._lock:
             cached = self._meta_memory.get(key)
         if cached is None or cached[1] is None:
@@ -259,6 +267,33 @@ class BlockStore:
         if time.monotonic() - cached[0] >= META_MEMORY_SECONDS:
             return None
         return copy.copy(cached[1])
+
+    def _notice_purges(self, now: float) -> None:
+        """Forget what is held in memory if another process (``proxyd purge``) has deleted
+        objects since: it touches a marker file, looked at here (one stat, at most every
+        ``PURGE_CHECK_SECONDS``) so that a purge takes effect at once in running proxies."""
+        if now - self._purge_checked < PURGE_CHECK_SECONDS:
+            return
+        self._purge_checked = now
+        try:
+            stamp = self._purge_marker.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
+        if stamp != self._purge_seen:
+            self._purge_seen = stamp
+            self._forget_memory()
+
+    def _forget_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+            self._memory_bytes = 0
+            self._meta_memory.clear()
+            self._located.clear()
+            self._verified.clear()
+
+    def _mark_purge(self) -> None:
+        self._purge_marker.touch()
+        self._purge_seen = self._purge_marker.stat().st_mtime_ns
 
     def _remember_meta(self, key: str, meta: ObjectMeta | None) -> None:
         with self._lock:
@@ -289,6 +324,7 @@ class BlockStore:
                 version = meta.version(self.block_size)
                 for index in range(max(1, meta.block_count(self.block_size))):
                     removed += bool(cache.delete(f"block:{version}:{index}"))
+        self._mark_purge()
         return removed
 
     # -- blocks ---------------------------------------------------------------------------
@@ -632,12 +668,8 @@ class BlockStore:
         if not prefix:
             self._cache.clear()
             self._pinned.clear()
-        with self._lock:
-            self._memory.clear()
-            self._memory_bytes = 0
-            self._meta_memory.clear()
-            self._located.clear()
-            self._verified.clear()
+        self._forget_memory()
+        self._mark_purge()
         return count
 
 

@@ -179,6 +179,19 @@ class Proxy(ProxydProcess):
                 entries.append(json.loads(match[1]))
         return entries
 
+    def settled_access_log(self, quiet: float = 0.2, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The access log once no line has been added for ``quiet`` seconds: proxyd writes
+        its log from a thread, a moment after the response."""
+        deadline = time.monotonic() + timeout
+        entries = self.access_log()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = self.access_log()
+            if len(again) == len(entries):
+                break
+            entries = again
+        return entries
+
     def mark(self) -> int:
         return len(self.access_log())
 

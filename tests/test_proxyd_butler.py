@@ -109,7 +109,7 @@ def test_remote_butler_through_the_proxy(
     # for a year, so the server sent no file bytes at all.
     assert server.file_bytes_sent(mark) == 0
     assert server.file_requests(mark) == []
-    files = [e for e in proxy.access_log() if e["target"].startswith("/repo/files/")]
+    files = [e for e in proxy.settled_access_log() if e["target"].startswith("/repo/files/")]
     assert files
     assert {e["cache"] for e in files[-10:]} <= {"HIT"}
 
@@ -167,7 +167,7 @@ def test_warm_from_a_butler_query(server: ButlerServer, proxy: Proxy, tmp_path: 
     assert warmed.returncode == 0, warmed.stderr
     assert warmed.stdout.startswith("Warmed 2 of 2 URL(s)")
     warmed_files = {
-        e["target"] for e in proxy.access_log() if e["target"].startswith("/repo/files/")
+        e["target"] for e in proxy.settled_access_log() if e["target"].startswith("/repo/files/")
     }
     assert len(warmed_files) == 2
     assert all("calexp" in f for f in warmed_files)

@@ -74,7 +74,7 @@ def test_refuses_everything_but_configured_upstream_paths(
     if status == 404:
         assert "/o/" in body.decode()  # the configured upstreams are named
     assert origin.access_log(mark) == []  # nothing reached the origin
-    [entry] = [e for e in proxy.access_log() if e["target"] == line.split()[1]][-1:]
+    [entry] = [e for e in proxy.settled_access_log() if e["target"] == line.split()[1]][-1:]
     assert entry["cache"] == "REFUSED"
     assert entry["status"] == status
 
