@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from butler.errors import ButlerError, DatasetNotFoundError
-from butler.formatters.registry import FormatterRegistry
+from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry
 from butler.io.source import ByteSource, RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from butler.universe import DimensionUniverse
@@ -247,7 +247,7 @@ class Butler(metaclass=_ButlerFactory):
         self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
     ) -> Any:
         """Read a resolved dataset through its formatter (only the bytes the request needs)."""
-        formatter = self.formatters.formatter(file.formatter)
+        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
         formatter.check_request(ref.component, parameters)
         source = self._open_source(ref, file)
         try:

@@ -29,7 +29,7 @@ from butler.errors import (
     TransactionError,
 )
 from butler.formatters.base import Formatter
-from butler.formatters.registry import FormatterRegistry, default_registry
+from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
@@ -478,6 +478,10 @@ class DirectButler(Butler):
         try:
             if index is None:  # ingest indexed the file already; a put's file is new
                 index = formatter.index(staged)
+            origin = self.formatters.origin(formatter.name)
+            if origin is not None:
+                # Readers without the plugin are told what to install (see load_plugins).
+                index = {**index, ORIGIN_KEY: origin}
             info = FileInfo(
                 dataset_id=ref.id,
                 path=render_path(

@@ -43,7 +43,7 @@ from butler.errors import (
     StorageClassError,
     TransactionError,
 )
-from butler.formatters.registry import FormatterRegistry, default_registry
+from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
@@ -240,7 +240,7 @@ class AsyncButler:
     async def read_file(
         self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
     ) -> Any:
-        formatter = self.formatters.formatter(file.formatter)
+        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
         formatter.check_request(ref.component, parameters)
         source = self.byte_source(file)
         try:
