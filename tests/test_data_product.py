@@ -206,3 +206,10 @@ def test_plugin_module_named_in_the_environment(spectrum_repo: Path, tmp_path: P
         spectrum_repo, PYTHONPATH=str(bare), BUTLER_PLUGINS="spectrum_product"
     ).stdout
     assert out.strip() == "read 50 erg / (nm s cm2)"
+
+
+def test_the_docs_page_shows_the_example_file() -> None:
+    page = (EXAMPLE.parents[1] / "adding-a-data-product.md").read_text()
+    marker = "<!-- example: docs/examples/spectrum_product.py -->\n```python\n"
+    shown = page.split(marker, 1)[1].split("```\n", 1)[0]
+    assert shown == EXAMPLE.read_text()
