@@ -20,7 +20,16 @@ from butler import Butler
 
 
 @pytest.fixture
+def ipython_shell() -> Iterator[InteractiveShell]:
+    """The shell exists before any butler is opened, as in a real session."""
+    ip = InteractiveShell.instance()
+    yield ip
+    ip.Completer.evaluation = "limited"
+
+
+@pytest.fixture
 def namespace(
+    ipython_shell: InteractiveShell,
     query_repo: Path,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -32,13 +41,11 @@ def namespace(
 
 
 @pytest.fixture
-def shell(namespace: dict[str, Any]) -> Iterator[InteractiveShell]:
-    ip = InteractiveShell.instance()
-    ip.user_ns.update(namespace)
-    yield ip
+def shell(ipython_shell: InteractiveShell, namespace: dict[str, Any]) -> Iterator[InteractiveShell]:
+    ipython_shell.user_ns.update(namespace)
+    yield ipython_shell
     for name in namespace:
-        ip.user_ns.pop(name, None)
-    ip.Completer.evaluation = "limited"
+        ipython_shell.user_ns.pop(name, None)
 
 
 def ipython(shell: InteractiveShell, code: str) -> set[str]:
@@ -105,3 +112,39 @@ def test_jedi_completes_choices(namespace: dict[str, Any]) -> None:
     assert names[:6] == sorted(
         ["instrument", "detector", "visit", "band", "physical_filter", "day_obs"]
     )
+
+
+def test_ipython_completes_values_inside_where_given_earlier_keywords(
+    shell: InteractiveShell,
+) -> None:
+    assert ipython(shell, "q.where(instrument='LSSTCam', visit=") == {"7", "8"}
+    assert ipython(shell, "q.where(instrument='HSC', visit=10") == {str(v) for v in HSC_VISITS}
+    assert ipython(shell, "q.where(instrument=") == {"'HSC'", "'LSSTCam'"}
+    assert ipython(shell, "q.where(visit=7, instrument='") == {"LSSTCam"}
+    assert ipython(shell, "butler.query['summary'].where(instrument='LSSTCam', detector=") == {"0"}
+
+
+def test_ipython_completes_dimensions_inside_values_after_a_call(
+    shell: InteractiveShell,
+) -> None:
+    # Even under IPython's default "limited" policy: the matcher evaluates where(...)
+    # with literal arguments itself, never user code.
+    assert ipython(shell, "q.where(instrument='HSC').values('vi") == {"visit"}
+    assert ipython(shell, 'hsc.values("de') == {"detector"}
+    assert ipython(shell, "q.where(instrument='LSSTCam').where(visit=") == {"7", "8"}
+
+
+def test_matcher_never_runs_user_code(shell: InteractiveShell) -> None:
+    calls: list[str] = []
+
+    def side_effect() -> Any:
+        calls.append("called")
+        return shell.user_ns["q"]
+
+    shell.user_ns["make"] = side_effect
+    try:
+        ipython(shell, "make().where(visit=")
+        ipython(shell, "make().values('")
+        assert calls == []
+    finally:
+        shell.user_ns.pop("make")

@@ -24,6 +24,9 @@ class QueryFactory:
     def __init__(self, butler: Butler, cache: ValueCache | None = None) -> None:
         self._butler = butler
         self._cache = cache or ValueCache()
+        from butler.interactive.ipython import register_if_in_ipython
+
+        register_if_in_ipython()  # value completion inside where(...) in IPython/Jupyter
 
     def dataset_types(self) -> list[DatasetType]:
         key = cache_key(repository_id(self._butler), "dataset_types")
