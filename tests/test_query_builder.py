@@ -249,3 +249,14 @@ def test_values_are_cached_for_offline_completion(
 def test_unknown_dataset_type_names_the_known_ones(qbutler: Butler) -> None:
     with pytest.raises(DatasetTypeNotFoundError, match="registered: deepCoadd, summary"):
         qbutler.query("calexp")
+
+
+def test_values_asked_for_are_current_after_a_put(butler: Butler) -> None:
+    q = butler.query.summary.where(instrument="HSC")
+    assert q.values("visit") == []
+    assert q.count() == 0
+    butler.put({"n": 1}, "summary", instrument="HSC", visit=105, detector=0)
+    assert q.values("visit") == [105]
+    assert q.count() == 1
+    # Completion accepts the answer just stored.
+    assert q.choices.visit._ipython_key_completions_() == [105]

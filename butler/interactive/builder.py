@@ -171,8 +171,12 @@ class DatasetQuery:
         """Total bytes of the matching datasets' files."""
         return self.summary().size
 
-    def distinct(self, dimension: str) -> list[Any]:
-        """Sorted distinct values of ``dimension`` among the matching datasets (cached)."""
+    def distinct(self, dimension: str, *, max_age: float | None = 0) -> list[Any]:
+        """Sorted distinct values of ``dimension`` among the matching datasets.
+
+        Asked of the repository each time by default (``max_age=0``); completion passes
+        ``max_age=None`` to accept a recent cached answer. Offline, the last answer is used.
+        """
         if dimension not in self.dimensions:
             raise InvalidQueryError(
                 f"{self.dataset_type.name!r} has no dimension {dimension!r}; "
@@ -198,6 +202,7 @@ class DatasetQuery:
                     dataset_type=self.dataset_type.name,
                     collections=self.collections,
                 ),
+                max_age,
             )
         )
 
@@ -348,7 +353,7 @@ class ValueChoices(Mapping[Any, DatasetQuery]):
         return len(self._values())
 
     def _ipython_key_completions_(self) -> list[Any]:
-        return self._values()
+        return self._query.distinct(self.dimension, max_age=None)
 
     def __repr__(self) -> str:
         return f"{self.dimension}: {self._values()!r}"

@@ -29,9 +29,11 @@ class QueryFactory:
         register_if_in_ipython()  # value completion inside where(...) in IPython/Jupyter
 
     def dataset_types(self) -> list[DatasetType]:
+        """The repository's dataset types (a recent cached list is good enough: a type
+        registered since is still found by name, see ``__call__``)."""
         key = cache_key(repository_id(self._butler), "dataset_types")
         rows = self._cache.get_or_fetch(
-            key, lambda: [t.to_dict() for t in self._butler.dataset_types()]
+            key, lambda: [t.to_dict() for t in self._butler.dataset_types()], max_age=None
         )
         return [DatasetType.from_dict(row) for row in rows]
 

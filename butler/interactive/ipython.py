@@ -186,7 +186,7 @@ def value_completions(text: str, namespace: Mapping[str, Any]) -> list[str] | No
     dimension, quote, partial = match[1], match[2], match[3]
     constraints = {k: v for k, v in _literal_keywords(done).items() if k in target.dimensions}
     constraints.pop(dimension, None)
-    values = target.where(**constraints).values(dimension)
+    values = target.where(**constraints).distinct(dimension, max_age=None)
     out = []
     for value in values:
         shown = str(value) if quote else repr(value)

@@ -64,12 +64,19 @@ class ValueCache:
             self._cache = diskcache.Cache(str(self.directory), size_limit=SIZE_LIMIT)
         return self._cache
 
-    def get_or_fetch(self, key: str, fetch: Callable[[], T]) -> T:
-        """The cached answer if fresh; else ``fetch()`` (stored); stale if offline."""
+    def get_or_fetch(self, key: str, fetch: Callable[[], T], max_age: float | None = None) -> T:
+        """The cached answer if younger than ``max_age`` (default: the ttl); else
+        ``fetch()`` (stored); else, if the repository cannot be reached, the stale one.
+
+        ``max_age=0`` always asks the repository: what a user asks for explicitly is
+        current, while completion (asked at every TAB) may use a recent answer.
+        """
         cache = self._open()
         stored = cache.get(key)
         now = self._clock()
-        if stored is not None and is_fresh(stored[0], now, self.ttl):
+        if stored is not None and is_fresh(
+            stored[0], now, self.ttl if max_age is None else max_age
+        ):
             return stored[1]  # type: ignore[no-any-return]
         try:
             value = fetch()
