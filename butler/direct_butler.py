@@ -36,7 +36,7 @@ from butler.registry import Registry
 from butler.repo_config import RepoConfig, load_repo_config, repo_info, write_new_repo_config
 from butler.universe import DimensionUniverse
 
-TRANSFER_MODES = ("copy", "move", "hardlink")
+TRANSFER_MODES = ("copy", "move", "hardlink", "link", "symlink", "direct")
 
 
 def _value_order(value: Any) -> tuple[str, Any]:
@@ -376,13 +376,20 @@ class DirectButler(Butler):
         transfer: str = "copy",
         dataset_id: uuid.UUID | None = None,
         checksum: str | None = None,
+        index: dict[str, Any] | None = None,
         **data_id_kwargs: Any,
     ) -> DatasetRef:
         """Add an existing file (already in the dataset type's format) as a dataset.
 
         The file is checked (its offset index built, so a broken or truncated file is refused)
         before anything is recorded. ``transfer`` is ``copy``, ``move`` (the source is removed
-        once the transaction commits) or ``hardlink``. ``dataset_id`` keeps a UUID assigned
+        once the transaction commits), ``hardlink`` (alias ``link``), ``symlink`` (the
+        datastore holds a link to the absolute source path) or ``direct`` (nothing is
+        transferred: the registry records the file's absolute path, the file stays the
+        caller's, and removing the dataset leaves it alone; such datasets are readable only
+        by local butlers, since a server serves files inside the repository only).
+        ``index`` is the file's offset index when the caller built it already (raw ingest
+        adds the instrument layout to it). ``dataset_id`` keeps a UUID assigned
         elsewhere (a remote client, the repository a mirror copies): a UUID names the same
         bytes everywhere. ``checksum`` is the file's ``sha256:`` digest when the caller has
         just computed and verified it (a mirror hashes while downloading), so it is not read
@@ -396,22 +403,28 @@ class DirectButler(Butler):
             raise FileNotFoundError(f"cannot ingest {source_path}: no such file")
         dataset_type = self._dataset_type(dataset_type)
         formatter = self._formatter_for(dataset_type)
-        index = formatter.index(source_path)  # refuse broken input before touching anything
+        if index is None:
+            index = formatter.index(source_path)  # refuse broken input before touching anything
         run = self._write_run(run)
         with self.transaction():
             ref = self._new_ref(
                 dataset_type, run, {**dict(data_id or {}), **data_id_kwargs}, dataset_id
             )
+            if transfer == "direct":
+                self._record_external_file(ref, formatter, source_path.resolve(), checksum, index)
+                return ref
             staging = self._staging()
             staged = staging.new_path(ref.id, formatter.extension)
-            if transfer in ("hardlink", "move"):
+            if transfer in ("hardlink", "link", "move"):
                 try:
                     # A link is instant and leaves the source intact until the commit.
                     os.link(source_path, staged)
                 except OSError:
-                    if transfer == "hardlink":
+                    if transfer != "move":
                         raise
                     shutil.copyfile(source_path, staged)
+            elif transfer == "symlink":
+                os.symlink(source_path.resolve(), staged)
             else:
                 shutil.copyfile(source_path, staged)
             self._record_file(ref, formatter, staged, staging, checksum, index)
@@ -505,6 +518,26 @@ class DirectButler(Butler):
             raise
         staging.add(ref.id, staged, info.path)
 
+    def _record_external_file(
+        self,
+        ref: DatasetRef,
+        formatter: Formatter,
+        path: Path,
+        checksum: str | None,
+        index: dict[str, Any],
+    ) -> None:
+        """Record a file that stays outside the datastore (``transfer="direct"``)."""
+        info = FileInfo(
+            dataset_id=ref.id,
+            path=str(path),
+            size=path.stat().st_size,
+            checksum=checksum or sha256_file(path),
+            formatter=formatter.name,
+            storage_class=ref.dataset_type.storage_class,
+            index=index,
+        )
+        self.registry.insert_dataset(ref, info)
+
     def remove(
         self,
         refs: DatasetRef | Iterable[DatasetRef] | str,
@@ -533,6 +566,8 @@ class DirectButler(Butler):
                 found.append(resolved)
             self.registry.delete_datasets(r.id for r, _ in found)
             for ref, file in found:
+                if Path(file.path).is_absolute():
+                    continue  # ingested with transfer="direct": the file is not ours to delete
                 staging.delete_on_commit(ref.id, self.root / file.path)
         return len(ref_list)
 

@@ -57,6 +57,7 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             await asyncio.sleep(EVICTION_INTERVAL)
+            await asyncio.to_thread(state.store.flush_recency)
             removed = await asyncio.to_thread(state.store.evict)
             if removed:
                 state.metrics.evictions.inc(removed)

@@ -17,12 +17,13 @@ uncached; a successful unsafe request invalidates what it touched (RFC 9111 §4.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import aiohttp
 from aiohttp import web
@@ -58,13 +59,15 @@ from proxyd.policy.requests import (
     route,
 )
 from proxyd.settings import ProxySettings
-from proxyd.store import BlockStore, ObjectMeta
+from proxyd.store import BlockFile, BlockStore, ObjectMeta
 from proxyd.upstream import UpstreamClients, UpstreamError
 
 log = logging.getLogger("proxyd")
 access_log = logging.getLogger("proxyd.access")
 CACHE_HEADER = "X-Cache"
 CHUNK = 256 * 1024
+SENDFILE_MIN = 128 * 1024
+"""Stored pieces at least this long go from the block's file to the socket (sendfile)."""
 Outcome = freshness.Outcome
 # Stored fields a response from cache does not repeat: proxyd frames each response itself
 # (length, range, Accept-Ranges, Age, its own X-Cache), and X-Request-ID names the origin's
@@ -244,6 +247,14 @@ def _text(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) ->
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _replayed(stored: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The stored fields a response from cache repeats (worked out once per stored version:
+    every hit of a hot object asks)."""
+    kept = [(k, v) for k, v in stored if k.lower() not in _NOT_REPLAYED]
+    return tuple(_headers(forward_response_headers(kept)).items())
+
+
 def _headers(pairs: Iterable[tuple[str, str]], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     dropped = {"content-length", *(d.lower() for d in drop)}
     out: CIMultiDict[str] = CIMultiDict()
@@ -257,6 +268,26 @@ async def _write(response: web.StreamResponse, chunk: bytes, state: ProxyState) 
     # Writes wait for the client (backpressure); a client that stops reading is dropped
     # after client_timeout instead of holding the request open for ever.
     await asyncio.wait_for(response.write(chunk), timeout=state.settings.client_timeout)
+
+
+async def _send_piece(
+    request: web.Request, response: web.StreamResponse, piece: bytes | BlockFile, state: ProxyState
+) -> None:
+    """Send bytes in hand, or a verified stored piece straight from its file: the kernel
+    copies it to the socket (sendfile), so hot downloads neither copy through Python nor
+    hold blocks in memory. The timeout applies per piece, as to writes."""
+    if isinstance(piece, bytes):
+        await _write(response, piece, state)
+        return
+    try:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        loop = asyncio.get_running_loop()
+        send = loop.sendfile(transport, piece.file, piece.offset, piece.length)
+        await asyncio.wait_for(send, timeout=state.settings.client_timeout)
+    finally:
+        piece.file.close()
 
 
 # -- pass-through -----------------------------------------------------------------------------
@@ -754,11 +785,7 @@ async def respond_from_blocks(
     settings = state.settings
     size = meta.size or 0
     now = time.time()
-    headers = _headers(
-        forward_response_headers(
-            [(k, v) for k, v in meta.stored.headers if k.lower() not in _NOT_REPLAYED]
-        )
-    )
+    headers = CIMultiDict(_replayed(meta.stored.headers))
     headers["Accept-Ranges"] = "bytes"
     for name, value in extra:
         headers.add(name, value)
@@ -827,6 +854,15 @@ async def respond_from_blocks(
         await response.write_eof()
         return response
 
+    if fetching is None and not stale and len(parts) == 1 and not closing:
+        ready = await _ready_piece(state, meta, parts[0][1])
+        if ready is not None:
+            # The whole answer is one piece of a block in hand: send it as one response,
+            # without planning fetches or streaming (what most hot small reads are).
+            served.from_cache += len(ready)
+            response.headers[CACHE_HEADER] = served.cache
+            return web.Response(status=response.status, body=ready, headers=response.headers)
+
     reader = _BlockReader(state, target, meta, request, [r for _, r in parts], fetching)
     try:
         return await _stream(
@@ -834,6 +870,22 @@ async def respond_from_blocks(
         )
     finally:
         reader.close()
+
+
+async def _ready_piece(state: ProxyState, meta: ObjectMeta, byte_range: ByteRange) -> bytes | None:
+    """The bytes of a small range lying in one block held in memory or verified in the
+    page cache, else None (the general path then plans, fetches and streams)."""
+    block_size = state.settings.block_size
+    index = byte_range.start // block_size
+    if byte_range.end // block_size != index or byte_range.length >= SENDFILE_MIN:
+        return None
+    version = meta.version(block_size)
+    start = byte_range.start - index * block_size
+    stop = start + byte_range.length
+    data = state.store.memory_block(version, index)
+    if data is not None:
+        return data[start:stop]
+    return state.store.quick_slice(version, index, start, stop)
 
 
 async def _stream(
@@ -864,8 +916,8 @@ async def _stream(
         for part_header, byte_range in parts:
             if part_header:
                 await _write(response, part_header, state)
-            async for chunk in reader.bytes_of(byte_range, served):
-                await _write(response, chunk, state)
+            async for piece in reader.bytes_of(byte_range, served):
+                await _send_piece(request, response, piece, state)
         if closing:
             await _write(response, closing, state)
         await response.write_eof()
@@ -1062,7 +1114,9 @@ class _BlockReader:
             return "HIT"
         return "PARTIAL" if self.ready else "MISS"
 
-    async def bytes_of(self, byte_range: ByteRange, served: Served) -> AsyncIterator[bytes]:
+    async def bytes_of(
+        self, byte_range: ByteRange, served: Served
+    ) -> AsyncIterator[bytes | BlockFile]:
         state = self.state
         for piece in blocks.slice_plan(byte_range, self.block_size):
             index = piece.block_index
@@ -1079,16 +1133,14 @@ class _BlockReader:
                 if run is failed:
                     run = None
                 if run is None:
-                    data = state.store.memory_block(self.version, index)
-                    if data is None:
-                        data = await state.blocking(state.store.get_block, self.version, index)
-                    if data is not None:
-                        chunk = data[position : piece.stop]
+                    chunk = await self._stored(index, position, piece.stop)
+                    if chunk is not None:
+                        length = chunk.length if isinstance(chunk, BlockFile) else len(chunk)
                         if cached:
-                            served.from_cache += len(chunk)
+                            served.from_cache += length
                         else:
-                            served.from_origin += len(chunk)
-                        self.sent += len(chunk)
+                            served.from_origin += length
+                        self.sent += length
                         yield chunk
                         break
                     attempts += 1
@@ -1122,6 +1174,26 @@ class _BlockReader:
                     failed = run
                     cached = False
 
+    async def _stored(self, index: int, start: int, stop: int) -> bytes | BlockFile | None:
+        """Bytes ``start:stop`` of a stored block: from memory; a small piece read in the
+        loop if its block is verified and in the page cache, else in a worker thread; a
+        large piece as a file to send. None if the block is not (or no longer) stored."""
+        store = self.state.store
+        data = store.memory_block(self.version, index)
+        if data is not None:
+            return data[start:stop]
+        if stop - start < SENDFILE_MIN:
+            found = store.quick_slice(self.version, index, start, stop)
+            if found is None:
+                found = await self.state.blocking(
+                    store.read_slice, self.version, index, start, stop
+                )
+            return cast(bytes | None, found)
+        whole = await self.state.blocking(store.open_block, self.version, index)
+        if isinstance(whole, BlockFile):
+            return BlockFile(whole.file, whole.offset + start, min(stop, whole.length) - start)
+        return None if whole is None else whole[start:stop]
+
     async def _load(self, index: int) -> bytes | None:
         data = self.state.store.memory_block(self.version, index)
         if data is None:
@@ -1132,9 +1204,9 @@ class _BlockReader:
         """Stored blocks among ``indexes``; the store is asked only about those not in memory
         (a thread hop per request is most of the cost of a small hot range)."""
         store = self.state.store
-        in_memory = {i for i in indexes if store.memory_block(self.version, i) is not None}
-        rest = [i for i in indexes if i not in in_memory]
+        known = {i for i in indexes if store.known_block(self.version, i)}
+        rest = [i for i in indexes if i not in known]
         if not rest:
-            return in_memory
+            return known
         on_disk: set[int] = await self.state.blocking(store.has_blocks, self.version, rest)
-        return in_memory | on_disk
+        return known | on_disk

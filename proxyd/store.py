@@ -4,14 +4,19 @@ Layout, in one diskcache directory (evictable) and one beside it for pinned cont
 
 * ``meta:<cache key>`` -> :class:`ObjectMeta` as JSON (size, validators, stored headers,
   freshness facts, and the *version* that names its blocks);
-* ``block:<version>:<n>`` -> a block's bytes prefixed with their BLAKE2b digest.
+* ``block:<version>:<n>`` -> a block: a small header (magic, sub-block size, length and a
+  BLAKE2b digest of every 64 KiB sub-block) followed by the block's bytes.
 
 A version is a digest of (cache key, ETag or Last-Modified, size): when the origin's object
 changes, new blocks live under a new version, so no response can ever mix bytes of two
-versions. Every block is verified when read; a torn or damaged block (a crash mid-write, a
-bad disk) is dropped and fetched again, never served.
+versions. Bytes are verified before they are served: a block is hashed whole when first read, then
+its file is trusted for ``VERIFIED_SECONDS``, so that hot objects are sent straight from the
+file (sendfile) and hot small ranges read with one system call, without hashing every byte
+on every read. A torn or damaged block (a crash mid-write, a bad
+disk) is dropped and fetched again, never served.
 
-Everything here blocks (SQLite, file I/O): callers run it in a worker thread.
+Everything here blocks (SQLite, file I/O): callers run it in a worker thread, except the
+``memory_*``/``remembered_*`` lookups, which only look at dictionaries.
 """
 
 from __future__ import annotations
@@ -19,25 +24,91 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import diskcache
 
 from proxyd.policy.freshness import StoredMeta
 
-DIGEST_SIZE = 32
+DIGEST_SIZE = 16
+SUB_BLOCK = 64 * 1024
+"""Bytes covered by one digest: the most a small range has to read and hash."""
+MAGIC = b"PXB2"
+_HEAD = struct.Struct(">4sII")  # magic, sub-block size, data length
 META_MEMORY_SECONDS = 1.0
 """How long metadata read from disk is reused from memory (other processes may purge)."""
+MAX_OPEN_FILES = 256
+"""Block files kept open for hot small reads."""
+VERIFIED_SECONDS = 600.0
+"""How long a block hashed in full is trusted without hashing it again. Blocks are never
+rewritten in place (diskcache writes a new file per value), so only a crash mid-write or
+the disk itself can damage one: the first read after a restart verifies every block."""
 
 
-def _digest(data: bytes) -> bytes:
+def _digest(data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+def encode_block(data: bytes) -> bytes:
+    """A block as stored: header with per-sub-block digests, then the data."""
+    view = memoryview(data)
+    digests = b"".join(_digest(view[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK))
+    return _HEAD.pack(MAGIC, SUB_BLOCK, len(data)) + digests + data
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    """The parsed header of a stored block."""
+
+    sub_block: int
+    length: int
+    digests: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes of header before the data."""
+        return _HEAD.size + len(self.digests)
+
+    def digest(self, sub: int) -> bytes:
+        return self.digests[sub * DIGEST_SIZE : (sub + 1) * DIGEST_SIZE]
+
+    @classmethod
+    def parse(cls, prefix: bytes, total_size: int) -> BlockHeader | None:
+        """The header at the start of a stored block of ``total_size`` bytes, or None when
+        it is not one (torn, damaged, or an older format)."""
+        if len(prefix) < _HEAD.size:
+            return None
+        magic, sub_block, length = _HEAD.unpack_from(prefix)
+        if magic != MAGIC or sub_block <= 0:
+            return None
+        count = (length + sub_block - 1) // sub_block
+        end = _HEAD.size + count * DIGEST_SIZE
+        if len(prefix) < end or total_size != end + length:
+            return None
+        return cls(sub_block, length, bytes(prefix[_HEAD.size : end]))
+
+    @staticmethod
+    def room(block_size: int) -> int:
+        """Bytes to read to be sure of having the whole header of a block this size."""
+        return _HEAD.size + (block_size // SUB_BLOCK + 1) * DIGEST_SIZE
+
+
+@dataclass
+class BlockFile:
+    """A verified block on disk, for sending straight from the file: its data are the
+    ``length`` bytes from ``offset`` in ``file``. The caller closes ``file``."""
+
+    file: BinaryIO
+    offset: int
+    length: int
 
 
 def object_version(key: str, validator: str, size: int | None, block_size: int) -> str:
@@ -118,7 +189,7 @@ class BlockStore:
         block_size: int,
         low_watermark: float = 0.9,
         high_watermark: float = 0.95,
-        memory_bytes: int = 128 * 2**20,
+        memory_bytes: int = 32 * 2**20,
     ) -> None:
         self.directory = Path(directory)
         self.block_size = block_size
@@ -147,8 +218,18 @@ class BlockStore:
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_bytes = 0
         self._meta_memory: dict[str, tuple[float, ObjectMeta | None]] = {}
+        # Where blocks' files are and their headers, so that a hot block is read without
+        # asking SQLite; blocks hashed in full lately; blocks read that way since the last
+        # flush_recency() (diskcache does not see those reads).
+        self._located: dict[str, tuple[str, BlockHeader]] = {}
+        self._verified: dict[str, float] = {}
+        self._touched: set[str] = set()
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        """Open descriptors of block files, for :meth:`quick_slice` (event loop only)."""
 
     def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
         self._cache.close()
         self._pinned.close()
 
@@ -200,6 +281,8 @@ class BlockStore:
                 prefix = f"block:{meta.version(self.block_size)}:"
                 for block_key in [k for k in self._memory if k.startswith(prefix)]:
                     self._memory_bytes -= len(self._memory.pop(block_key))
+                for block_key in [k for k in self._located if k.startswith(prefix)]:
+                    self._verified.pop(self._located.pop(block_key)[0], None)
         for cache in (self._pinned, self._cache):
             cache.delete(f"meta:{key}")
             if meta is not None:
@@ -233,24 +316,209 @@ class BlockStore:
                 self._memory_bytes -= len(dropped)
 
     def get_block(self, version: str, index: int) -> bytes | None:
-        """A verified block, or None (missing, or damaged and now dropped)."""
+        """A whole verified block, or None (missing, or damaged and now dropped)."""
         in_memory = self.memory_block(version, index)
         if in_memory is not None:
             return in_memory
+        data = self.read_slice(version, index, 0, None)
+        if data is not None:
+            self._remember_block(f"block:{version}:{index}", data)
+        return data
+
+    def read_slice(self, version: str, index: int, start: int, stop: int | None) -> bytes | None:
+        """Bytes ``start:stop`` of a block (``stop`` None: to its end), verified; None if the
+        block is missing or damaged (then dropped). A block not verified lately is read and
+        hashed whole, once: later small reads of it are then served by :meth:`quick_slice`
+        without a worker thread."""
         block_key = f"block:{version}:{index}"
-        for cache in (self._pinned, self._cache):
-            raw = cache.get(block_key)
-            if raw is None:
+        in_memory = self.memory_block(version, index)
+        if in_memory is not None:
+            return in_memory[start:stop]
+        for _ in range(2):  # a remembered location may have been evicted meanwhile
+            found = self._open(block_key)
+            if found is None:
+                return None
+            source, header, path = found
+            try:
+                end = header.length if stop is None else min(stop, header.length)
+                if start >= end:
+                    return b""
+                trusted = self._verified_recently(path)
+                lo, hi = (start, end) if trusted else (0, header.length)
+                if isinstance(source, bytes):
+                    chunk = source[header.size + lo : header.size + hi]
+                else:
+                    chunk = os.pread(source.fileno(), hi - lo, header.size + lo)
+            except FileNotFoundError:
+                self._forget_location(block_key)
                 continue
-            data = bytes(raw)
-            body = data[DIGEST_SIZE:]
-            if len(data) >= DIGEST_SIZE and _digest(body) == data[:DIGEST_SIZE]:
-                self._remember_block(block_key, body)
-                return body
-            cache.delete(block_key)
-            with self._lock:
-                self.corrupt_blocks += 1
+            finally:
+                if not isinstance(source, bytes):
+                    source.close()
+            if not trusted and not self._verify(block_key, path, header, chunk):
+                return None
+            return chunk[start - lo : end - lo]
         return None
+
+    def quick_slice(self, version: str, index: int, start: int, stop: int) -> bytes | None:
+        """Bytes ``start:stop`` of a block verified in full lately, if the page cache holds
+        them; else None (then use :meth:`read_slice` in a worker thread).
+
+        For the event loop: no SQLite, no hashing, and a read that cannot wait for the disk
+        (``RWF_NOWAIT``), on a descriptor kept open. A hot small range thus costs one
+        system call instead of a hop to a worker thread -- and the hop is what makes a busy
+        proxy slow (the loop waits for the GIL behind the workers). Call it only from the
+        event loop's thread: the descriptors are its own.
+        """
+        block_key = f"block:{version}:{index}"
+        located = self._located.get(block_key)
+        if located is None:
+            return None
+        path, header = located
+        if stop > header.length or not self._verified_recently(path):
+            return None
+        fd = self._fds.get(path)
+        try:
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self._fds[path] = fd
+                while len(self._fds) > MAX_OPEN_FILES:
+                    os.close(self._fds.popitem(last=False)[1])
+            else:
+                self._fds.move_to_end(path)
+            buffer = bytearray(stop - start)
+            got = os.preadv(fd, [buffer], header.size + start, os.RWF_NOWAIT)
+        except OSError:  # not in the page cache (EAGAIN), evicted, unsupported...
+            return None
+        if got != len(buffer):
+            return None
+        self._touched.add(block_key)
+        return bytes(buffer)
+
+    def open_block(self, version: str, index: int) -> BlockFile | bytes | None:
+        """A whole verified block to send: an open file and where its data lie, or its
+        bytes (small blocks live in SQLite, not in files); None if missing or damaged."""
+        block_key = f"block:{version}:{index}"
+        in_memory = self.memory_block(version, index)
+        if in_memory is not None:
+            return in_memory
+        found = self._open(block_key)
+        if found is None:
+            return None
+        source, header, path = found
+        if isinstance(source, bytes):
+            data = source[header.size :]
+            return data if self._verify(block_key, path, header, data) else None
+        if self._verified_recently(path):
+            with self._lock:
+                self._touched.add(block_key)
+        else:
+            try:
+                data = os.pread(source.fileno(), header.length, header.size)
+            except OSError:
+                source.close()
+                raise
+            if not self._verify(block_key, path, header, data):
+                source.close()
+                return None
+        return BlockFile(source, header.size, header.length)
+
+    def _open(self, block_key: str) -> tuple[BinaryIO | bytes, BlockHeader, str | None] | None:
+        """The stored block (an open file, or the bytes of a small one), its header, and
+        the file's path (None for small blocks, which live in SQLite)."""
+        with self._lock:
+            located = self._located.get(block_key)
+        if located is not None:
+            path, header = located
+            try:
+                return open(path, "rb"), header, path  # noqa: SIM115 - the caller closes it
+            except FileNotFoundError:
+                self._forget_location(block_key)
+        for cache in (self._pinned, self._cache):
+            try:
+                value = cache.get(block_key, read=True)
+            except FileNotFoundError:  # evicted between the row lookup and the open
+                value = None
+            if value is None:
+                continue
+            if isinstance(value, bytes):
+                parsed = BlockHeader.parse(value[: BlockHeader.room(len(value))], len(value))
+                if parsed is None:
+                    self._drop_damaged(block_key)
+                    return None
+                return value, parsed, None
+            file: BinaryIO = value
+            try:
+                total = os.fstat(file.fileno()).st_size
+                parsed = BlockHeader.parse(file.read(BlockHeader.room(total)), total)
+            except BaseException:
+                file.close()
+                raise
+            if parsed is None:
+                file.close()
+                self._drop_damaged(block_key)
+                return None
+            with self._lock:
+                if len(self._located) >= 65_536:
+                    self._located.clear()
+                self._located[block_key] = (file.name, parsed)
+            return file, parsed, file.name
+        return None
+
+    def _verify(self, block_key: str, path: str | None, header: BlockHeader, data: bytes) -> bool:
+        """Check a whole block's ``data`` against its stored digests; a mismatch drops the
+        block. A block file checked is then trusted for a while (by path: diskcache writes
+        every value to a new file, never over an old one)."""
+        view = memoryview(data)
+        step = header.sub_block
+        for n, offset in enumerate(range(0, max(len(data), header.length), step)):
+            if _digest(view[offset : offset + step]) != header.digest(n):
+                self._drop_damaged(block_key)
+                return False
+        with self._lock:
+            self._touched.add(block_key)
+            if path is not None:
+                if len(self._verified) >= 65_536:
+                    self._verified.clear()
+                self._verified[path] = time.monotonic()
+        return True
+
+    def _verified_recently(self, path: str | None) -> bool:
+        if path is None:
+            return False
+        with self._lock:
+            when = self._verified.get(path)
+        return when is not None and time.monotonic() - when < VERIFIED_SECONDS
+
+    def _forget_location(self, block_key: str) -> None:
+        with self._lock:
+            located = self._located.pop(block_key, None)
+            if located is not None:
+                self._verified.pop(located[0], None)
+
+    def _drop_damaged(self, block_key: str) -> None:
+        self._forget_location(block_key)
+        for cache in (self._pinned, self._cache):
+            cache.delete(block_key)
+        with self._lock:
+            self.corrupt_blocks += 1
+
+    def flush_recency(self) -> int:
+        """Tell diskcache which blocks were read from remembered locations (which bypass
+        it), so that its least-recently-used eviction spares them; returns how many."""
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        for block_key in touched:
+            value = self._cache.get(block_key, read=True)  # updates the access time
+            if value is not None and not isinstance(value, bytes):
+                value.close()
+        return len(touched)
+
+    def known_block(self, version: str, index: int) -> bool:
+        """Whether a block is held in memory or its file was found lately (dictionaries
+        only, for the event loop; a block not known may still be stored: ask has_blocks)."""
+        block_key = f"block:{version}:{index}"
+        return block_key in self._memory or block_key in self._located
 
     def has_blocks(self, version: str, indexes: range | list[int]) -> set[int]:
         """Which of ``indexes`` are stored (not verified: reading verifies)."""
@@ -258,15 +526,16 @@ class BlockStore:
         for index in indexes:
             block_key = f"block:{version}:{index}"
             with self._lock:
-                in_memory = block_key in self._memory
-            if in_memory or block_key in self._pinned or block_key in self._cache:
+                known = block_key in self._memory or block_key in self._located
+            if known or block_key in self._pinned or block_key in self._cache:
                 present.add(index)
         return present
 
     def put_block(self, version: str, index: int, data: bytes, *, pinned: bool = False) -> None:
         target = self._pinned if pinned else self._cache
         block_key = f"block:{version}:{index}"
-        target.set(block_key, _digest(data) + data)
+        self._forget_location(block_key)
+        target.set(block_key, encode_block(data))
         self._remember_block(block_key, data)
 
     # -- pinning, eviction, listing -------------------------------------------------------
@@ -282,9 +551,11 @@ class BlockStore:
             block_key = f"block:{version}:{index}"
             raw = self._cache.get(block_key)
             if raw is not None:
+                self._forget_location(block_key)
                 self._pinned.set(block_key, raw)
                 self._cache.delete(block_key)
-                moved += len(raw) - DIGEST_SIZE
+                header = BlockHeader.parse(raw[: BlockHeader.room(len(raw))], len(raw))
+                moved += header.length if header is not None else 0
         meta.pinned = True
         self._cache.delete(f"meta:{key}")
         self._pinned.set(f"meta:{key}", meta.to_json())
@@ -300,6 +571,7 @@ class BlockStore:
             block_key = f"block:{version}:{index}"
             raw = self._pinned.get(block_key)
             if raw is not None:
+                self._forget_location(block_key)
                 self._cache.set(block_key, raw)
                 self._pinned.delete(block_key)
         meta.pinned = False
@@ -364,6 +636,8 @@ class BlockStore:
             self._memory.clear()
             self._memory_bytes = 0
             self._meta_memory.clear()
+            self._located.clear()
+            self._verified.clear()
         return count
 
 

@@ -480,6 +480,9 @@ def demo(workdir: Path) -> None:
 
 
 main.add_command(completion_command("butler"))
+from butler.cli.ingest_raws import ingest_raws_command  # noqa: E402 - needs main defined
+
+main.add_command(ingest_raws_command)
 
 if __name__ == "__main__":
     main()

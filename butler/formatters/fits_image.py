@@ -14,9 +14,19 @@ Reading uses the file's offset index (:mod:`butler.formatters.fits_index`) so it
 - a ``bbox`` cutout of a tile-compressed HDU: the table rows describing the tiles that
   intersect the box, then the compressed bytes of just those tiles (two calls).
 
-Files from other telescopes are read too: the pixels come from the HDU called ``IMAGE`` or
-``SCI`` (or the first HDU with pixels), the mask from ``MASK`` or ``DQ``, the variance from
-``VARIANCE``/``VAR`` or, squared, from ``ERR``; what is missing is NaN variance / zero mask.
+Files from other telescopes are read too. Raws ingested with ``butler ingest-raws`` carry
+their layout in the offset index (``index["raw"]``, see :mod:`butler.translators`): which
+HDU holds the image, variance (or sigma, or inverse variance) and mask, how source flags map
+onto the common mask planes (:mod:`butler.formatters.planes`), and the gain and read noise
+that estimate a variance the file does not store. Without a recorded layout the pixels come
+from the HDU called ``IMAGE`` or ``SCI`` (or the first HDU with pixels), the mask from
+``MASK`` or ``DQ``, the variance from ``VARIANCE``/``VAR`` or, squared, from ``ERR``; what is
+missing is NaN variance / zero mask.
+
+The ``sky`` parameter (:mod:`butler.formatters.sky`) reads the image header first, places
+the region through its WCS, then reads that pixel box exactly as ``bbox`` does. The
+``obsinfo`` component is the translated observation (from the index when ingest recorded
+it, else from the headers).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
-from butler.errors import CorruptFileError, StorageClassError
+from butler.errors import CorruptFileError, StorageClassError, UnsupportedParameterError
 from butler.formatters.base import FileIndex, Formatter
 from butler.formatters.fits_index import (
     apply_scaling,
@@ -49,9 +59,12 @@ from butler.formatters.fits_index import (
     index_fits,
     is_image_hdu,
     parse_header,
+    read_header,
     wcs_from_header,
 )
-from butler.image import Box, Image, as_box
+from butler.formatters.planes import common_mask, estimate_variance, to_variance
+from butler.formatters.sky import parse_sky, sky_box
+from butler.image import DEFAULT_MASK_PLANES, Box, Image, as_box
 from butler.io.source import ByteRange, ByteSource, merge_ranges
 
 __all__ = ["CompressedFitsImageFormatter", "FitsImageFormatter"]
@@ -133,16 +146,32 @@ def _two_d(shape: Sequence[int], where: str) -> tuple[int, int]:
 
 @dataclass
 class _Layout:
+    """Which HDU holds what, and how to turn each into the common model's plane."""
+
     primary: Mapping[str, Any]
     image: Mapping[str, Any]
     mask: Mapping[str, Any] | None
     variance: Mapping[str, Any] | None
-    variance_is_stddev: bool
+    variance_kind: str
     mask_is_lsst: bool
     shape: tuple[int, int]
+    raw: Mapping[str, Any] | None = None
+    """The ``raw`` layout recorded at ingest (see :mod:`butler.translators`), if any."""
+
+    @property
+    def mask_mapping(self) -> tuple[dict[int, str], dict[int, str]] | None:
+        """(bits, values) naming the source mask's flags, when ingest recorded them."""
+        if self.raw is None or self.mask_is_lsst:
+            return None
+        bits = {int(k): str(v) for k, v in (self.raw.get("mask_bits") or {}).items()}
+        values = {int(k): str(v) for k, v in (self.raw.get("mask_values") or {}).items()}
+        return bits, values
 
     @classmethod
     def of(cls, index: Mapping[str, Any], name: str) -> _Layout:
+        raw = index.get("raw")
+        if isinstance(raw, Mapping) and isinstance(raw.get("layout"), Mapping):
+            return cls._recorded(index, raw["layout"], name)
         hdus = index["hdus"]
         image = next(
             (
@@ -163,11 +192,7 @@ class _Layout:
             for n in names:
                 hdu = find_hdu(index, n, ver=ver)
                 if hdu is not None and is_image_hdu(hdu):
-                    if tuple(hdu["shape"][-2:]) != shape:
-                        raise CorruptFileError(
-                            f"{name}: HDU {hdu['index']} ({n}) has shape {hdu['shape']} but the "
-                            f"image has shape {list(shape)}"
-                        )
+                    _check_shape(hdu, shape, name)
                     return hdu
             return None
 
@@ -184,9 +209,52 @@ class _Layout:
             image=image,
             mask=mask,
             variance=variance,
-            variance_is_stddev=stddev and variance is not None,
+            variance_kind="stddev" if stddev else "variance",
             mask_is_lsst=mask_is_lsst,
             shape=shape,
+        )
+
+    @classmethod
+    def _recorded(cls, index: Mapping[str, Any], layout: Mapping[str, Any], name: str) -> _Layout:
+        hdus = index["hdus"]
+
+        def hdu_at(role: str) -> Mapping[str, Any] | None:
+            position = layout.get(role)
+            if position is None:
+                return None
+            if not isinstance(position, int) or not 0 <= position < len(hdus):
+                raise CorruptFileError(
+                    f"{name}: the recorded raw layout puts {role} in HDU {position!r}, but the "
+                    f"file has {len(hdus)} HDUs; the offset index is damaged (re-ingest the file)"
+                )
+            hdu: Mapping[str, Any] = hdus[position]
+            return hdu
+
+        image = hdu_at("image")
+        if image is None or not is_image_hdu(image):
+            raise CorruptFileError(f"{name}: the recorded raw layout names no image HDU")
+        shape = _two_d(image["shape"], f"{name}: HDU {image['index']}")
+        variance, mask = hdu_at("variance"), hdu_at("mask")
+        for hdu in (variance, mask):
+            if hdu is not None:
+                _check_shape(hdu, shape, name)
+        return cls(
+            primary=hdu_at("metadata") or hdus[0],
+            image=image,
+            mask=mask,
+            variance=variance,
+            variance_kind=str(layout.get("variance_kind") or "variance"),
+            mask_is_lsst=bool(layout.get("mask_is_lsst")),
+            shape=shape,
+            raw=layout,
+        )
+
+
+def _check_shape(hdu: Mapping[str, Any], shape: tuple[int, int], name: str) -> None:
+    if tuple(hdu["shape"][-2:]) != shape:
+        raise CorruptFileError(
+            f"{name}: HDU {hdu['index']} ({hdu['name'] or 'unnamed'}) has shape {hdu['shape']} "
+            f"but the image has shape {list(shape)}"
         )
 
 
@@ -483,9 +551,9 @@ class FitsImageFormatter(Formatter):
     storage_class: ClassVar[str] = "Image"
     extension: ClassVar[str] = ".fits"
     components: ClassVar[frozenset[str]] = frozenset(
-        {"image", "variance", "mask", "wcs", "metadata"}
+        {"image", "variance", "mask", "wcs", "metadata", "obsinfo"}
     )
-    parameters: ClassVar[frozenset[str]] = frozenset({"bbox"})
+    parameters: ClassVar[frozenset[str]] = frozenset({"bbox", "sky"})
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -546,27 +614,61 @@ class FitsImageFormatter(Formatter):
         parameters: Mapping[str, Any] | None = None,
     ) -> Any:
         self.check_request(component, parameters)
+        params = parameters or {}
+        if params.get("bbox") is not None and params.get("sky") is not None:
+            raise UnsupportedParameterError(
+                "give either bbox (pixels) or sky (a sky region), not both"
+            )
+        region = parse_sky(params["sky"]) if params.get("sky") is not None else None
         idx = ensure_index(source, index)
+        if component == "obsinfo":
+            return self._obsinfo(source, idx)
         layout = _Layout.of(idx, source.name)
-        bbox = (parameters or {}).get("bbox")
-        box = as_box(bbox, layout.shape) if bbox is not None else Box(0, 0, *layout.shape[::-1])
-        cutout = bbox is not None
+        where = f"{source.name}: HDU {layout.image['index']}"
 
+        known: dict[str, fits.Header] = {}
+        if region is not None:
+            # The WCS places the region, so the image header comes first, alone; it is not
+            # fetched again below.
+            known["image"] = read_header(source, layout.image)
+            sky_wcs = wcs_from_header(image_header(layout.image, known["image"]), where)
+            box = sky_box(sky_wcs, layout.shape, region, source.name)
+        elif params.get("bbox") is not None:
+            box = as_box(params["bbox"], layout.shape)
+        else:
+            box = Box(0, 0, *layout.shape[::-1])
+        cutout = region is not None or params.get("bbox") is not None
+
+        estimate = (
+            layout.variance is None
+            and layout.raw is not None
+            and layout.raw.get("gain") is not None
+        )
         request = _Request()
         if component in (None, "metadata"):
-            request.headers["metadata"] = layout.primary
-        if component in (None, "wcs"):
+            if "image" in known and layout.primary is layout.image:
+                known["metadata"] = known["image"]  # a single-HDU file: one header for both
+            else:
+                request.headers["metadata"] = layout.primary
+        if component in (None, "wcs") and "image" not in known:
             request.headers["image"] = layout.image
         if component is None and layout.mask is not None and layout.mask_is_lsst:
             request.headers["mask"] = layout.mask
+        # An estimated variance is computed from the image pixels: those are its bytes.
+        wanted = {
+            "image": component in (None, "image") or (component == "variance" and estimate),
+            "mask": component in (None, "mask"),
+            "variance": component in (None, "variance"),
+        }
         for plane, hdu in (
             ("image", layout.image),
             ("mask", layout.mask),
             ("variance", layout.variance),
         ):
-            if hdu is not None and component in (None, plane):
+            if hdu is not None and wanted[plane]:
                 request.planes[plane] = _pixels(hdu, layout.shape, box)
         headers, arrays = request.run(source)
+        headers.update(known)
 
         if component == "metadata":
             return _metadata_header(headers["metadata"])
@@ -574,44 +676,88 @@ class FitsImageFormatter(Formatter):
         unit = None
         if "image" in headers:
             img_header = image_header(layout.image, headers["image"])
-            wcs = wcs_from_header(img_header, f"{source.name}: HDU {layout.image['index']}")
+            wcs = wcs_from_header(img_header, where)
             if wcs is not None and cutout:
                 wcs = _shift_wcs(wcs, box)
-            unit = _parse_unit(
-                img_header.get("BUNIT"), f"{source.name}: HDU {layout.image['index']}"
-            )
+            unit = _parse_unit((layout.raw or {}).get("unit") or img_header.get("BUNIT"), where)
         if component == "wcs":
             return wcs
-        variance = arrays.get("variance")
-        if variance is not None and layout.variance_is_stddev:
-            variance = np.square(variance)
+        variance = self._variance(layout, arrays, box)
         if component == "image":
             return arrays["image"]
         if component == "variance":
-            return variance if variance is not None else np.full(box.shape, np.nan, np.float32)
-        mask = arrays.get("mask")
+            return variance
+        mask, planes = self._mask(layout, arrays.get("mask"), headers.get("mask"), box)
         if component == "mask":
-            return _as_int32(mask) if mask is not None else np.zeros(box.shape, dtype=np.int32)
-
-        planes: dict[str, int] | None
-        if "mask" in headers:
-            planes = {
-                key[3:]: int(value)
-                for key, value in headers["mask"].items()
-                if key.startswith("MP_") and isinstance(value, int)
-            }
-        else:
-            # A DQ array's bits are instrument-specific; without names, every set bit counts.
-            planes = {} if mask is not None else None
+            return mask
         return Image(
             arrays["image"],
             variance=variance,
-            mask=_as_int32(mask) if mask is not None else None,
+            mask=mask,
             mask_planes=planes,
             wcs=wcs,
             unit=unit,
             header=_metadata_header(headers["metadata"]),
         )
+
+    @staticmethod
+    def _variance(
+        layout: _Layout, arrays: Mapping[str, npt.NDArray[Any]], box: Box
+    ) -> npt.NDArray[Any]:
+        stored = arrays.get("variance")
+        if stored is not None:
+            return to_variance(stored, layout.variance_kind)
+        raw = layout.raw or {}
+        if raw.get("gain") is not None and "image" in arrays:
+            return estimate_variance(
+                arrays["image"], raw["gain"], raw.get("read_noise"), float(raw.get("bias") or 0)
+            )
+        return np.full(box.shape, np.nan, np.float32)
+
+    @staticmethod
+    def _mask(
+        layout: _Layout,
+        stored: npt.NDArray[Any] | None,
+        header: fits.Header | None,
+        box: Box,
+    ) -> tuple[npt.NDArray[np.int32], dict[str, int] | None]:
+        """The mask and its plane names (None: the LSST defaults)."""
+        if stored is None:
+            return np.zeros(box.shape, dtype=np.int32), None
+        if header is not None:  # LSST layout: planes named by MP_ cards
+            planes = {
+                key[3:]: int(value)
+                for key, value in header.items()
+                if key.startswith("MP_") and isinstance(value, int)
+            }
+            return _as_int32(stored), planes
+        mapping = layout.mask_mapping
+        if mapping is not None:
+            bits, values = mapping
+            return common_mask(stored, DEFAULT_MASK_PLANES, bits, values), dict(DEFAULT_MASK_PLANES)
+        # A DQ array whose bits nobody named: every set bit counts, with no plane names.
+        return _as_int32(stored), {}
+
+    def _obsinfo(self, source: ByteSource, index: Mapping[str, Any]) -> dict[str, Any]:
+        """What was observed: recorded at ingest (no bytes read), else translated from the
+        file's headers (one request for all of them)."""
+        raw = index.get("raw")
+        if isinstance(raw, Mapping) and isinstance(raw.get("observation"), Mapping):
+            return dict(raw["observation"])
+        from butler.translators import FileHeaders, TranslatorRegistry, choose_translator
+
+        hdus = index["hdus"]
+        blobs = source.read_ranges([hdu_header_range(h) for h in hdus])
+        headers = [
+            parse_header(blob, f"{source.name}: HDU {h['index']}")
+            for blob, h in zip(blobs, hdus, strict=True)
+        ]
+        file_headers = FileHeaders(Path(source.name), index, headers)
+        translator = choose_translator(TranslatorRegistry(), file_headers)
+        units = translator.translate(file_headers)
+        image = _Layout.of(index, source.name).image["index"]
+        unit = next((u for u in units if u.layout.image.hdu == image), units[0])
+        return unit.observation.to_dict()
 
 
 def _shift_wcs(wcs: WCS, box: Box) -> WCS:

@@ -440,6 +440,8 @@ def wcs_from_header(header: fits.Header, where: str = "") -> WCS | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
+            # Old headers with malformed cards (DSS's SKEW) make WCS verify-and-fix them.
+            warnings.simplefilter("ignore", VerifyWarning)
             wcs = WCS(header, naxis=2, relax=True)
     except Exception as exc:  # noqa: BLE001 - WCSLIB raises many unrelated types
         log.warning("%s: header WCS cannot be interpreted (%s); reading without a WCS", where, exc)

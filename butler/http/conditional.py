@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -130,6 +131,20 @@ def parse_http_date(value: str, *, now: float | None = None) -> int | None:
     Several comma-separated dates (a list) are invalid, which is how If-Modified-Since and
     If-Unmodified-Since with more than one member get ignored (§13.1.3, §13.1.4).
     """
+    if now is None:
+        # Caches look up the same few dates (Last-Modified, Date) on every request.
+        return _parse_http_date_now(value)
+    return _parse_http_date(value, now)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_http_date_now(value: str) -> int | None:
+    # Only the RFC 850 form depends on the current year; an entry outlives a new year by
+    # at most the cache's turnover, and such dates are obsolete anyway.
+    return _parse_http_date(value, None)
+
+
+def _parse_http_date(value: str, now: float | None) -> int | None:
     text = value.strip(_OWS)
     if m := _IMF_FIXDATE.fullmatch(text):
         day, mon, year, hh, mm, ss = m.groups()

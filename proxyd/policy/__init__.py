@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 __all__ = ["HeaderPairs", "Headers", "field_value", "field_values", "header_pairs"]
 
 #: Header fields as ordered (name, value) pairs; names keep the case they arrived with.
@@ -38,6 +40,10 @@ def header_pairs(headers: Headers) -> HeaderPairs:
 
 def field_values(headers: Headers, name: str) -> list[str]:
     """Every value of field ``name`` (matched case-insensitively, RFC 9110 §5.1), in order."""
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        # Already indexed by case-insensitive name (aiohttp's request headers, stored
+        # metadata): no copy of every field per lookup.
+        return [str(v) for v in headers.getall(name, ())]
     lowered = name.lower()
     return [v for k, v in header_pairs(headers) if k.lower() == lowered]
 

@@ -31,6 +31,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from butler.http.conditional import EntityTag, parse_http_date, weak_match
 from butler.http.ranges import parse_content_range
 from proxyd.policy import HeaderPairs, Headers, field_value, field_values, header_pairs
@@ -493,6 +495,17 @@ class StoredMeta:
     size: int | None = None
     requires_authorization: bool = False
     vary_request: HeaderPairs = ()
+    _fields: CIMultiDictProxy[str] = field(
+        default_factory=lambda: CIMultiDictProxy(CIMultiDict()),
+        init=False,
+        repr=False,
+        compare=False,
+    )
+    """The stored fields indexed by name, built once: a hit looks up a dozen fields, and
+    stored metadata never changes (revalidation makes a new one)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fields", CIMultiDictProxy(CIMultiDict(self.headers)))
 
     @classmethod
     def from_response(
@@ -540,11 +553,12 @@ class StoredMeta:
 
     def field(self, name: str) -> str | None:
         """A stored field's value (several lines joined), or None."""
-        return field_value(self.headers, name)
+        values = self._fields.getall(name, None)
+        return None if values is None else ", ".join(values)
 
     @property
     def cache_control(self) -> CacheControl:
-        return _cache_control(self.headers)
+        return _cache_control(self._fields)
 
     @property
     def etag(self) -> str | None:
@@ -565,11 +579,12 @@ class StoredMeta:
 
     @property
     def date_value(self) -> float:
-        date = _date(self.headers, "Date")
+        value = self.field("Date")
+        date = None if value is None else parse_http_date(value)
         return self.response_time if date is None else float(date)
 
     def freshness_lifetime(self, settings: ProxySettings) -> float:
-        return freshness_lifetime(self.headers, self.response_time, settings, status=self.status)
+        return freshness_lifetime(self._fields, self.response_time, settings, status=self.status)
 
     def current_age(self, now: float) -> float:
         return current_age(
