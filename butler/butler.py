@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from butler.errors import ButlerError, DatasetNotFoundError
-from butler.formatters.registry import FormatterRegistry
+from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry
 from butler.io.source import ByteSource, RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from butler.universe import DimensionUniverse
@@ -47,6 +47,15 @@ class IOStats:
     def add(self, source: ByteSource) -> None:
         self.bytes_read += source.bytes_read
         self.requests += source.requests
+
+
+@dataclass(frozen=True)
+class QuerySummary:
+    """What a dataset query would return, known before fetching anything."""
+
+    count: int
+    size: int
+    """Total bytes of the datasets' files."""
 
 
 def is_remote_uri(path: object) -> bool:
@@ -128,6 +137,10 @@ class Butler(metaclass=_ButlerFactory):
         self.run = run
         self.collections = as_collection_list(collections) or ([run] if run else None)
         self.io_stats = IOStats()
+        from butler.interactive.factory import QueryFactory
+
+        self.query: QueryFactory = QueryFactory(self)
+        """Interactive queries: ``butler.query.calexp.where(instrument="HSC").count()``."""
 
     @classmethod
     def create(
@@ -234,7 +247,7 @@ class Butler(metaclass=_ButlerFactory):
         self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
     ) -> Any:
         """Read a resolved dataset through its formatter (only the bytes the request needs)."""
-        formatter = self.formatters.formatter(file.formatter)
+        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
         formatter.check_request(ref.component, parameters)
         source = self._open_source(ref, file)
         try:
@@ -466,6 +479,36 @@ class Butler(metaclass=_ButlerFactory):
     ) -> list[dict[str, Any]]:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement query_dimension_records"
+        )
+
+    def query_summary(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        **data_id: Any,
+    ) -> QuerySummary:
+        """How many datasets a :meth:`query_datasets` would return and their total bytes,
+        computed where the registry is (a remote repository answers without listing them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement query_summary")
+
+    def query_dimension_values(
+        self,
+        dimension: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        **data_id: Any,
+    ) -> list[Any]:
+        """Sorted distinct values of one dimension under constraints (only values that have
+        datasets of ``dataset_type`` in ``collections``, if given): what completion offers."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement query_dimension_values"
         )
 
     def iter_datasets(self, dataset_types: Iterable[str] | None = None) -> Iterator[DatasetRef]:

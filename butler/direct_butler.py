@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from butler.butler import Butler, Collections, DatasetLike, as_collection_list
+from butler.butler import Butler, Collections, DatasetLike, QuerySummary, as_collection_list
 from butler.datastore import (
     Staging,
     check_file,
@@ -29,7 +29,7 @@ from butler.errors import (
     TransactionError,
 )
 from butler.formatters.base import Formatter
-from butler.formatters.registry import FormatterRegistry, default_registry
+from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
@@ -37,6 +37,11 @@ from butler.repo_config import RepoConfig, load_repo_config, repo_info, write_ne
 from butler.universe import DimensionUniverse
 
 TRANSFER_MODES = ("copy", "move", "hardlink", "link", "symlink", "direct")
+
+
+def _value_order(value: Any) -> tuple[str, Any]:
+    # Dimension keys are all ints or all strings; the type name keeps a mix sortable.
+    return (type(value).__name__, value)
 
 
 @dataclass
@@ -486,6 +491,10 @@ class DirectButler(Butler):
         try:
             if index is None:  # ingest indexed the file already; a put's file is new
                 index = formatter.index(staged)
+            origin = self.formatters.origin(formatter.name)
+            if origin is not None:
+                # Readers without the plugin are told what to install (see load_plugins).
+                index = {**index, ORIGIN_KEY: origin}
             info = FileInfo(
                 dataset_id=ref.id,
                 path=render_path(
@@ -592,6 +601,44 @@ class DirectButler(Butler):
             offset=offset,
         )
         return [(ref, file) for ref, file in rows if file is not None]
+
+    def query_summary(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        **data_id: Any,
+    ) -> QuerySummary:
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        resolved = self.registry.get_dataset_type(split_component(name)[0])
+        names, runs = self._search_runs(collections)
+        count, size = self.registry.summarize_datasets(
+            resolved, runs, where, bind, data_id, find_first=find_first and bool(names)
+        )
+        return QuerySummary(count=count, size=size)
+
+    def query_dimension_values(
+        self,
+        dimension: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        **data_id: Any,
+    ) -> list[Any]:
+        ids = self.query_data_ids(
+            [dimension],
+            where,
+            bind,
+            dataset_type=dataset_type,
+            collections=collections,
+            **data_id,
+        )
+        return sorted({i[dimension] for i in ids if dimension in i}, key=_value_order)
 
     def query_data_ids(
         self,

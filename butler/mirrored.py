@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from butler.butler import Butler, Collections, DatasetLike
+from butler.butler import Butler, Collections, DatasetLike, QuerySummary
 from butler.direct_butler import DirectButler
 from butler.errors import (
     CollectionNotFoundError,
@@ -209,6 +209,39 @@ class MirroredButler(Butler):
         **data_id: Any,
     ) -> list[dict[str, Any]]:
         return self._reader().query_dimension_records(element, where, bind, limit=limit, **data_id)
+
+    def query_summary(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        **data_id: Any,
+    ) -> QuerySummary:
+        return self._reader().query_summary(
+            dataset_type, collections, where, bind, find_first=find_first, **data_id
+        )
+
+    def query_dimension_values(
+        self,
+        dimension: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        **data_id: Any,
+    ) -> list[Any]:
+        return self._reader().query_dimension_values(
+            dimension,
+            where,
+            bind,
+            dataset_type=dataset_type,
+            collections=collections,
+            **data_id,
+        )
 
     # -- writing: the remote --------------------------------------------------------------
 

@@ -874,20 +874,17 @@ class Registry:
         dataset_type = self.get_dataset_type(rows[0]["dataset_type_name"])
         return self._row_to_ref(dataset_type, rows[0]), self._row_to_file(rows[0])
 
-    def query_datasets(
+    def _dataset_select(
         self,
         dataset_type: DatasetType,
         runs: Sequence[str],
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        data_id: Mapping[str, Any] | None = None,
-        find_first: bool = True,
-        limit: int | None = None,
-        with_files: bool = False,
-        offset: int = 0,
-    ) -> list[tuple[DatasetRef, FileInfo | None]]:
-        if not runs:
-            return []
+        where: str,
+        bind: Mapping[str, Any] | None,
+        data_id: Mapping[str, Any] | None,
+        find_first: bool,
+        with_files: bool,
+    ) -> tuple[DatasetType, str, list[Any]]:
+        """The (unordered) SELECT of a dataset query and its parameters."""
         type_id, dataset_type = self._dataset_type_row(dataset_type.name)
         plan = JoinPlan(
             self.universe, dataset_type.all_dimensions, f"query of {dataset_type.name!r}"
@@ -907,7 +904,6 @@ class Registry:
             f"WHERE d.dataset_type_id = ? AND d.run IN ({run_marks}) AND {sql_where}"
         )
         all_params: list[Any] = [*plan.join_params, type_id, *runs, *params]
-        order = ", ".join(dataset_type.dimensions) or "id"
         if find_first and len(runs) > 1:
             # One dataset per data ID: the one in the earliest run of the search order.
             rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(runs)))
@@ -917,6 +913,26 @@ class Registry:
                 f"WHERE search_rank = 1"
             )
             all_params = [*runs, *all_params]
+        return dataset_type, select, all_params
+
+    def query_datasets(
+        self,
+        dataset_type: DatasetType,
+        runs: Sequence[str],
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        data_id: Mapping[str, Any] | None = None,
+        find_first: bool = True,
+        limit: int | None = None,
+        with_files: bool = False,
+        offset: int = 0,
+    ) -> list[tuple[DatasetRef, FileInfo | None]]:
+        if not runs:
+            return []
+        dataset_type, select, all_params = self._dataset_select(
+            dataset_type, runs, where, bind, data_id, find_first, with_files
+        )
+        order = ", ".join(dataset_type.dimensions) or "id"
         sql = f"{select} ORDER BY {order}"
         sql += _limit_sql(limit, offset, all_params)
         rows = self._query(sql, all_params)
@@ -924,6 +940,27 @@ class Registry:
             (self._row_to_ref(dataset_type, r), self._row_to_file(r) if with_files else None)
             for r in rows
         ]
+
+    def summarize_datasets(
+        self,
+        dataset_type: DatasetType,
+        runs: Sequence[str],
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        data_id: Mapping[str, Any] | None = None,
+        find_first: bool = True,
+    ) -> tuple[int, int]:
+        """``(datasets, total file bytes)`` a dataset query would return, counted in SQL."""
+        if not runs:
+            return 0, 0
+        _, select, params = self._dataset_select(
+            dataset_type, runs, where, bind, data_id, find_first, with_files=True
+        )
+        rows = self._query(
+            f"SELECT COUNT(*) AS n, COALESCE(SUM(s.size), 0) AS bytes FROM ({select}) AS s",
+            params,
+        )
+        return int(rows[0]["n"]), int(rows[0]["bytes"])
 
     def count_datasets(self, dataset_type: DatasetType | None = None) -> int:
         if dataset_type is None:

@@ -23,6 +23,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from butler.cli.completion import (
+    complete_collections,
+    complete_dataset_types,
+    complete_where,
+    completion_command,
+)
 from butler.cli.main import handle_errors, parse_pairs
 from mirror.plan import human_size
 from mirror.pull import PullRequest, PullSummary, pull
@@ -86,9 +92,15 @@ pull_options = [
         multiple=True,
         required=True,
         help="Dataset type to mirror (repeatable).",
+        shell_complete=complete_dataset_types,
     ),
-    click.option("--collections", multiple=True, help="Collections to search, in order."),
-    click.option("--where", default="", help="Query expression."),
+    click.option(
+        "--collections",
+        multiple=True,
+        help="Collections to search, in order.",
+        shell_complete=complete_collections,
+    ),
+    click.option("--where", default="", help="Query expression.", shell_complete=complete_where),
     click.option("--bind", multiple=True, metavar="KEY=VALUE", help="Bind value for --where."),
 ]
 
@@ -257,8 +269,10 @@ def status(dest: Path, as_json: bool) -> None:
 
 @main.command("ls")
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--dataset-type", "dataset_types", multiple=True)
-@click.option("--where", default="")
+@click.option(
+    "--dataset-type", "dataset_types", multiple=True, shell_complete=complete_dataset_types
+)
+@click.option("--where", default="", shell_complete=complete_where)
 @handle_errors
 def list_datasets(dest: Path, dataset_types: tuple[str, ...], where: str) -> None:
     """List the datasets in a mirror."""
@@ -299,8 +313,15 @@ def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
 
 @main.command()
 @click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--where", default="", help="Remove datasets matching this expression.")
-@click.option("--dataset-type", "dataset_types", multiple=True)
+@click.option(
+    "--where",
+    default="",
+    help="Remove datasets matching this expression.",
+    shell_complete=complete_where,
+)
+@click.option(
+    "--dataset-type", "dataset_types", multiple=True, shell_complete=complete_dataset_types
+)
 @click.option("--query", "query_id", type=int, help="Remove what a recorded query brought.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
@@ -333,6 +354,8 @@ def serve(dest: Path, host: str, port: int) -> None:
         print_url=lambda url: click.echo(f"Serving mirror {dest} at {url}", err=True),
     )
 
+
+main.add_command(completion_command("mirror"))
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,23 @@ from proxyd.settings import ConfigError, ProxySettings, describe, format_size, l
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _butler_completer(name: str) -> Callable[[click.Context, click.Parameter, str], Any]:
+    """A shell-completion callback of ``butler.cli.completion``, imported when called: the
+    butler library is only needed to complete ``warm``, not to start every proxyd command."""
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+        from butler.cli import completion
+
+        return getattr(completion, name)(ctx, param, incomplete)
+
+    return complete
+
+
+complete_dataset_types = _butler_completer("complete_dataset_types")
+complete_collections = _butler_completer("complete_collections")
+complete_where = _butler_completer("complete_where")
+
+
 def settings_options(func: F) -> F:
     """Options shared by every command that needs the settings (same precedence as serve)."""
     options = [
@@ -279,9 +296,20 @@ def pin(
     help="File of proxy paths or URLs to fetch, one per line ('-' for stdin).",
 )
 @click.option("--upstream", "upstream_name", help="Upstream (a butler repository) to query.")
-@click.option("--dataset-type", "dataset_types", multiple=True, help="Dataset type to warm.")
-@click.option("--collections", multiple=True, help="Collections to search.")
-@click.option("--where", default="", help="Query expression.")
+@click.option(
+    "--dataset-type",
+    "dataset_types",
+    multiple=True,
+    help="Dataset type to warm.",
+    shell_complete=complete_dataset_types,
+)
+@click.option(
+    "--collections",
+    multiple=True,
+    help="Collections to search.",
+    shell_complete=complete_collections,
+)
+@click.option("--where", default="", help="Query expression.", shell_complete=complete_where)
 @click.option("--jobs", default=8, show_default=True, type=click.IntRange(1, 64))
 @click.option("--token", envvar="BUTLER_TOKEN", help="Bearer token for the repository.")
 def warm(
@@ -321,6 +349,15 @@ def warm(
         click.echo(f"  failed {url}: {reason}", err=True)
     if result.failed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the proxyd shell-completion script for SHELL (see `butler completion --help`)."""
+    from butler.cli.completion import completion_script
+
+    click.echo(completion_script(main, "proxyd", shell))
 
 
 if __name__ == "__main__":

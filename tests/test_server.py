@@ -295,6 +295,9 @@ def test_openapi_describes_every_route_and_responses_validate(
     check(f"datasets/{ref.id}")
     check("find", '?dataset_type=summary&data_id={"instrument":"HSC","visit":100,"detector":0}')
     check("data-ids", "?dimensions=visit&dimensions=detector&limit=5")
+    check("datasets/summary", "?dataset_type=summary&collections=run1&where=visit%3D100")
+    check("datasets/summary", "?dataset_type=nope", status_code="404")
+    check("dimensions/visit/values", "?dataset_type=summary&collections=run1")
 
 
 # -- async ------------------------------------------------------------------------------

@@ -15,6 +15,14 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from butler.butler import Butler
+from butler.cli.completion import (
+    complete_collections,
+    complete_data_id,
+    complete_dataset_types,
+    complete_dimensions,
+    complete_where,
+    completion_command,
+)
 from butler.errors import ButlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,15 +83,22 @@ def _print_rows(rows: Iterable[Mapping[str, Any]], as_json: bool, title: str = "
 
 repo_argument = click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
 where_option = click.option(
-    "--where", default="", help="Query expression, e.g. \"visit > 100 AND band = 'r'\"."
+    "--where",
+    default="",
+    help="Query expression, e.g. \"visit > 100 AND band = 'r'\".",
+    shell_complete=complete_where,
 )
 bind_option = click.option(
     "--bind", multiple=True, metavar="KEY=VALUE", help="Bind value for the where expression."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 collections_option = click.option(
-    "--collections", multiple=True, help="Collections to search, in order (repeatable)."
+    "--collections",
+    multiple=True,
+    help="Collections to search, in order (repeatable).",
+    shell_complete=complete_collections,
 )
+dataset_type_argument = click.argument("dataset_type", shell_complete=complete_dataset_types)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,7 +181,7 @@ def insert_dimension_records(
 
 @main.command()
 @repo_argument
-@click.argument("dataset_type")
+@dataset_type_argument
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
@@ -178,6 +193,7 @@ def insert_dimension_records(
     metavar="KEY=VALUE",
     required=True,
     help="Data ID values (repeatable); with several files, give one file at a time.",
+    shell_complete=complete_data_id,
 )
 @click.option("--transfer", type=click.Choice(["copy", "move", "hardlink"]), default="copy")
 @handle_errors
@@ -201,7 +217,7 @@ def ingest(
 
 @main.command("query-datasets")
 @repo_argument
-@click.argument("dataset_type")
+@dataset_type_argument
 @collections_option
 @where_option
 @bind_option
@@ -250,10 +266,14 @@ def query_datasets(
 
 @main.command("query-data-ids")
 @repo_argument
-@click.argument("dimensions", nargs=-1, required=True)
+@click.argument("dimensions", nargs=-1, required=True, shell_complete=complete_dimensions)
 @where_option
 @bind_option
-@click.option("--dataset-type", help="Only data IDs that have datasets of this type.")
+@click.option(
+    "--dataset-type",
+    help="Only data IDs that have datasets of this type.",
+    shell_complete=complete_dataset_types,
+)
 @collections_option
 @click.option("--limit", type=int)
 @json_option
@@ -283,7 +303,7 @@ def query_data_ids(
 
 @main.command("query-dimension-records")
 @repo_argument
-@click.argument("element")
+@click.argument("element", shell_complete=complete_dimensions)
 @where_option
 @bind_option
 @click.option("--limit", type=int)
@@ -346,7 +366,7 @@ def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
 
 @main.command()
 @repo_argument
-@click.argument("dataset_type")
+@dataset_type_argument
 @collections_option
 @where_option
 @bind_option
@@ -459,6 +479,7 @@ def demo(workdir: Path) -> None:
     run_demo(workdir, echo=click.echo)
 
 
+main.add_command(completion_command("butler"))
 from butler.cli.ingest_raws import ingest_raws_command  # noqa: E402 - needs main defined
 
 main.add_command(ingest_raws_command)

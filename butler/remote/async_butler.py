@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from butler.butler import Collections, DatasetLike, IOStats, as_collection_list, memmap_hdu
+from butler.butler import (
+    Collections,
+    DatasetLike,
+    IOStats,
+    QuerySummary,
+    as_collection_list,
+    memmap_hdu,
+)
 from butler.datastore import sha256_file
 from butler.errors import (
     AmbiguousDatasetError,
@@ -36,7 +43,7 @@ from butler.errors import (
     StorageClassError,
     TransactionError,
 )
-from butler.formatters.registry import FormatterRegistry, default_registry
+from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
@@ -233,7 +240,7 @@ class AsyncButler:
     async def read_file(
         self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
     ) -> Any:
-        formatter = self.formatters.formatter(file.formatter)
+        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
         formatter.check_request(ref.component, parameters)
         source = self.byte_source(file)
         try:
@@ -441,17 +448,53 @@ class AsyncButler:
         return await self.client.paginate(f"dimensions/{element}/records", "records", params, limit)
 
     async def dimension_values(
-        self, element: str, where: str = "", *, prefix: str = "", limit: int = 1000, **data_id: Any
+        self,
+        element: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        prefix: str = "",
+        limit: int = 1000,
+        **data_id: Any,
     ) -> list[Any]:
         """Distinct values of one dimension given constraints (what completion offers)."""
         params = [
             ("where", where),
+            ("bind", data_id_json(bind or {})),
             ("data_id", data_id_json(data_id)),
             ("prefix", prefix),
             ("limit", str(limit)),
         ]
+        if dataset_type:
+            params.append(("dataset_type", dataset_type))
+            params += _collection_params(as_collection_list(collections) or self.collections)
         data = await self.client.get_json(f"dimensions/{element}/values", params)
         return list(data["values"])
+
+    async def query_summary(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        **data_id: Any,
+    ) -> QuerySummary:
+        """Count and total bytes of a dataset query, computed by the server."""
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        params = [
+            ("dataset_type", split_component(name)[0]),
+            ("where", where),
+            ("bind", data_id_json(bind or {})),
+            ("data_id", data_id_json(data_id)),
+            ("find_first", "true" if find_first else "false"),
+            *_collection_params(as_collection_list(collections) or self.collections),
+        ]
+        data = await self.client.get_json("datasets/summary", params)
+        return QuerySummary(count=int(data["count"]), size=int(data["size"]))
 
     # -- writing --------------------------------------------------------------------------
 

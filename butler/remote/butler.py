@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from butler.butler import Butler, Collections, DatasetLike
+from butler.butler import Butler, Collections, DatasetLike, QuerySummary
 from butler.errors import ButlerError
 from butler.formatters.registry import FormatterRegistry
 from butler.io.source import ByteSource
@@ -26,6 +26,8 @@ from butler.remote.source import HttpByteSource
 from butler.universe import DimensionUniverse
 
 T = TypeVar("T")
+MAX_VALUES = 10_000
+"""Distinct values one completion query returns at most (the server's largest page)."""
 
 
 class _LoopThread:
@@ -234,6 +236,44 @@ class RemoteButler(Butler):
     ) -> list[dict[str, Any]]:
         return self._run(
             self.remote.query_dimension_records(element, where, bind, limit=limit, **data_id)
+        )
+
+    def query_summary(
+        self,
+        dataset_type: str | DatasetType,
+        collections: Collections = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        find_first: bool = True,
+        **data_id: Any,
+    ) -> QuerySummary:
+        return self._run(
+            self.remote.query_summary(
+                dataset_type, collections, where, bind, find_first=find_first, **data_id
+            )
+        )
+
+    def query_dimension_values(
+        self,
+        dimension: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        **data_id: Any,
+    ) -> list[Any]:
+        return self._run(
+            self.remote.dimension_values(
+                dimension,
+                where,
+                bind,
+                dataset_type=dataset_type,
+                collections=collections,
+                limit=MAX_VALUES,
+                **data_id,
+            )
         )
 
     # -- writing ---------------------------------------------------------------------------

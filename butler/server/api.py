@@ -211,15 +211,38 @@ async def dimension_values(request: web.Request) -> web.Response:
     bind = _json_param(request, "bind")
     data_id = _json_param(request, "data_id")
     prefix = request.query.get("prefix", "")
+    dataset_type = request.query.get("dataset_type") or None
+    collections = _collections(request)
     limit, _ = _page(request)
 
     def work(butler: DirectButler) -> list[Any]:
-        ids = butler.registry.query_data_ids([element], where, bind, data_id)
-        values = sorted({i[element] for i in ids}, key=lambda v: (str(type(v)), v))
+        values = butler.query_dimension_values(
+            element, where, bind, dataset_type=dataset_type, collections=collections, **data_id
+        )
         return [v for v in values if str(v).startswith(prefix)][:limit]
 
     values = await request.app[POOL].read(work)
     return json_response(request, {"element": element, "values": values})
+
+
+async def datasets_summary(request: web.Request) -> web.Response:
+    """Count and total bytes of a dataset query, without listing the datasets."""
+    dataset_type = request.query.get("dataset_type")
+    if not dataset_type:
+        raise BadRequestError("parameter 'dataset_type' is required")
+    collections = _collections(request)
+    where = request.query.get("where", "")
+    bind = _json_param(request, "bind")
+    data_id = _json_param(request, "data_id")
+    find_first = _bool_param(request, "find_first", True)
+
+    def work(butler: DirectButler) -> dict[str, Any]:
+        summary = butler.query_summary(
+            dataset_type, collections, where, bind, find_first=find_first, **data_id
+        )
+        return {"dataset_type": dataset_type, "count": summary.count, "size": summary.size}
+
+    return json_response(request, await request.app[POOL].read(work))
 
 
 def _paged(key: str, rows: list[Any], limit: int, offset: int) -> dict[str, Any]:
@@ -464,6 +487,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/dimensions/{{element}}/values", dimension_values)
     app.router.add_get(f"{API}/datasets", query_datasets)
     app.router.add_post(f"{API}/datasets/query", query_datasets)
+    app.router.add_get(f"{API}/datasets/summary", datasets_summary)
     app.router.add_get(f"{API}/datasets/{{id}}", get_dataset)
     app.router.add_get(f"{API}/find", find_dataset)
     app.router.add_get(f"{API}/data-ids", query_data_ids)

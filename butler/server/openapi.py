@@ -328,6 +328,8 @@ def build_openapi() -> dict[str, Any]:
                     _BIND,
                     _DATA_ID,
                     _q("prefix", "Only values starting with this"),
+                    _q("dataset_type", "Only values that have datasets of this type"),
+                    _COLLECTIONS,
                     _LIMIT,
                 ],
             )
@@ -384,6 +386,32 @@ def build_openapi() -> dict[str, Any]:
                     **_ERRORS,
                 },
             }
+        },
+        f"{API}/datasets/summary": {
+            "get": _get(
+                "Count and total file bytes of a dataset query (before fetching it)",
+                {
+                    "type": "object",
+                    "required": ["dataset_type", "count", "size"],
+                    "properties": {
+                        "dataset_type": {"type": "string"},
+                        "count": {"type": "integer", "minimum": 0},
+                        "size": {"type": "integer", "minimum": 0, "description": "Bytes"},
+                    },
+                },
+                [
+                    _q("dataset_type", "Dataset type", required=True),
+                    _COLLECTIONS,
+                    _WHERE,
+                    _BIND,
+                    _DATA_ID,
+                    _q(
+                        "find_first",
+                        "One dataset per data ID (first collection wins)",
+                        {"type": "boolean"},
+                    ),
+                ],
+            )
         },
         f"{API}/datasets/{{id}}": {
             "get": _get(
