@@ -102,9 +102,11 @@ class Staging:
     @classmethod
     def begin(cls, root: Path) -> Staging:
         # Lock first, then make the directory visible under its final name: recovery in
-        # another process must never find an unlocked directory of a live transaction.
+        # another process must never delete a live transaction's directory. Until the
+        # rename, the hidden name carries this process's ID, which recovery checks: the
+        # lock file exists a moment before it is locked.
         name = uuid.uuid4().hex
-        hidden = root / STAGING_DIR / f".new-{name}"
+        hidden = root / STAGING_DIR / f".new-{os.getpid()}-{name}"
         hidden.mkdir(parents=True)
         fd = os.open(hidden / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,12 +200,19 @@ def recover_stale_staging(
     for directory in staging_root.iterdir():
         if not directory.is_dir():
             continue
+        maker_alive = _maker_alive(directory.name)
+        if maker_alive:
+            continue  # a transaction starting this instant
+        try:
+            young = time.time() - directory.stat().st_mtime < NEW_DIR_GRACE_SECONDS
+        except OSError:
+            continue  # renamed or removed meanwhile
         try:
             fd = os.open(directory / LOCK_NAME, os.O_RDWR)
         except FileNotFoundError:
             # The lock is taken right after the directory is made; without one, the directory
             # is either being made this instant or its process died in between.
-            if time.time() - directory.stat().st_mtime < NEW_DIR_GRACE_SECONDS:
+            if young and maker_alive is None:
                 continue
             fd = -1
         except OSError:
@@ -223,6 +232,21 @@ def recover_stale_staging(
             if fd >= 0:
                 os.close(fd)
     return cleaned
+
+
+def _maker_alive(name: str) -> bool | None:
+    """For a staging directory being made (``.new-<pid>-<id>``): whether the process
+    making it still runs; None for other names."""
+    pid_text = name.removeprefix(".new-").split("-", 1)[0]
+    if not name.startswith(".new-") or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

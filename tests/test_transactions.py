@@ -221,3 +221,25 @@ def test_concurrent_puts_of_the_same_data_ids_keep_exactly_one_each(repo_path: P
         assert len(butler.query_datasets("summary")) == 40
     assert len(files_of_run(repo_path, "race")) == 40
     assert os.listdir(repo_path / ".staging") == []
+
+
+def test_recovery_leaves_a_staging_directory_being_made_alone(tmp_path: Path) -> None:
+    # Staging.begin makes ".new-<pid>-<id>", creates its lock file, then locks it: recovery
+    # in another process that looks in between must not take the lock and delete it.
+    from butler.datastore import LOCK_NAME, STAGING_DIR, recover_stale_staging
+
+    being_made = tmp_path / STAGING_DIR / f".new-{os.getpid()}-0123"
+    being_made.mkdir(parents=True)
+    (being_made / LOCK_NAME).touch()
+    assert recover_stale_staging(tmp_path, lambda ids: set()) == 0
+    assert being_made.exists()
+    # The same directory left by a process that has died is cleaned at once.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],  # noqa: S603
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = being_made.rename(being_made.with_name(f".new-{dead.stdout.strip()}-0123"))
+    assert recover_stale_staging(tmp_path, lambda ids: set()) == 1
+    assert not orphan.exists()
