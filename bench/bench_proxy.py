@@ -9,6 +9,9 @@ Both run in front of the same nginx origin (Debian's nginx serving generated obj
 (c) cold coalescing: origin bytes ÷ object size, 32 clients         target exactly 1.0
 (d) proxyd peak RSS while serving 32 concurrent 1 GiB downloads     target under 200 MB
 
+Then workload (b) once more against a bare aiohttp app (bench/aiohttp_ceiling.py) that
+answers every request with fixed bytes: the most any aiohttp server can do here.
+
 Usage: python bench/bench_proxy.py [--quick] [--block-size 1048576] [--json FILE]
 """
 
@@ -27,7 +30,18 @@ from typing import Any
 import harness
 from harness import GiB, MiB
 
+from butler.server.process import ChildServer
 from proxyd.process import ProxydProcess
+
+
+class AiohttpCeiling(ChildServer):
+    """bench/aiohttp_ceiling.py: an aiohttp app answering every GET with 2,880 fixed bytes."""
+
+    health_path = ""
+
+    def command(self) -> list[str]:
+        script = Path(__file__).with_name("aiohttp_ceiling.py")
+        return [sys.executable, str(script), str(self.port)]
 
 
 def workloads(
@@ -113,6 +127,11 @@ def main() -> None:
             )
         finally:
             peer.stop()
+        print("bare aiohttp (the framework's ceiling on (b)):", file=sys.stderr)
+        with AiohttpCeiling(work / "ceiling.log") as ceiling:
+            results["aiohttp_ceiling"] = harness.hot_small_ranges(
+                ceiling.url, "hot.bin", hot, connections=32, duration=duration, warm_first=False
+            )
     finally:
         origin.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -121,6 +140,14 @@ def main() -> None:
         f"block {args.block_size // 1024} KiB)"
     )
     harness.compare(results["proxyd"], results["nginx"], names=("proxyd", "nginx"))
+    ceiling = results["aiohttp_ceiling"]["requests_per_s"]
+    proxyd_rps = results["proxyd"]["b_hot_ranges"]["requests_per_s"]
+    nginx_rps = results["nginx"]["b_hot_ranges"]["requests_per_s"]
+    print(
+        f"(b) bare aiohttp, fixed 2,880-byte answer, same wrk run: {ceiling:,.0f} requests/s "
+        f"= {ceiling / nginx_rps:.2f} x nginx; proxyd reaches {proxyd_rps / ceiling:.2f} "
+        "of that ceiling"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
