@@ -1189,7 +1189,9 @@ class _BlockReader:
                     store.read_slice, self.version, index, start, stop
                 )
             return cast(bytes | None, found)
-        whole = await self.state.blocking(store.open_block, self.version, index)
+        whole = store.quick_open(self.version, index) or await self.state.blocking(
+            store.open_block, self.version, index
+        )
         if isinstance(whole, BlockFile):
             return BlockFile(whole.file, whole.offset + start, min(stop, whole.length) - start)
         return None if whole is None else whole[start:stop]

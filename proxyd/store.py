@@ -431,6 +431,23 @@ class BlockStore:
         self._touched.add(block_key)
         return bytes(buffer)
 
+    def quick_open(self, version: str, index: int) -> BlockFile | None:
+        """A block file verified lately, opened without SQLite or hashing; None otherwise
+        (then use :meth:`open_block` in a worker thread). For the event loop: the file was
+        opened moments ago, so opening it again costs a cached lookup, not a disk wait --
+        and a download of a hot object then never stalls between blocks on a thread hop."""
+        block_key = f"block:{version}:{index}"
+        located = self._located.get(block_key)
+        if located is None or not self._verified_recently(located[0]):
+            return None
+        path, header = located
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - closed by whoever sends it
+        except OSError:
+            return None
+        self._touched.add(block_key)
+        return BlockFile(file, header.size, header.length)
+
     def open_block(self, version: str, index: int) -> BlockFile | bytes | None:
         """A whole verified block to send: an open file and where its data lie, or its
         bytes (small blocks live in SQLite, not in files); None if missing or damaged."""
