@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from butler.butler import Butler, is_remote_uri
-from butler.direct_butler import DirectButler
+from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
 from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
 from mirror.state import MirrorState
@@ -315,17 +315,20 @@ async def _transfer(
             progress.advance(bytes_task, n)
 
     def commit(batch: list[tuple[Item, Path]]) -> None:
-        with mirror.transaction():
-            for item, path in batch:
-                mirror.ingest(
+        mirror.ingest_many(
+            [
+                IngestEntry(
                     path,
                     item.ref.dataset_type.name,
                     item.ref.data_id.required,
                     run=item.ref.run,
-                    transfer="move",
                     dataset_id=item.ref.id,
                     checksum=item.file.checksum,  # verified while it was downloaded
                 )
+                for item, path in batch
+            ],
+            transfer="move",
+        )
         state.add_provenance(provenance_rows([i for i, _ in batch], query_id, request.source))
 
     async def committer() -> None:
