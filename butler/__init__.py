@@ -4,6 +4,8 @@ Open a repository with :class:`Butler`, then ``put``, ``get``, ``query_datasets`
 ``transaction()``; see the README for a tour.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from butler.butler import Butler, IOStats
 from butler.direct_butler import DirectButler
 from butler.errors import (
@@ -28,8 +30,20 @@ from butler.errors import (
 )
 from butler.formatters.base import Formatter, StorageClass
 from butler.formatters.registry import register_formatter, register_storage_class
-from butler.image import Box, Image
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+
+if TYPE_CHECKING:
+    from butler.image import Box, Image
+
+
+def __getattr__(name: str) -> Any:
+    # Image and Box need astropy, about a second of CPU to import: only when asked for.
+    if name in ("Box", "Image"):
+        from butler import image
+
+        return getattr(image, name)
+    raise AttributeError(f"module 'butler' has no attribute {name!r}")
+
 
 __all__ = [
     "AmbiguousDatasetError",

@@ -49,8 +49,7 @@ class FormatterRegistry:
         self._entry_points_loaded = False
         from butler.storage_classes import builtin_storage_classes
 
-        for sc in builtin_storage_classes():
-            self._storage_classes[sc.name] = sc
+        self._storage_classes.update(builtin_storage_classes())
 
     def _load_entry_points(self) -> None:
         with self._lock:
