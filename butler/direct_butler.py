@@ -69,6 +69,11 @@ class IngestEntry:
     dataset_id: uuid.UUID | None = None
     checksum: str | None = None
     """The file's ``sha256:`` digest when the caller has verified it already."""
+    index: Mapping[str, Any] | None = None
+    """The file's offset index when the caller has it already (a mirror has the source's
+    for the same, checksum-verified bytes); used only if built by the same formatter."""
+    index_formatter: str | None = None
+    """The formatter that built ``index``."""
 
 
 class DirectButler(Butler):
@@ -445,8 +450,11 @@ class DirectButler(Butler):
                 resolved = self._dataset_type(entry.dataset_type)
                 types[name] = (resolved, self._formatter_for(resolved))
             resolved, formatter = types[name]
-            # Refuse broken input before touching anything.
-            indexed.append((entry, resolved, formatter, formatter.index(entry.path)))
+            if entry.index is not None and entry.index_formatter == formatter.name:
+                index = dict(entry.index)
+            else:
+                index = formatter.index(entry.path)  # refuse broken input before any change
+            indexed.append((entry, resolved, formatter, index))
         refs: list[DatasetRef] = []
         with self.transaction():
             runs: dict[str | None, str] = {}

@@ -323,7 +323,10 @@ async def _transfer(
                     item.ref.data_id.required,
                     run=item.ref.run,
                     dataset_id=item.ref.id,
-                    checksum=item.file.checksum,  # verified while it was downloaded
+                    # Verified while it was downloaded, so the source's index describes it too.
+                    checksum=item.file.checksum,
+                    index=item.file.index,
+                    index_formatter=item.file.formatter,
                 )
                 for item, path in batch
             ],
