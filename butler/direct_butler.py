@@ -45,16 +45,18 @@ class _Transaction:
     marks: list[int] = field(default_factory=list)
 
 
-def _transfer_file(source: Path, staged: Path, transfer: str) -> None:
+def _transfer_file(source: Path, staged: Path, transfer: str) -> bool:
+    """Link or copy ``source`` to ``staged``; True if linked (the same bytes on disk)."""
     if transfer in ("hardlink", "move"):
         try:
             # A link is instant and leaves the source intact until the commit.
             os.link(source, staged)
-            return
+            return True
         except OSError:
             if transfer == "hardlink":
                 raise
     shutil.copyfile(source, staged)
+    return False
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class IngestEntry:
     for the same, checksum-verified bytes); used only if built by the same formatter."""
     index_formatter: str | None = None
     """The formatter that built ``index``."""
+    durable: bool = False
+    """The caller made the file's bytes durable (fsync) already: when it is linked, not
+    copied, into the repository, the commit does not sync them again."""
 
 
 class DirectButler(Butler):
@@ -470,12 +475,12 @@ class DirectButler(Butler):
                 )
                 staged = staging.new_path(ref.id, formatter.extension)
                 try:
-                    _transfer_file(entry.path, staged, transfer)
+                    linked = _transfer_file(entry.path, staged, transfer)
                     info = self._file_info(ref, formatter, staged, entry.checksum, index)
                 except BaseException:
                     staged.unlink(missing_ok=True)
                     raise
-                staging.add(ref.id, staged, info.path)
+                staging.add(ref.id, staged, info.path, durable=linked and entry.durable)
                 rows.setdefault(resolved.name, []).append((ref, info))
                 refs.append(ref)
             for batch in rows.values():

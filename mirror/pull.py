@@ -35,6 +35,7 @@ from mirror.transfer import (
     partial_sizes,
     remove_partial_dir,
     run_transfers,
+    sync_data,
 )
 
 COMMIT_BATCH = 200
@@ -285,6 +286,22 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
     return summary
 
 
+async def _synced(
+    pending: list[tuple[Item, Path, asyncio.Future[None]]],
+    on_failed: Callable[[Item, str], None],
+) -> list[tuple[Item, Path]]:
+    """The files of ``pending`` whose bytes are durable; the others are reported as failed
+    (their partial files stay, and the next pull verifies and resumes them)."""
+    results = await asyncio.gather(*(f for _, _, f in pending), return_exceptions=True)
+    durable = []
+    for (item, path, _), result in zip(pending, results, strict=True):
+        if isinstance(result, BaseException):
+            on_failed(item, f"could not write it to disk: {result}")
+        else:
+            durable.append((item, path))
+    return durable
+
+
 async def _transfer(
     request: PullRequest,
     source: Butler,
@@ -308,7 +325,9 @@ async def _transfer(
         bytes_task = progress.add_task(
             "bytes", total=plan.fetch_bytes + plan.resumable_bytes, completed=plan.resumable_bytes
         )
-    verified: asyncio.Queue[tuple[Item, Path] | None] = asyncio.Queue()
+    # Each verified file comes with the future of its fdatasync, started at once so the disk
+    # writes it while the next files arrive; a batch is committed when its syncs are done.
+    verified: asyncio.Queue[tuple[Item, Path, asyncio.Future[None]] | None] = asyncio.Queue()
 
     def on_bytes(n: int) -> None:
         if progress is not None:
@@ -327,6 +346,7 @@ async def _transfer(
                     checksum=item.file.checksum,
                     index=item.file.index,
                     index_formatter=item.file.formatter,
+                    durable=True,  # synced by sync_data before the batch was handed here
                 )
                 for item, path in batch
             ],
@@ -338,9 +358,9 @@ async def _transfer(
         """One task commits verified files in batches, so downloads never wait for it."""
         done = False
         while not done:
-            batch: list[tuple[Item, Path]] = []
+            pending: list[tuple[Item, Path, asyncio.Future[None]]] = []
             deadline = time.monotonic() + COMMIT_INTERVAL
-            while len(batch) < COMMIT_BATCH:
+            while len(pending) < COMMIT_BATCH:
                 try:
                     entry = await asyncio.wait_for(
                         verified.get(), timeout=max(0.0, deadline - time.monotonic())
@@ -350,7 +370,8 @@ async def _transfer(
                 if entry is None:
                     done = True
                     break
-                batch.append(entry)
+                pending.append(entry)
+            batch = await _synced(pending, on_failed)
             if batch:
                 await asyncio.to_thread(commit, batch)
                 summary.downloaded += len(batch)
@@ -359,7 +380,8 @@ async def _transfer(
                     progress.advance(files_task, len(batch))
 
     async def on_done(item: Item, path: Path) -> None:
-        verified.put_nowait((item, path))
+        synced = asyncio.get_running_loop().run_in_executor(None, sync_data, path)
+        verified.put_nowait((item, path, synced))
 
     def on_failed(item: Item, reason: str) -> None:
         summary.failed.append(

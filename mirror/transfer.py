@@ -294,6 +294,22 @@ async def run_transfers(
     await asyncio.gather(*(worker() for _ in range(max(1, min(jobs, len(items))))))
 
 
+def sync_data(path: Path) -> None:
+    """Make a file's bytes durable (its data and size, not its name: that is the commit's).
+
+    Only this file is flushed, never the whole system (``sync()``), whose cost on a shared
+    machine depends on what everyone else has written.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has fsync only
+
+
 def free_bytes(path: Path) -> int:
     probe = path
     while not probe.exists():
