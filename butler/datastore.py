@@ -87,6 +87,8 @@ class StagedFile:
     dataset_id: uuid.UUID
     staged: Path
     final: Path
+    durable: bool = False
+    """Its bytes were made durable (fsync) already, so the commit need not sync them."""
 
 
 @dataclass
@@ -117,8 +119,10 @@ class Staging:
     def new_path(self, dataset_id: uuid.UUID, extension: str) -> Path:
         return self.directory / f"{dataset_id}{extension}"
 
-    def add(self, dataset_id: uuid.UUID, staged: Path, final_relative: str) -> None:
-        self.files.append(StagedFile(dataset_id, staged, self.root / final_relative))
+    def add(
+        self, dataset_id: uuid.UUID, staged: Path, final_relative: str, durable: bool = False
+    ) -> None:
+        self.files.append(StagedFile(dataset_id, staged, self.root / final_relative, durable))
 
     def discard(self, dataset_id: uuid.UUID) -> None:
         """Forget a staged file (its put failed) and delete it."""
@@ -134,7 +138,7 @@ class Staging:
 
         Runs just before the registry commit, so a committed dataset's bytes are on disk.
         """
-        _sync_files([s.staged for s in self.files])
+        _sync_files([s.staged for s in self.files if not s.durable])
         entries = [{"id": str(s.dataset_id), "path": str(s.final)} for s in self.files]
         entries += [{"id": str(i), "path": str(p)} for i, p in self.deletions]
         journal = self.directory / JOURNAL_NAME
@@ -267,6 +271,8 @@ SYNC_ALL_THRESHOLD = 16
 
 
 def _sync_files(paths: list[Path]) -> None:
+    if not paths:
+        return
     # Deferred to commit time: writing many datasets then syncing once is much faster than
     # an fsync per put, and the registry commit still never precedes the bytes it names.
     if len(paths) > SYNC_ALL_THRESHOLD:

@@ -50,6 +50,45 @@ class _Transaction:
     marks: list[int] = field(default_factory=list)
 
 
+def _transfer_file(source: Path, staged: Path, transfer: str) -> bool:
+    """Link or copy ``source`` to ``staged``; True if hard-linked (the same bytes on disk)."""
+    if transfer in ("hardlink", "link", "move"):
+        try:
+            # A link is instant and leaves the source intact until the commit.
+            os.link(source, staged)
+            return True
+        except OSError:
+            if transfer != "move":
+                raise
+    if transfer == "symlink":
+        os.symlink(source.resolve(), staged)
+        return False
+    shutil.copyfile(source, staged)
+    return False
+
+
+@dataclass(frozen=True)
+class IngestEntry:
+    """One file for :meth:`DirectButler.ingest_many` and what to record it as."""
+
+    path: Path
+    dataset_type: str | DatasetType
+    data_id: Mapping[str, Any]
+    run: str | None = None
+    """RUN collection (default: the butler's run)."""
+    dataset_id: uuid.UUID | None = None
+    checksum: str | None = None
+    """The file's ``sha256:`` digest when the caller has verified it already."""
+    index: Mapping[str, Any] | None = None
+    """The file's offset index when the caller has it already (a mirror has the source's
+    for the same, checksum-verified bytes); used only if built by the same formatter."""
+    index_formatter: str | None = None
+    """The formatter that built ``index``."""
+    durable: bool = False
+    """The caller made the file's bytes durable (fsync) already: when it is linked, not
+    copied, into the repository, the commit does not sync them again."""
+
+
 class DirectButler(Butler):
     """The butler on a local repository directory (see :class:`~butler.butler.Butler`)."""
 
@@ -395,42 +434,85 @@ class DirectButler(Butler):
         just computed and verified it (a mirror hashes while downloading), so it is not read
         again.
         """
+        entry = IngestEntry(
+            Path(path),
+            dataset_type,
+            {**dict(data_id or {}), **data_id_kwargs},
+            run=run,
+            dataset_id=dataset_id,
+            checksum=checksum,
+            index=index,
+        )
+        return self.ingest_many([entry], transfer=transfer)[0]
+
+    def ingest_many(
+        self, entries: Sequence[IngestEntry], *, transfer: str = "copy"
+    ) -> list[DatasetRef]:
+        """Ingest many files as one transaction (see :meth:`ingest` for each file's checks).
+
+        The registry work is done per batch, not per file: each dataset type and run is
+        looked up once, and the rows of each dataset type go in with one statement. A
+        dataset that exists already fails the whole batch (nothing is recorded or moved).
+        """
         self._check_writeable()
         if transfer not in TRANSFER_MODES:
             raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {transfer!r}")
-        source_path = Path(path)
-        if not source_path.is_file():
-            raise FileNotFoundError(f"cannot ingest {source_path}: no such file")
-        dataset_type = self._dataset_type(dataset_type)
-        formatter = self._formatter_for(dataset_type)
-        if index is None:
-            index = formatter.index(source_path)  # refuse broken input before touching anything
-        run = self._write_run(run)
-        with self.transaction():
-            ref = self._new_ref(
-                dataset_type, run, {**dict(data_id or {}), **data_id_kwargs}, dataset_id
+        types: dict[str, tuple[DatasetType, Formatter]] = {}
+        indexed: list[tuple[IngestEntry, DatasetType, Formatter, dict[str, Any]]] = []
+        for entry in entries:
+            if not entry.path.is_file():
+                raise FileNotFoundError(f"cannot ingest {entry.path}: no such file")
+            name = (
+                entry.dataset_type.name
+                if isinstance(entry.dataset_type, DatasetType)
+                else entry.dataset_type
             )
-            if transfer == "direct":
-                self._record_external_file(ref, formatter, source_path.resolve(), checksum, index)
-                return ref
-            staging = self._staging()
-            staged = staging.new_path(ref.id, formatter.extension)
-            if transfer in ("hardlink", "link", "move"):
-                try:
-                    # A link is instant and leaves the source intact until the commit.
-                    os.link(source_path, staged)
-                except OSError:
-                    if transfer != "move":
-                        raise
-                    shutil.copyfile(source_path, staged)
-            elif transfer == "symlink":
-                os.symlink(source_path.resolve(), staged)
+            if name not in types:
+                resolved = self._dataset_type(entry.dataset_type)
+                types[name] = (resolved, self._formatter_for(resolved))
+            resolved, formatter = types[name]
+            if entry.index is not None and entry.index_formatter in (None, formatter.name):
+                index = dict(entry.index)
             else:
-                shutil.copyfile(source_path, staged)
-            self._record_file(ref, formatter, staged, staging, checksum, index)
+                index = formatter.index(entry.path)  # refuse broken input before any change
+            indexed.append((entry, resolved, formatter, index))
+        refs: list[DatasetRef] = []
+        with self.transaction():
+            runs: dict[str | None, str] = {}
+            rows: dict[str, list[tuple[DatasetRef, FileInfo]]] = {}
+            staging = self._staging()
+            for entry, resolved, formatter, index in indexed:
+                if entry.run not in runs:
+                    runs[entry.run] = self._write_run(entry.run)
+                    self.registry.register_run(runs[entry.run])
+                coordinate = self.registry.expand_data_id(resolved, entry.data_id)
+                ref = DatasetRef(
+                    entry.dataset_id or uuid.uuid4(), resolved, coordinate, runs[entry.run]
+                )
+                if transfer == "direct":
+                    info = self._file_info(
+                        ref, formatter, entry.path, entry.checksum, index, external=True
+                    )
+                    rows.setdefault(resolved.name, []).append((ref, info))
+                    refs.append(ref)
+                    continue
+                staged = staging.new_path(ref.id, formatter.extension)
+                try:
+                    linked = _transfer_file(entry.path, staged, transfer)
+                    info = self._file_info(ref, formatter, staged, entry.checksum, index)
+                except BaseException:
+                    staged.unlink(missing_ok=True)
+                    raise
+                staging.add(ref.id, staged, info.path, durable=linked and entry.durable)
+                rows.setdefault(resolved.name, []).append((ref, info))
+                refs.append(ref)
+            for batch in rows.values():
+                # The registry's unique key refuses a data ID already in the run.
+                self.registry.insert_datasets(batch)
         if transfer == "move":
-            source_path.unlink(missing_ok=True)
-        return ref
+            for entry in entries:
+                entry.path.unlink(missing_ok=True)
+        return refs
 
     def _dataset_type(self, dataset_type: str | DatasetType) -> DatasetType:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
@@ -485,58 +567,54 @@ class DirectButler(Butler):
         formatter: Formatter,
         staged: Path,
         staging: Staging,
-        checksum: str | None = None,
-        index: dict[str, Any] | None = None,
     ) -> None:
         try:
-            if index is None:  # ingest indexed the file already; a put's file is new
-                index = formatter.index(staged)
-            origin = self.formatters.origin(formatter.name)
-            if origin is not None:
-                # Readers without the plugin are told what to install (see load_plugins).
-                index = {**index, ORIGIN_KEY: origin}
-            info = FileInfo(
-                dataset_id=ref.id,
-                path=render_path(
-                    self.config.file_template,
-                    run=ref.run,
-                    dataset_type=ref.dataset_type.name,
-                    data_id=ref.data_id,
-                    dimensions=ref.dataset_type.dimensions,
-                    dataset_id=ref.id,
-                    extension=formatter.extension,
-                ),
-                size=staged.stat().st_size,
-                checksum=checksum or sha256_file(staged),
-                formatter=formatter.name,
-                storage_class=ref.dataset_type.storage_class,
-                index=index,
-            )
+            info = self._file_info(ref, formatter, staged)
             self.registry.insert_dataset(ref, info)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
         staging.add(ref.id, staged, info.path)
 
-    def _record_external_file(
+    def _file_path(self, ref: DatasetRef, formatter: Formatter) -> str:
+        return render_path(
+            self.config.file_template,
+            run=ref.run,
+            dataset_type=ref.dataset_type.name,
+            data_id=ref.data_id,
+            dimensions=ref.dataset_type.dimensions,
+            dataset_id=ref.id,
+            extension=formatter.extension,
+        )
+
+    def _file_info(
         self,
         ref: DatasetRef,
         formatter: Formatter,
-        path: Path,
-        checksum: str | None,
-        index: dict[str, Any],
-    ) -> None:
-        """Record a file that stays outside the datastore (``transfer="direct"``)."""
-        info = FileInfo(
+        file: Path,
+        checksum: str | None = None,
+        index: dict[str, Any] | None = None,
+        *,
+        external: bool = False,
+    ) -> FileInfo:
+        """The file record of a staged file (indexed and hashed here unless already done),
+        or with ``external`` of a file that stays where it is (``transfer="direct"``: the
+        record holds its absolute path)."""
+        if index is None:
+            index = formatter.index(file)
+        origin = self.formatters.origin(formatter.name)
+        if origin is not None:
+            # Readers without the plugin are told what to install (see load_plugins).
+            index = {**index, ORIGIN_KEY: origin}
+        return FileInfo(
             dataset_id=ref.id,
-            path=str(path),
-            size=path.stat().st_size,
-            checksum=checksum or sha256_file(path),
+            path=str(file.resolve()) if external else self._file_path(ref, formatter),
+            size=file.stat().st_size,
+            checksum=checksum or sha256_file(file),
             formatter=formatter.name,
             storage_class=ref.dataset_type.storage_class,
             index=index,
         )
-        self.registry.insert_dataset(ref, info)
 
     def remove(
         self,

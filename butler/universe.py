@@ -53,6 +53,11 @@ class DimensionUniverse:
         self.version = int(config.get("version", 1))
         self.namespace = str(config.get("namespace", "default"))
         self.elements: dict[str, DimensionElement] = {}
+        # The universe never changes once built, and closures are asked for per data ID
+        # (every ingest and every record a mirror copies), so each is computed once.
+        self._order: tuple[str, ...] | None = None
+        self._required: dict[frozenset[str], tuple[str, ...]] = {}
+        self._implied: dict[frozenset[str], tuple[str, ...]] = {}
         for name, spec in elements_cfg.items():
             self.elements[name] = self._parse_element(name, spec or {})
         self._check_references()
@@ -102,7 +107,12 @@ class DimensionUniverse:
 
     def _sorted(self, names: Iterable[str]) -> tuple[str, ...]:
         """Topological order (required and implied dimensions first), stable by config order."""
+        if self._order is None:
+            self._order = self._topological_order()
         wanted = set(names)
+        return tuple(n for n in self._order if n in wanted)
+
+    def _topological_order(self) -> tuple[str, ...]:
         order: list[str] = []
         visiting: set[str] = set()
 
@@ -120,7 +130,7 @@ class DimensionUniverse:
 
         for name in self.elements:
             visit(name)
-        return tuple(n for n in order if n in wanted)
+        return tuple(order)
 
     # -- closures -------------------------------------------------------------------------
 
@@ -132,6 +142,13 @@ class DimensionUniverse:
 
     def required_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         """``names`` plus everything they require, recursively, in canonical order."""
+        key = frozenset(names)
+        cached = self._required.get(key)
+        if cached is None:
+            cached = self._required[key] = self._required_closure(key)
+        return cached
+
+    def _required_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         found: set[str] = set()
         pending = list(names)
         while pending:
@@ -143,6 +160,13 @@ class DimensionUniverse:
 
     def implied_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         """Dimensions implied by ``names`` (and by what those imply), minus the required ones."""
+        key = frozenset(names)
+        cached = self._implied.get(key)
+        if cached is None:
+            cached = self._implied[key] = self._implied_closure(key)
+        return cached
+
+    def _implied_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         required = set(self.required_closure(names))
         found: set[str] = set()
         pending = [i for n in required for i in self.elements[n].implies]

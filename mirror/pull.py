@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from butler.butler import Butler, is_remote_uri
-from butler.direct_butler import DirectButler
+from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
 from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
 from mirror.state import MirrorState
@@ -35,6 +35,7 @@ from mirror.transfer import (
     partial_sizes,
     remove_partial_dir,
     run_transfers,
+    sync_data,
 )
 
 COMMIT_BATCH = 200
@@ -285,6 +286,22 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
     return summary
 
 
+async def _synced(
+    pending: list[tuple[Item, Path, asyncio.Future[None]]],
+    on_failed: Callable[[Item, str], None],
+) -> list[tuple[Item, Path]]:
+    """The files of ``pending`` whose bytes are durable; the others are reported as failed
+    (their partial files stay, and the next pull verifies and resumes them)."""
+    results = await asyncio.gather(*(f for _, _, f in pending), return_exceptions=True)
+    durable = []
+    for (item, path, _), result in zip(pending, results, strict=True):
+        if isinstance(result, BaseException):
+            on_failed(item, f"could not write it to disk: {result}")
+        else:
+            durable.append((item, path))
+    return durable
+
+
 async def _transfer(
     request: PullRequest,
     source: Butler,
@@ -308,33 +325,42 @@ async def _transfer(
         bytes_task = progress.add_task(
             "bytes", total=plan.fetch_bytes + plan.resumable_bytes, completed=plan.resumable_bytes
         )
-    verified: asyncio.Queue[tuple[Item, Path] | None] = asyncio.Queue()
+    # Each verified file comes with the future of its fdatasync, started at once so the disk
+    # writes it while the next files arrive; a batch is committed when its syncs are done.
+    verified: asyncio.Queue[tuple[Item, Path, asyncio.Future[None]] | None] = asyncio.Queue()
 
     def on_bytes(n: int) -> None:
         if progress is not None:
             progress.advance(bytes_task, n)
 
     def commit(batch: list[tuple[Item, Path]]) -> None:
-        with mirror.transaction():
-            for item, path in batch:
-                mirror.ingest(
+        mirror.ingest_many(
+            [
+                IngestEntry(
                     path,
                     item.ref.dataset_type.name,
                     item.ref.data_id.required,
                     run=item.ref.run,
-                    transfer="move",
                     dataset_id=item.ref.id,
-                    checksum=item.file.checksum,  # verified while it was downloaded
+                    # Verified while it was downloaded, so the source's index describes it too.
+                    checksum=item.file.checksum,
+                    index=item.file.index,
+                    index_formatter=item.file.formatter,
+                    durable=True,  # synced by sync_data before the batch was handed here
                 )
+                for item, path in batch
+            ],
+            transfer="move",
+        )
         state.add_provenance(provenance_rows([i for i, _ in batch], query_id, request.source))
 
     async def committer() -> None:
         """One task commits verified files in batches, so downloads never wait for it."""
         done = False
         while not done:
-            batch: list[tuple[Item, Path]] = []
+            pending: list[tuple[Item, Path, asyncio.Future[None]]] = []
             deadline = time.monotonic() + COMMIT_INTERVAL
-            while len(batch) < COMMIT_BATCH:
+            while len(pending) < COMMIT_BATCH:
                 try:
                     entry = await asyncio.wait_for(
                         verified.get(), timeout=max(0.0, deadline - time.monotonic())
@@ -344,7 +370,8 @@ async def _transfer(
                 if entry is None:
                     done = True
                     break
-                batch.append(entry)
+                pending.append(entry)
+            batch = await _synced(pending, on_failed)
             if batch:
                 await asyncio.to_thread(commit, batch)
                 summary.downloaded += len(batch)
@@ -353,7 +380,8 @@ async def _transfer(
                     progress.advance(files_task, len(batch))
 
     async def on_done(item: Item, path: Path) -> None:
-        verified.put_nowait((item, path))
+        synced = asyncio.get_running_loop().run_in_executor(None, sync_data, path)
+        verified.put_nowait((item, path, synced))
 
     def on_failed(item: Item, reason: str) -> None:
         summary.failed.append(

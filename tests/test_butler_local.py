@@ -349,3 +349,53 @@ def test_registry_is_plain_sqlite_with_json_file_index(butler: Butler) -> None:
     index = json.loads(row[2])
     assert index["shape"] == [3, 3]
     assert index["data_offset"] + 18 == row[0]
+
+
+def test_ingest_many_is_one_transaction_and_reuses_a_matching_index(
+    butler: Butler, tmp_path: Path
+) -> None:
+    from butler.direct_butler import DirectButler, IngestEntry
+
+    assert isinstance(butler, DirectButler)
+    sources = []
+    for detector in range(3):
+        path = tmp_path / f"in{detector}.npy"
+        np.save(path, np.full((2, 3), detector, dtype=np.int16))
+        sources.append(path)
+    butler.put(np.zeros(1), "flux", HSC, visit=100, detector=2)
+    entries = [
+        IngestEntry(path, "flux", {**HSC, "visit": 100, "detector": d})
+        for d, path in enumerate(sources)
+    ]
+    # One dataset exists already: the whole batch is refused, and no file moves.
+    with pytest.raises(DatasetExistsError):
+        butler.ingest_many(entries, transfer="move")
+    assert all(p.exists() for p in sources)
+    assert len(butler.query_datasets("flux")) == 1
+
+    bogus = {"dtype": "<i2", "shape": [2, 3], "data_offset": 128, "from": "caller"}
+    refs = butler.ingest_many(
+        [
+            IngestEntry(
+                sources[0],
+                "flux",
+                {**HSC, "visit": 101, "detector": 0},
+                index=bogus,
+                index_formatter="npy",
+            ),
+            IngestEntry(
+                sources[1],
+                "flux",
+                {**HSC, "visit": 101, "detector": 1},
+                index=bogus,
+                index_formatter="another",
+            ),
+        ],
+        transfer="move",
+    )
+    assert not sources[0].exists()
+    assert not sources[1].exists()
+    first, second = (butler.get_file_info(ref) for ref in refs)
+    assert first.index == bogus  # the caller's index, built by the same formatter
+    assert "from" not in second.index  # built here: the caller's came from another formatter
+    np.testing.assert_array_equal(butler.get(refs[1]), np.full((2, 3), 1, dtype=np.int16))

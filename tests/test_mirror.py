@@ -327,3 +327,39 @@ def test_pull_via_proxyd_leaves_the_proxy_warm(server: ButlerServer, tmp_path: P
             assert mirror.verify() == []
         status = json.loads(run_mirror("status", str(second), "--json").stdout)
         assert status["sources"] == [server.url]  # provenance names the source, not the proxy
+
+
+def test_a_file_that_cannot_be_made_durable_is_never_recorded(
+    server: ButlerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mirror.pull
+    from mirror.transfer import PARTIAL_DIR, sync_data
+
+    dest = tmp_path / "laptop"
+    broken: list[Path] = []
+
+    def failing_once(path: Path) -> None:
+        if not broken:
+            broken.append(path)
+            raise OSError(5, "Input/output error")
+        sync_data(path)
+
+    monkeypatch.setattr(mirror.pull, "sync_data", failing_once)
+    request = PullRequest(server.url, dest, ["flux"], ["raw"], "visit IN (100, 101)", jobs=2)
+    summary = pull(request, lambda _: None)
+    assert summary.downloaded == 7
+    assert len(summary.failed) == 1
+    assert "could not write it to disk" in summary.failed[0][1]
+    with DirectButler(dest) as local:
+        assert len(local.query_datasets("flux", "raw")) == 7
+    assert broken[0].parent.name == PARTIAL_DIR
+    assert broken[0].exists()  # kept, to be verified and resumed
+
+    monkeypatch.undo()
+    mark = server.mark()
+    again = pull(request, lambda _: None)
+    assert (again.downloaded, again.skipped, again.failed) == (1, 7, [])
+    assert len(server.file_requests(mark)) == 0  # the partial file was whole: no new bytes
+    with DirectButler(dest) as local:
+        assert len(local.query_datasets("flux", "raw")) == 8
+        assert local.verify() == []

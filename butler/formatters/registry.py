@@ -92,8 +92,7 @@ class FormatterRegistry:
         self._module_distributions: dict[str, str] = {}
         from butler.storage_classes import builtin_storage_classes
 
-        for sc in builtin_storage_classes():
-            self._storage_classes[sc.name] = sc
+        self._storage_classes.update(builtin_storage_classes())
 
     # -- plugins ----------------------------------------------------------------------------
 
