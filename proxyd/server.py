@@ -58,6 +58,7 @@ from proxyd.policy.requests import (
     forward_response_headers,
     route,
 )
+from proxyd.sendfile import send_file_piece
 from proxyd.settings import ProxySettings
 from proxyd.store import BlockFile, BlockStore, ObjectMeta
 from proxyd.upstream import UpstreamClients, UpstreamError
@@ -274,8 +275,9 @@ async def _send_piece(
     request: web.Request, response: web.StreamResponse, piece: bytes | BlockFile, state: ProxyState
 ) -> None:
     """Send bytes in hand, or a verified stored piece straight from its file: the kernel
-    copies it to the socket (sendfile), so hot downloads neither copy through Python nor
-    hold blocks in memory. The timeout applies per piece, as to writes."""
+    copies it to the socket (sendfile, from worker threads: :mod:`proxyd.sendfile`), so hot
+    downloads neither copy through Python nor hold blocks in memory. The timeout is for the
+    client's progress, as for writes."""
     if isinstance(piece, bytes):
         await _write(response, piece, state)
         return
@@ -283,9 +285,13 @@ async def _send_piece(
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        loop = asyncio.get_running_loop()
-        send = loop.sendfile(transport, piece.file, piece.offset, piece.length)
-        await asyncio.wait_for(send, timeout=state.settings.client_timeout)
+        await send_file_piece(
+            transport,
+            piece.file,
+            piece.offset,
+            piece.length,
+            idle_limit=state.settings.client_timeout,
+        )
     finally:
         piece.file.close()
 

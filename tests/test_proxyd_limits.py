@@ -108,17 +108,26 @@ def test_clients_that_send_slowly_or_stay_idle_are_dropped(proxy: Proxy) -> None
             assert 1.5 < time.monotonic() - started < 5  # ... after client_timeout (2 s)
 
 
-def test_a_client_that_stops_reading_is_dropped(origin: NginxOrigin, proxy: Proxy) -> None:
+@pytest.mark.parametrize("cached", [False, True], ids=["filling", "cached"])
+def test_a_client_that_stops_reading_is_dropped(
+    origin: NginxOrigin, proxy: Proxy, cached: bool
+) -> None:
+    # Filling: bytes go out as they arrive from the origin; cached: sent from the block
+    # files by sendfile threads. Either way a client that stops reading is let go.
     size = 32 * MiB
-    write_old(origin.root_dir, "unread.bin", size, seed=3)
+    name = f"unread-{cached}.bin"
+    write_old(origin.root_dir, name, size, seed=3)
+    if cached:
+        assert proxy.get(f"/o/{name}").status == 200
+    dropped = proxy.metrics().get('proxyd_errors_total{kind="client_timeout"}', 0)
     mark = proxy.mark()
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        sock.sendall(b"GET /o/unread.bin HTTP/1.1\r\nHost: p\r\n\r\n")
+        sock.sendall(f"GET /o/{name} HTTP/1.1\r\nHost: p\r\n\r\n".encode())
         started = time.monotonic()
         # The client reads nothing: after client_timeout (2 s) the proxy gives up on it.
         wait_until(
-            lambda: proxy.metrics().get('proxyd_errors_total{kind="client_timeout"}', 0) >= 1,
+            lambda: proxy.metrics().get('proxyd_errors_total{kind="client_timeout"}', 0) > dropped,
             timeout=10,
             interval=0.2,
             what="the client to be dropped",
@@ -129,7 +138,7 @@ def test_a_client_that_stops_reading_is_dropped(origin: NginxOrigin, proxy: Prox
             received += len(chunk)
         assert received < size // 2
     [entry] = proxy.entries_since(mark, 1)
-    assert (entry["target"], entry["status"]) == ("/o/unread.bin", 499)
+    assert (entry["target"], entry["status"]) == (f"/o/{name}", 499)
     assert "Traceback" not in proxy.log_text()  # an event, not a crash
 
 
