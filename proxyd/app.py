@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import resource
 import time
 from collections.abc import AsyncIterator
 from logging.handlers import QueueHandler, QueueListener
@@ -151,7 +152,17 @@ def _queued(logger: logging.Logger, handler: logging.Handler) -> QueueListener:
     return listener
 
 
+def _raise_open_file_limit() -> None:
+    """Allow as many open descriptors as the system lets this process have: every client
+    connection, upstream connection and hot block file held open takes one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(settings: ProxySettings) -> None:
+    _raise_open_file_limit()
     listeners = configure_logging(settings)
     try:
         _serve(settings)

@@ -58,7 +58,7 @@ from proxyd.policy.requests import (
     forward_response_headers,
     route,
 )
-from proxyd.sendfile import send_file_piece
+from proxyd.sendfile import FileSender
 from proxyd.settings import ProxySettings
 from proxyd.store import BlockFile, BlockStore, ObjectMeta
 from proxyd.upstream import UpstreamClients, UpstreamError
@@ -272,7 +272,7 @@ async def _write(response: web.StreamResponse, chunk: bytes, state: ProxyState) 
 
 
 async def _send_piece(
-    request: web.Request, response: web.StreamResponse, piece: bytes | BlockFile, state: ProxyState
+    response: web.StreamResponse, piece: bytes | BlockFile, sender: FileSender, state: ProxyState
 ) -> None:
     """Send bytes in hand, or a verified stored piece straight from its file: the kernel
     copies it to the socket (sendfile, from worker threads: :mod:`proxyd.sendfile`), so hot
@@ -282,18 +282,9 @@ async def _send_piece(
         await _write(response, piece, state)
         return
     try:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        await send_file_piece(
-            transport,
-            piece.file,
-            piece.offset,
-            piece.length,
-            idle_limit=state.settings.client_timeout,
-        )
+        await sender.send(piece.fd, piece.offset, piece.length)
     finally:
-        piece.file.close()
+        piece.release()
 
 
 # -- pass-through -----------------------------------------------------------------------------
@@ -918,12 +909,13 @@ async def _stream(
         served.cache = reader.cache_status()
     response.headers[CACHE_HEADER] = "STALE" if stale else served.cache
     await response.prepare(request)
+    sender = FileSender(request.transport, state.settings.client_timeout)
     try:
         for part_header, byte_range in parts:
             if part_header:
                 await _write(response, part_header, state)
             async for piece in reader.bytes_of(byte_range, served):
-                await _send_piece(request, response, piece, state)
+                await _send_piece(response, piece, sender, state)
         if closing:
             await _write(response, closing, state)
         await response.write_eof()
@@ -937,6 +929,8 @@ async def _stream(
         raise web.HTTPInternalServerError() from None
     except (TimeoutError, ConnectionError) as exc:
         _drop_client(request, state, target, exc)
+    finally:
+        sender.close()
     return response
 
 
@@ -1199,7 +1193,7 @@ class _BlockReader:
             store.open_block, self.version, index
         )
         if isinstance(whole, BlockFile):
-            return BlockFile(whole.file, whole.offset + start, min(stop, whole.length) - start)
+            return whole.part(start, stop)
         return None if whole is None else whole[start:stop]
 
     async def _load(self, index: int) -> bytes | None:

@@ -25,11 +25,12 @@ import copy
 import hashlib
 import json
 import os
+import resource
 import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,8 +48,8 @@ META_MEMORY_SECONDS = 1.0
 """How long metadata read from disk is reused from memory."""
 PURGE_CHECK_SECONDS = 0.01
 """How often a running proxy looks for purges made by other processes."""
-MAX_OPEN_FILES = 256
-"""Block files kept open for hot small reads."""
+MAX_OPEN_FILES = 4096
+"""Block files kept open for hot reads (at most a quarter of the descriptor limit)."""
 VERIFIED_SECONDS = 600.0
 """How long a block hashed in full is trusted without hashing it again. Blocks are never
 rewritten in place (diskcache writes a new file per value), so only a crash mid-write or
@@ -106,11 +107,17 @@ class BlockHeader:
 @dataclass
 class BlockFile:
     """A verified block on disk, for sending straight from the file: its data are the
-    ``length`` bytes from ``offset`` in ``file``. The caller closes ``file``."""
+    ``length`` bytes from ``offset`` in the open descriptor ``fd``. Whoever sends it calls
+    ``release`` once done (the descriptor may be shared: never close it directly)."""
 
-    file: BinaryIO
+    fd: int
     offset: int
     length: int
+    release: Callable[[], None]
+
+    def part(self, start: int, stop: int) -> BlockFile:
+        """Bytes ``start:stop`` of the block (the same descriptor and release)."""
+        return BlockFile(self.fd, self.offset + start, min(stop, self.length) - start, self.release)
 
 
 def object_version(key: str, validator: str, size: int | None, block_size: int) -> str:
@@ -230,12 +237,16 @@ class BlockStore:
         self._purge_checked = 0.0
         self._purge_seen = 0
         self._notice_purges(time.monotonic())
-        self._fds: OrderedDict[str, int] = OrderedDict()
-        """Open descriptors of block files, for :meth:`quick_slice` (event loop only)."""
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft_limit == resource.RLIM_INFINITY:
+            soft_limit = 4 * MAX_OPEN_FILES
+        self.max_open_files = max(16, min(MAX_OPEN_FILES, soft_limit // 4))
+        self._fds: OrderedDict[str, list[int]] = OrderedDict()
+        """Path -> [open descriptor, users] of block files (event loop only)."""
 
     def close(self) -> None:
         while self._fds:
-            os.close(self._fds.popitem()[1])
+            os.close(self._fds.popitem()[1][0])
         self._cache.close()
         self._pinned.close()
 
@@ -413,19 +424,16 @@ class BlockStore:
         path, header = located
         if stop > header.length or not self._verified_recently(path):
             return None
-        fd = self._fds.get(path)
+        fd = self._acquire_fd(path)
+        if fd is None:
+            return None
         try:
-            if fd is None:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                self._fds[path] = fd
-                while len(self._fds) > MAX_OPEN_FILES:
-                    os.close(self._fds.popitem(last=False)[1])
-            else:
-                self._fds.move_to_end(path)
             buffer = bytearray(stop - start)
             got = os.preadv(fd, [buffer], header.size + start, os.RWF_NOWAIT)
-        except OSError:  # not in the page cache (EAGAIN), evicted, unsupported...
+        except OSError:  # not in the page cache (EAGAIN), unsupported...
             return None
+        finally:
+            self._release_fd(path)
         if got != len(buffer):
             return None
         self._touched.add(block_key)
@@ -441,12 +449,37 @@ class BlockStore:
         if located is None or not self._verified_recently(located[0]):
             return None
         path, header = located
-        try:
-            file = open(path, "rb")  # noqa: SIM115 - closed by whoever sends it
-        except OSError:
+        fd = self._acquire_fd(path)
+        if fd is None:
             return None
         self._touched.add(block_key)
-        return BlockFile(file, header.size, header.length)
+        return BlockFile(fd, header.size, header.length, lambda: self._release_fd(path))
+
+    def _acquire_fd(self, path: str) -> int | None:
+        """A descriptor of a block file, kept open across requests (event loop only): a
+        hot download then opens and closes nothing per block. Counted, so that one in use
+        by a sending thread is never closed (its number could be reused for another file).
+        """
+        entry = self._fds.get(path)
+        if entry is None:
+            try:
+                entry = [os.open(path, os.O_RDONLY | os.O_CLOEXEC), 0]
+            except OSError:
+                return None
+            self._fds[path] = entry
+            if len(self._fds) > self.max_open_files:
+                idle = [p for p, (_, users) in self._fds.items() if users == 0]
+                for old in idle[: len(self._fds) - self.max_open_files]:
+                    os.close(self._fds.pop(old)[0])
+        else:
+            self._fds.move_to_end(path)
+        entry[1] += 1
+        return entry[0]
+
+    def _release_fd(self, path: str) -> None:
+        entry = self._fds.get(path)
+        if entry is not None:
+            entry[1] -= 1
 
     def open_block(self, version: str, index: int) -> BlockFile | bytes | None:
         """A whole verified block to send: an open file and where its data lie, or its
@@ -474,7 +507,7 @@ class BlockStore:
             if not self._verify(block_key, path, header, data):
                 source.close()
                 return None
-        return BlockFile(source, header.size, header.length)
+        return BlockFile(source.fileno(), header.size, header.length, source.close)
 
     def _open(self, block_key: str) -> tuple[BinaryIO | bytes, BlockHeader, str | None] | None:
         """The stored block (an open file, or the bytes of a small one), its header, and
@@ -588,8 +621,19 @@ class BlockStore:
         target = self._pinned if pinned else self._cache
         block_key = f"block:{version}:{index}"
         self._forget_location(block_key)
-        target.set(block_key, encode_block(data))
+        encoded = encode_block(data)
+        target.set(block_key, encoded)
         self._remember_block(block_key, data)
+        # Written from bytes in hand: trusted as such (a crash mid-write ends the process,
+        # and with it this memory), so a download right after a fill need not hash it.
+        stored = target.get(block_key, read=True)
+        if stored is not None and not isinstance(stored, bytes):
+            stored.close()
+            header = BlockHeader.parse(encoded[: BlockHeader.room(len(encoded))], len(encoded))
+            if header is not None:
+                with self._lock:
+                    self._located[block_key] = (stored.name, header)
+                    self._verified[stored.name] = time.monotonic()
 
     # -- pinning, eviction, listing -------------------------------------------------------
 
