@@ -180,3 +180,13 @@ def test_box_and_as_box() -> None:
         as_box([1, 2, 3, 4], (100, 100))
     # A ValueError subclass, so generic callers can catch it.
     assert issubclass(UnsupportedParameterError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("bunit", "unit"),
+    [("ADU", u.adu), ("adu", u.adu), ("ADU/S", u.adu / u.s), ("electron", u.electron)],
+)
+def test_bunit_spellings_cameras_use_are_understood(bunit: str, unit: u.UnitBase) -> None:
+    from butler.formatters.fits_image import _parse_unit
+
+    assert _parse_unit(bunit, "test") == unit

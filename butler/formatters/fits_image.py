@@ -108,6 +108,8 @@ _UNIT_ALIASES = {
     "ELECTRONS/S": "electron/s",
     "DN": "adu",
     "DN/S": "adu/s",
+    "ADU": "adu",  # how HSC, SuprimeCam and many CCD cameras spell it
+    "ADU/S": "adu/s",
 }
 
 
