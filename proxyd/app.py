@@ -62,6 +62,7 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(EVICTION_INTERVAL)
             await asyncio.to_thread(state.store.flush_recency)
             removed = await asyncio.to_thread(state.store.evict)
+            state.store.close_stale_files()
             if removed:
                 state.metrics.evictions.inc(removed)
                 log.info("evicted %d cache entries", removed)

@@ -242,6 +242,7 @@ class BlockStore:
             soft_limit = 4 * MAX_OPEN_FILES
         self.max_open_files = max(16, min(MAX_OPEN_FILES, soft_limit // 4))
         self._fds: OrderedDict[str, list[int]] = OrderedDict()
+        self._fds_stale = False
         """Path -> [open descriptor, users] of block files (event loop only)."""
 
     def close(self) -> None:
@@ -301,6 +302,7 @@ class BlockStore:
             self._meta_memory.clear()
             self._located.clear()
             self._verified.clear()
+            self._fds_stale = True
 
     def _mark_purge(self) -> None:
         self._purge_marker.touch()
@@ -329,6 +331,7 @@ class BlockStore:
                     self._memory_bytes -= len(self._memory.pop(block_key))
                 for block_key in [k for k in self._located if k.startswith(prefix)]:
                     self._verified.pop(self._located.pop(block_key)[0], None)
+                self._fds_stale = True
         for cache in (self._pinned, self._cache):
             cache.delete(f"meta:{key}")
             if meta is not None:
@@ -460,6 +463,7 @@ class BlockStore:
         hot download then opens and closes nothing per block. Counted, so that one in use
         by a sending thread is never closed (its number could be reused for another file).
         """
+        self.close_stale_files()
         entry = self._fds.get(path)
         if entry is None:
             try:
@@ -475,6 +479,16 @@ class BlockStore:
             self._fds.move_to_end(path)
         entry[1] += 1
         return entry[0]
+
+    def close_stale_files(self) -> None:
+        """After an eviction or purge, close the block files kept open (event loop only):
+        an open descriptor would keep a deleted file's disk space in use. Those being sent
+        from are closed when the next eviction or purge comes."""
+        if not self._fds_stale:
+            return
+        self._fds_stale = False
+        for old in [p for p, (_, users) in self._fds.items() if users == 0]:
+            os.close(self._fds.pop(old)[0])
 
     def _release_fd(self, path: str) -> None:
         entry = self._fds.get(path)
@@ -690,6 +704,10 @@ class BlockStore:
         removed = int(self._cache.cull())
         with self._lock:
             self.evictions += removed
+            if removed:
+                self._located.clear()
+                self._verified.clear()
+                self._fds_stale = True
         return removed
 
     def volume(self) -> int:
