@@ -15,8 +15,11 @@ file (sendfile) and hot small ranges read with one system call, without hashing 
 on every read. A torn or damaged block (a crash mid-write, a bad
 disk) is dropped and fetched again, never served.
 
-Everything here blocks (SQLite, file I/O): callers run it in a worker thread, except the
-``memory_*``/``remembered_*`` lookups, which only look at dictionaries.
+Everything here blocks (SQLite, file I/O): callers run it in a worker thread, except what
+the event loop calls itself: the ``memory_*``/``remembered_*``/``known_block`` lookups (only
+dictionaries), and ``quick_slice``/``quick_open``/``close_stale_files``, which touch only
+block files verified lately and already found, through descriptors kept open by the loop
+(a read that would wait for the disk is refused, and then done in a thread).
 """
 
 from __future__ import annotations
