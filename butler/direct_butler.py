@@ -665,7 +665,7 @@ class DirectButler(Butler):
     ) -> list[tuple[DatasetRef, FileInfo]]:
         """Like :meth:`query_datasets`, with each dataset's file record (size, checksum, index)."""
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
-        resolved = self.registry.get_dataset_type(split_component(name)[0])
+        resolved = self.get_dataset_type(name)
         names, runs = self._search_runs(collections)
         rows = self.registry.query_datasets(
             resolved,
@@ -691,7 +691,7 @@ class DirectButler(Butler):
         **data_id: Any,
     ) -> QuerySummary:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
-        resolved = self.registry.get_dataset_type(split_component(name)[0])
+        resolved = self.get_dataset_type(name)
         names, runs = self._search_runs(collections)
         count, size = self.registry.summarize_datasets(
             resolved, runs, where, bind, data_id, find_first=find_first and bool(names)

@@ -852,7 +852,7 @@ async def respond_from_blocks(
         return response
 
     if fetching is None and not stale and len(parts) == 1 and not closing:
-        ready = await _ready_piece(state, meta, parts[0][1])
+        ready = _ready_piece(state, meta, parts[0][1])
         if ready is not None:
             # The whole answer is one piece of a block in hand: send it as one response,
             # without planning fetches or streaming (what most hot small reads are).
@@ -869,20 +869,16 @@ async def respond_from_blocks(
         reader.close()
 
 
-async def _ready_piece(state: ProxyState, meta: ObjectMeta, byte_range: ByteRange) -> bytes | None:
+def _ready_piece(state: ProxyState, meta: ObjectMeta, byte_range: ByteRange) -> bytes | None:
     """The bytes of a small range lying in one block held in memory or verified in the
     page cache, else None (the general path then plans, fetches and streams)."""
     block_size = state.settings.block_size
     index = byte_range.start // block_size
     if byte_range.end // block_size != index or byte_range.length >= SENDFILE_MIN:
         return None
-    version = meta.version(block_size)
     start = byte_range.start - index * block_size
     stop = start + byte_range.length
-    data = state.store.memory_block(version, index)
-    if data is not None:
-        return data[start:stop]
-    return state.store.quick_slice(version, index, start, stop)
+    return state.store.quick_slice(meta.version(block_size), index, start, stop)
 
 
 async def _stream(
@@ -1179,9 +1175,6 @@ class _BlockReader:
         loop if its block is verified and in the page cache, else in a worker thread; a
         large piece as a file to send. None if the block is not (or no longer) stored."""
         store = self.state.store
-        data = store.memory_block(self.version, index)
-        if data is not None:
-            return data[start:stop]
         if stop - start < SENDFILE_MIN:
             found = store.quick_slice(self.version, index, start, stop)
             if found is None:
@@ -1189,6 +1182,9 @@ class _BlockReader:
                     store.read_slice, self.version, index, start, stop
                 )
             return cast(bytes | None, found)
+        data = store.memory_block(self.version, index)
+        if data is not None:
+            return data[start:stop]
         whole = store.quick_open(self.version, index) or await self.state.blocking(
             store.open_block, self.version, index
         )

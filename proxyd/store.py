@@ -25,6 +25,7 @@ block files verified lately and already found, through descriptors kept open by 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -123,6 +124,7 @@ class BlockFile:
         return BlockFile(self.fd, self.offset + start, min(stop, self.length) - start, self.release)
 
 
+@functools.lru_cache(maxsize=4096)
 def object_version(key: str, validator: str, size: int | None, block_size: int) -> str:
     """Names the blocks of one version of one object (at one block size)."""
     raw = f"{key}\x00{validator}\x00{size}\x00{block_size}".encode()
@@ -414,8 +416,8 @@ class BlockStore:
         return None
 
     def quick_slice(self, version: str, index: int, start: int, stop: int) -> bytes | None:
-        """Bytes ``start:stop`` of a block verified in full lately, if the page cache holds
-        them; else None (then use :meth:`read_slice` in a worker thread).
+        """Bytes ``start:stop`` of a block held in memory, or verified in full lately and in
+        the page cache; else None (then use :meth:`read_slice` in a worker thread).
 
         For the event loop: no SQLite, no hashing, and a read that cannot wait for the disk
         (``RWF_NOWAIT``), on a descriptor kept open. A hot small range thus costs one
@@ -423,13 +425,14 @@ class BlockStore:
         proxy slow (the loop waits for the GIL behind the workers). Call it only from the
         event loop's thread: the descriptors are its own.
         """
+        in_memory = self.memory_block(version, index)
+        if in_memory is not None:
+            return in_memory[start:stop]
         block_key = f"block:{version}:{index}"
-        located = self._located.get(block_key)
-        if located is None:
+        trusted = self._trusted_location(block_key)
+        if trusted is None or stop > trusted[1].length:
             return None
-        path, header = located
-        if stop > header.length or not self._verified_recently(path):
-            return None
+        path, header = trusted
         fd = self._acquire_fd(path)
         if fd is None:
             return None
@@ -451,15 +454,22 @@ class BlockStore:
         opened moments ago, so opening it again costs a cached lookup, not a disk wait --
         and a download of a hot object then never stalls between blocks on a thread hop."""
         block_key = f"block:{version}:{index}"
-        located = self._located.get(block_key)
-        if located is None or not self._verified_recently(located[0]):
+        trusted = self._trusted_location(block_key)
+        if trusted is None:
             return None
-        path, header = located
+        path, header = trusted
         fd = self._acquire_fd(path)
         if fd is None:
             return None
         self._touched.add(block_key)
         return BlockFile(fd, header.size, header.length, lambda: self._release_fd(path))
+
+    def _trusted_location(self, block_key: str) -> tuple[str, BlockHeader] | None:
+        """The file and header of a block found and verified lately, else None."""
+        located = self._located.get(block_key)
+        if located is None or not self._verified_recently(located[0]):
+            return None
+        return located
 
     def _acquire_fd(self, path: str) -> int | None:
         """A descriptor of a block file, kept open across requests (event loop only): a

@@ -579,8 +579,7 @@ class StoredMeta:
 
     @property
     def date_value(self) -> float:
-        value = self.field("Date")
-        date = None if value is None else parse_http_date(value)
+        date = _date(self._fields, "Date")
         return self.response_time if date is None else float(date)
 
     def freshness_lifetime(self, settings: ProxySettings) -> float:
