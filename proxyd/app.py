@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import resource
 import time
 from collections.abc import AsyncIterator
-from logging.handlers import QueueHandler, QueueListener
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
+from aiohttp.web_runner import GracefulExit
 
+from proxyd.fastlane import FastLane
 from proxyd.metrics import CONTENT_TYPE_LATEST
 from proxyd.server import STATE, ProxyState, handle
 from proxyd.settings import ConfigError, ProxySettings
@@ -124,33 +123,15 @@ class _MalformedRequestFilter(logging.Filter):
         return True
 
 
-def configure_logging(settings: ProxySettings) -> list[QueueListener]:
-    """Log lines are handed to a thread that writes them (QueueHandler): a write and flush
-    per request in the event loop would cost a busy proxy a third of its time. Returns the
-    writer threads, for :func:`run` to stop (and so flush) at exit."""
+def configure_logging() -> None:
+    """proxyd's own log lines (start, stop, warnings) go to stderr. They are few: the line
+    per request is the access log's (:mod:`proxyd.accesslog`), written in batches."""
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    listeners = [_queued(logging.getLogger(), console)]
-    logging.getLogger().setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.handlers = [console]
+    root.setLevel(logging.INFO)
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequestFilter())
-    access = logging.getLogger("proxyd.access")
-    access.propagate = True
-    if settings.access_log is False:
-        access.disabled = True
-    elif isinstance(settings.access_log, Path):
-        handler = logging.FileHandler(settings.access_log)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        listeners.append(_queued(access, handler))
-        access.propagate = False
-    return listeners
-
-
-def _queued(logger: logging.Logger, handler: logging.Handler) -> QueueListener:
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    logger.handlers = [QueueHandler(records)]
-    listener = QueueListener(records, handler)
-    listener.start()
-    return listener
 
 
 def _raise_open_file_limit() -> None:
@@ -164,27 +145,57 @@ def _raise_open_file_limit() -> None:
 
 def run(settings: ProxySettings) -> None:
     _raise_open_file_limit()
-    listeners = configure_logging(settings)
-    try:
-        _serve(settings)
-    finally:
-        for listener in listeners:
-            listener.stop()
+    configure_logging()
+    _serve(settings)
 
 
 def _serve(settings: ProxySettings) -> None:
-    app = create_app(settings)
     log.info(
         "proxyd listening on http://%s/ for %s",
         settings.listen,
         ", ".join(f"/{n}/ -> {u}" for n, u in sorted(settings.upstreams.items())),
     )
     started = time.monotonic()
-    web.run_app(
+    loop = _new_event_loop(settings.event_loop)
+    asyncio.set_event_loop(loop)
+    serving = loop.create_task(_serve_until_stopped(settings))
+    try:
+        loop.run_until_complete(serving)
+    except (GracefulExit, KeyboardInterrupt):  # SIGTERM, SIGINT: stop cleanly
+        pass
+    finally:
+        if not serving.done():
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(serving)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    log.info("proxyd stopped after %.0f s", time.monotonic() - started)
+
+
+def _new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """uvloop unless told otherwise (and when installed): its transports read and write in
+    C, which is most of what a proxy answering hot small ranges does."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop()
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "event_loop", "configuration", "uvloop is not installed", "pip install uvloop"
+            ) from None
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _serve_until_stopped(settings: ProxySettings) -> None:
+    """Listen with the fast lane in front of aiohttp's handler (:mod:`proxyd.fastlane`)
+    until a signal stops the loop; then close every connection and clean up."""
+    app = create_app(settings)
+    runner = web.AppRunner(
         app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        print=None,
+        handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit
         access_log=None,  # proxyd writes its own line per request, with cache status
         handler_cancellation=True,
         keepalive_timeout=settings.client_timeout,
@@ -193,4 +204,15 @@ def _serve(settings: ProxySettings) -> None:
         max_line_size=4 * settings.max_url_bytes,
         max_field_size=4 * settings.max_header_bytes,
     )
-    log.info("proxyd stopped after %.0f s", time.monotonic() - started)
+    await runner.setup()
+    assert runner.server is not None
+    lane = FastLane(app[STATE], runner.server)
+    server = await asyncio.get_running_loop().create_server(
+        lane.connection, settings.listen_host, settings.listen_port, backlog=128
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        server.close()
+        lane.close_all()
+        await runner.cleanup()

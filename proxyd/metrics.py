@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -18,6 +20,7 @@ class Metrics:
             ["method", "status", "cache"],
             registry=r,
         )
+        self._request_counts: dict[tuple[str, int, str], Any] = {}
         self.hits = Counter("proxyd_cache_hits", "Requests answered wholly from cache", registry=r)
         self.misses = Counter(
             "proxyd_cache_misses", "Requests answered wholly from the origin", registry=r
@@ -56,6 +59,13 @@ class Metrics:
             "proxyd_cache_size_bytes", "Bytes held by the block cache", registry=r
         )
         self.evictions = Counter("proxyd_evictions", "Cache entries evicted (LRU)", registry=r)
+        self.fast_lane_handovers = Counter(
+            "proxyd_fast_lane_handovers",
+            "Connections the fast lane handed to the full handler, by the first request it "
+            "did not answer itself",
+            ["reason"],
+            registry=r,
+        )
         self.stale_served = Counter(
             "proxyd_stale_served", "Responses served stale because the origin failed", registry=r
         )
@@ -65,6 +75,15 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def count_request(self, method: str, status: int, cache: str) -> None:
+        """One more request in ``proxyd_requests`` (the labelled child is looked up once per
+        combination: prometheus_client's labels() costs more than the increment)."""
+        key = (method, status, cache)
+        child = self._request_counts.get(key)
+        if child is None:
+            child = self._request_counts[key] = self.requests.labels(method, str(status), cache)
+        child.inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

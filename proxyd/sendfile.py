@@ -20,6 +20,7 @@ import io
 import os
 import select
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 SENDERS = ThreadPoolExecutor(max_workers=2 * max(2, os.cpu_count() or 2), thread_name_prefix="send")
 """Threads doing the copying (the kernel's CPU work): enough to keep every core busy while
@@ -78,8 +79,9 @@ class FileSender:
         Raises TimeoutError if the client accepts nothing for ``idle_limit`` seconds, and
         ConnectionError if the connection is gone. Falls back to ``loop.sendfile`` where
         the socket cannot be written directly (TLS)."""
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        # Duck-typed: uvloop's transports are not subclasses of asyncio's classes.
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is None or transport.is_closing():
             raise ConnectionError("the client closed the connection")
         loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import aiohttp
@@ -46,6 +46,7 @@ from butler.http.ranges import (
     parse_range_specs,
     unsatisfied_content_range,
 )
+from proxyd.accesslog import AccessLog
 from proxyd.inflight import BlockRun, InflightRegistry, RunFailedError
 from proxyd.metrics import Metrics
 from proxyd.policy import access, blocks, freshness
@@ -64,7 +65,6 @@ from proxyd.store import BlockFile, BlockStore, ObjectMeta
 from proxyd.upstream import UpstreamClients, UpstreamError
 
 log = logging.getLogger("proxyd")
-access_log = logging.getLogger("proxyd.access")
 CACHE_HEADER = "X-Cache"
 CHUNK = 256 * 1024
 SENDFILE_MIN = 128 * 1024
@@ -154,6 +154,8 @@ class ProxyState:
         self.auth_cache = access.AuthDecisionCache(max_entries=100_000)
         self.limits = RequestLimits.from_settings(settings)
         self.probes: dict[tuple[str, str | None], _Probe] = {}
+        log_path = settings.access_log if isinstance(settings.access_log, Path) else None
+        self.access_log = AccessLog(settings.access_log is not False, log_path)
 
     async def blocking(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking call (diskcache, SQLite) off the event loop."""
@@ -163,6 +165,7 @@ class ProxyState:
         await self.inflight.close()
         await self.upstreams.close()
         await asyncio.to_thread(self.store.close)
+        self.access_log.close()
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
@@ -205,14 +208,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
         status = exc.status
         return _text(exc.status, f"{exc}\n", [(CACHE_HEADER, "ERROR")])
     finally:
-        _account(state, request, served, status, started)
+        account(state, request.method, request.remote, request.raw_path, served, status, started)
 
 
-def _account(
-    state: ProxyState, request: web.Request, served: Served, status: int, started: float
+def account(
+    state: ProxyState,
+    method: str,
+    client: str | None,
+    target: str,
+    served: Served,
+    status: int,
+    started: float,
 ) -> None:
+    """Count one answered request in the metrics and write its access-log line."""
     metrics = state.metrics
-    metrics.requests.labels(request.method, str(status), served.cache).inc()
+    metrics.count_request(method, status, served.cache)
     metrics.bytes_from_cache.inc(served.from_cache)
     metrics.bytes_to_clients.inc(served.from_cache + served.from_origin)
     if served.cache in ("HIT", "STALE", "REVALIDATED"):
@@ -221,22 +231,18 @@ def _account(
         metrics.misses.inc()
     elif served.cache == "PARTIAL":
         metrics.partial_hits.inc()
-    if state.settings.access_log:
-        access_log.info(
-            json.dumps(
-                {
-                    "client": request.remote,
-                    "method": request.method,
-                    "target": request.raw_path[:500],
-                    "status": status,
-                    "cache": served.cache,
-                    "bytes_from_cache": served.from_cache,
-                    "bytes_from_origin": served.from_origin,
-                    "seconds": round(time.perf_counter() - started, 4),
-                },
-                separators=(",", ":"),
-            )
-        )
+    state.access_log.write(
+        {
+            "client": client,
+            "method": method,
+            "target": target[:500],
+            "status": status,
+            "cache": served.cache,
+            "bytes_from_cache": served.from_cache,
+            "bytes_from_origin": served.from_origin,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+    )
 
 
 def _text(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> web.Response:
@@ -249,7 +255,7 @@ def _text(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) ->
 
 
 @functools.lru_cache(maxsize=1024)
-def _replayed(stored: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def replayed(stored: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """The stored fields a response from cache repeats (worked out once per stored version:
     every hit of a hot object asks)."""
     kept = [(k, v) for k, v in stored if k.lower() not in _NOT_REPLAYED]
@@ -335,7 +341,7 @@ def _drop_client(
     connection broke): close the connection. Handled here, it is an ordinary event with a
     log line and a metric, not a server error with a traceback."""
     kind = "client_timeout" if isinstance(exc, TimeoutError) else "client_gone"
-    log.info("dropping client %s of %s: %s", request.remote, target.upstream_url, kind)
+    log.info("dropping client %s of %s: %s %r", request.remote, target.upstream_url, kind, exc)
     state.metrics.errors.labels(kind).inc()
     if request.transport is not None:
         request.transport.close()
@@ -782,7 +788,7 @@ async def respond_from_blocks(
     settings = state.settings
     size = meta.size or 0
     now = time.time()
-    headers = CIMultiDict(_replayed(meta.stored.headers))
+    headers = CIMultiDict(replayed(meta.stored.headers))
     headers["Accept-Ranges"] = "bytes"
     for name, value in extra:
         headers.add(name, value)
@@ -852,7 +858,7 @@ async def respond_from_blocks(
         return response
 
     if fetching is None and not stale and len(parts) == 1 and not closing:
-        ready = _ready_piece(state, meta, parts[0][1])
+        ready = ready_piece(state, meta.version(settings.block_size), parts[0][1])
         if ready is not None:
             # The whole answer is one piece of a block in hand: send it as one response,
             # without planning fetches or streaming (what most hot small reads are).
@@ -869,16 +875,33 @@ async def respond_from_blocks(
         reader.close()
 
 
-def _ready_piece(state: ProxyState, meta: ObjectMeta, byte_range: ByteRange) -> bytes | None:
-    """The bytes of a small range lying in one block held in memory or verified in the
-    page cache, else None (the general path then plans, fetches and streams)."""
-    block_size = state.settings.block_size
-    index = byte_range.start // block_size
-    if byte_range.end // block_size != index or byte_range.length >= SENDFILE_MIN:
+def ready_piece(state: ProxyState, version: str, byte_range: ByteRange) -> bytes | None:
+    """The bytes of a small range whose blocks are held in memory or verified in the page
+    cache, else None (the general path then plans, fetches and streams)."""
+    pieces = small_pieces(state.settings.block_size, byte_range)
+    if pieces is None:
         return None
-    start = byte_range.start - index * block_size
-    stop = start + byte_range.length
-    return state.store.quick_slice(meta.version(block_size), index, start, stop)
+    parts = []
+    for piece in pieces:
+        part = state.store.quick_slice(version, *piece)
+        if part is None:
+            return None
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def small_pieces(block_size: int, byte_range: ByteRange) -> list[tuple[int, int, int]] | None:
+    """(block, start, stop) of each block a range short enough to send from memory
+    touches; None for longer ranges, which go out from the block files (sendfile)."""
+    if byte_range.length >= SENDFILE_MIN:
+        return None
+    pieces = []
+    for index in range(byte_range.start // block_size, byte_range.end // block_size + 1):
+        base = index * block_size
+        start = max(byte_range.start, base) - base
+        stop = min(byte_range.end + 1, base + block_size) - base
+        pieces.append((index, start, stop))
+    return pieces
 
 
 async def _stream(

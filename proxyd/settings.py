@@ -122,6 +122,8 @@ class ProxySettings:
     """True: one line per request to the log (stderr); False: none; a path: append there."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics."""
+    event_loop: str = "auto"
+    """"uvloop", "asyncio", or "auto" (uvloop when it is installed)."""
 
     @property
     def listen(self) -> str:
@@ -343,6 +345,15 @@ def _path(value: object) -> Path:
     raise _Invalid(f"{value!r} is not a path", "a non-empty directory path")
 
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def _event_loop(value: object) -> str:
+    if isinstance(value, str) and value.strip().lower() in EVENT_LOOPS:
+        return value.strip().lower()
+    raise _Invalid(f"{value!r} is not an event loop proxyd knows", " or ".join(EVENT_LOOPS))
+
+
 def _access_log(value: object) -> bool | Path:
     if isinstance(value, bool | Path):
         return value.expanduser() if isinstance(value, Path) else value
@@ -514,6 +525,7 @@ _SPECS: dict[str, _Spec] = {
     "evict_high_watermark": _spec(_fraction, "evict_high_watermark"),
     "access_log": _spec(_access_log, "access_log"),
     "metrics": _spec(_boolean, "metrics"),
+    "event_loop": _spec(_event_loop, "event_loop"),
 }
 
 #: The keys accepted in a config file, as ``PROXYD_<KEY>`` and as ``overrides``.
@@ -745,6 +757,7 @@ def describe(settings: ProxySettings) -> str:
         ),
         ("access log", access),
         ("metrics", "/metrics" if s.metrics else "off"),
+        ("event loop", s.event_loop),
     ]
     lines = [f"{label:<16}{value}" for label, value in rows]
     if s.upstreams:

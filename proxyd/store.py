@@ -48,8 +48,10 @@ SUB_BLOCK = 64 * 1024
 """Bytes covered by one digest: the most a small range has to read and hash."""
 MAGIC = b"PXB2"
 _HEAD = struct.Struct(">4sII")  # magic, sub-block size, data length
-META_MEMORY_SECONDS = 1.0
-"""How long metadata read from disk is reused from memory."""
+META_MEMORY_SECONDS = 60.0
+"""How long metadata read from disk is reused from memory. Changes made by other processes
+(``proxyd purge``, ``proxyd pin``) are noticed at once through the marker file, so this only
+bounds how long metadata is trusted without that signal."""
 PURGE_CHECK_SECONDS = 0.01
 """How often a running proxy looks for purges made by other processes."""
 MAX_OPEN_FILES = 4096
@@ -285,6 +287,16 @@ class BlockStore:
             return None
         return copy.copy(cached[1])
 
+    def peek_meta(self, key: str) -> ObjectMeta | None:
+        """:meth:`remembered_meta` without the copy, for callers that only read it (the
+        fast lane, once per request): the object is shared, never to be modified."""
+        now = time.monotonic()
+        self._notice_purges(now)
+        cached = self._meta_memory.get(key)
+        if cached is None or now - cached[0] >= META_MEMORY_SECONDS:
+            return None
+        return cached[1]
+
     def _notice_purges(self, now: float) -> None:
         """Forget what is held in memory if another process (``proxyd purge``) has deleted
         objects since: it touches a marker file, looked at here (one stat, at most every
@@ -309,7 +321,7 @@ class BlockStore:
             self._verified.clear()
             self._fds_stale = True
 
-    def _mark_purge(self) -> None:
+    def _mark_change(self) -> None:
         self._purge_marker.touch()
         self._purge_seen = self._purge_marker.stat().st_mtime_ns
 
@@ -343,7 +355,7 @@ class BlockStore:
                 version = meta.version(self.block_size)
                 for index in range(max(1, meta.block_count(self.block_size))):
                     removed += bool(cache.delete(f"block:{version}:{index}"))
-        self._mark_purge()
+        self._mark_change()
         return removed
 
     # -- blocks ---------------------------------------------------------------------------
@@ -684,6 +696,7 @@ class BlockStore:
         self._cache.delete(f"meta:{key}")
         self._pinned.set(f"meta:{key}", meta.to_json())
         self._remember_meta(key, copy.copy(meta))
+        self._mark_change()  # running proxies: the blocks' files have moved
         return moved
 
     def unpin(self, key: str) -> None:
@@ -702,6 +715,7 @@ class BlockStore:
         self._pinned.delete(f"meta:{key}")
         self._cache.set(f"meta:{key}", meta.to_json())
         self._remember_meta(key, copy.copy(meta))
+        self._mark_change()
 
     def evict(self) -> int:
         """If above the high watermark, drop least recently used entries to the low one."""
@@ -717,10 +731,10 @@ class BlockStore:
         removed = int(self._cache.cull())
         with self._lock:
             self.evictions += removed
-            if removed:
-                self._located.clear()
-                self._verified.clear()
-                self._fds_stale = True
+        if removed:
+            # What is held in memory may be what was evicted: an evicted object is then a
+            # miss, as `proxyd ls` says, rather than served from memory for a while.
+            self._forget_memory()
         return removed
 
     def volume(self) -> int:
@@ -761,7 +775,7 @@ class BlockStore:
             self._cache.clear()
             self._pinned.clear()
         self._forget_memory()
-        self._mark_purge()
+        self._mark_change()
         return count
 
 

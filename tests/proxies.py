@@ -181,7 +181,7 @@ class Proxy(ProxydProcess):
 
     def settled_access_log(self, quiet: float = 0.2, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The access log once no line has been added for ``quiet`` seconds: proxyd writes
-        its log from a thread, a moment after the response."""
+        its lines in batches (every 50 ms), a moment after the response."""
         deadline = time.monotonic() + timeout
         entries = self.access_log()
         while time.monotonic() < deadline:
@@ -193,7 +193,9 @@ class Proxy(ProxydProcess):
         return entries
 
     def mark(self) -> int:
-        return len(self.access_log())
+        """How many lines the log has, once the lines of requests already answered are in
+        (they are written in batches, up to 50 ms later)."""
+        return len(self.settled_access_log(quiet=0.12))
 
     def entries_since(self, mark: int, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The access-log entries after ``mark``, once there are at least ``count`` of them

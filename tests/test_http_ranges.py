@@ -34,6 +34,7 @@ from butler.http.ranges import (
     parse_content_range,
     parse_range_header,
     parse_range_specs,
+    simple_range,
     unsatisfied_content_range,
 )
 
@@ -830,3 +831,49 @@ def test_if_range_date_must_be_strong() -> None:
     # Once the second named by Last-Modified is over, the date is strong.
     assert if_range_allows_partial(AT, None, OLD, now=SUNDAY + 1)
     assert if_range_allows_partial(AT, None, OLD)  # default clock: 1994 is long over
+
+
+# -- simple_range: the hot-path shortcut ----------------------------------------------------
+
+
+@settings(max_examples=500)
+@given(
+    first=st.integers(0, 10**6),
+    last=st.one_of(st.none(), st.integers(0, 10**6)),
+    size=st.integers(0, 10**6),
+)
+def test_simple_range_agrees_with_parse_range_header(
+    first: int, last: int | None, size: int
+) -> None:
+    value = f"bytes={first}-{'' if last is None else last}"
+    shortcut = simple_range(value, size)
+    full = parse_range_header(value, size)
+    if shortcut is None:  # left to the full parser: never a satisfiable range of this form
+        assert full.outcome is not RangeOutcome.SATISFIABLE
+    else:
+        assert full.outcome is RangeOutcome.SATISFIABLE
+        assert full.ranges == (shortcut,)
+
+
+@settings(max_examples=500)
+@given(value=st.text(max_size=40), size=st.integers(0, 10**9))
+def test_simple_range_is_never_wrong_about_any_header(value: str, size: int) -> None:
+    shortcut = simple_range(value, size)
+    if shortcut is not None:
+        assert parse_range_header(value, size).ranges == (shortcut,)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bytes=5-2",
+        "bytes=-5",
+        "bytes=1-2,4-5",
+        "Bytes=1-2",
+        "bytes= 1-2",
+        "bytes=1-2 ",
+        "items=1-2",
+    ],
+)
+def test_simple_range_leaves_other_forms_to_the_full_parser(value: str) -> None:
+    assert simple_range(value, 100) is None
