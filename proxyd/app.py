@@ -27,6 +27,7 @@ log = logging.getLogger("proxyd")
 
 async def metrics_view(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.metrics.settle()  # in the loop, whose counts they are
     body = await asyncio.to_thread(_render_metrics, state)
     return web.Response(
         body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}

@@ -38,7 +38,15 @@ from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simp
 from proxyd.policy import freshness
 from proxyd.policy.plain import plain_hit_until, recognise
 from proxyd.policy.requests import Route, route
-from proxyd.server import CACHE_HEADER, ProxyState, Served, account, replayed, small_pieces
+from proxyd.server import (
+    CACHE_HEADER,
+    ProxyState,
+    Served,
+    account,
+    quick_pieces,
+    replayed,
+    small_pieces,
+)
 from proxyd.store import ObjectMeta
 
 log = logging.getLogger("proxyd")
@@ -163,13 +171,9 @@ class FastLane:
         pieces = small_pieces(state.settings.block_size, byte_range)
         if pieces is None:
             return "large"
-        parts = []
-        for piece in pieces:
-            part = state.store.quick_slice(hot.version, *piece)
-            if part is None:
-                return _Warm(target.cache_key, hot.version, *piece)
-            parts.append(part)
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        body = quick_pieces(state.store, hot.version, pieces)
+        if not isinstance(body, bytes):
+            return _Warm(target.cache_key, hot.version, *body)
         if partial:
             fields = b"%sContent-Range: bytes %d-%d/%d\r\n" % (
                 hot.head_206,

@@ -21,6 +21,9 @@ class Metrics:
             registry=r,
         )
         self._request_counts: dict[tuple[str, int, str], Any] = {}
+        self._pending_requests: dict[tuple[str, int, str], int] = {}
+        self._pending_from_cache = 0
+        self._pending_to_clients = 0
         self.hits = Counter("proxyd_cache_hits", "Requests answered wholly from cache", registry=r)
         self.misses = Counter(
             "proxyd_cache_misses", "Requests answered wholly from the origin", registry=r
@@ -76,14 +79,36 @@ class Metrics:
             registry=r,
         )
 
-    def count_request(self, method: str, status: int, cache: str) -> None:
-        """One more request in ``proxyd_requests`` (the labelled child is looked up once per
-        combination: prometheus_client's labels() costs more than the increment)."""
+    def count_request(
+        self, method: str, status: int, cache: str, from_cache: int, from_origin: int
+    ) -> None:
+        """One answered request: added up here, and into the Prometheus counters by
+        :meth:`settle` (before every scrape). A busy proxy answers tens of thousands of
+        requests a second; five locked counter increments each would be a tenth of the
+        work of answering one. Event loop only, like :meth:`settle`."""
         key = (method, status, cache)
-        child = self._request_counts.get(key)
-        if child is None:
-            child = self._request_counts[key] = self.requests.labels(method, str(status), cache)
-        child.inc()
+        self._pending_requests[key] = self._pending_requests.get(key, 0) + 1
+        self._pending_from_cache += from_cache
+        self._pending_to_clients += from_cache + from_origin
+
+    def settle(self) -> None:
+        """Move the counts of :meth:`count_request` into the Prometheus counters."""
+        pending, self._pending_requests = self._pending_requests, {}
+        for (method, status, cache), count in pending.items():
+            child = self._request_counts.get((method, status, cache))
+            if child is None:
+                child = self.requests.labels(method, str(status), cache)
+                self._request_counts[(method, status, cache)] = child
+            child.inc(count)
+            if cache in ("HIT", "STALE", "REVALIDATED"):
+                self.hits.inc(count)
+            elif cache == "MISS":
+                self.misses.inc(count)
+            elif cache == "PARTIAL":
+                self.partial_hits.inc(count)
+        self.bytes_from_cache.inc(self._pending_from_cache)
+        self.bytes_to_clients.inc(self._pending_to_clients)
+        self._pending_from_cache = self._pending_to_clients = 0
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -221,27 +221,16 @@ def account(
     started: float,
 ) -> None:
     """Count one answered request in the metrics and write its access-log line."""
-    metrics = state.metrics
-    metrics.count_request(method, status, served.cache)
-    metrics.bytes_from_cache.inc(served.from_cache)
-    metrics.bytes_to_clients.inc(served.from_cache + served.from_origin)
-    if served.cache in ("HIT", "STALE", "REVALIDATED"):
-        metrics.hits.inc()
-    elif served.cache == "MISS":
-        metrics.misses.inc()
-    elif served.cache == "PARTIAL":
-        metrics.partial_hits.inc()
-    state.access_log.write(
-        {
-            "client": client,
-            "method": method,
-            "target": target[:500],
-            "status": status,
-            "cache": served.cache,
-            "bytes_from_cache": served.from_cache,
-            "bytes_from_origin": served.from_origin,
-            "seconds": round(time.perf_counter() - started, 4),
-        }
+    state.metrics.count_request(method, status, served.cache, served.from_cache, served.from_origin)
+    state.access_log.request(
+        client,
+        method,
+        target,
+        status,
+        served.cache,
+        served.from_cache,
+        served.from_origin,
+        time.perf_counter() - started,
     )
 
 
@@ -881,11 +870,20 @@ def ready_piece(state: ProxyState, version: str, byte_range: ByteRange) -> bytes
     pieces = small_pieces(state.settings.block_size, byte_range)
     if pieces is None:
         return None
+    found = quick_pieces(state.store, version, pieces)
+    return found if isinstance(found, bytes) else None
+
+
+def quick_pieces(
+    store: BlockStore, version: str, pieces: list[tuple[int, int, int]]
+) -> bytes | tuple[int, int, int]:
+    """The bytes of ``pieces`` (see :func:`small_pieces`) from memory or the page cache
+    (:meth:`BlockStore.quick_slice`), or the first piece found in neither."""
     parts = []
     for piece in pieces:
-        part = state.store.quick_slice(version, *piece)
+        part = store.quick_slice(version, *piece)
         if part is None:
-            return None
+            return piece
         parts.append(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
