@@ -151,14 +151,16 @@ def run(settings: ProxySettings) -> None:
 
 
 def _serve(settings: ProxySettings) -> None:
-    log.info(
-        "proxyd listening on http://%s/ for %s",
-        settings.listen,
-        ", ".join(f"/{n}/ -> {u}" for n, u in sorted(settings.upstreams.items())),
-    )
-    started = time.monotonic()
     loop = _new_event_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
+    log.info(
+        "proxyd listening on http://%s/ for %s (event loop %s, fast lane %s)",
+        settings.listen,
+        ", ".join(f"/{n}/ -> {u}" for n, u in sorted(settings.upstreams.items())),
+        "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
+        "on" if settings.fast_lane else "off",
+    )
+    started = time.monotonic()
     serving = loop.create_task(_serve_until_stopped(settings))
     try:
         loop.run_until_complete(serving)
@@ -208,8 +210,9 @@ async def _serve_until_stopped(settings: ProxySettings) -> None:
     await runner.setup()
     assert runner.server is not None
     lane = FastLane(app[STATE], runner.server)
+    factory = lane.connection if settings.fast_lane else runner.server
     server = await asyncio.get_running_loop().create_server(
-        lane.connection, settings.listen_host, settings.listen_port, backlog=128
+        factory, settings.listen_host, settings.listen_port, backlog=128
     )
     try:
         await asyncio.Event().wait()

@@ -122,6 +122,8 @@ class ProxySettings:
     """True: one line per request to the log (stderr); False: none; a path: append there."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics."""
+    fast_lane: bool = True
+    """Answer plain GETs of fresh cached bytes before the HTTP framework (proxyd.fastlane)."""
     event_loop: str = "auto"
     """"uvloop", "asyncio", or "auto" (uvloop when it is installed)."""
 
@@ -525,6 +527,7 @@ _SPECS: dict[str, _Spec] = {
     "evict_high_watermark": _spec(_fraction, "evict_high_watermark"),
     "access_log": _spec(_access_log, "access_log"),
     "metrics": _spec(_boolean, "metrics"),
+    "fast_lane": _spec(_boolean, "fast_lane"),
     "event_loop": _spec(_event_loop, "event_loop"),
 }
 
@@ -757,6 +760,7 @@ def describe(settings: ProxySettings) -> str:
         ),
         ("access log", access),
         ("metrics", "/metrics" if s.metrics else "off"),
+        ("fast lane", "on" if s.fast_lane else "off"),
         ("event loop", s.event_loop),
     ]
     lines = [f"{label:<16}{value}" for label, value in rows]

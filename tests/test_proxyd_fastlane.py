@@ -242,3 +242,26 @@ def test_stale_objects_are_left_to_the_full_handler_which_revalidates(tmp_path: 
             assert handovers(proxy, "not fresh for anyone") == 1
         conditional = [r for r in origin.requests_for("/short.bin") if r.header("If-None-Match")]
         assert len(conditional) == 1
+
+
+@pytest.mark.parametrize("config", [{"fast_lane": False}, {"event_loop": "asyncio"}])
+def test_without_the_lane_or_uvloop_the_answers_are_the_same(
+    origin: NginxOrigin,
+    objects: dict[str, bytes],
+    proxy: Proxy,
+    tmp_path: Path,
+    config: dict[str, object],
+) -> None:
+    reference = proxy.get("o/big.bin", {"Range": "bytes=1000-4999"})
+    with running(Proxy({"o": origin.url}, tmp_path, config=config)) as other:
+        assert other.get("o/big.bin").body == objects["big.bin"]
+        answer = other.get("o/big.bin", {"Range": "bytes=1000-4999"})
+        if config.get("fast_lane") is False:
+            assert handovers(other) == 0  # no lane: nothing is handed over
+        else:
+            assert handovers(other) >= 1  # the health check and the first, cold GET
+            assert "event loop asyncio" in other.log_text()
+    assert answer.status == reference.status == 206
+    assert answer.body == reference.body == objects["big.bin"][1000:5000]
+    same = ("Content-Range", "Content-Length", "ETag", "Last-Modified", "Content-Type", "X-Cache")
+    assert [answer.header(n) for n in same] == [reference.header(n) for n in same]
