@@ -277,6 +277,7 @@ class _Connection(asyncio.Protocol):
         self._warming: asyncio.Task[None] | None = None
         self._warms = 0
         """Reads from disk made for the request at the head of ``_pending``."""
+        self._warmed: _Warm | None = None
         self._reading = True
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -310,10 +311,10 @@ class _Connection(asyncio.Protocol):
             result = answer(pending[:end], self._client)
             if isinstance(result, bytes):
                 pending = pending[end + 4 :]
-                self._warms = 0
+                self._warms, self._warmed = 0, None
                 transport.write(result)  # may call pause_writing() at once
                 continue
-            if isinstance(result, _Warm) and self._warms < MAX_WARMS:
+            if isinstance(result, _Warm) and self._warms < MAX_WARMS and result != self._warmed:
                 self._pending = pending
                 self._warming = self._loop.create_task(self._warm(result))
                 self._update_reading()
@@ -330,6 +331,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._warming = None
             self._warms += 1
+            self._warmed = need  # asked for again, it is not there: a miss
         self._last_activity = self._loop.time()
         self._update_reading()
         self._serve_pending()
