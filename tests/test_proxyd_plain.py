@@ -155,3 +155,26 @@ def test_never_for_responses_that_need_the_origin() -> None:
         200, [("Cache-Control", "max-age=600")], request_time=T0, response_time=T0
     )
     assert plain_hit_until(fresh, SETTINGS) == pytest.approx(T0 + 600)
+
+
+@settings(max_examples=400)
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(["Host", "Range", "Accept", "Authorization", "X-A", "cookie", "Host "]),
+            st.text(alphabet=st.characters(min_codepoint=9, max_codepoint=127), max_size=12),
+        ),
+        max_size=5,
+    )
+)
+def test_recognised_requests_carry_no_field_but_the_plain_ones(
+    fields: list[tuple[str, str]],
+) -> None:
+    head = "GET /o/x HTTP/1.1" + "".join(f"\r\n{n}: {v}" for n, v in fields)
+    plain = recognise(head.encode(), 8190)
+    if plain is not None:
+        names = [n.lower() for n, _ in fields]
+        assert set(names) <= {"host", "range", "accept"}
+        assert len(names) == len(set(names))
+        assert "host" in names
+        assert all("\r" not in v and "\n" not in v for _, v in fields)

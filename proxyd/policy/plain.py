@@ -40,10 +40,11 @@ PLAIN_FIELDS = frozenset(
     {b"host", b"user-agent", b"accept", b"accept-encoding", b"range", b"connection"}
 )
 
-_REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1")
-# name ":" OWS value OWS, value visible ASCII and inner spaces only (no obs-text, no
-# obs-fold: a folded line starts with whitespace and matches no name).
-_FIELD_LINE = re.compile(rb"([A-Za-z-]+):[ \t]*((?:[!-~](?:[ -~]*[!-~])?)?)[ \t]*")
+# The whole head in one match: request line, then field lines of a token name, ":", and a
+# value of visible ASCII and inner spaces (no obs-text; no obs-fold, whose continuation
+# line starts with whitespace and so matches no name). Then each field, in a second pass.
+_HEAD = re.compile(rb"GET (/[!-~]*) HTTP/1\.1((?:\r\n[A-Za-z-]+:[ \t]*[ -~]*)*)")
+_FIELD = re.compile(rb"\r\n([A-Za-z-]+):[ \t]*((?:[!-~](?:[ -~]*[!-~])?)?)[ \t]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,28 +64,26 @@ def recognise(head: bytes, max_bytes: int) -> PlainGet | None:
     """
     if len(head) > max_bytes:
         return None
-    lines = head.split(b"\r\n")
-    request_line = _REQUEST_LINE.fullmatch(lines[0])
-    if request_line is None:
+    whole = _HEAD.fullmatch(head)
+    if whole is None:
         return None
     seen: set[bytes] = set()
     range_value: str | None = None
-    for line in lines[1:]:
-        field_line = _FIELD_LINE.fullmatch(line)
-        if field_line is None:
-            return None
-        name = field_line[1].lower()
+    fields = _FIELD.findall(whole[2])
+    if len(fields) != whole[2].count(b"\r\n"):  # every line read, none skipped
+        return None
+    for raw_name, value in fields:
+        name = raw_name.lower()
         if name not in PLAIN_FIELDS or name in seen:
             return None
         seen.add(name)
-        value = field_line[2]
         if name == b"range":
             range_value = value.decode("ascii")
         elif name == b"connection" and value.lower() != b"keep-alive":
             return None
     if b"host" not in seen:  # required in HTTP/1.1 (RFC 9112 §3.2): the full handler decides
         return None
-    return PlainGet(request_line[1].decode("ascii"), range_value)
+    return PlainGet(whole[1].decode("ascii"), range_value)
 
 
 def plain_hit_until(stored: StoredMeta, settings: ProxySettings) -> float:
