@@ -25,10 +25,10 @@ import yaml
 from butler.butler import Butler, is_remote_uri
 from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
+from mirror.http import HttpFetcher
 from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
 from mirror.state import MirrorState
 from mirror.transfer import (
-    HttpFetcher,
     LocalFetcher,
     TransferSettings,
     free_bytes,

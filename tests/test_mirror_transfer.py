@@ -1,5 +1,6 @@
 """The mirror's downloader against a recording fake origin: retries with Retry-After,
-resume by Range, and refusing bytes that fail the checksum (a bad partial is fetched anew)."""
+resume by Range, refusing bytes that fail the checksum (a bad partial is fetched anew),
+error answers and a full disk (neither retried)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 from aiohttp import web
 
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+from mirror.http import HttpFetcher
 from mirror.plan import Item
-from mirror.transfer import HttpFetcher, TransferError, TransferSettings, partial_path
+from mirror.transfer import TransferError, TransferSettings, partial_path
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -32,6 +34,8 @@ class FakeOrigin:
         action = self.script.pop(0) if self.script else "ok"
         if action == "busy":
             return web.Response(status=503, headers={"Retry-After": "0"})
+        if action == "missing":
+            return web.Response(status=404, text="no such file")
         if action == "corrupt":
             return web.Response(body=b"x" * len(self.body))
         range_header = request.headers.get("Range")
@@ -136,3 +140,44 @@ async def test_bytes_failing_the_checksum_are_never_kept(
         await fetch(url, item_for(PAYLOAD), target, attempts=3)
     assert not target.exists()
     assert partial_path(tmp_path, item_for(PAYLOAD)).name.endswith(".part")
+
+
+async def test_a_body_larger_than_the_gather_buffer_is_written_whole_and_resumed(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    fake.body = bytes(range(251)) * 15_000  # 3.6 MiB: several 1 MiB flushes and a remainder
+    item = item_for(fake.body)
+    target = tmp_path / "blob.part"
+    target.write_bytes(fake.body[:1_500_000])
+    received = await fetch(url, item, target)
+    assert fake.requests[0]["Range"] == "bytes=1500000-"
+    assert received == len(fake.body) - 1_500_000
+    assert target.read_bytes() == fake.body
+
+
+async def test_an_error_answer_is_reported_with_its_text_and_not_kept(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    fake.script = ["missing"]
+    target = tmp_path / "blob.part"
+    with pytest.raises(TransferError, match="answered 404: no such file"):
+        await fetch(url, item_for(PAYLOAD), target)
+    assert len(fake.requests) == 1  # a 404 is not retried
+    assert not target.exists()
+
+
+async def test_a_full_disk_fails_the_file_without_retrying(
+    origin: tuple[FakeOrigin, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, url = origin
+    import mirror.http
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mirror.http.os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        await fetch(url, item_for(PAYLOAD), tmp_path / "blob.part")
+    assert len(fake.requests) == 1
