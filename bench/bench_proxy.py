@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small objects, 3 s durations")
     parser.add_argument("--block-size", type=int, default=MiB)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="proxyd's workers setting (0: one per core)"
+    )
     args = parser.parse_args()
     harness.require_tools()
     hot = 64 * MiB if args.quick else GiB
@@ -97,6 +100,9 @@ def main() -> None:
     try:
         print("proxyd:", file=sys.stderr)
         block = f"{args.block_size}B"
+        # One process per core, as nginx's worker_processes auto (the peer's setting).
+        config = work / "proxyd.toml"
+        config.write_text(f"workers = {args.workers}\n")
         with ProxydProcess(
             {"origin": origin.url},
             work / "proxyd-cache",
@@ -105,6 +111,8 @@ def main() -> None:
             block,
             "--cache-size",
             "8GiB",
+            "--config",
+            str(config),
         ) as proxy:
             assert proxy.process is not None
             time.sleep(0.5)
@@ -137,7 +145,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"proxyd vs nginx slice cache ({'quick' if args.quick else 'full'} run, "
-        f"block {args.block_size // 1024} KiB)"
+        f"block {args.block_size // 1024} KiB; proxyd workers = {args.workers or 'one per core'}, "
+        "nginx worker_processes auto)"
     )
     harness.compare(results["proxyd"], results["nginx"], names=("proxyd", "nginx"))
     ceiling = results["aiohttp_ceiling"]["requests_per_s"]

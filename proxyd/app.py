@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -14,10 +16,11 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 from aiohttp.web_runner import GracefulExit
 
-from proxyd.fastlane import FastLane
+from proxyd.fastlane import FastLane, in_process
 from proxyd.metrics import CONTENT_TYPE_LATEST
 from proxyd.server import STATE, ProxyState, handle
 from proxyd.settings import ConfigError, ProxySettings
+from proxyd.workers import WorkerLink, fork_workers, listening_socket, reap
 
 RESERVED_NAMES = ("metrics", "healthz")
 EVICTION_INTERVAL = 5.0
@@ -27,6 +30,7 @@ log = logging.getLogger("proxyd")
 
 async def metrics_view(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    await asyncio.gather(*(link.flush() for link in state.workers))
     state.metrics.settle()  # in the loop, whose counts they are
     body = await asyncio.to_thread(_render_metrics, state)
     return web.Response(
@@ -151,17 +155,25 @@ def run(settings: ProxySettings) -> None:
 
 
 def _serve(settings: ProxySettings) -> None:
+    workers = settings.workers or os.cpu_count() or 1
+    if not settings.fast_lane:
+        workers = 1  # workers only run the fast lane
+    listener = listening_socket(settings.listen_host, settings.listen_port)
+    # Forked first, while this process has no threads and no event loop.
+    forked = fork_workers(settings, listener, workers - 1)
     loop = _new_event_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
     log.info(
-        "proxyd listening on http://%s/ for %s (event loop %s, fast lane %s)",
+        "proxyd listening on http://%s/ for %s (event loop %s, fast lane %s, %d process%s)",
         settings.listen,
         ", ".join(f"/{n}/ -> {u}" for n, u in sorted(settings.upstreams.items())),
         "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
         "on" if settings.fast_lane else "off",
+        workers,
+        "" if workers == 1 else "es",
     )
     started = time.monotonic()
-    serving = loop.create_task(_serve_until_stopped(settings))
+    serving = loop.create_task(_serve_until_stopped(settings, listener, forked))
     try:
         loop.run_until_complete(serving)
     except (GracefulExit, KeyboardInterrupt):  # SIGTERM, SIGINT: stop cleanly
@@ -173,6 +185,7 @@ def _serve(settings: ProxySettings) -> None:
                 loop.run_until_complete(serving)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        listener.close()
     log.info("proxyd stopped after %.0f s", time.monotonic() - started)
 
 
@@ -192,9 +205,12 @@ def _new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def _serve_until_stopped(settings: ProxySettings) -> None:
-    """Listen with the fast lane in front of aiohttp's handler (:mod:`proxyd.fastlane`)
-    until a signal stops the loop; then close every connection and clean up."""
+async def _serve_until_stopped(
+    settings: ProxySettings, listener: socket.socket, forked: list[tuple[int, socket.socket]]
+) -> None:
+    """Listen with the fast lane in front of aiohttp's handler (:mod:`proxyd.fastlane`),
+    taking over what worker processes hand over (:mod:`proxyd.workers`), until a signal
+    stops the loop; then close every connection, stop the workers and clean up."""
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -209,14 +225,20 @@ async def _serve_until_stopped(settings: ProxySettings) -> None:
     )
     await runner.setup()
     assert runner.server is not None
-    lane = FastLane(app[STATE], runner.server)
+    state = app[STATE]
+    take_over = in_process(runner.server)
+    lane = FastLane(state, take_over)
     factory = lane.connection if settings.fast_lane else runner.server
-    server = await asyncio.get_running_loop().create_server(
-        factory, settings.listen_host, settings.listen_port, backlog=128
-    )
+    state.workers = [WorkerLink(pid, channel, state.metrics, take_over) for pid, channel in forked]
+    for link in state.workers:
+        link.start()
+    server = await asyncio.get_running_loop().create_server(factory, sock=listener)
     try:
         await asyncio.Event().wait()
     finally:
         server.close()
+        for link in state.workers:
+            link.stop()
         lane.close_all()
+        await asyncio.to_thread(reap, state.workers)
         await runner.cleanup()

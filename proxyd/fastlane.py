@@ -27,6 +27,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import cast
@@ -121,15 +122,39 @@ class _Warm:
     index: int = -1
     start: int = 0
     stop: int = 0
+    reload: bool = False
+    """Read the metadata from disk even though memory holds it (it went stale there)."""
+
+    @property
+    def reason(self) -> str:
+        """Why the handler gets the request if reading did not help."""
+        return "not fresh for anyone" if self.reload else "not cached"
+
+
+TakeOver = Callable[[asyncio.Transport, bytes], None]
+"""Gives a connection, and the bytes read from it but not answered, to the full handler."""
+
+
+def in_process(handler_factory: web.Server) -> TakeOver:
+    """The full handler is aiohttp's, in this process: it takes over the transport."""
+
+    def take_over(transport: asyncio.Transport, pending: bytes) -> None:
+        handler = handler_factory()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if pending:
+            handler.data_received(pending)
+
+    return take_over
 
 
 class FastLane:
-    """What the connections of one proxy share: its state, aiohttp's handler factory, the
+    """What the connections of one proxy share: its state, who takes connections over, the
     memo tables, and the open connections (closed at shutdown)."""
 
-    def __init__(self, state: ProxyState, handler_factory: web.Server) -> None:
+    def __init__(self, state: ProxyState, take_over: TakeOver) -> None:
         self.state = state
-        self.handler_factory = handler_factory
+        self.take_over = take_over
         self.connections: set[_Connection] = set()
         self._routes: dict[str, Route | None] = {}
         self._hot: dict[str, _Hot] = {}
@@ -163,7 +188,9 @@ class FastLane:
         hot = self._hot_answer(target.cache_key, meta)
         now = time.time()
         if now >= hot.fresh_until:
-            return "not fresh for anyone"
+            # Another process (the main one, for a worker) may have revalidated it since it
+            # was read: read the metadata again, once, before leaving it to the handler.
+            return _Warm(target.cache_key, reload=True)
         chosen = self._range(plain.range, hot.size)
         if chosen is None:
             return "ranges"
@@ -201,7 +228,7 @@ class FastLane:
         store = self.state.store
         try:
             if need.index < 0:
-                await self.state.blocking(store.get_meta, need.key)
+                await self.state.blocking(store.get_meta, need.key, reload=need.reload)
             else:
                 await self.state.blocking(
                     store.read_slice, need.version, need.index, need.start, need.stop
@@ -210,7 +237,7 @@ class FastLane:
             log.warning("fast lane: cannot read %s from the cache: %s", need.key, exc)
 
     def handed_over(self, reason: str) -> None:
-        self.state.metrics.fast_lane_handovers.labels(reason).inc()
+        self.state.metrics.count_handover(reason)
 
     def _range(self, value: str | None, size: int) -> tuple[bool, ByteRange] | None:
         """(partial?, the bytes to send), or None when the handler must answer (several
@@ -319,7 +346,7 @@ class _Connection(asyncio.Protocol):
                 self._warming = self._loop.create_task(self._warm(result))
                 self._update_reading()
                 return
-            reason = "not cached" if isinstance(result, _Warm) else result
+            reason = result.reason if isinstance(result, _Warm) else result
             break
         self._pending = pending
         if pending and not self._paused:
@@ -360,19 +387,16 @@ class _Connection(asyncio.Protocol):
             transport.pause_reading()
 
     def _hand_over(self, reason: str) -> None:
-        """From now on aiohttp serves this connection, starting with the unanswered bytes."""
+        """From now on the full handler serves this connection, starting with the bytes
+        not answered yet."""
         transport = self._transport
         assert transport is not None
         self._lane.handed_over(reason)
         self._forget()
         if not self._reading:
             transport.resume_reading()
-        handler = self._lane.handler_factory()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
         pending, self._pending = self._pending, b""
-        if pending:
-            handler.data_received(pending)
+        self._lane.take_over(transport, pending)
 
     def _check_idle(self) -> None:
         """Close a connection idle (or not reading its answers) for ``client_timeout``:

@@ -24,6 +24,7 @@ class Metrics:
         self._pending_requests: dict[tuple[str, int, str], int] = {}
         self._pending_from_cache = 0
         self._pending_to_clients = 0
+        self._pending_handovers: dict[str, int] = {}
         self.hits = Counter("proxyd_cache_hits", "Requests answered wholly from cache", registry=r)
         self.misses = Counter(
             "proxyd_cache_misses", "Requests answered wholly from the origin", registry=r
@@ -91,6 +92,33 @@ class Metrics:
         self._pending_from_cache += from_cache
         self._pending_to_clients += from_cache + from_origin
 
+    def count_handover(self, reason: str) -> None:
+        """One connection the fast lane handed to the full handler (see count_request)."""
+        self._pending_handovers[reason] = self._pending_handovers.get(reason, 0) + 1
+
+    def take_counts(self) -> dict[str, Any]:
+        """The counts not settled yet, as plain JSON data, and forget them: a worker process
+        sends them to the main one (:mod:`proxyd.workers`), which adds them with
+        :meth:`add_counts`."""
+        counts = {
+            "requests": [[*key, n] for key, n in self._pending_requests.items()],
+            "from_cache": self._pending_from_cache,
+            "to_clients": self._pending_to_clients,
+            "handovers": self._pending_handovers,
+        }
+        self._pending_requests, self._pending_handovers = {}, {}
+        self._pending_from_cache = self._pending_to_clients = 0
+        return counts
+
+    def add_counts(self, counts: dict[str, Any]) -> None:
+        for method, status, cache, n in counts["requests"]:
+            key = (str(method), int(status), str(cache))
+            self._pending_requests[key] = self._pending_requests.get(key, 0) + int(n)
+        self._pending_from_cache += int(counts["from_cache"])
+        self._pending_to_clients += int(counts["to_clients"])
+        for reason, n in counts["handovers"].items():
+            self._pending_handovers[reason] = self._pending_handovers.get(reason, 0) + int(n)
+
     def settle(self) -> None:
         """Move the counts of :meth:`count_request` into the Prometheus counters."""
         pending, self._pending_requests = self._pending_requests, {}
@@ -109,6 +137,9 @@ class Metrics:
         self.bytes_from_cache.inc(self._pending_from_cache)
         self.bytes_to_clients.inc(self._pending_to_clients)
         self._pending_from_cache = self._pending_to_clients = 0
+        handovers, self._pending_handovers = self._pending_handovers, {}
+        for reason, count in handovers.items():
+            self.fast_lane_handovers.labels(reason).inc(count)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

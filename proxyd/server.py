@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import aiohttp
 from aiohttp import web
@@ -63,6 +63,9 @@ from proxyd.sendfile import FileSender
 from proxyd.settings import ProxySettings
 from proxyd.store import BlockFile, BlockStore, ObjectMeta
 from proxyd.upstream import UpstreamClients, UpstreamError
+
+if TYPE_CHECKING:
+    from proxyd.workers import WorkerLink
 
 log = logging.getLogger("proxyd")
 CACHE_HEADER = "X-Cache"
@@ -154,6 +157,8 @@ class ProxyState:
         self.auth_cache = access.AuthDecisionCache(max_entries=100_000)
         self.limits = RequestLimits.from_settings(settings)
         self.probes: dict[tuple[str, str | None], _Probe] = {}
+        self.workers: list[WorkerLink] = []
+        """The worker processes' links (main process only; proxyd.workers)."""
         log_path = settings.access_log if isinstance(settings.access_log, Path) else None
         self.access_log = AccessLog(settings.access_log is not False, log_path)
 

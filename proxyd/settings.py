@@ -122,6 +122,9 @@ class ProxySettings:
     """True: one line per request to the log (stderr); False: none; a path: append there."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics."""
+    workers: int = 1
+    """Processes answering hot reads (the fast lane) on the listening socket; everything
+    else is served by the first (proxyd.workers). 0: one per CPU core."""
     fast_lane: bool = True
     """Answer plain GETs of fresh cached bytes before the HTTP framework (proxyd.fastlane)."""
     event_loop: str = "auto"
@@ -527,6 +530,7 @@ _SPECS: dict[str, _Spec] = {
     "evict_high_watermark": _spec(_fraction, "evict_high_watermark"),
     "access_log": _spec(_access_log, "access_log"),
     "metrics": _spec(_boolean, "metrics"),
+    "workers": _spec(_integer(0, 256), "workers"),
     "fast_lane": _spec(_boolean, "fast_lane"),
     "event_loop": _spec(_event_loop, "event_loop"),
 }
@@ -760,6 +764,7 @@ def describe(settings: ProxySettings) -> str:
         ),
         ("access log", access),
         ("metrics", "/metrics" if s.metrics else "off"),
+        ("workers", str(s.workers) if s.workers else "one per CPU core"),
         ("fast lane", "on" if s.fast_lane else "off"),
         ("event loop", s.event_loop),
     ]

@@ -52,6 +52,8 @@ META_MEMORY_SECONDS = 60.0
 """How long metadata read from disk is reused from memory. Changes made by other processes
 (``proxyd purge``, ``proxyd pin``) are noticed at once through the marker file, so this only
 bounds how long metadata is trusted without that signal."""
+MISSING_META_SECONDS = 0.5
+"""How long "not cached" is remembered."""
 PURGE_CHECK_SECONDS = 0.01
 """How often a running proxy looks for purges made by other processes."""
 MAX_OPEN_FILES = 4096
@@ -242,6 +244,7 @@ class BlockStore:
         self._touched: set[str] = set()
         self._purge_marker = self.directory / "purged"
         self._purge_checked = 0.0
+        self.change_check_seconds = PURGE_CHECK_SECONDS
         self._purge_seen = 0
         self._notice_purges(time.monotonic())
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -260,12 +263,14 @@ class BlockStore:
 
     # -- metadata -------------------------------------------------------------------------
 
-    def get_meta(self, key: str) -> ObjectMeta | None:
+    def get_meta(self, key: str, *, reload: bool = False) -> ObjectMeta | None:
+        """An object's metadata: from memory if read lately (unless ``reload``), else from
+        disk, and then remembered."""
         now = time.monotonic()
         self._notice_purges(now)
         with self._lock:
             cached = self._meta_memory.get(key)
-        if cached is not None and now - cached[0] < META_MEMORY_SECONDS:
+        if not reload and cached is not None and now - cached[0] < META_MEMORY_SECONDS:
             return None if cached[1] is None else copy.copy(cached[1])
         meta = None
         for cache in (self._pinned, self._cache):
@@ -301,7 +306,7 @@ class BlockStore:
         """Forget what is held in memory if another process (``proxyd purge``) has deleted
         objects since: it touches a marker file, looked at here (one stat, at most every
         ``PURGE_CHECK_SECONDS``) so that a purge takes effect at once in running proxies."""
-        if now - self._purge_checked < PURGE_CHECK_SECONDS:
+        if now - self._purge_checked < self.change_check_seconds:
             return
         self._purge_checked = now
         try:
@@ -326,10 +331,15 @@ class BlockStore:
         self._purge_seen = self._purge_marker.stat().st_mtime_ns
 
     def _remember_meta(self, key: str, meta: ObjectMeta | None) -> None:
+        stamp = time.monotonic()
+        if meta is None:
+            # An object not cached is remembered briefly: another process (the main one,
+            # filling it for a worker) may store it at any moment.
+            stamp -= META_MEMORY_SECONDS - MISSING_META_SECONDS
         with self._lock:
             if len(self._meta_memory) > 100_000:
                 self._meta_memory.clear()
-            self._meta_memory[key] = (time.monotonic(), meta)
+            self._meta_memory[key] = (stamp, meta)
 
     def put_meta(self, meta: ObjectMeta) -> None:
         target = self._pinned if meta.pinned else self._cache
@@ -733,8 +743,10 @@ class BlockStore:
             self.evictions += removed
         if removed:
             # What is held in memory may be what was evicted: an evicted object is then a
-            # miss, as `proxyd ls` says, rather than served from memory for a while.
+            # miss, as `proxyd ls` says, rather than served from memory for a while (here
+            # and, through the marker, in the worker processes).
             self._forget_memory()
+            self._mark_change()
         return removed
 
     def volume(self) -> int:

@@ -11,14 +11,17 @@ does not answer itself.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from nginx import NginxOrigin
-from proxies import BLOCK, Proxy, RecordingOrigin, running, write_old
+from proxies import BLOCK, Proxy, RecordingOrigin, proxyd_cli, running, write_old
 
 BIG = 5 * BLOCK + 1234  # several 64 KiB blocks
 SMALL = 5000  # small enough to be answered whole from memory
@@ -265,3 +268,64 @@ def test_without_the_lane_or_uvloop_the_answers_are_the_same(
     assert answer.body == reference.body == objects["big.bin"][1000:5000]
     same = ("Content-Range", "Content-Length", "ETag", "Last-Modified", "Content-Type", "X-Cache")
     assert [answer.header(n) for n in same] == [reference.header(n) for n in same]
+
+
+def test_worker_processes_serve_hits_and_hand_the_rest_to_the_main_process(
+    origin: NginxOrigin, objects: dict[str, bytes], tmp_path: Path
+) -> None:
+    """workers = 2: connections spread over two processes; whatever lands in the worker
+    and is not a hit (the cold fills here) is served by the main process, so the origin
+    still sends each object once, and /metrics and the access log count every request."""
+    proxy = Proxy({"o": origin.url}, tmp_path, config={"workers": 2})
+    with running(proxy):
+        children = subprocess.run(
+            ["pgrep", "-P", str(proxy.pid)], capture_output=True, text=True, check=False
+        )
+        pids = {int(p) for p in children.stdout.split()}
+        assert len(pids) == 1, "one worker process besides the main one"
+        mark = origin.mark()
+        connections = 24
+        requests_each = 6
+        port = int(proxy.url.rsplit(":", 1)[1].strip("/"))
+
+        def client(i: int) -> list[bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            bodies = []
+            try:
+                for j in range(requests_each):
+                    start = (i * 7 + j * 1031) % (BIG - 100)
+                    ranged = {"Range": f"bytes={start}-{start + 99}"}
+                    conn.request("GET", "/o/big.bin", headers=ranged)
+                    response = conn.getresponse()
+                    body = response.read()
+                    assert body == objects["big.bin"][start : start + 100]
+                    bodies.append(body)
+            finally:
+                conn.close()
+            return bodies
+
+        with ThreadPoolExecutor(connections) as pool:
+            results = list(pool.map(client, range(connections)))
+        assert sum(len(r) for r in results) == connections * requests_each
+        fills = [e for e in origin.access_log(mark) if e["path"] == "/big.bin"]
+        assert sum(e["body_bytes_sent"] for e in fills) <= BIG + BLOCK  # one copy at most
+        total = connections * requests_each
+        counted = {
+            k: v for k, v in proxy.metrics().items() if k.startswith("proxyd_requests_total")
+        }
+        assert sum(v for k, v in counted.items() if 'status="206"' in k) == total
+        logged = [e for e in proxy.settled_access_log() if e["target"] == "/o/big.bin"]
+        assert len(logged) == total
+
+        # A purge is seen by both processes at once: the next reads are misses.
+        cache = ["--cache-dir", str(proxy.cache_dir), "--block-size", "64KiB"]
+        purge = proxyd_cli("purge", *cache, "--all")
+        assert purge.returncode == 0, purge.stderr
+        mark = origin.mark()
+        again = [proxy.get("o/big.bin", {"Range": "bytes=0-9"}) for _ in range(4)]
+        assert again[0].header("X-Cache") == "MISS"  # whichever process took it
+        assert all(r.body == objects["big.bin"][:10] for r in again)
+        assert [e for e in origin.access_log(mark) if e["path"] == "/big.bin"]
+    for pid in pids:  # stopped with the main process
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
