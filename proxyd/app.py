@@ -190,18 +190,14 @@ def _serve(settings: ProxySettings) -> None:
 
 
 def _new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
-    """uvloop unless told otherwise (and when installed): its transports read and write in
-    C, which is most of what a proxy answering hot small ranges does."""
-    if choice == "asyncio":
+    if choice != "uvloop":
         return asyncio.new_event_loop()
     try:
         import uvloop
     except ImportError:
-        if choice == "uvloop":
-            raise ConfigError(
-                "event_loop", "configuration", "uvloop is not installed", "pip install uvloop"
-            ) from None
-        return asyncio.new_event_loop()
+        raise ConfigError(
+            "event_loop", "configuration", "uvloop is not installed", "pip install uvloop"
+        ) from None
     return uvloop.new_event_loop()
 
 

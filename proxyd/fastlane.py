@@ -230,9 +230,7 @@ class FastLane:
             if need.index < 0:
                 await self.state.blocking(store.get_meta, need.key, reload=need.reload)
             else:
-                await self.state.blocking(
-                    store.read_slice, need.version, need.index, need.start, need.stop
-                )
+                await self.state.blocking(store.warm_block, need.version, need.index)
         except OSError as exc:  # the handler will meet it again and answer properly
             log.warning("fast lane: cannot read %s from the cache: %s", need.key, exc)
 

@@ -127,8 +127,8 @@ class ProxySettings:
     else is served by the first (proxyd.workers). 0: one per CPU core."""
     fast_lane: bool = True
     """Answer plain GETs of fresh cached bytes before the HTTP framework (proxyd.fastlane)."""
-    event_loop: str = "auto"
-    """"uvloop", "asyncio", or "auto" (uvloop when it is installed)."""
+    event_loop: str = "asyncio"
+    """"asyncio" (Python's own) or "uvloop" (needs the uvloop package)."""
 
     @property
     def listen(self) -> str:
@@ -350,7 +350,7 @@ def _path(value: object) -> Path:
     raise _Invalid(f"{value!r} is not a path", "a non-empty directory path")
 
 
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 def _event_loop(value: object) -> str:

@@ -437,6 +437,16 @@ class BlockStore:
             return chunk[start - lo : end - lo]
         return None
 
+    def warm_block(self, version: str, index: int) -> bool:
+        """Make :meth:`quick_slice` able to answer from a block (in a worker thread): its
+        file is verified and remembered, or a small block kept in SQLite is held in memory.
+        False if the block is missing or damaged."""
+        if self.read_slice(version, index, 0, 1) is None:
+            return False
+        if self._trusted_location(f"block:{version}:{index}") is None:  # no file of its own
+            return self.get_block(version, index) is not None
+        return True
+
     def quick_slice(self, version: str, index: int, start: int, stop: int) -> bytes | None:
         """Bytes ``start:stop`` of a block held in memory, or verified in full lately and in
         the page cache; else None (then use :meth:`read_slice` in a worker thread).
