@@ -156,8 +156,9 @@ def run(settings: ProxySettings) -> None:
 
 def _serve(settings: ProxySettings) -> None:
     workers = settings.workers or os.cpu_count() or 1
-    if not settings.fast_lane:
-        workers = 1  # workers only run the fast lane
+    if workers > 1 and not settings.fast_lane:
+        log.warning("workers = %d needs fast_lane = true (workers run the lane); using 1", workers)
+        workers = 1
     listener = listening_socket(settings.listen_host, settings.listen_port)
     # Forked first, while this process has no threads and no event loop.
     forked = fork_workers(settings, listener, workers - 1)

@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 from proxyd.fastlane import FastLane, TakeOver
@@ -197,8 +198,6 @@ def _report_adoption(task: asyncio.Task[object]) -> None:
 
 def reap(links: list[WorkerLink], timeout: float = 5.0) -> None:
     """Wait for stopped workers to exit (then make sure they have)."""
-    import time
-
     deadline = time.monotonic() + timeout
     for link in links:
         while time.monotonic() < deadline:
