@@ -7,7 +7,7 @@ copy). Names from the universe become SQL identifiers, so they are validated her
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +25,18 @@ _KINDS: dict[str, ValueKind] = {"int": "int", "float": "float", "str": "str"}
 def default_universe_path() -> Path:
     """The packaged default universe (the same file as ``config/dimensions.yaml``)."""
     return Path(str(resources.files("butler") / "defaults" / "dimensions.yaml"))
+
+
+def _memoised(
+    table: dict[frozenset[str], tuple[str, ...]],
+    key: frozenset[str],
+    compute: Callable[[frozenset[str]], tuple[str, ...]],
+) -> tuple[str, ...]:
+    """``compute(key)``, worked out once per key (closures are asked for per dataset)."""
+    found = table.get(key)
+    if found is None:
+        found = table[key] = compute(key)
+    return found
 
 
 @dataclass(frozen=True)
@@ -142,11 +154,7 @@ class DimensionUniverse:
 
     def required_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         """``names`` plus everything they require, recursively, in canonical order."""
-        key = frozenset(names)
-        cached = self._required.get(key)
-        if cached is None:
-            cached = self._required[key] = self._required_closure(key)
-        return cached
+        return _memoised(self._required, frozenset(names), self._required_closure)
 
     def _required_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         found: set[str] = set()
@@ -160,11 +168,7 @@ class DimensionUniverse:
 
     def implied_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         """Dimensions implied by ``names`` (and by what those imply), minus the required ones."""
-        key = frozenset(names)
-        cached = self._implied.get(key)
-        if cached is None:
-            cached = self._implied[key] = self._implied_closure(key)
-        return cached
+        return _memoised(self._implied, frozenset(names), self._implied_closure)
 
     def _implied_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         required = set(self.required_closure(names))

@@ -27,11 +27,11 @@ import os
 import random
 import ssl
 import time
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pycurl
 
+from butler.http.conditional import parse_http_date
 from mirror.plan import Item
 from mirror.transfer import Progress, TransferError, TransferSettings, complete, resume_point
 
@@ -61,12 +61,9 @@ def retry_after(value: str | None) -> float | None:
         return None
     try:
         return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    except ValueError:  # not delta-seconds: an HTTP-date
+        when = parse_http_date(value.strip())
+        return None if when is None else max(0.0, when - time.time())
 
 
 class _Receiver:

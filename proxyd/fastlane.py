@@ -29,12 +29,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+from butler.http.conditional import format_http_date
 from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simple_range
 from proxyd.policy import freshness
 from proxyd.policy.plain import plain_hit_until, recognise
@@ -285,7 +285,7 @@ class FastLane:
         second = int(now)
         if second != self._date_second:
             self._date_second = second
-            self._date = formatdate(second, usegmt=True).encode()
+            self._date = format_http_date(second).encode()
         return self._date
 
 

@@ -283,14 +283,8 @@ class BlockStore:
 
     def remembered_meta(self, key: str) -> ObjectMeta | None:
         """Metadata held in memory and still fresh, else None (no SQLite, no waiting)."""
-        self._notice_purges(time.monotonic())
-        with self._lock:
-            cached = self._meta_memory.get(key)
-        if cached is None or cached[1] is None:
-            return None
-        if time.monotonic() - cached[0] >= META_MEMORY_SECONDS:
-            return None
-        return copy.copy(cached[1])
+        meta = self.peek_meta(key)
+        return None if meta is None else copy.copy(meta)
 
     def peek_meta(self, key: str) -> ObjectMeta | None:
         """:meth:`remembered_meta` without the copy, for callers that only read it (the

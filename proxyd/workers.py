@@ -34,7 +34,6 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
 
 from proxyd.fastlane import FastLane, TakeOver
 from proxyd.metrics import Metrics
@@ -83,7 +82,9 @@ class _Frames:
     def read(self) -> list[tuple[bytes, bytes, int]] | None:
         """The complete frames now available as (kind, payload, fd or -1); None at EOF."""
         try:
-            data, ancillary, _, _ = self.channel.recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
+            data, ancillary, _, _ = self.channel.recvmsg(
+                1 << 20, socket.CMSG_SPACE(64 * 4), socket.MSG_DONTWAIT
+            )
         except (BlockingIOError, InterruptedError):
             return []
         for level, kind, raw in ancillary:
@@ -183,8 +184,8 @@ class WorkerLink:
             self._counted = None
 
     def stop(self) -> None:
+        self.alive = False  # stopped on purpose: not reported as gone
         self._lost()
-        self.alive = False
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         self.channel.close()
@@ -280,11 +281,7 @@ async def _worker_main(
             channel.sendall(_frame(COUNTS, json.dumps(state.metrics.take_counts()).encode()))
 
     def readable() -> None:
-        channel.setblocking(False)
-        try:
-            got = frames.read()
-        finally:
-            channel.setblocking(True)
+        got = frames.read()
         if got is None:  # the main process has gone
             stopping.set()
             return
@@ -293,19 +290,18 @@ async def _worker_main(
 
     loop.add_reader(channel.fileno(), readable)
 
-    async def every(seconds: float, action: Callable[[], object]) -> None:
+    async def counting() -> None:
         while True:
-            await asyncio.sleep(seconds)
-            action()
+            await asyncio.sleep(COUNTS_SECONDS)
+            send_counts()
 
-    async def recency() -> None:
-        await asyncio.to_thread(state.store.flush_recency)
-        state.store.close_stale_files()
+    async def recency() -> None:  # the main process's evictor does this for its own reads
+        while True:
+            await asyncio.sleep(RECENCY_SECONDS)
+            await asyncio.to_thread(state.store.flush_recency)
+            state.store.close_stale_files()
 
-    chores = [
-        loop.create_task(every(COUNTS_SECONDS, send_counts)),
-        loop.create_task(every(RECENCY_SECONDS, lambda: loop.create_task(recency()))),
-    ]
+    chores = [loop.create_task(counting()), loop.create_task(recency())]
     try:
         await stopping.wait()
     finally:
