@@ -32,9 +32,18 @@ lines, written by another thread to the same stderr, never land inside an access
 
 log = logging.getLogger("proxyd")
 
-# JSON string literals of the values that repeat (clients, methods, hot targets): one
-# json.dumps each, not one per request.
-_json_text = functools.lru_cache(maxsize=4096)(json.dumps)
+# JSON string literals of the values that repeat (cache statuses), and the start of the
+# line up to the status for each (client, method, target) seen lately: worked out once,
+# not once per request.
+_json_text = functools.lru_cache(maxsize=64)(json.dumps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _line_start(client: str | None, method: str, target: str) -> str:
+    return (
+        f'{{"client":{json.dumps(client)},"method":{json.dumps(method)},'
+        f'"target":{json.dumps(target[:500])},"status":'
+    )
 
 
 class AccessLog:
@@ -49,6 +58,8 @@ class AccessLog:
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._stamp_second = -1
+        self._stamp_prefix = ""
+        self._stamp_millisecond = -1
         self._stamp = ""
         self._failed = False
 
@@ -67,10 +78,9 @@ class AccessLog:
         if not self.enabled:
             return
         line = (
-            f'{{"client":{_json_text(client)},"method":{_json_text(method)},'
-            f'"target":{_json_text(target[:500])},"status":{status},'
-            f'"cache":{_json_text(cache)},"bytes_from_cache":{from_cache},'
-            f'"bytes_from_origin":{from_origin},"seconds":{round(seconds, 4)!r}}}'
+            f'{_line_start(client, method, target)}{status},"cache":{_json_text(cache)},'
+            f'"bytes_from_cache":{from_cache},"bytes_from_origin":{from_origin},'
+            f'"seconds":{round(seconds, 4)!r}}}'
         )
         if self._path is None:
             line = f"{self._timestamp()} proxyd.access {line}"
@@ -140,9 +150,12 @@ class AccessLog:
 
     def _timestamp(self) -> str:
         """``logging``'s default asctime: local time with milliseconds."""
-        now = time.time()
-        second = int(now)
-        if second != self._stamp_second:
-            self._stamp_second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((now - second) * 1000):03d}"
+        millisecond = int(time.time() * 1000)
+        if millisecond != self._stamp_millisecond:
+            self._stamp_millisecond = millisecond
+            second, milli = divmod(millisecond, 1000)
+            if second != self._stamp_second:
+                self._stamp_second = second
+                self._stamp_prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamp = f"{self._stamp_prefix},{milli:03d}"
+        return self._stamp

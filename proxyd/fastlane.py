@@ -37,7 +37,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from butler.http.conditional import format_http_date
 from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simple_range
 from proxyd.policy import freshness
-from proxyd.policy.plain import plain_hit_until, recognise
+from proxyd.policy.plain import Recogniser, plain_hit_until
 from proxyd.policy.requests import Route, route
 from proxyd.server import (
     CACHE_HEADER,
@@ -159,7 +159,7 @@ class FastLane:
         self._routes: dict[str, Route | None] = {}
         self._hot: dict[str, _Hot] = {}
         limits = state.limits
-        self._max_head = min(limits.max_url_bytes, limits.max_header_bytes)
+        self._recognise = Recogniser(min(limits.max_url_bytes, limits.max_header_bytes))
         self._date_second = -1
         self._date = b""
 
@@ -175,7 +175,7 @@ class FastLane:
         """The whole response to the request ``head``; or what to read from disk before
         asking again; or why the full handler must answer it."""
         started = time.perf_counter()
-        plain = recognise(head, self._max_head)
+        plain = self._recognise(head)
         if plain is None:
             return "not plain"
         target = self._route(plain.target)

@@ -28,6 +28,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import os
 import resource
 import struct
@@ -37,10 +38,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import diskcache
 
+from proxyd.changes import ChangeMarker
 from proxyd.policy.freshness import StoredMeta
 
 DIGEST_SIZE = 16
@@ -54,8 +56,10 @@ META_MEMORY_SECONDS = 60.0
 bounds how long metadata is trusted without that signal."""
 MISSING_META_SECONDS = 0.5
 """How long "not cached" is remembered."""
-PURGE_CHECK_SECONDS = 0.01
-"""How often a running proxy looks for purges made by other processes."""
+RECENCY_BATCH = 256
+"""Blocks whose access time one SQLite transaction updates (short, so fills wait little)."""
+RECENCY_SECONDS = 60.0
+"""How often at most diskcache is told that a block is still being read."""
 MAX_OPEN_FILES = 4096
 """Block files kept open for hot reads (at most a quarter of the descriptor limit)."""
 VERIFIED_SECONDS = 600.0
@@ -242,11 +246,9 @@ class BlockStore:
         self._located: dict[str, tuple[str, BlockHeader]] = {}
         self._verified: dict[str, float] = {}
         self._touched: set[str] = set()
-        self._purge_marker = self.directory / "purged"
-        self._purge_checked = 0.0
-        self.change_check_seconds = PURGE_CHECK_SECONDS
-        self._purge_seen = 0
-        self._notice_purges(time.monotonic())
+        self._recency_told: dict[str, float] = {}
+        """When flush_recency() last told diskcache about a block (its thread only)."""
+        self._changes = ChangeMarker(self.directory / "purged")
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft_limit == resource.RLIM_INFINITY:
             soft_limit = 4 * MAX_OPEN_FILES
@@ -260,6 +262,7 @@ class BlockStore:
             os.close(self._fds.popitem()[1][0])
         self._cache.close()
         self._pinned.close()
+        self._changes.close()
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -267,7 +270,7 @@ class BlockStore:
         """An object's metadata: from memory if read lately (unless ``reload``), else from
         disk, and then remembered."""
         now = time.monotonic()
-        self._notice_purges(now)
+        self._notice_changes()
         with self._lock:
             cached = self._meta_memory.get(key)
         if not reload and cached is not None and now - cached[0] < META_MEMORY_SECONDS:
@@ -290,25 +293,18 @@ class BlockStore:
         """:meth:`remembered_meta` without the copy, for callers that only read it (the
         fast lane, once per request): the object is shared, never to be modified."""
         now = time.monotonic()
-        self._notice_purges(now)
+        self._notice_changes()
         cached = self._meta_memory.get(key)
         if cached is None or now - cached[0] >= META_MEMORY_SECONDS:
             return None
         return cached[1]
 
-    def _notice_purges(self, now: float) -> None:
-        """Forget what is held in memory if another process (``proxyd purge``) has deleted
-        objects since: it touches a marker file, looked at here (one stat, at most every
-        ``PURGE_CHECK_SECONDS``) so that a purge takes effect at once in running proxies."""
-        if now - self._purge_checked < self.change_check_seconds:
-            return
-        self._purge_checked = now
-        try:
-            stamp = self._purge_marker.stat().st_mtime_ns
-        except FileNotFoundError:
-            stamp = 0
-        if stamp != self._purge_seen:
-            self._purge_seen = stamp
+    def _notice_changes(self) -> None:
+        """Forget what is held in memory if another process has deleted or moved stored
+        things since (``proxyd purge``, ``pin``, eviction; for a worker, the main process's
+        invalidations): looked at on every read of metadata, so that a change takes effect
+        at once in every running proxy (:mod:`proxyd.changes`)."""
+        if self._changes.changed():
             self._forget_memory()
 
     def _forget_memory(self) -> None:
@@ -321,8 +317,7 @@ class BlockStore:
             self._fds_stale = True
 
     def _mark_change(self) -> None:
-        self._purge_marker.touch()
-        self._purge_seen = self._purge_marker.stat().st_mtime_ns
+        self._changes.mark()
 
     def _remember_meta(self, key: str, meta: ObjectMeta | None) -> None:
         stamp = time.monotonic()
@@ -451,19 +446,26 @@ class BlockStore:
         proxy slow (the loop waits for the GIL behind the workers). Call it only from the
         event loop's thread: the descriptors are its own.
         """
-        in_memory = self.memory_block(version, index)
-        if in_memory is not None:
-            return in_memory[start:stop]
+        # Written out rather than through memory_block() and _trusted_location(): this is
+        # the one store call of every hot small read, and each call level costs.
         block_key = f"block:{version}:{index}"
-        trusted = self._trusted_location(block_key)
-        if trusted is None or stop > trusted[1].length:
+        with self._lock:
+            in_memory = self._memory.get(block_key)
+            if in_memory is not None:
+                self._memory.move_to_end(block_key)
+                return in_memory[start:stop]
+            located = self._located.get(block_key)
+            verified = None if located is None else self._verified.get(located[0])
+        if verified is None or time.monotonic() - verified >= VERIFIED_SECONDS:
             return None
-        path, header = trusted
+        path, header = cast(tuple[str, BlockHeader], located)
+        if stop > header.length:
+            return None
         fd = self._acquire_fd(path)
         if fd is None:
             return None
+        buffer = bytearray(stop - start)
         try:
-            buffer = bytearray(stop - start)
             got = os.preadv(fd, [buffer], header.size + start, os.RWF_NOWAIT)
         except OSError:  # not in the page cache (EAGAIN), unsupported...
             return None
@@ -647,11 +649,25 @@ class BlockStore:
         it), so that its least-recently-used eviction spares them; returns how many."""
         with self._lock:
             touched, self._touched = self._touched, set()
-        for block_key in touched:
-            value = self._cache.get(block_key, read=True)  # updates the access time
-            if value is not None and not isinstance(value, bytes):
-                value.close()
-        return len(touched)
+        # A block read again and again (a hot object) is told about once a minute, not at
+        # every flush: eviction needs the order of minutes, not of seconds.
+        now = time.monotonic()
+        told = self._recency_told
+        keys = sorted(key for key in touched if now - told.get(key, -math.inf) >= RECENCY_SECONDS)
+        if len(told) > 100_000:
+            told.clear()
+        for key in keys:
+            told[key] = now
+        for first in range(0, len(keys), RECENCY_BATCH):
+            # One SQLite transaction per batch: each get on its own is a write transaction
+            # (it updates the access time), and a thousand of those every few seconds cost
+            # a busy proxy a tenth of its CPU, and the loop the GIL while they run.
+            with self._cache.transact():
+                for block_key in keys[first : first + RECENCY_BATCH]:
+                    value = self._cache.get(block_key, read=True)  # updates the access time
+                    if value is not None and not isinstance(value, bytes):
+                        value.close()
+        return len(keys)
 
     def known_block(self, version: str, index: int) -> bool:
         """Whether a block is held in memory or its file was found lately (dictionaries

@@ -268,9 +268,6 @@ async def _worker_main(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     state = ProxyState(settings)
-    # Every request looks for changes made by the main process (a stat): a purge, or the
-    # invalidation after an unsafe method, is seen by the next request here too.
-    state.store.change_check_seconds = 0.0
     channel.setblocking(True)  # a frame is written whole; the main process reads at once
     lane = FastLane(state, _send_to_main(channel))
     server = await loop.create_server(lane.connection, sock=listener)

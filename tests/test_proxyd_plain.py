@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxyd.policy import access, freshness
-from proxyd.policy.plain import PlainGet, plain_hit_until, recognise
+from proxyd.policy.plain import PlainGet, Recogniser, plain_hit_until, recognise
 from proxyd.settings import ProxySettings
 
 HEAD = b"GET /o/big.bin HTTP/1.1\r\nHost: 127.0.0.1:8080"
@@ -178,3 +178,40 @@ def test_recognised_requests_carry_no_field_but_the_plain_ones(
         assert len(names) == len(set(names))
         assert "host" in names
         assert all("\r" not in v and "\n" not in v for _, v in fields)
+
+
+# -- Recogniser: recognise(), remembered per request shape ------------------------------------
+
+_field_lines = st.lists(
+    st.tuples(
+        st.sampled_from(["Host", "Range", "range", "Accept", "User-Agent", "Cookie", "X-A"]),
+        st.one_of(
+            st.builds(lambda a, b: f"bytes={a}-{b}", st.integers(0, 99), st.integers(0, 99)),
+            st.sampled_from(["x", "bytes=0-", "bytes=-5", "bytes=1-2, 4-5", " bytes=1-2", ""]),
+            st.text(alphabet=st.characters(min_codepoint=9, max_codepoint=127), max_size=8),
+        ),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=600)
+@given(requests=st.lists(_field_lines, min_size=1, max_size=6), limit=st.sampled_from([60, 8190]))
+def test_the_recogniser_answers_exactly_as_recognise(
+    requests: list[list[tuple[str, str]]], limit: int
+) -> None:
+    recogniser = Recogniser(limit, memory=3)  # small: the table is also emptied on the way
+    for fields in requests * 2:  # each shape asked twice: the second answer is remembered
+        head = ("GET /o/x HTTP/1.1" + "".join(f"\r\n{n}: {v}" for n, v in fields)).encode()
+        assert recogniser(head) == recognise(head, limit)
+
+
+def test_the_recogniser_remembers_a_shape_whatever_its_range() -> None:
+    recogniser = Recogniser(8190)
+    for first in range(100):
+        head = HEAD + b"\r\nRange: bytes=%d-%d\r\nAccept: */*" % (first, first + 9)
+        assert recogniser(head) == PlainGet("/o/big.bin", f"bytes={first}-{first + 9}")
+    assert len(recogniser._shapes) == 1
+    twice = HEAD + b"\r\nRange: bytes=0-1\r\nRange: bytes=5-6"
+    assert recogniser(twice) is None
+    assert recogniser(twice) is None

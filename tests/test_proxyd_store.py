@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from proxyd.store import BlockFile, BlockStore
+from proxyd.policy import freshness
+from proxyd.store import BlockFile, BlockStore, ObjectMeta
 
 KiB = 1024
 BLOCK = 256 * KiB
@@ -53,3 +54,36 @@ def test_hot_reads_keep_files_open_until_eviction(tmp_path: Path) -> None:
         store.quick_slice("v", i, 0, 16)
     assert len(store._fds) <= len(survivors)
     store.close()
+
+
+def test_recency_reaches_diskcache_once_a_minute_per_block_and_spares_it(tmp_path: Path) -> None:
+    store = _store(tmp_path, size_limit=32 * BLOCK)
+    for i in range(20):
+        store.put_block("v", i, os.urandom(BLOCK))
+    for _ in range(3):
+        assert store.quick_slice("v", 0, 0, 8) is not None
+    assert store.flush_recency() == 1  # read three times, told once
+    assert store.quick_slice("v", 0, 0, 8) is not None
+    assert store.flush_recency() == 0  # told less than a minute ago
+    for i in range(20, 34):  # over the limit: the least recently used go
+        store.put_block("v", i, os.urandom(BLOCK))
+    store.evict()
+    kept = store.has_blocks("v", range(20))
+    assert 0 in kept, kept  # read lately: spared, unlike blocks 1-19 written with it
+    assert 1 not in kept, kept
+    store.close()
+
+
+def test_a_change_in_another_process_is_seen_by_the_next_read(tmp_path: Path) -> None:
+    store, other = _store(tmp_path), _store(tmp_path)
+    stored = freshness.StoredMeta.from_response(
+        200, [("Content-Length", "8")], request_time=0.0, response_time=0.0
+    )
+    store.put_meta(ObjectMeta("k", "http://o/k", stored))
+    store.put_block(store.get_meta("k").version(BLOCK), 0, b"12345678")  # type: ignore[union-attr]
+    assert store.peek_meta("k") is not None
+    assert other.delete_object("k") == 1  # `proxyd purge`, say
+    assert store.peek_meta("k") is None  # memory forgotten at once, not in a minute
+    assert store.get_meta("k") is None
+    store.close()
+    other.close()

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from proxyd.policy.freshness import vary_fields
 
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from proxyd.policy.freshness import StoredMeta
     from proxyd.settings import ProxySettings
 
-__all__ = ["PLAIN_FIELDS", "PlainGet", "plain_hit_until", "recognise"]
+__all__ = ["PLAIN_FIELDS", "PlainGet", "Recogniser", "plain_hit_until", "recognise"]
 
 #: The only header fields a plain request may carry. None of them can change what a fresh,
 #: public, non-varying stored response is served as: Host is not part of the route (the path
@@ -47,8 +46,7 @@ _HEAD = re.compile(rb"GET (/[!-~]*) HTTP/1\.1((?:\r\n[A-Za-z-]+:[ \t]*[ -~]*)*)"
 _FIELD = re.compile(rb"\r\n([A-Za-z-]+):[ \t]*((?:[!-~](?:[ -~]*[!-~])?)?)[ \t]*")
 
 
-@dataclass(frozen=True, slots=True)
-class PlainGet:
+class PlainGet(NamedTuple):
     """A recognised plain request: its target exactly as sent, and its Range value."""
 
     target: str
@@ -84,6 +82,46 @@ def recognise(head: bytes, max_bytes: int) -> PlainGet | None:
     if b"host" not in seen:  # required in HTTP/1.1 (RFC 9112 §3.2): the full handler decides
         return None
     return PlainGet(whole[1].decode("ascii"), range_value)
+
+
+# The Range line as nearly every client writes it, with one simple range.
+_RANGE_LINE = re.compile(rb"\r\nRange: (bytes=[0-9]{1,18}-[0-9]{0,18})(?=\r\n|$)")
+
+
+class Recogniser:
+    """:func:`recognise`, with its work done once per request *shape*: the head without a
+    Range line of the usual form (``Range: bytes=FIRST-LAST``).
+
+    A client reading ranges of an object sends the same head again and again but for the
+    range, so the answer for the rest is remembered (up to ``memory`` shapes; the table is
+    emptied when full, hot shapes return). It is exactly :func:`recognise`'s: removing one
+    whole, well-formed field line leaves a head that matches the same way, and a shape that
+    still carries a Range field of its own (a second one) is left to :func:`recognise`.
+    (tests/test_proxyd_plain.py checks the equivalence.)
+    """
+
+    def __init__(self, max_bytes: int, memory: int = 10_000) -> None:
+        self.max_bytes = max_bytes
+        self._memory = memory
+        self._shapes: dict[bytes, PlainGet | None] = {}
+
+    def __call__(self, head: bytes) -> PlainGet | None:
+        if len(head) > self.max_bytes:
+            return None
+        line = _RANGE_LINE.search(head)
+        shape = head if line is None else head[: line.start()] + head[line.end() :]
+        try:
+            plain = self._shapes[shape]
+        except KeyError:
+            plain = recognise(shape, self.max_bytes)
+            if len(self._shapes) >= self._memory:
+                self._shapes.clear()
+            self._shapes[shape] = plain
+        if plain is None or line is None:
+            return plain
+        if plain.range is not None:  # two Range fields: recognise refuses them
+            return recognise(head, self.max_bytes)
+        return PlainGet(plain.target, line[1].decode("ascii"))
 
 
 def plain_hit_until(stored: StoredMeta, settings: ProxySettings) -> float:
