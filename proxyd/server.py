@@ -279,12 +279,10 @@ async def _send_piece(
     downloads neither copy through Python nor hold blocks in memory. The timeout is for the
     client's progress, as for writes."""
     if isinstance(piece, bytes):
+        await sender.flush()  # file pieces queued before it go first
         await _write(response, piece, state)
         return
-    try:
-        await sender.send(piece.fd, piece.offset, piece.length)
-    finally:
-        piece.release()
+    await sender.send(piece.fd, piece.offset, piece.length, piece.release)
 
 
 # -- pass-through -----------------------------------------------------------------------------
@@ -935,9 +933,11 @@ async def _stream(
     try:
         for part_header, byte_range in parts:
             if part_header:
+                await sender.flush()
                 await _write(response, part_header, state)
             async for piece in reader.bytes_of(byte_range, served):
                 await _send_piece(response, piece, sender, state)
+        await sender.flush()
         if closing:
             await _write(response, closing, state)
         await response.write_eof()
