@@ -37,6 +37,9 @@ SENDERS = ThreadPoolExecutor(max_workers=2 * max(2, os.cpu_count() or 2), thread
 some wait a moment for their clients."""
 THREAD_WAIT_MS = 20
 """How long a sending thread waits for a client's socket before leaving it to the loop."""
+JOB_PIECES = 4
+"""Pieces one thread job sends at most before it lets the jobs of other connections have the
+thread (fairness: there are fewer threads than busy downloads)."""
 AHEAD = 2
 """Pieces queued beyond the one being sent: enough that the sending thread always has the
 next one at hand, few enough that a response holds few open block files."""
@@ -90,10 +93,12 @@ def _send_queued(
 ) -> int:
     """In a sending thread: send the queued pieces in order, taking new ones as the loop
     adds them, until the queue is empty, the client stalls (the piece left at the head of
-    the queue is then what remains of it) or ``stop`` is set; ``notify`` the loop of each
-    piece sent. Returns the bytes sent."""
+    the queue is then what remains of it), ``JOB_PIECES`` are sent or ``stop`` is set;
+    ``notify`` the loop of each piece sent. Returns the bytes sent."""
     total = 0
-    while queue and not stop[0]:
+    for _ in range(JOB_PIECES):
+        if not queue or stop[0]:
+            break
         fd, offset, count, release = queue[0]
         sent = _send_some(sock_fd, fd, offset, count)
         total += sent

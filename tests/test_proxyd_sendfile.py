@@ -7,8 +7,13 @@ import asyncio
 import functools
 import os
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from proxyd import sendfile
 from proxyd.sendfile import FileSender
 
 MiB = 1 << 20
@@ -91,4 +96,53 @@ async def test_a_client_that_stops_reading_times_out_and_every_piece_is_released
     assert sender._fd == -1  # the connection's duplicate is closed
     transport.close()
     client.close()
+    os.close(fd)
+
+
+async def test_downloads_take_turns_on_the_sending_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One sending thread for two busy downloads: neither waits for the other to finish.
+    monkeypatch.setattr(sendfile, "SENDERS", ThreadPoolExecutor(max_workers=1))
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(MiB))
+    fd = os.open(path, os.O_RDONLY)
+    pieces = 4 * sendfile.JOB_PIECES
+    loop = asyncio.get_running_loop()
+
+    async def download(transport: asyncio.Transport) -> None:
+        sender = FileSender(transport, idle_limit=10.0)
+        for _ in range(pieces):
+            await sender.send(fd, 0, MiB)
+        await sender.flush()
+        sender.close()
+
+    def receive(client: socket.socket, times: list[tuple[float, int]]) -> None:
+        got = 0
+        while got < pieces * MiB:
+            chunk = client.recv(1 << 16)
+            if not chunk:
+                break
+            got += len(chunk)
+            times.append((time.monotonic(), got))
+        assert got == pieces * MiB
+
+    (a, a_client), (b, b_client) = await _connected(), await _connected()
+    a_times: list[tuple[float, int]] = []
+    b_times: list[tuple[float, int]] = []
+    readers = [
+        loop.run_in_executor(None, receive, a_client, a_times),
+        loop.run_in_executor(None, receive, b_client, b_times),
+    ]
+    await asyncio.gather(download(a), download(b))
+    await asyncio.gather(*readers)
+    # When either saw its first byte, the other had not yet had half of its download.
+    for first, other in ((a_times, b_times), (b_times, a_times)):
+        started = first[0][0]
+        had = max((n for t, n in other if t <= started), default=0)
+        assert had < pieces * MiB // 2, (had, started)
+    for end in (a, b):
+        end.close()
+    a_client.close()
+    b_client.close()
     os.close(fd)
