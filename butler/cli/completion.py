@@ -12,17 +12,13 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-if TYPE_CHECKING:
-    from butler.interactive.repository_completions import RepositoryCompletions
-
-# The repository side of completion (the butler, numpy, the where grammar) is imported when
-# a completion is asked for, not by every command that offers one: ``mirror pull`` or
-# ``butler get`` should not pay for it at each start.
+from butler.interactive.repository_completions import RepositoryCompletions
+from butler.interactive.where_completion import where_candidates
 
 Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
 SHELLS = ("bash", "zsh", "fish")
@@ -84,8 +80,6 @@ def _repository(ctx: click.Context) -> Iterator[RepositoryCompletions | None]:
     if target is None:
         yield None
         return
-    from butler.interactive.repository_completions import RepositoryCompletions
-
     source = RepositoryCompletions(*target)
     try:
         yield source
@@ -155,8 +149,6 @@ def complete_where(
                 dataset_types[0] if len(dataset_types) == 1 else None,
                 collections,
             )
-
-        from butler.interactive.where_completion import where_candidates
 
         return [CompletionItem(c) for c in where_candidates(incomplete, names, values_of)]
 
