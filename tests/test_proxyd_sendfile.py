@@ -61,6 +61,9 @@ async def test_queued_pieces_arrive_whole_and_in_order_and_are_each_released_onc
         await sender.send(files[f][1], offset, count, functools.partial(released.append, n))
     await sender.flush()
     assert sorted(released) == list(range(12))  # every piece sent is released, once
+    # Nagle's algorithm gathered the body; small answers that follow go out at once again.
+    sock = transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     sender.close()
     assert await receiving == b"HEAD:" + expected
     assert sorted(released) == list(range(12))
