@@ -38,7 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import diskcache
 
@@ -247,7 +247,8 @@ class BlockStore:
         self._verified: dict[str, float] = {}
         self._touched: set[str] = set()
         self._recency_told: dict[str, float] = {}
-        """When flush_recency() last told diskcache about a block (its thread only)."""
+        """When flush_recency() last told diskcache about a block (flushes run one at a
+        time, in a worker thread)."""
         self._changes = ChangeMarker(self.directory / "purged")
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft_limit == resource.RLIM_INFINITY:
@@ -446,21 +447,14 @@ class BlockStore:
         proxy slow (the loop waits for the GIL behind the workers). Call it only from the
         event loop's thread: the descriptors are its own.
         """
-        # Written out rather than through memory_block() and _trusted_location(): this is
-        # the one store call of every hot small read, and each call level costs.
+        in_memory = self.memory_block(version, index)
+        if in_memory is not None:
+            return in_memory[start:stop]
         block_key = f"block:{version}:{index}"
-        with self._lock:
-            in_memory = self._memory.get(block_key)
-            if in_memory is not None:
-                self._memory.move_to_end(block_key)
-                return in_memory[start:stop]
-            located = self._located.get(block_key)
-            verified = None if located is None else self._verified.get(located[0])
-        if verified is None or time.monotonic() - verified >= VERIFIED_SECONDS:
+        trusted = self._trusted_location(block_key)
+        if trusted is None or stop > trusted[1].length:
             return None
-        path, header = cast(tuple[str, BlockHeader], located)
-        if stop > header.length:
-            return None
+        path, header = trusted
         fd = self._acquire_fd(path)
         if fd is None:
             return None
