@@ -92,24 +92,22 @@ def _send_queued(
     finished: deque[Piece],
     stop: list[bool],
     notify: Callable[[], object],
-) -> int:
+) -> bool:
     """In a sending thread: send the queued pieces in order, taking new ones as the loop
-    adds them, until the queue is empty, the client stalls (the piece left at the head of
-    the queue is then what remains of it), ``JOB_PIECES`` are sent or ``stop`` is set;
-    ``notify`` the loop of each piece sent. Returns the bytes sent."""
-    total = 0
+    adds them, until the queue is empty, ``JOB_PIECES`` are sent, ``stop`` is set or the
+    client stalls; ``notify`` the loop of each piece sent. Returns whether the client
+    stalled (the piece left at the head of the queue is then what remains of it)."""
     for _ in range(JOB_PIECES):
         if not queue or stop[0]:
             break
         fd, offset, count, release = queue[0]
         sent = _send_some(sock_fd, fd, offset, count)
-        total += sent
         if sent < count:
             queue[0] = (fd, offset + sent, count - sent, release)
-            break
+            return True
         finished.append(queue.popleft())
         notify()
-    return total
+    return False
 
 
 class FileSender:
@@ -159,10 +157,11 @@ class FileSender:
             finally:
                 release()
             return
-        if self._pump is not None and self._pump.done():
-            self._pump.result()  # a failure of earlier pieces: raise it here
-        self._queue.append((fd, offset, count, release))
         pump = self._pump
+        if pump is not None and pump.done() and not pump.cancelled() and pump.exception():
+            release()
+            pump.result()  # a failure of earlier pieces: raise it here
+        self._queue.append((fd, offset, count, release))
         if pump is None or pump.done():
             if self._sock is None:
                 self._sock = socket.socket(fileno=os.dup(sock.fileno()))
@@ -231,7 +230,7 @@ class FileSender:
                 lambda: loop.call_soon_threadsafe(self._room.set),
             )
             try:
-                await asyncio.shield(job)
+                stalled = await asyncio.shield(job)
             except asyncio.CancelledError:
                 # The thread goes on until its current piece is sent or stalls: wait for
                 # it, so that the descriptors it uses are not closed (and reused) under it.
@@ -239,7 +238,7 @@ class FileSender:
                 await asyncio.wait({job})
                 raise
             self._release_finished()
-            if self._queue and not self._stop[0]:
+            if stalled and not self._stop[0]:
                 await _writable(loop, self._fd, self.idle_limit)
 
     def _release_finished(self) -> None:
@@ -249,13 +248,13 @@ class FileSender:
     def close(self) -> None:
         """The response is over (or abandoned): release every piece and the duplicate of the
         connection's descriptor, now or as soon as a running thread job has stopped."""
-        self._stop[0] = True
+        stopping, self._stop[0] = self._stop[0], True
         pump = self._pump
-        if pump is not None and not pump.done():
+        if pump is None or pump.done():
+            self._close_now()
+        elif not stopping:  # cancelled once: a second cancel would cut its wait for the thread
             pump.cancel()
             pump.add_done_callback(lambda _: self._close_now())
-        else:
-            self._close_now()
 
     def _close_now(self) -> None:
         if self._pump is not None and self._pump.done() and not self._pump.cancelled():

@@ -93,6 +93,9 @@ async def test_a_client_that_stops_reading_times_out_and_every_piece_is_released
         failure = exc
     assert isinstance(failure, TimeoutError)
     assert handed <= 4  # the queue never ran far ahead of the socket
+    with pytest.raises(TimeoutError):  # what sending met is raised again, and
+        await sender.send(fd, 0, MiB, functools.partial(released.append, handed))
+    handed += 1  # ... the piece refused is released all the same
     sender.close()
     await asyncio.sleep(0.2)  # a thread still sending is waited for before releasing
     assert sorted(released) == list(range(handed))  # each piece handed over, released once
