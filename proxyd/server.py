@@ -931,15 +931,16 @@ async def _stream(
     await response.prepare(request)
     sender = FileSender(request.transport, state.settings.client_timeout)
     try:
+        # Every body byte goes through _send_piece, which keeps file pieces and bytes in
+        # order; the last file pieces are waited for before the end of the response.
         for part_header, byte_range in parts:
             if part_header:
-                await sender.flush()
-                await _write(response, part_header, state)
+                await _send_piece(response, part_header, sender, state)
             async for piece in reader.bytes_of(byte_range, served):
                 await _send_piece(response, piece, sender, state)
-        await sender.flush()
         if closing:
-            await _write(response, closing, state)
+            await _send_piece(response, closing, sender, state)
+        await sender.flush()
         await response.write_eof()
     except (VersionChangedError, RunFailedError, UpstreamError) as exc:
         # Headers are out: the only honest signal left is to cut the connection, so the

@@ -44,7 +44,8 @@ log = logging.getLogger("proxyd")
 _FRAME = struct.Struct(">cI")
 HANDOVER, COUNTS, FLUSH = b"H", b"C", b"F"
 COUNTS_SECONDS = 0.1
-RECENCY_SECONDS = 5.0
+RECENCY_FLUSH_SECONDS = 5.0
+"""How often a worker hands its reads to the store's LRU bookkeeping (BlockStore.flush_recency)."""
 FLUSH_WAIT = 2.0
 """How long a /metrics scrape waits for a worker's counts before answering without them."""
 
@@ -294,7 +295,7 @@ async def _worker_main(
 
     async def recency() -> None:  # the main process's evictor does this for its own reads
         while True:
-            await asyncio.sleep(RECENCY_SECONDS)
+            await asyncio.sleep(RECENCY_FLUSH_SECONDS)
             await asyncio.to_thread(state.store.flush_recency)
             state.store.close_stale_files()
 
