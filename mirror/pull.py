@@ -35,7 +35,6 @@ from mirror.transfer import (
     partial_sizes,
     remove_partial_dir,
     run_transfers,
-    sync_data,
 )
 
 COMMIT_BATCH = 200
@@ -286,22 +285,6 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
     return summary
 
 
-async def _synced(
-    pending: list[tuple[Item, Path, asyncio.Future[None]]],
-    on_failed: Callable[[Item, str], None],
-) -> list[tuple[Item, Path]]:
-    """The files of ``pending`` whose bytes are durable; the others are reported as failed
-    (their partial files stay, and the next pull verifies and resumes them)."""
-    results = await asyncio.gather(*(f for _, _, f in pending), return_exceptions=True)
-    durable = []
-    for (item, path, _), result in zip(pending, results, strict=True):
-        if isinstance(result, BaseException):
-            on_failed(item, f"could not write it to disk: {result}")
-        else:
-            durable.append((item, path))
-    return durable
-
-
 async def _transfer(
     request: PullRequest,
     source: Butler,
@@ -315,7 +298,12 @@ async def _transfer(
     dest = request.dest.absolute()
     url = getattr(source, "url", None)
     fetcher: HttpFetcher | LocalFetcher = (
-        HttpFetcher(url, request.token, TransferSettings(jobs=request.jobs))
+        HttpFetcher(
+            url,
+            request.token,
+            TransferSettings(jobs=request.jobs),
+            partials={f"{stem}.part" for stem in partial_sizes(dest)},
+        )
         if url
         else LocalFetcher(Path(getattr(source, "root")))  # noqa: B009
     )
@@ -325,9 +313,8 @@ async def _transfer(
         bytes_task = progress.add_task(
             "bytes", total=plan.fetch_bytes + plan.resumable_bytes, completed=plan.resumable_bytes
         )
-    # Each verified file comes with the future of its fdatasync, started at once so the disk
-    # writes it while the next files arrive; a batch is committed when its syncs are done.
-    verified: asyncio.Queue[tuple[Item, Path, asyncio.Future[None]] | None] = asyncio.Queue()
+    # Files come here verified and durable (the fetcher synced their data).
+    verified: asyncio.Queue[tuple[Item, Path] | None] = asyncio.Queue()
 
     def on_bytes(n: int) -> None:
         if progress is not None:
@@ -346,7 +333,7 @@ async def _transfer(
                     checksum=item.file.checksum,
                     index=item.file.index,
                     index_formatter=item.file.formatter,
-                    durable=True,  # synced by sync_data before the batch was handed here
+                    durable=True,  # the fetcher synced its data before handing it here
                 )
                 for item, path in batch
             ],
@@ -358,9 +345,9 @@ async def _transfer(
         """One task commits verified files in batches, so downloads never wait for it."""
         done = False
         while not done:
-            pending: list[tuple[Item, Path, asyncio.Future[None]]] = []
+            batch: list[tuple[Item, Path]] = []
             deadline = time.monotonic() + COMMIT_INTERVAL
-            while len(pending) < COMMIT_BATCH:
+            while len(batch) < COMMIT_BATCH:
                 try:
                     entry = await asyncio.wait_for(
                         verified.get(), timeout=max(0.0, deadline - time.monotonic())
@@ -370,8 +357,7 @@ async def _transfer(
                 if entry is None:
                     done = True
                     break
-                pending.append(entry)
-            batch = await _synced(pending, on_failed)
+                batch.append(entry)
             if batch:
                 await asyncio.to_thread(commit, batch)
                 summary.downloaded += len(batch)
@@ -380,8 +366,7 @@ async def _transfer(
                     progress.advance(files_task, len(batch))
 
     async def on_done(item: Item, path: Path) -> None:
-        synced = asyncio.get_running_loop().run_in_executor(None, sync_data, path)
-        verified.put_nowait((item, path, synced))
+        verified.put_nowait((item, path))
 
     def on_failed(item: Item, reason: str) -> None:
         summary.failed.append(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
 
+from mirror.partfile import fdatasync
 from mirror.plan import Item
 
 PARTIAL_DIR = ".mirror-partial"
@@ -76,13 +77,10 @@ async def resume_point(target: Path, size: int) -> tuple[int, hashlib._Hash]:
     return have, await asyncio.to_thread(_hash_existing, target)
 
 
-def complete(target: Path, size: int, digest: hashlib._Hash, checksum: str) -> bool:
-    """Whether the download is whole and intact; a bad one is deleted to be fetched anew."""
-    try:
-        whole = target.stat().st_size == size
-    except FileNotFoundError:  # an empty answer where bytes were expected
-        return False
-    if whole and "sha256:" + digest.hexdigest() == checksum:
+def complete(target: Path, size: int, on_disk: int, digest: hashlib._Hash, checksum: str) -> bool:
+    """Whether the download is whole and intact (``on_disk`` bytes were written, hashed to
+    ``digest``); a bad one is deleted, to be fetched anew."""
+    if on_disk == size and "sha256:" + digest.hexdigest() == checksum:
         return True
     target.unlink(missing_ok=True)
     return False
@@ -115,6 +113,8 @@ class LocalFetcher:
                 while block := src.read(CHUNK):
                     digest.update(block)
                     dst.write(block)
+                dst.flush()
+                fdatasync(dst.fileno())
             return "sha256:" + digest.hexdigest()
 
         checksum = await asyncio.to_thread(copy)
@@ -125,7 +125,8 @@ class LocalFetcher:
 
 
 class Fetcher(Protocol):
-    """Brings one item's file to ``target``, complete and verified, or raises
+    """Brings one item's file to ``target``, complete, verified and durable (its data
+    synced, so that the registry may record it at once), or raises
     :class:`TransferError` (or ``OSError`` for the destination's own failures)."""
 
     requests: int
@@ -146,7 +147,7 @@ async def run_transfers(
     on_done: Callable[[Item, Path], Awaitable[None]],
     on_failed: Callable[[Item, str], None],
 ) -> None:
-    """Fetch ``items`` with ``jobs`` workers; hand each verified file to ``on_done``."""
+    """Fetch ``items`` with ``jobs`` workers; hand each verified, durable file to ``on_done``."""
     (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
     # Commits, local copies and re-hashing of resumed partial files run in threads: enough
     # of them that the downloads never queue behind a commit.
@@ -166,8 +167,11 @@ async def run_transfers(
             target = partial_path(dest, item)
             try:
                 await fetcher.fetch(item, target, progress)
-            except (TransferError, OSError) as exc:
+            except TransferError as exc:
                 on_failed(item, str(exc))
+                continue
+            except OSError as exc:  # the destination's own failure (a full disk, an I/O error)
+                on_failed(item, f"could not write it to disk: {exc}")
                 continue
             await on_done(item, target)
 
@@ -182,12 +186,9 @@ def sync_data(path: Path) -> None:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        _fdatasync(fd)
+        fdatasync(fd)
     finally:
         os.close(fd)
-
-
-_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has fsync only
 
 
 def free_bytes(path: Path) -> int:

@@ -332,19 +332,20 @@ def test_pull_via_proxyd_leaves_the_proxy_warm(server: ButlerServer, tmp_path: P
 def test_a_file_that_cannot_be_made_durable_is_never_recorded(
     server: ButlerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mirror.pull
-    from mirror.transfer import PARTIAL_DIR, sync_data
+    import mirror.partfile
+    from mirror.transfer import PARTIAL_DIR
 
     dest = tmp_path / "laptop"
     broken: list[Path] = []
+    real_fdatasync = mirror.partfile.fdatasync
 
-    def failing_once(path: Path) -> None:
+    def failing_once(fd: int) -> None:
         if not broken:
-            broken.append(path)
+            broken.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
             raise OSError(5, "Input/output error")
-        sync_data(path)
+        real_fdatasync(fd)
 
-    monkeypatch.setattr(mirror.pull, "sync_data", failing_once)
+    monkeypatch.setattr(mirror.partfile, "fdatasync", failing_once)
     request = PullRequest(server.url, dest, ["flux"], ["raw"], "visit IN (100, 101)", jobs=2)
     summary = pull(request, lambda _: None)
     assert summary.downloaded == 7

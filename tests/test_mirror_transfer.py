@@ -156,6 +156,30 @@ async def test_a_body_larger_than_the_gather_buffer_is_written_whole_and_resumed
     assert target.read_bytes() == fake.body
 
 
+async def test_a_fresh_body_goes_to_disk_directly_and_its_tail_through_the_cache(
+    origin: tuple[FakeOrigin, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mirror.partfile
+
+    fake, url = origin
+    fake.body = bytes(range(253)) * 20_000  # 4.8 MiB: four whole MiB and an unaligned tail
+    opened: list[mirror.partfile.PartFile] = []
+    original_init = mirror.partfile.PartFile.__init__
+
+    def spy(self: mirror.partfile.PartFile, path: Path, append: bool) -> None:
+        original_init(self, path, append)
+        opened.append(self)
+        assert self.direct == bool(mirror.partfile.O_DIRECT)  # tmp_path supports O_DIRECT
+
+    monkeypatch.setattr(mirror.partfile.PartFile, "__init__", spy)
+    target = tmp_path / "blob.part"
+    received = await fetch(url, item_for(fake.body), target)
+    assert received == len(fake.body)
+    assert target.read_bytes() == fake.body
+    assert len(opened) == 1
+    assert not opened[0].direct  # the tail switched the file to buffered writes
+
+
 async def test_an_error_answer_is_reported_with_its_text_and_not_kept(
     origin: tuple[FakeOrigin, str], tmp_path: Path
 ) -> None:
@@ -172,12 +196,12 @@ async def test_a_full_disk_fails_the_file_without_retrying(
     origin: tuple[FakeOrigin, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake, url = origin
-    import mirror.http
+    import mirror.partfile
 
     def full(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mirror.http.os, "write", full)
+    monkeypatch.setattr(mirror.partfile.os, "write", full)
     with pytest.raises(OSError, match="No space left"):
         await fetch(url, item_for(PAYLOAD), tmp_path / "blob.part")
     assert len(fake.requests) == 1
