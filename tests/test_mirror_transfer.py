@@ -180,6 +180,19 @@ async def test_a_fresh_body_goes_to_disk_directly_and_its_tail_through_the_cache
     assert not opened[0].direct  # the tail switched the file to buffered writes
 
 
+async def test_an_answer_longer_than_the_registry_says_is_refused_without_retrying(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    item = item_for(PAYLOAD)  # 1 MiB: received whole into one buffer
+    fake.body = PAYLOAD + b"and then some"
+    target = tmp_path / "blob.part"
+    with pytest.raises(TransferError, match="larger than the 1048576 bytes"):
+        await fetch(url, item, target)
+    assert len(fake.requests) == 1
+    assert not target.exists() or target.stat().st_size == 0
+
+
 async def test_an_error_answer_is_reported_with_its_text_and_not_kept(
     origin: tuple[FakeOrigin, str], tmp_path: Path
 ) -> None:
