@@ -166,10 +166,17 @@ def _run_clients(n: int, target: Any) -> None:
 
 
 def warm(url: str, size: int, time_limit: float = 120.0) -> float:
-    """Download ``url`` once so a proxy holds it; seconds taken. Raises if incomplete."""
+    """Download ``url`` once so a proxy holds it; seconds taken. Raises if incomplete.
+
+    Then ``sync()`` (untimed): the cache's new files reach the disk now, not in the kernel's
+    writeback during the timed workload that follows (up to 30 s later, a GiB per cache
+    here, with its CPU taken from the 2 cores the workload runs on), whichever cache goes
+    first.
+    """
     d = curl_get(url, max_time=time_limit)
     if d.status != 200 or d.size != size:
         raise RuntimeError(f"warming {url}: status {d.status}, {d.size}/{size} bytes {d.error}")
+    os.sync()
     return d.seconds
 
 
