@@ -8,7 +8,7 @@ page-aligned MiB at a time straight to the disk, and the final ``fdatasync`` has
 unaligned tail and the metadata left to flush.
 
 Measured on the bench machine (a 2-core VM, ext4 on virtio; ``bench/bench_mirror.py``):
-the pull's system CPU went from 8-10 s to about 4 s per 2 GiB, most of it the page-cache
+the pull's system CPU went from 8-10 s to 2-4 s per 2 GiB, most of it the page-cache
 copy and the allocation of its pages (which on this VM fault into the host). ``dd`` of
 2 GiB with 8 writers: 0.5 s of system time with ``O_DIRECT`` against 2.3-6.3 s buffered.
 

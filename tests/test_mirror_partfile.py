@@ -10,11 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import direct_io_in_tmp
 
 import mirror.partfile
 from mirror.partfile import ALIGN, PartFile, aligned_buffer
 
-needs_direct = pytest.mark.skipif(not mirror.partfile.O_DIRECT, reason="no O_DIRECT here")
+needs_direct = pytest.mark.skipif(
+    not direct_io_in_tmp(), reason="no O_DIRECT in the temporary directory"
+)
 
 
 def filled(size: int) -> memoryview:
@@ -31,6 +34,12 @@ def write_all(path: Path, chunks: list[memoryview], append: bool = False) -> Par
     finally:
         part.close()
     return part
+
+
+def assert_written_through_the_cache(path: Path, data: memoryview) -> None:
+    part = write_all(path, [data])
+    assert not part.direct
+    assert path.read_bytes() == bytes(data)
 
 
 def test_aligned_buffers_are_page_aligned() -> None:
@@ -68,11 +77,7 @@ def test_a_file_system_refusing_direct_io_gets_buffered_writes(
         return real_open(path, flags, mode)
 
     monkeypatch.setattr(mirror.partfile.os, "open", refusing)
-    data = filled(2 * ALIGN)
-    path = tmp_path / "b.part"
-    part = write_all(path, [data])
-    assert not part.direct
-    assert path.read_bytes() == bytes(data)
+    assert_written_through_the_cache(tmp_path / "b.part", filled(2 * ALIGN))
 
 
 @needs_direct
@@ -90,10 +95,7 @@ def test_a_refused_or_short_direct_write_goes_on_through_the_cache(
 
     monkeypatch.setattr(mirror.partfile.os, "write", flaky)
     data = filled(4 * ALIGN)
-    path = tmp_path / "c.part"
-    part = write_all(path, [data])
-    assert not part.direct
-    assert path.read_bytes() == bytes(data)
+    assert_written_through_the_cache(tmp_path / "c.part", data)
 
     def refusing(fd: int, data: memoryview) -> int:
         if mirror.partfile.O_DIRECT & fcntl.fcntl(fd, fcntl.F_GETFL):
@@ -101,10 +103,7 @@ def test_a_refused_or_short_direct_write_goes_on_through_the_cache(
         return real_write(fd, data)
 
     monkeypatch.setattr(mirror.partfile.os, "write", refusing)
-    path = tmp_path / "d.part"
-    part = write_all(path, [data])
-    assert not part.direct
-    assert path.read_bytes() == bytes(data)
+    assert_written_through_the_cache(tmp_path / "d.part", data)
 
 
 def test_other_errors_are_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

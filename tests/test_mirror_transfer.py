@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from conftest import direct_io_in_tmp
 
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from mirror.http import HttpFetcher
@@ -169,7 +170,7 @@ async def test_a_fresh_body_goes_to_disk_directly_and_its_tail_through_the_cache
     def spy(self: mirror.partfile.PartFile, path: Path, append: bool) -> None:
         original_init(self, path, append)
         opened.append(self)
-        assert self.direct == bool(mirror.partfile.O_DIRECT)  # tmp_path supports O_DIRECT
+        assert self.direct == direct_io_in_tmp()
 
     monkeypatch.setattr(mirror.partfile.PartFile, "__init__", spy)
     target = tmp_path / "blob.part"
