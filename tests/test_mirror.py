@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -339,9 +340,14 @@ def test_a_file_that_cannot_be_made_durable_is_never_recorded(
     broken: list[Path] = []
     real_fdatasync = mirror.partfile.fdatasync
 
+    lock = threading.Lock()  # files are synced by several writer threads at once
+
     def failing_once(fd: int) -> None:
-        if not broken:
-            broken.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        with lock:
+            first = not broken
+            if first:
+                broken.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        if first:
             raise OSError(5, "Input/output error")
         real_fdatasync(fd)
 
