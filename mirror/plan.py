@@ -30,6 +30,8 @@ class Plan:
     to_fetch: list[Item] = field(default_factory=list)
     resumable_bytes: int = 0
     """Bytes of partial downloads that will be resumed, not fetched again."""
+    partial_ids: set[uuid.UUID] = field(default_factory=set)
+    """Datasets to fetch that have a partial download (of any length) to resume."""
     free_bytes: int = 0
 
     @property
@@ -82,7 +84,9 @@ def make_plan(
             plan.present.append(item)
         else:
             plan.to_fetch.append(item)
-            plan.resumable_bytes += min(partial_sizes.get(item.ref.id, 0), item.file.size)
+            if item.ref.id in partial_sizes:
+                plan.partial_ids.add(item.ref.id)
+                plan.resumable_bytes += min(partial_sizes[item.ref.id], item.file.size)
     return plan
 
 

@@ -32,6 +32,7 @@ from mirror.transfer import (
     LocalFetcher,
     TransferSettings,
     free_bytes,
+    partial_path,
     partial_sizes,
     remove_partial_dir,
     run_transfers,
@@ -302,7 +303,9 @@ async def _transfer(
             url,
             request.token,
             TransferSettings(jobs=request.jobs),
-            partials={f"{stem}.part" for stem in partial_sizes(dest)},
+            partials={
+                partial_path(dest, i).name for i in plan.to_fetch if i.ref.id in plan.partial_ids
+            },
         )
         if url
         else LocalFetcher(Path(getattr(source, "root")))  # noqa: B009

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,24 +9,19 @@ from pathlib import Path
 import pytest
 
 from butler import Butler
+from mirror.partfile import PartFile
 
 VISITS = list(range(100, 110))
 DETECTORS = list(range(4))
 
 
 def direct_io_in_tmp() -> bool:
-    """Whether files under the temporary directory (where ``tmp_path`` lives) can be opened
-    with O_DIRECT: not on tmpfs, for one, where the mirror's writes go through the cache."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return False
+    """Whether the mirror's partial files under the temporary directory (where ``tmp_path``
+    lives) are written directly (O_DIRECT): not on tmpfs, for one, which refuses it."""
     with tempfile.TemporaryDirectory() as directory:
-        try:
-            fd = os.open(Path(directory) / "probe", os.O_WRONLY | os.O_CREAT | flag, 0o600)
-        except OSError:
-            return False
-        os.close(fd)
-    return True
+        probe = PartFile(Path(directory) / "probe", append=False)
+        probe.close()
+    return probe.direct
 
 
 def populate_dimensions(butler: Butler) -> None:

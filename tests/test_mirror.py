@@ -141,6 +141,7 @@ def test_plan_counts_partial_downloads() -> None:
     assert len(plan.items) == 3
     assert (len(plan.present), len(plan.to_fetch)) == (1, 2)
     assert plan.fetch_bytes == 200 + 300 - 50
+    assert plan.partial_ids == {b.ref.id}  # the fetcher looks for b's partial file only
     assert plan.fits
     assert not make_plan([c], set(), {}, free_bytes=10).fits
 

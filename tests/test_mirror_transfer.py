@@ -165,12 +165,13 @@ async def test_a_fresh_body_goes_to_disk_directly_and_its_tail_through_the_cache
     fake, url = origin
     fake.body = bytes(range(253)) * 20_000  # 4.8 MiB: four whole MiB and an unaligned tail
     opened: list[mirror.partfile.PartFile] = []
+    direct = direct_io_in_tmp()
     original_init = mirror.partfile.PartFile.__init__
 
     def spy(self: mirror.partfile.PartFile, path: Path, append: bool) -> None:
         original_init(self, path, append)
         opened.append(self)
-        assert self.direct == direct_io_in_tmp()
+        assert self.direct == direct
 
     monkeypatch.setattr(mirror.partfile.PartFile, "__init__", spy)
     target = tmp_path / "blob.part"
