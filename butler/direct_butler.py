@@ -50,21 +50,20 @@ class _Transaction:
     marks: list[int] = field(default_factory=list)
 
 
-def _transfer_file(source: Path, staged: Path, transfer: str) -> bool:
-    """Link or copy ``source`` to ``staged``; True if hard-linked (the same bytes on disk)."""
+def _transfer_file(source: Path, staged: Path, transfer: str) -> None:
+    """Link or copy ``source`` to ``staged``."""
     if transfer in ("hardlink", "link", "move"):
         try:
             # A link is instant and leaves the source intact until the commit.
             os.link(source, staged)
-            return True
+            return
         except OSError:
             if transfer != "move":
                 raise
     if transfer == "symlink":
         os.symlink(source.resolve(), staged)
-        return False
+        return
     shutil.copyfile(source, staged)
-    return False
 
 
 @dataclass(frozen=True)
@@ -84,9 +83,6 @@ class IngestEntry:
     for the same, checksum-verified bytes); used only if built by the same formatter."""
     index_formatter: str | None = None
     """The formatter that built ``index``."""
-    durable: bool = False
-    """The caller made the file's bytes durable (fsync) already: when it is linked, not
-    copied, into the repository, the commit does not sync them again."""
 
 
 class DirectButler(Butler):
@@ -498,12 +494,12 @@ class DirectButler(Butler):
                     continue
                 staged = staging.new_path(ref.id, formatter.extension)
                 try:
-                    linked = _transfer_file(entry.path, staged, transfer)
+                    _transfer_file(entry.path, staged, transfer)
                     info = self._file_info(ref, formatter, staged, entry.checksum, index)
                 except BaseException:
                     staged.unlink(missing_ok=True)
                     raise
-                staging.add(ref.id, staged, info.path, durable=linked and entry.durable)
+                staging.add(ref.id, staged, info.path)
                 rows.setdefault(resolved.name, []).append((ref, info))
                 refs.append(ref)
             for batch in rows.values():

@@ -306,6 +306,8 @@ async def _transfer(
             partials={
                 partial_path(dest, i).name for i in plan.to_fetch if i.ref.id in plan.partial_ids
             },
+            # Through a caching proxy, one GET per file: that is what it caches.
+            bundles=request.via is None,
         )
         if url
         else LocalFetcher(Path(getattr(source, "root")))  # noqa: B009
@@ -316,7 +318,7 @@ async def _transfer(
         bytes_task = progress.add_task(
             "bytes", total=plan.fetch_bytes + plan.resumable_bytes, completed=plan.resumable_bytes
         )
-    # Files come here verified and durable (the fetcher synced their data).
+    # Files come here verified; the commit makes them durable before recording them.
     verified: asyncio.Queue[tuple[Item, Path] | None] = asyncio.Queue()
 
     def on_bytes(n: int) -> None:
@@ -336,7 +338,6 @@ async def _transfer(
                     checksum=item.file.checksum,
                     index=item.file.index,
                     index_formatter=item.file.formatter,
-                    durable=True,  # the fetcher synced its data before handing it here
                 )
                 for item, path in batch
             ],
@@ -362,7 +363,14 @@ async def _transfer(
                     break
                 batch.append(entry)
             if batch:
-                await asyncio.to_thread(commit, batch)
+                try:
+                    await asyncio.to_thread(commit, batch)
+                except OSError as exc:
+                    # Not made durable (an I/O error, a full disk): nothing of the batch is
+                    # recorded. Its partial files stay, to be verified again by the next pull.
+                    for item, _ in batch:
+                        on_failed(item, f"could not write it to disk: {exc}")
+                    continue
                 summary.downloaded += len(batch)
                 summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
                 if progress is not None:

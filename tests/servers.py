@@ -24,6 +24,11 @@ _ACCESS = re.compile(
 )
 
 
+def _is_file_request(target: str) -> bool:
+    """A request for dataset files: one file (GET /files/...) or a bundle of them."""
+    return target.startswith("/files/") or target == "/api/v1/files/bundle"
+
+
 class ButlerServer(ServerProcess):
     """``butler serve REPO`` as a child process; its access log is kept for byte counting."""
 
@@ -59,8 +64,8 @@ class ButlerServer(ServerProcess):
         return len(self.access_log())
 
     def file_requests(self, since: int = 0) -> list[dict[str, str]]:
-        return [e for e in self.access_log()[since:] if e["target"].startswith("/files/")]
+        return [e for e in self.access_log()[since:] if _is_file_request(e["target"])]
 
     def file_bytes_sent(self, since: int = 0) -> int:
-        """Body bytes the server sent for /files/ requests after ``since``."""
+        """Body bytes the server sent for file requests (and bundles) after ``since``."""
         return sum(int(e["bytes"]) for e in self.file_requests(since) if e["bytes"] != "-")

@@ -12,13 +12,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from butler.interactive.repository_completions import RepositoryCompletions
-from butler.interactive.where_completion import where_candidates
+if TYPE_CHECKING:
+    # Imported where a completion runs: every command's start-up imports this module, and
+    # the repository clients behind completions (aiohttp, numpy) cost it a quarter second.
+    from butler.interactive.repository_completions import RepositoryCompletions
 
 Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
 SHELLS = ("bash", "zsh", "fish")
@@ -80,6 +82,8 @@ def _repository(ctx: click.Context) -> Iterator[RepositoryCompletions | None]:
     if target is None:
         yield None
         return
+    from butler.interactive.repository_completions import RepositoryCompletions
+
     source = RepositoryCompletions(*target)
     try:
         yield source
@@ -149,6 +153,8 @@ def complete_where(
                 dataset_types[0] if len(dataset_types) == 1 else None,
                 collections,
             )
+
+        from butler.interactive.where_completion import where_candidates
 
         return [CompletionItem(c) for c in where_candidates(incomplete, names, values_of)]
 

@@ -13,16 +13,24 @@ import mimetypes
 import time
 import uuid
 from collections.abc import Mapping
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aiohttp import web
 
 from butler.direct_butler import DirectButler
 from butler.errors import BadRequestError, DatasetNotFoundError
+from butler.http.bundle import BundleEntry
+from butler.http.bundle import parse_request as parse_bundle_request
 from butler.http.conditional import evaluate_preconditions
-from butler.refs import DatasetRef, split_component
-from butler.server.files import send_file
+from butler.refs import DatasetRef, FileInfo, split_component
+from butler.server.files import (
+    OpenedFile,
+    open_in_thread,
+    open_regular_file,
+    send_bundle,
+    send_opened_file,
+)
 from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
 from butler.server.transactions import TransactionManager, UploadWriter, apply_operations
@@ -33,6 +41,8 @@ API_VERSION = "1.0"
 SETTINGS: web.AppKey[ServerSettings] = web.AppKey("settings", ServerSettings)
 POOL: web.AppKey[RepositoryPool] = web.AppKey("pool", RepositoryPool)
 TRANSACTIONS: web.AppKey[TransactionManager] = web.AppKey("transactions", TransactionManager)
+REPO_ROOT: web.AppKey[Path] = web.AppKey("repo_root", Path)
+"""The repository's resolved path, which every served file must lie under."""
 
 _CONTENT_TYPES = {
     ".fits": "application/fits",
@@ -358,32 +368,96 @@ async def query_data_ids(request: web.Request) -> web.Response:
 async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     relative = request.match_info["path"]
-    parts = PurePosixPath(relative).parts
-    # Paths from the network never leave the repository: only registered file paths are
-    # served, and those never contain "..", absolute parts or backslashes.
-    if not parts or any(p in ("..", ".") or "\\" in p or p.startswith("/") for p in parts):
-        raise web.HTTPNotFound(text="not a dataset file\n")
-    file = await request.app[POOL].read(lambda b: b.registry.file_by_path("/".join(parts)))
-    if file is None:
-        raise web.HTTPNotFound(text=f"no dataset file at {relative}\n")
-    path = (settings.repo / file.path).resolve()
-    if not path.is_relative_to(settings.repo.resolve()):
-        raise web.HTTPNotFound(text="not a dataset file\n")
-    scope = "private" if settings.read_access == "token" else "public"
-    content_type = _CONTENT_TYPES.get(path.suffix) or (
-        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    repo = request.app[REPO_ROOT]
+    # One thread hop per request for the lookup, the path check and the open: each hop
+    # costs the loop a wake-up and GIL hand-offs, a good part of a small file's cost.
+    found = await open_in_thread(
+        request.app[POOL].read(lambda b: _locate_and_open(b, repo, relative)), _close_found
     )
-    stat = await request.app[POOL].blocking(path.stat)
-    return await send_file(
+    if found is None:
+        raise web.HTTPNotFound(text=f"no dataset file at {relative}\n")
+    file, opened = found
+    if opened is None:
+        raise web.HTTPNotFound(text=_missing_file(file))
+    scope = "private" if settings.read_access == "token" else "public"
+    suffix = PurePosixPath(file.path).suffix
+    content_type = _CONTENT_TYPES.get(suffix) or (
+        mimetypes.guess_type(file.path)[0] or "application/octet-stream"
+    )
+    return await send_opened_file(
         request,
-        path,
+        opened,
         etag=file.etag,
-        last_modified=stat.st_mtime,
+        last_modified=opened.mtime,
         content_type=content_type,
         cache_control=f"{scope}, max-age={settings.file_max_age}, immutable",
         max_ranges=settings.max_ranges,
         extra_headers={"X-Dataset-Id": str(file.dataset_id), "X-Request-ID": request["request_id"]},
     )
+
+
+async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
+    """Many dataset files in one answer (see :mod:`butler.http.bundle`)."""
+    try:
+        paths = parse_bundle_request(await _json_body(request))
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    repo = request.app[REPO_ROOT]
+
+    def open_all(butler: DirectButler) -> list[tuple[BundleEntry, OpenedFile | None]]:
+        entries: list[tuple[BundleEntry, OpenedFile | None]] = []
+        try:
+            for path in paths:
+                found = _locate_and_open(butler, repo, path)
+                if found is None:
+                    entries.append((BundleEntry(path, error=f"no dataset file at {path}"), None))
+                elif found[1] is None:
+                    entries.append((BundleEntry(path, error=_missing_file(found[0]).strip()), None))
+                else:
+                    entries.append((BundleEntry(path, found[1].size), found[1]))
+        except BaseException:
+            _close_all(entries)
+            raise
+        return entries
+
+    entries = await open_in_thread(request.app[POOL].read(open_all), _close_all)
+    return await send_bundle(request, entries)
+
+
+def _locate_and_open(
+    butler: DirectButler, repo: Path, relative: str
+) -> tuple[FileInfo, OpenedFile | None] | None:
+    """(Blocking.) The registered file at ``relative`` and the file opened (None: missing on
+    disk); None if no dataset has that path or it resolves outside the repository.
+
+    Paths from the network never leave the repository: only registered file paths are
+    served, and those never contain "..", absolute parts or backslashes.
+    """
+    parts = PurePosixPath(relative).parts
+    if not parts or any(p in ("..", ".") or "\\" in p or p.startswith("/") for p in parts):
+        return None
+    file = butler.registry.file_by_path("/".join(parts))
+    if file is None:
+        return None
+    path = (repo / file.path).resolve()
+    if not path.is_relative_to(repo):  # a symlink or an external file: never served
+        return None
+    return file, open_regular_file(path)
+
+
+def _close_found(found: tuple[FileInfo, OpenedFile | None] | None) -> None:
+    if found is not None and found[1] is not None:
+        found[1].fobj.close()
+
+
+def _close_all(entries: list[tuple[BundleEntry, OpenedFile | None]]) -> None:
+    for _, opened in entries:
+        if opened is not None:
+            opened.fobj.close()
+
+
+def _missing_file(file: FileInfo) -> str:
+    return f"the file of dataset {file.dataset_id} is missing from the repository\n"
 
 
 # -- write handlers ---------------------------------------------------------------------
@@ -496,9 +570,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put(f"{API}/transactions/{{txn}}/uploads/{{upload}}", upload_file)
     app.router.add_post(f"{API}/transactions/{{txn}}/commit", commit_transaction)
     app.router.add_delete(f"{API}/transactions/{{txn}}", abort_transaction)
+    app.router.add_post(f"{API}/files/bundle", serve_file_bundle)
     app.router.add_get("/files/{path:.+}", serve_dataset_file)
     app.router.add_get("/healthz", healthz)
 
 
 # Requests that read even though their method is POST (for scopes and caching).
-READ_POSTS = {f"{API}/datasets/query"}
+READ_POSTS = {f"{API}/datasets/query", f"{API}/files/bundle"}

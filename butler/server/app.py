@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from butler.errors import ButlerError
-from butler.server.api import POOL, READ_POSTS, SETTINGS, TRANSACTIONS, add_routes
+from butler.server.api import POOL, READ_POSTS, REPO_ROOT, SETTINGS, TRANSACTIONS, add_routes
 from butler.server.auth import Principal, TokenStore, bearer_token
 from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
@@ -177,6 +177,7 @@ def create_app(settings: ServerSettings) -> web.Application:
         client_max_size=256 * 2**20,  # JSON bodies; uploads stream and have their own cap
     )
     app[SETTINGS] = settings
+    app[REPO_ROOT] = settings.repo.resolve()
     app[TOKENS] = tokens
     app[POOL] = RepositoryPool(settings.repo, settings.read_workers, not settings.read_only)
     app[TRANSACTIONS] = TransactionManager(settings.repo, settings.staging_ttl)

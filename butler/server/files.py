@@ -26,12 +26,15 @@ import os
 import pathlib
 import stat
 import time
-from collections.abc import Mapping, Sequence
-from typing import BinaryIO
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from butler.http.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from butler.http.bundle import BundleEntry
 from butler.http.conditional import (
     EntityTag,
     evaluate_preconditions,
@@ -49,7 +52,14 @@ from butler.http.ranges import (
     unsatisfied_content_range,
 )
 
-__all__ = ["USE_SENDFILE", "send_file"]
+__all__ = [
+    "USE_SENDFILE",
+    "OpenedFile",
+    "open_in_thread",
+    "open_regular_file",
+    "send_file",
+    "send_opened_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,24 +123,46 @@ async def send_file(
     mid-body only produces a debug log line.
     """
     extra = _checked_extra_headers(extra_headers)
-    if etag is not None and EntityTag.parse(etag) is None:
-        raise ValueError(f"etag must be a quoted entity-tag such as '\"abc\"', got {etag!r}")
+    _check_etag(etag)
     if request.method not in ("GET", "HEAD"):
-        return _text_response(
-            405,
-            f"Method {request.method} is not allowed here; use GET or HEAD.",
-            extra,
-            Allow="GET, HEAD",
-        )
-    opened = await _open_regular_file(path)
+        return _method_not_allowed(request, extra)
+    opened = await open_in_thread(asyncio.to_thread(open_regular_file, path), _close_opened)
     if opened is None:
         return _text_response(404, f"Not found: {request.path}", extra)
-    fobj, size = opened
+    return await send_opened_file(
+        request,
+        opened,
+        etag=etag,
+        last_modified=last_modified,
+        content_type=content_type,
+        cache_control=cache_control,
+        max_ranges=max_ranges,
+        extra_headers=extra,
+    )
+
+
+async def send_opened_file(
+    request: web.Request,
+    opened: OpenedFile,
+    *,
+    etag: str | None,
+    last_modified: float | None,
+    content_type: str,
+    cache_control: str,
+    max_ranges: int = 64,
+    extra_headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """:func:`send_file` for a file the caller opened with :func:`open_regular_file`, in a
+    thread hop it made anyway (one hop per request instead of two); closes it."""
     try:
+        extra = _checked_extra_headers(extra_headers)
+        _check_etag(etag)
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed(request, extra)
         return await _respond(
             request,
-            fobj,
-            size,
+            opened.fobj,
+            opened.size,
             etag=etag,
             last_modified=last_modified,
             content_type=content_type,
@@ -139,8 +171,21 @@ async def send_file(
             extra=extra,
         )
     finally:
-        # Closing a read-only descriptor does no I/O that could block the loop.
-        fobj.close()
+        opened.fobj.close()  # a read-only descriptor: no I/O that could block the loop
+
+
+def _check_etag(etag: str | None) -> None:
+    if etag is not None and EntityTag.parse(etag) is None:
+        raise ValueError(f"etag must be a quoted entity-tag such as '\"abc\"', got {etag!r}")
+
+
+def _method_not_allowed(request: web.Request, extra: CIMultiDict[str]) -> web.Response:
+    return _text_response(
+        405,
+        f"Method {request.method} is not allowed here; use GET or HEAD.",
+        extra,
+        Allow="GET, HEAD",
+    )
 
 
 async def _respond(
@@ -211,7 +256,7 @@ async def _respond(
             (only,) = decision.ranges
             headers["Content-Type"] = content_type
             headers["Content-Range"] = content_range(only, size)
-            return await _stream(request, fobj, 206, headers, only.length, [only])
+            return await _stream(request, 206, headers, only.length, [(fobj, only)])
         if outcome is RangeOutcome.SATISFIABLE:
             # Several satisfiable ranges. When only one of several requested ranges survived,
             # the single-part form above is used: §14.6 permits either, and it is the one
@@ -220,16 +265,16 @@ async def _respond(
             boundary = make_boundary()
             layout = multipart_layout(decision.ranges, size, content_type, boundary)
             headers["Content-Type"] = multipart_content_type(boundary)
-            segments: list[bytes | ByteRange] = []
+            segments: list[bytes | FileRange] = []
             for part_header, part_range in layout.parts:
-                segments += (part_header, part_range)
+                segments += (part_header, (fobj, part_range))
             segments.append(layout.closing)
-            return await _stream(request, fobj, 206, headers, layout.content_length, segments)
+            return await _stream(request, 206, headers, layout.content_length, segments)
         # IGNORE: fall through to the whole file (§14.2).
 
     headers["Content-Type"] = content_type
-    whole = [ByteRange(0, size - 1)] if size else []
-    return await _stream(request, fobj, 200, headers, size, whole)
+    whole: list[bytes | FileRange] = [(fobj, ByteRange(0, size - 1))] if size else []
+    return await _stream(request, 200, headers, size, whole)
 
 
 def _requested_ranges(
@@ -264,13 +309,37 @@ def _condition_fields(request: web.Request) -> dict[str, str]:
     return fields
 
 
+FileRange = tuple[BinaryIO, ByteRange]
+"""A range of an open file, sent by sendfile."""
+
+
+async def send_bundle(
+    request: web.Request, entries: Sequence[tuple[BundleEntry, OpenedFile | None]]
+) -> web.StreamResponse:
+    """Answer a file-bundle request (see :mod:`butler.http.bundle`): each entry's header line,
+    then the bytes of its opened file; closes the files."""
+    try:
+        segments: list[bytes | FileRange] = []
+        for entry, opened in entries:
+            segments.append(entry.encode())
+            if opened is not None and entry.size:
+                segments.append((opened.fobj, ByteRange(0, entry.size - 1)))
+        headers = CIMultiDict({"Content-Type": BUNDLE_CONTENT_TYPE})
+        headers["Cache-Control"] = _ERROR_CACHE_CONTROL  # an answer to one client's list
+        length = sum(len(s) if isinstance(s, bytes) else s[1].length for s in segments)
+        return await _stream(request, 200, headers, length, segments)
+    finally:
+        for _, opened in entries:
+            if opened is not None:
+                opened.fobj.close()
+
+
 async def _stream(
     request: web.Request,
-    fobj: BinaryIO,
     status: int,
     headers: CIMultiDict[str],
     content_length: int,
-    segments: Sequence[bytes | ByteRange],
+    segments: Sequence[bytes | FileRange],
 ) -> web.StreamResponse:
     """Send headers, then each segment: literal bytes by write(), file ranges by sendfile."""
     response = web.StreamResponse(status=status, headers=headers)
@@ -281,10 +350,10 @@ async def _stream(
         if request.method == "HEAD":
             segments = ()
         for segment in segments:
-            if isinstance(segment, ByteRange):
-                await _send_range(request, response, fobj, segment)
-            else:
+            if isinstance(segment, bytes):
                 await response.write(segment)
+            else:
+                await _send_range(request, response, *segment)
         await response.write_eof()
     except ConnectionError as exc:
         # The client went away (reset, broken pipe, closed transport). Nothing can be sent
@@ -341,24 +410,44 @@ def _read_at(fobj: BinaryIO, offset: int, size: int) -> bytes:
     return fobj.read(size)
 
 
-async def _open_regular_file(path: pathlib.Path) -> tuple[BinaryIO, int] | None:
-    """Open ``path`` in a worker thread; None if it is missing or not a regular file."""
-    task = asyncio.ensure_future(asyncio.to_thread(_open_sync, path))
+@dataclass(frozen=True)
+class OpenedFile:
+    """A regular file opened for sending, with what its descriptor says of it."""
+
+    fobj: BinaryIO
+    size: int
+    mtime: float
+
+
+T = TypeVar("T")
+
+
+async def open_in_thread(start: Awaitable[T], close: Callable[[T], None]) -> T:
+    """Await ``start``, a thread's work that opens files, without ever leaking them.
+
+    Shielded so that a cancelled request cannot abandon descriptors the thread is about to
+    return: ``close`` is called on the result instead.
+    """
+    task = asyncio.ensure_future(start)
     try:
-        # Shielded so that a cancelled request cannot abandon a descriptor the thread is
-        # about to return: the callback below closes it instead.
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.add_done_callback(_close_abandoned)
+
+        def close_abandoned(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                close(done.result())
+
+        task.add_done_callback(close_abandoned)
         raise
 
 
-def _close_abandoned(task: asyncio.Future[tuple[BinaryIO, int] | None]) -> None:
-    if not task.cancelled() and task.exception() is None and (opened := task.result()):
-        opened[0].close()
+def _close_opened(opened: OpenedFile | None) -> None:
+    if opened is not None:
+        opened.fobj.close()
 
 
-def _open_sync(path: pathlib.Path) -> tuple[BinaryIO, int] | None:
+def open_regular_file(path: pathlib.Path) -> OpenedFile | None:
+    """(Blocking.) Open ``path`` for reading; None if it is missing or not a regular file."""
     # O_NONBLOCK so that a FIFO planted at the path cannot hang the thread in open(); it
     # changes nothing for regular files. O_CLOEXEC keeps the descriptor out of subprocesses.
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -372,7 +461,7 @@ def _open_sync(path: pathlib.Path) -> tuple[BinaryIO, int] | None:
             os.close(fd)
             return None
         os.set_blocking(fd, True)  # back to normal for reads and sendfile
-        return os.fdopen(fd, "rb"), st.st_size
+        return OpenedFile(os.fdopen(fd, "rb"), st.st_size, st.st_mtime)
     except BaseException:
         os.close(fd)
         raise

@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from butler.http.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from butler.http.bundle import MAX_FILES as BUNDLE_MAX_FILES
 from butler.server.api import API, API_VERSION
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -510,6 +512,41 @@ def build_openapi() -> dict[str, Any]:
                 [_p("txn", "Transaction ID")],
                 status="204",
             )
+        },
+        f"{API}/files/bundle": {
+            "post": {
+                "summary": "Many dataset files in one answer: for each path, a JSON header line "
+                '({"path", "size"} or {"path", "error"}) then the file\'s bytes '
+                "(butler.http.bundle); not cacheable, for clients fetching many small files",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["paths"],
+                                "properties": {
+                                    "paths": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                        "minItems": 1,
+                                        "maxItems": BUNDLE_MAX_FILES,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The bundle",
+                        "content": {
+                            BUNDLE_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
         },
         "/files/{path}": {
             "get": {
