@@ -1,6 +1,7 @@
 """The mirror's downloader against a recording fake origin: retries with Retry-After,
 resume by Range, refusing bytes that fail the checksum (a bad partial is fetched anew),
-error answers and a full disk (neither retried)."""
+error answers and a full disk (neither retried), and file bundles (a server without them,
+a bundle cut short)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 from aiohttp import web
 from conftest import direct_io_in_tmp
 
+from butler.http.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from butler.http.bundle import BundleEntry
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from mirror.http import HttpFetcher
 from mirror.plan import Item
-from mirror.transfer import TransferError, TransferSettings, partial_path
+from mirror.transfer import BundleResult, TransferError, TransferSettings, partial_path
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -29,9 +32,18 @@ class FakeOrigin:
         self.requests: list[dict[str, str]] = []
         self.script: list[str] = []
         self.body = PAYLOAD
+        self.others: dict[str, bytes] = {}
+        """Files besides /files/blob, by name."""
+        self.bundles = False
+        """Whether POST /api/v1/files/bundle is served."""
+        self.cut_bundle_after: int | None = None
+        """Body bytes of a bundle answer sent before the connection is dropped."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(dict(request.headers))
+        name = request.match_info["name"]
+        if name != "blob":
+            return self.serve(request, self.others[name])
         action = self.script.pop(0) if self.script else "ok"
         if action == "busy":
             return web.Response(status=503, headers={"Retry-After": "0"})
@@ -39,26 +51,51 @@ class FakeOrigin:
             return web.Response(status=404, text="no such file")
         if action == "corrupt":
             return web.Response(body=b"x" * len(self.body))
+        return self.serve(request, self.body)
+
+    @staticmethod
+    def serve(request: web.Request, body: bytes) -> web.Response:
         range_header = request.headers.get("Range")
-        etag = '"' + hashlib.sha256(self.body).hexdigest() + '"'
+        etag = '"' + hashlib.sha256(body).hexdigest() + '"'
         if range_header and request.headers.get("If-Range") == etag:
             start = int(range_header.removeprefix("bytes=").rstrip("-"))
             return web.Response(
                 status=206,
-                body=self.body[start:],
+                body=body[start:],
                 headers={
-                    "Content-Range": f"bytes {start}-{len(self.body) - 1}/{len(self.body)}",
+                    "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}",
                     "ETag": etag,
                 },
             )
-        return web.Response(body=self.body, headers={"ETag": etag})
+        return web.Response(body=body, headers={"ETag": etag})
+
+    async def bundle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append({"bundle": "yes", **request.headers})
+        if not self.bundles:
+            raise web.HTTPNotFound()
+        files = {"blob": self.body, **self.others}
+        answer = b"".join(
+            BundleEntry(p, len(files[p])).encode() + files[p]
+            for p in (await request.json())["paths"]
+        )
+        response = web.StreamResponse(headers={"Content-Type": BUNDLE_CONTENT_TYPE})
+        response.content_length = len(answer)
+        await response.prepare(request)
+        if self.cut_bundle_after is None:
+            await response.write(answer)
+            return response
+        await response.write(answer[: self.cut_bundle_after])
+        assert request.transport is not None
+        request.transport.close()  # the connection drops mid-answer
+        return response
 
 
 @pytest.fixture
 async def origin() -> AsyncIterator[tuple[FakeOrigin, str]]:
     fake = FakeOrigin()
     app = web.Application()
-    app.router.add_get("/files/blob", fake.handle)
+    app.router.add_get("/files/{name}", fake.handle)
+    app.router.add_post("/api/v1/files/bundle", fake.bundle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -68,14 +105,14 @@ async def origin() -> AsyncIterator[tuple[FakeOrigin, str]]:
     await runner.cleanup()
 
 
-def item_for(body: bytes) -> Item:
+def item_for(body: bytes, path: str = "blob") -> Item:
     dataset_id = uuid.uuid4()
     dataset_type = DatasetType("blob", ("instrument",), "Array")
     ref = DatasetRef(
         dataset_id, dataset_type, DataCoordinate({"instrument": "HSC"}, ("instrument",)), "raw"
     )
     checksum = "sha256:" + hashlib.sha256(body).hexdigest()
-    return Item(ref, FileInfo(dataset_id, "blob", len(body), checksum, "npy", "Array", {}))
+    return Item(ref, FileInfo(dataset_id, path, len(body), checksum, "npy", "Array", {}))
 
 
 async def fetch(url: str, item: Item, target: Path, attempts: int = 5) -> int:
@@ -220,3 +257,90 @@ async def test_a_full_disk_fails_the_file_without_retrying(
     with pytest.raises(OSError, match="No space left"):
         await fetch(url, item_for(PAYLOAD), tmp_path / "blob.part")
     assert len(fake.requests) == 1
+
+
+async def fetch_bundle(
+    url: str, items: list[Item], dest: Path
+) -> tuple[BundleResult, tuple[int, int]]:
+    """One bundle for ``items`` (files to ``dest``); the result, and how many groups the
+    fetcher makes of such fresh items before and after it."""
+    settings = TransferSettings(jobs=2, attempts=2, backoff=0.01)
+    received: list[int] = []
+    fresh = [item_for(PAYLOAD, f"fresh-{i}") for i in range(len(items))]
+    async with HttpFetcher(url, None, settings, partials=set()) as fetcher:
+        before = len(fetcher.bundles(fresh, dest))
+        targets = [partial_path(dest, item) for item in items]
+        dest.joinpath(targets[0].parent.name).mkdir(parents=True, exist_ok=True)
+        result = await fetcher.fetch_bundle(items, targets, received.append)
+        return result, (before, len(fetcher.bundles(fresh, dest)))
+
+
+async def test_small_fresh_files_come_in_one_bundle(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    fake.bundles = True
+    fake.others = {"other": bytes(range(7)) * 50_000}
+    items = [item_for(PAYLOAD), item_for(fake.others["other"], "other")]
+    result, groups = await fetch_bundle(url, items, tmp_path)
+    assert result.done == items
+    assert result.failed == []
+    assert [r.get("bundle") for r in fake.requests] == ["yes"]  # one request for both
+    assert partial_path(tmp_path, items[0]).read_bytes() == PAYLOAD
+    assert partial_path(tmp_path, items[1]).read_bytes() == fake.others["other"]
+    assert groups == (1, 1)
+
+
+async def test_a_server_without_bundles_gets_one_request_per_file(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
+    result, groups = await fetch_bundle(url, items, tmp_path)
+    assert result == BundleResult()  # nothing settled: each file is fetched on its own
+    assert len(fake.requests) == 1  # asked once; from then on the fetcher groups no more
+    assert groups == (1, 2)
+
+
+async def test_a_bundle_cut_short_keeps_what_arrived_for_the_resume(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    fake.bundles = True
+    other = bytes(range(11)) * 100_000
+    fake.others = {"other": other}
+    items = [item_for(PAYLOAD), item_for(other, "other")]
+    first_header = len(BundleEntry("blob", len(PAYLOAD)).encode())
+    second_header = len(BundleEntry("other", len(other)).encode())
+    fake.cut_bundle_after = first_header + len(PAYLOAD) + second_header + 300_000
+    result, _ = await fetch_bundle(url, items, tmp_path)
+    assert result.done == [items[0]]
+    target = partial_path(tmp_path, items[1])
+    assert 0 < target.stat().st_size <= 300_000  # kept, up to what was received
+    kept = target.stat().st_size
+    received = await fetch(url, items[1], target)
+    assert fake.requests[-1]["Range"] == f"bytes={kept}-"
+    assert received == len(other) - kept
+    assert target.read_bytes() == other
+
+
+def test_bundles_hold_fresh_small_files_up_to_the_limits(tmp_path: Path) -> None:
+    from mirror.http import BUNDLE_BYTES, BUNDLE_FILE_BYTES, MAX_BUNDLE_FILES
+
+    tiny = [item_for(b"t", f"tiny-{i}") for i in range(MAX_BUNDLE_FILES + 1)]
+    mid = [item_for(b"m" * (BUNDLE_BYTES // 2), f"mid-{i}") for i in range(4)]
+    big = item_for(b"b" * (BUNDLE_FILE_BYTES + 1), "big")
+    resumed = item_for(b"r", "resumed")
+    settings = TransferSettings()
+    fetcher = HttpFetcher(
+        "http://127.0.0.1:9/", None, settings, {partial_path(tmp_path, resumed).name}
+    )
+    groups = fetcher.bundles([*tiny, *mid, big, resumed], tmp_path)
+    # 64 tiny ones; the last tiny one and a half-bundle; two halves; the last half alone.
+    assert [len(g) for g in groups] == [MAX_BUNDLE_FILES, 2, 2, 1, 1, 1]
+    assert [big] in groups  # too big for a bundle
+    assert [resumed] in groups  # a partial file to resume
+    unknown = HttpFetcher("http://127.0.0.1:9/", None, settings)  # partial files not known
+    assert all(len(g) == 1 for g in unknown.bundles(tiny, tmp_path))
+    unbundled = HttpFetcher("http://127.0.0.1:9/", None, settings, set(), bundles=False)
+    assert all(len(g) == 1 for g in unbundled.bundles(tiny, tmp_path))

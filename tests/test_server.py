@@ -28,6 +28,7 @@ from butler import (
     TransactionError,
 )
 from butler.errors import AuthenticationError, AuthorizationError, DataIdError, ServerError
+from butler.http.bundle import BundleEntry
 from butler.remote.async_butler import AsyncButler
 from butler.sample_data import synthetic_calexp
 from butler.server.openapi import build_openapi
@@ -487,3 +488,82 @@ async def test_async_butler_offers_the_reading_methods(
         assert first.startswith(b"SIMPLE  =")
         assert await butler.exists("calexp", HSC, visit=100, detector=0)
         assert not await butler.exists("calexp", HSC, visit=101, detector=0)
+
+
+# -- file bundles -----------------------------------------------------------------------
+
+
+def read_bundle(body: bytes) -> list[tuple[BundleEntry, bytes]]:
+    """Split a bundle answer into its entries and their bytes (and check nothing is left)."""
+    entries: list[tuple[BundleEntry, bytes]] = []
+    while body:
+        line, body = body.split(b"\n", 1)
+        entry = BundleEntry.decode(line + b"\n")
+        entries.append((entry, body[: entry.size]))
+        body = body[entry.size :]
+    return entries
+
+
+def test_a_bundle_answers_many_files_in_order_with_errors_in_place(
+    repo: Path, server: ButlerServer
+) -> None:
+    with Butler(repo, run="r") as butler:
+        refs = [butler.put({"i": i}, "summary", HSC, visit=100, detector=i) for i in range(3)]
+        paths = [butler.get_file_info(ref).path for ref in refs]
+    asked = [paths[0], "r/summary/none.json", paths[2], "../../etc/passwd", paths[1]]
+    status, headers, body = http(
+        "POST",
+        server.url + "api/v1/files/bundle",
+        {"Content-Type": "application/json"},
+        json.dumps({"paths": asked}).encode(),
+    )
+    assert status == 200
+    assert headers["Content-Type"] == "application/x-butler-file-bundle"
+    assert headers["Cache-Control"] == "no-store"
+    assert int(headers["Content-Length"]) == len(body)
+    entries = read_bundle(body)
+    assert [e.path for e, _ in entries] == asked
+    for (entry, data), path in zip(
+        [entries[0], entries[2], entries[4]], [paths[0], paths[2], paths[1]], strict=True
+    ):
+        assert entry.error is None
+        assert data == (repo / path).read_bytes()
+    assert entries[1][0].error == "no dataset file at r/summary/none.json"
+    assert entries[3][0].error == "no dataset file at ../../etc/passwd"  # never leaves the repo
+    assert entries[1][1] == entries[3][1] == b""
+
+
+def test_a_bad_bundle_request_says_what_is_wrong(server: ButlerServer) -> None:
+    for body, message in (
+        ({"paths": ["a"] * 65}, "at most 64 files, not 65"),
+        ({"paths": []}, "at least one path"),
+        ({"files": ["a"]}, 'must be {"paths"'),
+    ):
+        status, _, answer = http(
+            "POST",
+            server.url + "api/v1/files/bundle",
+            {"Content-Type": "application/json"},
+            json.dumps(body).encode(),
+        )
+        assert status == 400
+        assert message in json.loads(answer)["message"]
+
+
+def test_bundles_need_read_access(repo: Path, tmp_path: Path) -> None:
+    with Butler(repo, run="r") as butler:
+        path = butler.get_file_info(
+            butler.put({"a": 1}, "summary", HSC, visit=100, detector=0)
+        ).path
+    srv = ButlerServer(repo, tmp_path, "--read-access", "token").start()
+    try:
+        request = json.dumps({"paths": [path]}).encode()
+        json_type = {"Content-Type": "application/json"}
+        status, _, body = http("POST", srv.url + "api/v1/files/bundle", json_type, request)
+        assert status == 401
+        assert b'"a"' not in body
+        reader = {**json_type, "Authorization": f"Bearer {READ_TOKEN}"}
+        status, _, body = http("POST", srv.url + "api/v1/files/bundle", reader, request)
+        assert status == 200
+        assert read_bundle(body)[0][1] == (repo / path).read_bytes()
+    finally:
+        srv.stop()
