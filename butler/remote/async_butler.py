@@ -127,10 +127,12 @@ class AsyncButler:
             self._info = info
             self._universe = DimensionUniverse(info["universe"], source=self.url)
             max_ranges = int(info.get("max_ranges") or self.settings.max_ranges)
-            if max_ranges != self.settings.max_ranges:
+            # Servers that do not say (older ones) get the default page size.
+            page_size = int(info.get("max_page_size") or self.settings.page_size)
+            if (max_ranges, page_size) != (self.settings.max_ranges, self.settings.page_size):
                 from dataclasses import replace
 
-                self.settings = replace(self.settings, max_ranges=max_ranges)
+                self.settings = replace(self.settings, max_ranges=max_ranges, page_size=page_size)
                 self.client.settings = self.settings
         return dict(self._info)
 
@@ -379,9 +381,12 @@ class AsyncButler:
         }
         rows: list[Any] = []
         position = offset
-        # POST keeps long where expressions out of URLs; pages of 1000.
+        await self.info()  # the server's page size
+        # POST keeps long where expressions out of URLs.
         while True:
-            size = 1000 if limit is None else min(1000, limit - len(rows))
+            size = self.settings.page_size
+            if limit is not None:
+                size = min(size, limit - len(rows))
             page = await self.client.post_json(
                 "datasets/query", {**body, "limit": size, "offset": position}
             )

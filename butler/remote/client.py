@@ -45,6 +45,9 @@ class ClientSettings:
     read_timeout: float = 300.0
     max_ranges: int = 200
     """Ranges per request (the server's limit, read from its info)."""
+    page_size: int = 1000
+    """Rows per page of a listing or query (the server's largest page, read from its info):
+    a page is a request, and the server runs the query again for each."""
     range_gap: int = 4096
     """Ranges closer than this are fetched as one, trading a few bytes for fewer parts."""
 
@@ -182,7 +185,9 @@ class RepositoryClient:
         items: list[Any] = []
         offset = 0
         while True:
-            page_size = 1000 if limit is None else min(1000, limit - len(items))
+            page_size = self.settings.page_size
+            if limit is not None:
+                page_size = min(page_size, limit - len(items))
             page = await self.get_json(
                 path, [*params, ("limit", str(page_size)), ("offset", str(offset))]
             )

@@ -156,6 +156,7 @@ async def repo_info(request: web.Request) -> web.Response:
             "read_only": settings.read_only,
             "read_access": settings.read_access,
             "max_ranges": settings.max_ranges,
+            "max_page_size": settings.max_page_size,
             "universe": butler.universe.config,
         }
 

@@ -119,6 +119,7 @@ SCHEMAS: dict[str, Any] = {
             "read_only": {"type": "boolean"},
             "read_access": {"enum": ["public", "token"]},
             "max_ranges": {"type": "integer"},
+            "max_page_size": {"type": "integer"},
             "datasets": {"type": "integer"},
             "dataset_types": {"type": "array", "items": {"type": "string"}},
             "collections": {"type": "array", "items": {"type": "string"}},
