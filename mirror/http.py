@@ -11,14 +11,19 @@ Why threads and not the event loop: on the mirror bench (2,000 x 1 MiB from a lo
 server, 8 at a time, 2 cores shared with the server) the pull is CPU-bound, and an event
 loop runs Python for every readable event (aiohttp: its protocol, parser, stream reader, a
 future and a task step per chunk, and two copies of each chunk; libcurl through pycurl: a
-Python callback per 16 KiB piece and a loop iteration per event). Here each of ``jobs``
-threads owns a keep-alive ``http.client`` connection and a page-aligned 1 MiB buffer, and
+Python callback per 16 KiB piece). Here each of ``jobs`` threads owns a keep-alive
+``http.client`` connection and a page-aligned 1 MiB buffer, and
 :meth:`HTTPResponse.readinto` fills the buffer straight from the socket in C, with the GIL
 released during each ``recv``: one Python call per MiB. The thread then hashes the MiB and
 writes it to disk (both release the GIL too). The event loop only hands out files and
-receives them done. Measured side by side on the
-bench: 3.4-3.8 CPU seconds for the downloads against 5-6 with pycurl's multi-socket API on
-the loop (curl itself: 3.0-3.6); see ``bench/RESULTS.md``.
+receives them done.
+
+Small fresh files go several to a request, in bundles (:mod:`butler.http.bundle`), where the
+server has them: a request costs the server about a millisecond of CPU whatever the size,
+and on the bench one request per 1 MiB file made the server the busiest process (3.2-4.5 s
+of CPU per 2,000 files, against 1.4-2.9 s for bundles of 4 to 32 files). Through a caching
+proxy (``--via``) each file is one GET, which the proxy caches. The measurements are in
+``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -72,8 +77,9 @@ BUNDLE_BYTES = 8 << 20
 """Bytes of files in one bundle (at most; a bundle has at least one file).
 
 Bigger bundles save requests, smaller ones keep the downloads balanced at the end of a pull
-and lose less when a connection breaks: on the bench 8 MiB (8 files of 1 MiB, 250
-requests for 2,000 files) was as fast as 16 MiB."""
+and lose less when a connection breaks. On the bench (2,000 files of 1 MiB, a bare client,
+three rounds each) bundles of 4 files took 3.6-3.9 s, of 8 files 3.3-3.4 s, of 16 files
+3.1-3.7 s and of 32 files 3.0-3.4 s."""
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 """What a connection raises when the network or the server fails it mid-exchange."""
 
@@ -409,10 +415,7 @@ class HttpFetcher:
         expected = download.item.file.size - download.have
         if response.length is not None and response.length > expected:
             self._forget(url, connection)
-            raise TransferError(
-                f"{url} is larger than the {download.item.file.size} bytes its registry "
-                "entry records: the file changed at the source; query again"
-            )
+            raise _larger_than_recorded(url, download.item)
         return self._receive(url, connection, response, download, expected)
 
     def _receive(
@@ -424,7 +427,7 @@ class HttpFetcher:
         expected: int,
         exact: bool = False,
     ) -> int:
-        """Append the body to the partial file, a gathered MiB at a time, then sync it.
+        """Append the body to the partial file, a gathered MiB at a time.
 
         A MiB is read into the thread's page-aligned buffer (``readinto`` loops over
         ``recv`` in C), hashed, and written with :class:`~mirror.partfile.PartFile`. Bytes
@@ -442,10 +445,7 @@ class HttpFetcher:
                 fill, error = _fill(response, view[:limit])
                 if written + fill > expected:
                     self._forget(url, connection)
-                    raise TransferError(
-                        f"{url} is larger than the {download.item.file.size} bytes its "
-                        "registry entry records: the file changed at the source; query again"
-                    )
+                    raise _larger_than_recorded(url, download.item)
                 if fill:
                     download.digest.update(view[:fill])
                     part.write(view[:fill])
@@ -565,6 +565,13 @@ def _fill(response: http.client.HTTPResponse, view: memoryview) -> tuple[int, Ex
             break
         fill += count
     return fill, None
+
+
+def _larger_than_recorded(url: str, item: Item) -> TransferError:
+    return TransferError(
+        f"{url} is larger than the {item.file.size} bytes its registry entry records: the "
+        "file changed at the source; query again"
+    )
 
 
 def _describe(error: BaseException | None) -> str:

@@ -1,11 +1,11 @@
 """Writing a download's bytes to its partial file, past the page cache where that works.
 
-Every file the mirror keeps is made durable (fdatasync) before the registry records it, so
-its bytes go to the disk during the pull anyway. Written through the page cache they are
-copied twice (into the cache, then out to the disk) and each new cache page must be
-allocated first. A fresh file is therefore opened with ``O_DIRECT`` and written a whole,
-page-aligned MiB at a time straight to the disk, and the final ``fdatasync`` has only the
-unaligned tail and the metadata left to flush.
+Every file the mirror keeps is made durable before the registry records it (the commit of
+each batch flushes the file system), so its bytes go to the disk during the pull anyway.
+Written through the page cache they are copied twice (into the cache, then out to the disk)
+and each new cache page must be allocated first. A fresh file is therefore opened with
+``O_DIRECT`` and written a whole, page-aligned MiB at a time straight to the disk, and the
+commit's flush has only the unaligned tail and the metadata left to write.
 
 Measured on the bench machine (a 2-core VM, ext4 on virtio; ``bench/bench_mirror.py``):
 the pull's system CPU went from 8-10 s to 2-4 s per 2 GiB, most of it the page-cache
@@ -35,7 +35,6 @@ The page cache sizes its folios by the write, and on the bench machine (a VM, ke
 ext4) 1 MiB folios cost 2-3 x the system time of 128 KiB ones (256 KiB and 512 KiB were as
 slow as 1 MiB, 64 KiB like 128 KiB)."""
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has fsync only
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
@@ -96,12 +95,7 @@ class PartFile:
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~O_DIRECT)
         self.direct = False
 
-    def close(self, sync: bool = False) -> None:
-        """Close the file; with ``sync``, once its data is durable (``fdatasync``)."""
+    def close(self) -> None:
         if self._fd >= 0:
-            try:
-                if sync:
-                    fdatasync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = -1
+            os.close(self._fd)
+            self._fd = -1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import DETECTORS, VISITS
 
 from butler import Butler, DatasetExistsError
 
@@ -243,3 +245,38 @@ def test_recovery_leaves_a_staging_directory_being_made_alone(tmp_path: Path) ->
     orphan = being_made.rename(being_made.with_name(f".new-{dead.stdout.strip()}-0123"))
     assert recover_stale_staging(tmp_path, lambda ids: set()) == 1
     assert not orphan.exists()
+
+
+def test_a_big_commit_flushes_the_file_system_once_a_small_one_each_path(
+    butler: Butler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import butler.datastore as datastore
+
+    calls: list[str] = []
+    real_sync_filesystem, real_fsync_dir = datastore.sync_filesystem, datastore._fsync_dir
+    monkeypatch.setattr(
+        datastore, "sync_filesystem", lambda p: (calls.append("fs"), real_sync_filesystem(p))
+    )
+    monkeypatch.setattr(datastore, "fsync_file", lambda p: calls.append("file"))
+    monkeypatch.setattr(datastore, "_fsync_dir", lambda p: (calls.append("dir"), real_fsync_dir(p)))
+    data_ids = list(itertools.product(VISITS, DETECTORS))
+    big = datastore.SYNC_ALL_THRESHOLD + 1
+    with butler.transaction():  # a directory per dataset (the default file template)
+        for visit, detector in data_ids[:big]:
+            butler.put({"d": detector}, "summary", HSC, visit=visit, detector=detector)
+    # The files, then (after the journal's directory) the new directories: one flush each.
+    assert calls == ["fs", "dir", "fs"]
+    calls.clear()
+    with butler.transaction():
+        for visit, detector in data_ids[big : big + 2]:
+            butler.put({"d": detector}, "summary", HSC, visit=visit, detector=detector)
+    assert calls == ["file", "file", "dir", "dir", "dir"]  # the journal's, then each parent
+    assert len(butler.query_datasets("summary")) == big + 2
+
+
+def test_syncing_a_missing_file_system_path_is_an_error(tmp_path: Path) -> None:
+    import butler.datastore as datastore
+
+    datastore.sync_filesystem(tmp_path)  # succeeds: Linux syncfs, or sync() elsewhere
+    with pytest.raises(FileNotFoundError):
+        datastore.sync_filesystem(tmp_path / "missing")

@@ -26,6 +26,7 @@ from butler.http.conditional import evaluate_preconditions
 from butler.refs import DatasetRef, FileInfo, split_component
 from butler.server.files import (
     OpenedFile,
+    close_bundle,
     open_in_thread,
     open_regular_file,
     send_bundle,
@@ -417,11 +418,11 @@ async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
                 else:
                     entries.append((BundleEntry(path, found[1].size), found[1]))
         except BaseException:
-            _close_all(entries)
+            close_bundle(entries)
             raise
         return entries
 
-    entries = await open_in_thread(request.app[POOL].read(open_all), _close_all)
+    entries = await open_in_thread(request.app[POOL].read(open_all), close_bundle)
     return await send_bundle(request, entries)
 
 
@@ -449,12 +450,6 @@ def _locate_and_open(
 def _close_found(found: tuple[FileInfo, OpenedFile | None] | None) -> None:
     if found is not None and found[1] is not None:
         found[1].fobj.close()
-
-
-def _close_all(entries: list[tuple[BundleEntry, OpenedFile | None]]) -> None:
-    for _, opened in entries:
-        if opened is not None:
-            opened.fobj.close()
 
 
 def _missing_file(file: FileInfo) -> str:

@@ -57,6 +57,8 @@ __all__ = [
     "OpenedFile",
     "open_in_thread",
     "open_regular_file",
+    "close_bundle",
+    "send_bundle",
     "send_file",
     "send_opened_file",
 ]
@@ -329,9 +331,13 @@ async def send_bundle(
         length = sum(len(s) if isinstance(s, bytes) else s[1].length for s in segments)
         return await _stream(request, 200, headers, length, segments)
     finally:
-        for _, opened in entries:
-            if opened is not None:
-                opened.fobj.close()
+        close_bundle(entries)
+
+
+def close_bundle(entries: Sequence[tuple[BundleEntry, OpenedFile | None]]) -> None:
+    for _, opened in entries:
+        if opened is not None:
+            opened.fobj.close()
 
 
 async def _stream(
