@@ -30,7 +30,7 @@ from butler.server.files import (
     open_in_thread,
     open_regular_file,
     send_bundle,
-    send_opened_file,
+    send_file,
 )
 from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
@@ -386,7 +386,7 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
     content_type = _CONTENT_TYPES.get(suffix) or (
         mimetypes.guess_type(file.path)[0] or "application/octet-stream"
     )
-    return await send_opened_file(
+    return await send_file(
         request,
         opened,
         etag=file.etag,

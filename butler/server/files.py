@@ -60,7 +60,6 @@ __all__ = [
     "close_bundle",
     "send_bundle",
     "send_file",
-    "send_opened_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class _FileShrank(Exception):
 
 async def send_file(
     request: web.Request,
-    path: pathlib.Path,
+    file: pathlib.Path | OpenedFile,
     *,
     etag: str | None,
     last_modified: float | None,
@@ -110,57 +109,39 @@ async def send_file(
     max_ranges: int = 64,
     extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Answer a GET or HEAD for the file at ``path`` and return the (finished) response.
+    """Answer a GET or HEAD for ``file`` and return the (finished) response.
 
-    ``etag`` is a complete ETag field value (``'"abc"'``; a strong one, for ranges and
-    If-Range to work), ``last_modified`` POSIX seconds, ``cache_control`` the policy for
-    successful responses. ``extra_headers`` are added to every response (e.g. ``Vary`` or
-    CORS fields) but may not set the fields this function owns (ValueError).
+    ``file`` is a path, opened here in a worker thread, or a file the caller opened with
+    :func:`open_regular_file` in a thread hop it made anyway (one hop per request instead of
+    two); either way it is closed. ``etag`` is a complete ETag field value (``'"abc"'``; a
+    strong one, for ranges and If-Range to work), ``last_modified`` POSIX seconds,
+    ``cache_control`` the policy for successful responses. ``extra_headers`` are added to
+    every response (e.g. ``Vary`` or CORS fields) but may not set the fields this function
+    owns (ValueError).
 
-    The file is opened in a worker thread and served from that one open descriptor, so a
-    concurrent replace of ``path`` cannot mix two versions; its size is taken from the open
-    descriptor. Range data is sent with ``loop.sendfile`` (zero-copy on plain TCP), falling
-    back to chunked reads in a thread where the loop cannot sendfile (uvloop); on TLS
-    transports asyncio's own sendfile does that fallback. A client that disconnects
-    mid-body only produces a debug log line.
+    The file is served from one open descriptor, so a concurrent replace of the path cannot
+    mix two versions; its size is taken from the open descriptor. Range data is sent with
+    ``loop.sendfile`` (zero-copy on plain TCP), falling back to chunked reads in a thread
+    where the loop cannot sendfile (uvloop); on TLS transports asyncio's own sendfile does
+    that fallback. A client that disconnects mid-body only produces a debug log line.
     """
-    extra = _checked_extra_headers(extra_headers)
-    _check_etag(etag)
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, extra)
-    opened = await open_in_thread(asyncio.to_thread(open_regular_file, path), _close_opened)
-    if opened is None:
-        return _text_response(404, f"Not found: {request.path}", extra)
-    return await send_opened_file(
-        request,
-        opened,
-        etag=etag,
-        last_modified=last_modified,
-        content_type=content_type,
-        cache_control=cache_control,
-        max_ranges=max_ranges,
-        extra_headers=extra,
-    )
-
-
-async def send_opened_file(
-    request: web.Request,
-    opened: OpenedFile,
-    *,
-    etag: str | None,
-    last_modified: float | None,
-    content_type: str,
-    cache_control: str,
-    max_ranges: int = 64,
-    extra_headers: Mapping[str, str] | None = None,
-) -> web.StreamResponse:
-    """:func:`send_file` for a file the caller opened with :func:`open_regular_file`, in a
-    thread hop it made anyway (one hop per request instead of two); closes it."""
+    opened = file if isinstance(file, OpenedFile) else None
     try:
         extra = _checked_extra_headers(extra_headers)
-        _check_etag(etag)
+        if etag is not None and EntityTag.parse(etag) is None:
+            raise ValueError(f"etag must be a quoted entity-tag such as '\"abc\"', got {etag!r}")
         if request.method not in ("GET", "HEAD"):
-            return _method_not_allowed(request, extra)
+            return _text_response(
+                405,
+                f"Method {request.method} is not allowed here; use GET or HEAD.",
+                extra,
+                Allow="GET, HEAD",
+            )
+        if opened is None:
+            assert isinstance(file, pathlib.Path)
+            opened = await open_in_thread(asyncio.to_thread(open_regular_file, file), _close_opened)
+            if opened is None:
+                return _text_response(404, f"Not found: {request.path}", extra)
         return await _respond(
             request,
             opened.fobj,
@@ -173,21 +154,8 @@ async def send_opened_file(
             extra=extra,
         )
     finally:
-        opened.fobj.close()  # a read-only descriptor: no I/O that could block the loop
-
-
-def _check_etag(etag: str | None) -> None:
-    if etag is not None and EntityTag.parse(etag) is None:
-        raise ValueError(f"etag must be a quoted entity-tag such as '\"abc\"', got {etag!r}")
-
-
-def _method_not_allowed(request: web.Request, extra: CIMultiDict[str]) -> web.Response:
-    return _text_response(
-        405,
-        f"Method {request.method} is not allowed here; use GET or HEAD.",
-        extra,
-        Allow="GET, HEAD",
-    )
+        if opened is not None:  # a read-only descriptor: closing does no I/O
+            opened.fobj.close()
 
 
 async def _respond(

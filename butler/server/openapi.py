@@ -214,6 +214,12 @@ def _q(
     return param
 
 
+def _json_request(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON object request body."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _p(name: str, description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -360,30 +366,19 @@ def build_openapi() -> dict[str, Any]:
         f"{API}/datasets/query": {
             "post": {
                 "summary": "Query datasets with the parameters in a JSON body (long expressions)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["dataset_type"],
-                                "properties": {
-                                    "dataset_type": {"type": "string"},
-                                    "collections": {
-                                        "type": ["array", "null"],
-                                        "items": {"type": "string"},
-                                    },
-                                    "where": {"type": "string"},
-                                    "bind": _ANY_OBJECT,
-                                    "data_id": _ANY_OBJECT,
-                                    "find_first": {"type": "boolean"},
-                                    "limit": {"type": "integer"},
-                                    "offset": {"type": "integer"},
-                                },
-                            }
-                        }
+                "requestBody": _json_request(
+                    ["dataset_type"],
+                    {
+                        "dataset_type": {"type": "string"},
+                        "collections": {"type": ["array", "null"], "items": {"type": "string"}},
+                        "where": {"type": "string"},
+                        "bind": _ANY_OBJECT,
+                        "data_id": _ANY_OBJECT,
+                        "find_first": {"type": "boolean"},
+                        "limit": {"type": "integer"},
+                        "offset": {"type": "integer"},
                     },
-                },
+                ),
                 "responses": {
                     "200": _json(_page_of("datasets", _ref("DatasetWithFile"))),
                     **_ERRORS,
@@ -519,25 +514,17 @@ def build_openapi() -> dict[str, Any]:
                 "summary": "Many dataset files in one answer: for each path, a JSON header line "
                 '({"path", "size"} or {"path", "error"}) then the file\'s bytes '
                 "(butler.http.bundle); not cacheable, for clients fetching many small files",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["paths"],
-                                "properties": {
-                                    "paths": {
-                                        "type": "array",
-                                        "items": {"type": "string"},
-                                        "minItems": 1,
-                                        "maxItems": BUNDLE_MAX_FILES,
-                                    }
-                                },
-                            }
+                "requestBody": _json_request(
+                    ["paths"],
+                    {
+                        "paths": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 1,
+                            "maxItems": BUNDLE_MAX_FILES,
                         }
                     },
-                },
+                ),
                 "responses": {
                     "200": {
                         "description": "The bundle",
