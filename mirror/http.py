@@ -70,6 +70,7 @@ ERROR_TEXT = 200
 GATHER = 1 << 20
 """Body bytes gathered before they are hashed and written (see :meth:`HttpFetcher._receive`)."""
 USER_AGENT = "butler-mirror/1"
+INFO_PATH = "api/v1/"
 BUNDLE_PATH = "api/v1/files/bundle"
 BUNDLE_FILE_BYTES = 4 << 20
 """Files up to this size are fetched in bundles (several to a request); larger ones alone."""
@@ -162,13 +163,17 @@ class HttpFetcher:
         self._open: set[http.client.HTTPConnection] = set()
         self._open_lock = threading.Lock()
         self._closing = False
-        self._bundles = bundles
+        self._bundle_files = MAX_BUNDLE_FILES if bundles else 0
+        """Files per bundle (0: one request per file), as the server allows."""
         self._tls: ssl.SSLContext | None = None
         self.requests = 0
 
     async def __aenter__(self) -> HttpFetcher:
         self._closing = False
         self._threads = ThreadPoolExecutor(self.settings.jobs, thread_name_prefix="mirror-http")
+        if self._bundle_files:
+            loop = asyncio.get_running_loop()
+            self._bundle_files = await loop.run_in_executor(self._threads, self._server_bundles)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -243,14 +248,15 @@ class HttpFetcher:
         for item in items:
             size = item.file.size
             if (
-                not self._bundles
+                not self._bundle_files
                 or self._may_exist is None  # partial files unknown: each may need a Range
                 or partial_path(dest, item).name in self._may_exist
                 or size > BUNDLE_FILE_BYTES
             ):
                 groups.append([item])
                 continue
-            if group and (len(group) == MAX_BUNDLE_FILES or group_bytes + size > BUNDLE_BYTES):
+            full = len(group) == self._bundle_files or group_bytes + size > BUNDLE_BYTES
+            if group and full:
                 groups.append(group)
                 group, group_bytes = [], 0
             group.append(item)
@@ -265,7 +271,7 @@ class HttpFetcher:
         """Fetch fresh files in one request; those it does not bring (the server has no
         bundles, the connection broke, a file differs) are for :meth:`fetch`."""
         assert self._threads is not None, "use the fetcher as an async context manager"
-        if not self._bundles:
+        if not self._bundle_files:
             return BundleResult()
         if self._may_exist is not None:  # from now on these may have partial files to resume
             self._may_exist.update(target.name for target in targets)
@@ -281,6 +287,30 @@ class HttpFetcher:
 
     # --- in a download thread -----------------------------------------------------------
 
+    def _server_bundles(self) -> int:
+        """Files to ask for per bundle, 0 for none: the server says it answers bundles (its
+        info), and no cache stands in between (a bundle would pass it by; one GET per file
+        fills it).
+
+        A cache is known by ``--via`` (then this is not asked), or by the fields it adds to
+        its answers: ``Via`` (RFC 9110 §7.6.3), ``X-Cache`` (proxyd, and many others).
+        """
+        url = self.base_url + INFO_PATH
+        try:
+            response, connection = self._request(url, dict(self._headers))
+            body = response.read() if response.status == 200 else b""
+        except (Retry, *NETWORK_ERRORS):
+            return 0  # the downloads will say what is wrong, one file at a time
+        if not response.isclosed():
+            self._forget(url, connection)
+        if response.getheader("Via") or response.getheader("X-Cache"):
+            return 0
+        try:
+            offered = json.loads(body).get("max_bundle_files")
+        except (ValueError, AttributeError):
+            return 0
+        return min(MAX_BUNDLE_FILES, offered) if isinstance(offered, int) and offered > 1 else 0
+
     def _download_bundle(
         self, items: list[Item], targets: list[Path], report: Progress
     ) -> BundleResult:
@@ -294,7 +324,7 @@ class HttpFetcher:
         media_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
         if response.status != 200 or media_type != BUNDLE_CONTENT_TYPE:
             if response.status in (200, 404, 405, 501):  # a server without bundles
-                self._bundles = False
+                self._bundle_files = 0
             self._finish(url, connection, response)
             return BundleResult()
         result = BundleResult()

@@ -36,6 +36,10 @@ class FakeOrigin:
         """Files besides /files/blob, by name."""
         self.bundles = False
         """Whether POST /api/v1/files/bundle is served."""
+        self.offers_bundles: bool | None = None
+        """Whether the info says so (None: as ``bundles``)."""
+        self.info_headers: dict[str, str] = {}
+        """Fields added to the info answer (a cache's marks)."""
         self.cut_bundle_after: int | None = None
         """Body bytes of a bundle answer sent before the connection is dropped."""
 
@@ -69,6 +73,11 @@ class FakeOrigin:
             )
         return web.Response(body=body, headers={"ETag": etag})
 
+    async def info(self, request: web.Request) -> web.Response:
+        offers = self.bundles if self.offers_bundles is None else self.offers_bundles
+        info = {"name": "fake", "max_bundle_files": 64 if offers else None}
+        return web.json_response(info, headers=self.info_headers)
+
     async def bundle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append({"bundle": "yes", **request.headers})
         if not self.bundles:
@@ -96,6 +105,7 @@ async def origin() -> AsyncIterator[tuple[FakeOrigin, str]]:
     app = web.Application()
     app.router.add_get("/files/{name}", fake.handle)
     app.router.add_post("/api/v1/files/bundle", fake.bundle)
+    app.router.add_get("/api/v1/", fake.info)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -298,8 +308,34 @@ async def test_a_server_without_bundles_gets_one_request_per_file(
     items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
     result, groups = await fetch_bundle(url, items, tmp_path)
     assert result == BundleResult()  # nothing settled: each file is fetched on its own
+    assert fake.requests == []  # its info offers none: none asked for
+    assert groups == (2, 2)
+
+
+async def test_bundles_offered_but_refused_are_asked_for_once(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    fake.offers_bundles = True  # but the POST is answered 404 (say, by a filtering proxy)
+    items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
+    result, groups = await fetch_bundle(url, items, tmp_path)
+    assert result == BundleResult()
     assert len(fake.requests) == 1  # asked once; from then on the fetcher groups no more
     assert groups == (1, 2)
+
+
+@pytest.mark.parametrize("mark", [{"Via": "1.1 site-cache"}, {"X-Cache": "MISS"}])
+async def test_no_bundles_through_a_cache_so_that_it_keeps_each_file(
+    origin: tuple[FakeOrigin, str], tmp_path: Path, mark: dict[str, str]
+) -> None:
+    fake, url = origin
+    fake.bundles = True
+    fake.info_headers = mark
+    items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
+    result, groups = await fetch_bundle(url, items, tmp_path)
+    assert result == BundleResult()
+    assert fake.requests == []
+    assert groups == (2, 2)
 
 
 async def test_a_bundle_cut_short_keeps_what_arrived_for_the_resume(

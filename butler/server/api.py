@@ -20,6 +20,7 @@ from aiohttp import web
 
 from butler.direct_butler import DirectButler
 from butler.errors import BadRequestError, DatasetNotFoundError
+from butler.http.bundle import MAX_FILES as MAX_BUNDLE_FILES
 from butler.http.bundle import BundleEntry
 from butler.http.bundle import parse_request as parse_bundle_request
 from butler.http.conditional import evaluate_preconditions
@@ -158,6 +159,7 @@ async def repo_info(request: web.Request) -> web.Response:
             "read_access": settings.read_access,
             "max_ranges": settings.max_ranges,
             "max_page_size": settings.max_page_size,
+            "max_bundle_files": MAX_BUNDLE_FILES,
             "universe": butler.universe.config,
         }
 

@@ -120,6 +120,10 @@ SCHEMAS: dict[str, Any] = {
             "read_access": {"enum": ["public", "token"]},
             "max_ranges": {"type": "integer"},
             "max_page_size": {"type": "integer"},
+            "max_bundle_files": {
+                "type": "integer",
+                "description": f"Paths one {API}/files/bundle request may ask for",
+            },
             "datasets": {"type": "integer"},
             "dataset_types": {"type": "array", "items": {"type": "string"}},
             "collections": {"type": "array", "items": {"type": "string"}},
