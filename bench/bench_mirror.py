@@ -3,11 +3,14 @@
 (a) Pull 2,000 files of 1 MiB: ``mirror pull --jobs 8`` versus what users would do instead,
     ``curl --parallel --parallel-max 8`` over the same files' URL list (no registry, no
     verification). Prints both wall times and the ratio (target: mirror ≤ 1.1 × curl).
-    Both write every file to the same disk. They do not promise the same durability: curl
-    leaves its bytes in the page cache (a power cut soon after may lose them), while the
-    mirror makes each batch's files durable (fsync) before the registry commit that
-    records them. So the bench also prints "curl + sync", curl followed by a ``sync()``,
-    the time until curl's bytes are as safe as the mirror's. Before each timed run it
+    Both write every file to the same disk, over 8 connections each. The mirror asks a
+    ``butler serve`` for small files several at a time (bundles of up to 8 MiB, so 250
+    requests here where curl makes 2,000; see mirror/http.py). They do not promise the
+    same durability: curl leaves its bytes in the page cache (a power cut soon after may
+    lose them), while the mirror makes each batch's files durable (one flush of the file
+    system per batch) before the registry commit that records them. So the bench also
+    prints "curl + sync", curl followed by a ``sync()``, the time until curl's bytes are as
+    safe as the mirror's. Before each timed run it
     syncs (untimed), so no run pays for writing back the bytes of the one before, and the
     rounds alternate which side goes first. Each side empties its own previous output just
     before its run (truncating its files, which frees their page cache): on this VM the page
