@@ -38,8 +38,8 @@ from mirror.transfer import (
     run_transfers,
 )
 
-COMMIT_BATCH = 200
-COMMIT_INTERVAL = 2.0
+COMMIT_MAX = 2000
+"""Files one registry commit records at most."""
 Echo = Callable[[str], None]
 
 
@@ -346,35 +346,38 @@ async def _transfer(
         state.add_provenance(provenance_rows([i for i, _ in batch], query_id, request.source))
 
     async def committer() -> None:
-        """One task commits verified files in batches, so downloads never wait for it."""
+        """One task commits verified files, so downloads never wait for it.
+
+        Group commit: each commit takes every file verified meanwhile (up to COMMIT_MAX),
+        and the next starts as soon as it ends. Files so gather in batches as large as a
+        commit is slow (on the bench, 100-400 files while the downloads run), each commit's
+        fixed cost (flushes of the file system, the journal, SQLite) is paid once per batch,
+        and after the last download only what arrived during the last commit is left.
+        """
         done = False
         while not done:
-            batch: list[tuple[Item, Path]] = []
-            deadline = time.monotonic() + COMMIT_INTERVAL
-            while len(batch) < COMMIT_BATCH:
-                try:
-                    entry = await asyncio.wait_for(
-                        verified.get(), timeout=max(0.0, deadline - time.monotonic())
-                    )
-                except TimeoutError:
-                    break
+            first = await verified.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < COMMIT_MAX and not verified.empty():
+                entry = verified.get_nowait()
                 if entry is None:
                     done = True
                     break
                 batch.append(entry)
-            if batch:
-                try:
-                    await asyncio.to_thread(commit, batch)
-                except OSError as exc:
-                    # Not made durable (an I/O error, a full disk): nothing of the batch is
-                    # recorded. Its partial files stay, to be verified again by the next pull.
-                    for item, _ in batch:
-                        on_failed(item, f"could not write it to disk: {exc}")
-                    continue
-                summary.downloaded += len(batch)
-                summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
-                if progress is not None:
-                    progress.advance(files_task, len(batch))
+            try:
+                await asyncio.to_thread(commit, batch)
+            except OSError as exc:
+                # Not made durable (an I/O error, a full disk): nothing of the batch is
+                # recorded. Its partial files stay, to be verified again by the next pull.
+                for item, _ in batch:
+                    on_failed(item, f"could not write it to disk: {exc}")
+                continue
+            summary.downloaded += len(batch)
+            summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
+            if progress is not None:
+                progress.advance(files_task, len(batch))
 
     async def on_done(item: Item, path: Path) -> None:
         verified.put_nowait((item, path))
