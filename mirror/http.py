@@ -70,6 +70,8 @@ ERROR_TEXT = 200
 GATHER = 1 << 20
 """Body bytes gathered before they are hashed and written (see :meth:`HttpFetcher._receive`)."""
 USER_AGENT = "butler-mirror/1"
+REPORT_BYTES = 8 << 20
+REPORT_SECONDS = 0.25
 INFO_PATH = "api/v1/"
 BUNDLE_PATH = "api/v1/files/bundle"
 BUNDLE_FILE_BYTES = 4 << 20
@@ -113,6 +115,32 @@ def range_start(content_range: str | None) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+class Tally:
+    """Byte counts from a download thread, handed to the event loop's ``progress`` a few at
+    a time: every REPORT_BYTES, or REPORT_SECONDS, and at the end (:meth:`flush`).
+
+    Each hand-over wakes the loop and takes the GIL from the downloads; one per MiB was
+    2,000 wake-ups per pull on the bench.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._progress = progress
+        self._pending = 0
+        self._last = time.monotonic()
+
+    def __call__(self, count: int) -> None:
+        self._pending += count
+        if abs(self._pending) >= REPORT_BYTES or time.monotonic() - self._last >= REPORT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._loop.call_soon_threadsafe(self._progress, self._pending)
+            self._pending = 0
+        self._last = time.monotonic()
+
+
 @dataclass
 class Download:
     """One attempt's state: the bytes on disk so far and their running hash."""
@@ -121,8 +149,8 @@ class Download:
     target: Path
     have: int
     digest: hashlib._Hash
-    report: Progress
-    """Called (from the thread) with counts of new bytes; negative: bytes discounted."""
+    report: Tally
+    """Told (in the thread) counts of new bytes; negative: bytes discounted."""
 
 
 @dataclass
@@ -222,12 +250,8 @@ class HttpFetcher:
             if self._may_exist is not None:
                 self._may_exist.add(target.name)
             loop = asyncio.get_running_loop()
-
-            def report(count: int) -> None:
-                loop.call_soon_threadsafe(progress, count)
-
             self.requests += 1
-            download = Download(item, target, have, digest, report)
+            download = Download(item, target, have, digest, Tally(progress))
             on_disk = await loop.run_in_executor(self._threads, self._download, download)
             digest = download.digest
         if not complete(target, size, on_disk, digest, item.file.checksum):
@@ -276,13 +300,9 @@ class HttpFetcher:
         if self._may_exist is not None:  # from now on these may have partial files to resume
             self._may_exist.update(target.name for target in targets)
         loop = asyncio.get_running_loop()
-
-        def report(count: int) -> None:
-            loop.call_soon_threadsafe(progress, count)
-
         self.requests += 1
         return await loop.run_in_executor(
-            self._threads, self._download_bundle, items, targets, report
+            self._threads, self._download_bundle, items, targets, Tally(progress)
         )
 
     # --- in a download thread -----------------------------------------------------------
@@ -312,7 +332,15 @@ class HttpFetcher:
         return min(MAX_BUNDLE_FILES, offered) if isinstance(offered, int) and offered > 1 else 0
 
     def _download_bundle(
-        self, items: list[Item], targets: list[Path], report: Progress
+        self, items: list[Item], targets: list[Path], report: Tally
+    ) -> BundleResult:
+        try:
+            return self._receive_bundle(items, targets, report)
+        finally:
+            report.flush()
+
+    def _receive_bundle(
+        self, items: list[Item], targets: list[Path], report: Tally
     ) -> BundleResult:
         url = self.base_url + BUNDLE_PATH
         body = json.dumps({"paths": [item.file.path for item in items]}).encode()
@@ -346,7 +374,7 @@ class HttpFetcher:
         response: http.client.HTTPResponse,
         item: Item,
         target: Path,
-        report: Progress,
+        report: Tally,
         result: BundleResult,
     ) -> bool:
         """Receive a bundle's next file (into ``result``); False if the rest cannot be read."""
@@ -375,6 +403,12 @@ class HttpFetcher:
     def _download(self, download: Download) -> int:
         """One request for the rest of the file, following redirects; the bytes on disk after
         it (``download.digest`` covers them all)."""
+        try:
+            return self._download_file(download)
+        finally:
+            download.report.flush()
+
+    def _download_file(self, download: Download) -> int:
         url = self.base_url + "files/" + download.item.file.path
         for _ in range(MAX_REDIRECTS + 1):
             headers = dict(self._headers)
