@@ -71,6 +71,7 @@ def render_path(
         "run": "/".join(run_parts) or "_",
         "dataset_type": _safe_component(dataset_type),
         "data_id_path": "/".join(_safe_component(data_id[d]) for d in dims) or "_",
+        "data_id_parent": "/".join(_safe_component(data_id[d]) for d in dims[:-1]) or "_",
         "data_id_flat": "_".join(_safe_component(data_id[d]) for d in dims) or "_",
         "id": str(dataset_id),
     }

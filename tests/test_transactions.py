@@ -259,19 +259,18 @@ def test_a_big_commit_flushes_the_file_system_once_a_small_one_each_path(
     )
     monkeypatch.setattr(datastore, "fsync_file", lambda p: calls.append("file"))
     monkeypatch.setattr(datastore, "_fsync_dir", lambda p: (calls.append("dir"), real_fsync_dir(p)))
-    data_ids = list(itertools.product(VISITS, DETECTORS))
-    big = datastore.SYNC_ALL_THRESHOLD + 1
-    with butler.transaction():  # a directory per dataset (the default file template)
-        for visit, detector in data_ids[:big]:
+    monkeypatch.setattr(datastore, "SYNC_ALL_THRESHOLD", 2)
+    with butler.transaction():  # 12 files in 4 new directories (one per detector)
+        for visit, detector in itertools.product(VISITS[:3], DETECTORS):
             butler.put({"d": detector}, "summary", HSC, visit=visit, detector=detector)
     # The files, then (after the journal's directory) the new directories: one flush each.
     assert calls == ["fs", "dir", "fs"]
     calls.clear()
     with butler.transaction():
-        for visit, detector in data_ids[big : big + 2]:
-            butler.put({"d": detector}, "summary", HSC, visit=visit, detector=detector)
+        for detector in DETECTORS[:2]:
+            butler.put({"d": detector}, "summary", HSC, visit=VISITS[5], detector=detector)
     assert calls == ["file", "file", "dir", "dir", "dir"]  # the journal's, then each parent
-    assert len(butler.query_datasets("summary")) == big + 2
+    assert len(butler.query_datasets("summary")) == 14
 
 
 def test_syncing_a_missing_file_system_path_is_an_error(tmp_path: Path) -> None:
