@@ -151,7 +151,8 @@ class Staging:
         _fsync_dir(self.directory)
         parents: set[Path] = set()
         for staged in self.files:
-            staged.final.parent.mkdir(parents=True, exist_ok=True)
+            if staged.final.parent not in parents:  # files share directories: one mkdir each
+                staged.final.parent.mkdir(parents=True, exist_ok=True)
             if staged.final.exists():
                 raise TransactionError(f"refusing to overwrite existing file {staged.final}")
             os.rename(staged.staged, staged.final)
