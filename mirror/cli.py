@@ -44,6 +44,21 @@ def _token(token_file: Path | None) -> str | None:
 
 
 @contextmanager
+def _interruptible(dest: Path) -> Iterator[None]:
+    """Ctrl-C during a pull: say what is kept and how to go on, and exit with 130 (the
+    shell's status for an interrupt) instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(
+            f"mirror: interrupted. The files verified so far are recorded in {dest} and "
+            "partial downloads are kept: run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(130)
+
+
+@contextmanager
 def _progress(enabled: bool) -> Iterator[Progress | None]:
     if not enabled:
         yield None
@@ -174,7 +189,7 @@ def pull_command(
     )
     echo = (lambda _: None) if quiet or as_json else click.echo
     show = not quiet and not as_json and sys.stderr.isatty()
-    with _progress(show) as progress:
+    with _interruptible(dest), _progress(show) as progress:
         summary = pull(request, echo, progress)
     if dry_run:
         if as_json:
@@ -213,7 +228,8 @@ def update(
             via=via,
             token=_token(token_file),
         )
-        with _progress(not quiet and not as_json and sys.stderr.isatty()) as progress:
+        show = not quiet and not as_json and sys.stderr.isatty()
+        with _interruptible(dest), _progress(show) as progress:
             summary = pull(request, echo, progress)
         results.append(summary)
         if not as_json:
