@@ -173,12 +173,12 @@ class HttpFetcher:
         bundles: bool = True,
     ) -> None:
         """``partials``: names of the partial files there are (None: unknown, look for each).
-        ``bundles``: ask for small files several at a time where the server can (not through
-        a caching proxy, which caches one GET per file).
-
         Knowing them spares the event loop a ``stat`` of each new target: in a directory
         where the download threads create files, a lookup waits for their creations (the
         directory's lock), measured at ~100 us each on the bench.
+
+        ``bundles``: ask for small files several at a time where the server can (False
+        through a caching proxy, which caches one GET per file).
         """
         self.base_url = base_url.rstrip("/") + "/"
         self.settings = settings
@@ -255,6 +255,7 @@ class HttpFetcher:
             on_disk = await loop.run_in_executor(self._threads, self._download, download)
             digest = download.digest
         if not complete(target, size, on_disk, digest, item.file.checksum):
+            progress(-on_disk)  # deleted, to be fetched again: its bytes are not progress
             raise Retry(
                 TransferError(
                     f"{item.file.path}: the downloaded bytes do not match the recorded checksum; "
@@ -398,6 +399,8 @@ class HttpFetcher:
             return False
         if complete(target, item.file.size, on_disk, download.digest, item.file.checksum):
             result.done.append(item)
+        else:  # deleted, to be fetched on its own: its bytes are not progress
+            report(-on_disk)
         return True
 
     def _download(self, download: Download) -> int:

@@ -174,8 +174,10 @@ async def test_a_partial_of_other_bytes_is_detected_and_fetched_again(
     target.write_bytes(b"old version bytes" * 1000)  # a partial of something else
     fake.body = PAYLOAD
     # The stale partial fails the checksum once completed: it is dropped and fetched whole.
-    await fetch(url, item, target)
+    received = await fetch(url, item, target)
     assert target.read_bytes() == PAYLOAD
+    # Progress nets out to the file (the stale bytes were counted as already there).
+    assert received == len(PAYLOAD) - len(b"old version bytes" * 1000)
 
 
 async def test_bytes_failing_the_checksum_are_never_kept(
