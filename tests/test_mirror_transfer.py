@@ -5,6 +5,7 @@ a bundle cut short)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -51,6 +52,12 @@ class FakeOrigin:
         action = self.script.pop(0) if self.script else "ok"
         if action == "busy":
             return web.Response(status=503, headers={"Retry-After": "0"})
+        if action == "stall":  # the head, half the body, then nothing for a while
+            response = web.StreamResponse(headers={"Content-Length": str(len(self.body))})
+            await response.prepare(request)
+            await response.write(self.body[: len(self.body) // 2])
+            await asyncio.sleep(3)
+            return response
         if action == "missing":
             return web.Response(status=404, text="no such file")
         if action == "corrupt":
@@ -382,3 +389,18 @@ def test_bundles_hold_fresh_small_files_up_to_the_limits(tmp_path: Path) -> None
     assert all(len(g) == 1 for g in unknown.bundles(tiny, tmp_path))
     unbundled = HttpFetcher("http://127.0.0.1:9/", None, settings, set(), bundles=False)
     assert all(len(g) == 1 for g in unbundled.bundles(tiny, tmp_path))
+
+
+async def test_a_stalled_answer_times_out_and_keeps_what_arrived(
+    origin: tuple[FakeOrigin, str], tmp_path: Path
+) -> None:
+    fake, url = origin
+    fake.script = ["stall"]
+    target = tmp_path / "blob.part"
+    settings = TransferSettings(jobs=1, attempts=1, read_timeout=0.5)
+    started = time.monotonic()
+    async with HttpFetcher(url, None, settings) as fetcher:
+        with pytest.raises(TransferError, match="no data within the read timeout"):
+            await fetcher.fetch(item_for(PAYLOAD), target, lambda _: None)
+    assert time.monotonic() - started < 2.5  # the read timeout, not the server's stall
+    assert target.read_bytes() == PAYLOAD[: len(PAYLOAD) // 2]  # kept for the resume
