@@ -11,8 +11,6 @@ from typing import Any, Literal, TypeVar
 
 import click
 import yaml
-from rich.console import Console
-from rich.table import Table as RichTable
 
 from butler.butler import Butler
 from butler.cli.completion import (
@@ -72,6 +70,10 @@ def _print_rows(rows: Iterable[Mapping[str, Any]], as_json: bool, title: str = "
     if not rows:
         click.echo(f"No {title or 'results'}.")
         return
+    # Imported here: most commands print no table, and rich costs each start ~50 ms.
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
     table = RichTable(title=title or None)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     for column in columns:
