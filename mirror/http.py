@@ -58,6 +58,7 @@ from mirror.transfer import (
     TransferError,
     TransferSettings,
     complete,
+    disk_failure,
     partial_path,
     resume_point,
 )
@@ -395,7 +396,7 @@ class HttpFetcher:
         except Retry:
             return False  # what arrived is kept: its own request resumes it
         except OSError as exc:
-            result.failed.append((item, f"could not write it to disk: {exc}"))
+            result.failed.append((item, disk_failure(exc)))
             return False
         if complete(target, item.file.size, on_disk, download.digest, item.file.checksum):
             result.done.append(item)

@@ -31,6 +31,7 @@ from mirror.state import MirrorState
 from mirror.transfer import (
     LocalFetcher,
     TransferSettings,
+    disk_failure,
     free_bytes,
     partial_path,
     partial_sizes,
@@ -372,7 +373,7 @@ async def _transfer(
                 # Not made durable (an I/O error, a full disk): nothing of the batch is
                 # recorded. Its partial files stay, to be verified again by the next pull.
                 for item, _ in batch:
-                    on_failed(item, f"could not write it to disk: {exc}")
+                    on_failed(item, disk_failure(exc))
                 continue
             summary.downloaded += len(batch)
             summary.downloaded_bytes += sum(i.file.size for i, _ in batch)

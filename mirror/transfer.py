@@ -85,6 +85,11 @@ def complete(target: Path, size: int, on_disk: int, digest: hashlib._Hash, check
     return False
 
 
+def disk_failure(error: OSError) -> str:
+    """Why a file failed when the destination itself failed (a full disk, an I/O error)."""
+    return f"could not write it to disk: {error}"
+
+
 Progress = Callable[[int], None]
 """Called with the number of new bytes as they arrive (negative: bytes to discount)."""
 
@@ -194,7 +199,7 @@ async def run_transfers(
             on_failed(item, str(exc))
             return
         except OSError as exc:  # the destination's own failure (a full disk, an I/O error)
-            on_failed(item, f"could not write it to disk: {exc}")
+            on_failed(item, disk_failure(exc))
             return
         await on_done(item, target)
 

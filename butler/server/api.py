@@ -379,10 +379,10 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
         request.app[POOL].read(lambda b: _locate_and_open(b, repo, relative)), _close_found
     )
     if found is None:
-        raise web.HTTPNotFound(text=f"no dataset file at {relative}\n")
+        raise web.HTTPNotFound(text=_no_dataset_file(relative) + "\n")
     file, opened = found
     if opened is None:
-        raise web.HTTPNotFound(text=_missing_file(file))
+        raise web.HTTPNotFound(text=_missing_file(file) + "\n")
     scope = "private" if settings.read_access == "token" else "public"
     suffix = PurePosixPath(file.path).suffix
     content_type = _CONTENT_TYPES.get(suffix) or (
@@ -414,9 +414,9 @@ async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
             for path in paths:
                 found = _locate_and_open(butler, repo, path)
                 if found is None:
-                    entries.append((BundleEntry(path, error=f"no dataset file at {path}"), None))
+                    entries.append((BundleEntry(path, error=_no_dataset_file(path)), None))
                 elif found[1] is None:
-                    entries.append((BundleEntry(path, error=_missing_file(found[0]).strip()), None))
+                    entries.append((BundleEntry(path, error=_missing_file(found[0])), None))
                 else:
                     entries.append((BundleEntry(path, found[1].size), found[1]))
         except BaseException:
@@ -454,8 +454,12 @@ def _close_found(found: tuple[FileInfo, OpenedFile | None] | None) -> None:
         found[1].fobj.close()
 
 
+def _no_dataset_file(path: str) -> str:
+    return f"no dataset file at {path}"
+
+
 def _missing_file(file: FileInfo) -> str:
-    return f"the file of dataset {file.dataset_id} is missing from the repository\n"
+    return f"the file of dataset {file.dataset_id} is missing from the repository"
 
 
 # -- write handlers ---------------------------------------------------------------------
