@@ -10,6 +10,7 @@ both backends implement, which is why its bodies only raise) and implemented by 
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-import numpy as np
-
 from butler.errors import ButlerError, DatasetNotFoundError
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry
 from butler.io.source import ByteSource, RangeFile
@@ -27,7 +26,10 @@ from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from butler.universe import DimensionUniverse
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from butler.direct_butler import DirectButler
+    from butler.interactive.factory import QueryFactory
 
 DatasetLike = str | DatasetType | DatasetRef
 Collections = str | Sequence[str] | None
@@ -78,6 +80,8 @@ def memmap_hdu(path: Path, file: FileInfo, hdu: str | int) -> np.memmap[Any, Any
             f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
             "only uncompressed image HDUs can be memory-mapped"
         )
+    import numpy as np  # here: numpy costs a command-line tool's start ~0.07 s
+
     return np.memmap(
         path,
         dtype=np.dtype(entry["dtype"]),
@@ -137,10 +141,14 @@ class Butler(metaclass=_ButlerFactory):
         self.run = run
         self.collections = as_collection_list(collections) or ([run] if run else None)
         self.io_stats = IOStats()
+
+    @functools.cached_property
+    def query(self) -> QueryFactory:
+        """Interactive queries: ``butler.query.calexp.where(instrument="HSC").count()``."""
+        # Imported on first use: the query builder costs every butler's first open ~30 ms.
         from butler.interactive.factory import QueryFactory
 
-        self.query: QueryFactory = QueryFactory(self)
-        """Interactive queries: ``butler.query.calexp.where(instrument="HSC").count()``."""
+        return QueryFactory(self)
 
     @classmethod
     def create(

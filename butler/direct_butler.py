@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_re
 from butler.io.source import ByteSource, LocalFileSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
-from butler.repo_config import RepoConfig, load_repo_config, repo_info, write_new_repo_config
+from butler.repo_config import RepoConfig, load_repo_config, new_repository_layout, repo_info
 from butler.universe import DimensionUniverse
 
 TRANSFER_MODES = ("copy", "move", "hardlink", "link", "symlink", "direct")
@@ -122,17 +122,22 @@ class DirectButler(Butler):
         name: str | None = None,
         universe: str | os.PathLike[str] | None = None,
         description: str = "",
+        tolerated: Collection[str] = (),
     ) -> DirectButler:
-        """Create a new, empty repository at ``path`` and open it for writing."""
+        """Create a new, empty repository at ``path`` and open it for writing.
+
+        ``path`` must be missing or empty, but for the names in ``tolerated``: those are
+        kept as they are, even when the creation fails.
+        """
         root = Path(path).expanduser().absolute()
-        config = write_new_repo_config(
-            root, name=name, universe=Path(universe) if universe else None, description=description
-        )
-        try:
+        with new_repository_layout(
+            root,
+            name=name,
+            universe=Path(universe) if universe else None,
+            description=description,
+            tolerated=tolerated,
+        ) as config:
             Registry.create(config.registry_path, config.load_universe())
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
         return cls(root, writeable=True)
 
     def close(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import yaml
 
 from butler.errors import RepositoryConfigError
-from butler.universe import DimensionUniverse, default_universe_path
+from butler.universe import DimensionUniverse, default_universe_path, safe_load_yaml
 
 CONFIG_NAME = "butler.yaml"
 UNIVERSE_NAME = "dimensions.yaml"
@@ -62,7 +64,7 @@ def load_repo_config(root: Path) -> RepoConfig:
         )
         raise RepositoryConfigError(f"{root} is not a butler repository (no {CONFIG_NAME}); {hint}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise RepositoryConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, Mapping):
@@ -93,40 +95,112 @@ def load_repo_config(root: Path) -> RepoConfig:
     )
 
 
-def write_new_repo_config(
+CREATING_MARK = ".butler-creating"
+"""Present while a repository is created. ``butler.yaml`` is written last: until it is
+there, the other files beside this mark are an unfinished creation's, which the next
+creation in the same directory replaces (a creation killed half-way never blocks it)."""
+_CREATION_FILES = frozenset(
+    {
+        CREATING_MARK,
+        CONFIG_NAME + ".tmp",
+        UNIVERSE_NAME,
+        *(REGISTRY_NAME + suffix for suffix in ("", "-wal", "-shm", "-journal")),
+    }
+)
+
+
+def check_new_repo_root(root: Path, tolerated: Collection[str] = ()) -> None:
+    """Refuse to lay a new repository over anything: ``root`` must be missing or empty, but
+    for the names in ``tolerated`` (the mirror's partial downloads), a ``.DS_Store`` and
+    what an unfinished creation left."""
+    if (root / CONFIG_NAME).exists():
+        raise RepositoryConfigError(f"{root} already holds a butler repository")
+    if not root.exists():
+        return
+    names = {p.name for p in root.iterdir()}
+    allowed = {".DS_Store", *tolerated, *(_CREATION_FILES if CREATING_MARK in names else ())}
+    if names - allowed:
+        raise RepositoryConfigError(
+            f"{root} exists and is not empty; choose a new or empty directory"
+        )
+
+
+@contextmanager
+def new_repository_layout(
     root: Path,
     name: str | None = None,
     universe: Path | None = None,
     file_template: str = DEFAULT_FILE_TEMPLATE,
     description: str = "",
-) -> RepoConfig:
-    """Lay out a new repository's config and universe in ``root`` (created if missing)."""
+    tolerated: Collection[str] = (),
+) -> Iterator[RepoConfig]:
+    """Lay out a new repository in ``root`` (created if missing) around its registry.
+
+    The body creates the registry at the config's ``registry_path``. ``butler.yaml`` is
+    written when it succeeds, last, so a repository is never seen half-made. When it fails,
+    everything but ``tolerated`` is removed again. ``root`` must be missing or empty, but
+    for the names in ``tolerated``.
+    """
     root = Path(root)
-    if (root / CONFIG_NAME).exists():
-        raise RepositoryConfigError(f"{root} already holds a butler repository")
-    if root.exists() and any(p.name != ".DS_Store" for p in root.iterdir()):
-        raise RepositoryConfigError(
-            f"{root} exists and is not empty; choose a new or empty directory"
-        )
+    check_new_repo_root(root, tolerated)
     source_universe = Path(universe) if universe else default_universe_path()
     DimensionUniverse.from_file(source_universe)  # validate before writing anything
+    existed = root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source_universe, root / UNIVERSE_NAME)
+    mark = root / CREATING_MARK
+    mark.touch()
+    try:
+        for leftover in _CREATION_FILES - {CREATING_MARK}:
+            (root / leftover).unlink(missing_ok=True)
+        shutil.copyfile(source_universe, root / UNIVERSE_NAME)
+        config = RepoConfig(
+            root=root,
+            name=name or root.resolve().name,
+            format_version=FORMAT_VERSION,
+            universe_file=UNIVERSE_NAME,
+            file_template=file_template,
+            description=description,
+        )
+        yield config
+        _write_config(config)
+    except BaseException:
+        _remove_all_but(root, tolerated, remove_root=not existed)
+        raise
+    mark.unlink()
+
+
+def _write_config(config: RepoConfig) -> None:
     data = {
-        "format_version": FORMAT_VERSION,
-        "name": name or root.resolve().name,
+        "format_version": config.format_version,
+        "name": config.name,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "universe": UNIVERSE_NAME,
-        "file_template": file_template,
-        "description": description,
+        "universe": config.universe_file,
+        "file_template": config.file_template,
+        "description": config.description,
     }
-    tmp = root / (CONFIG_NAME + ".tmp")
-    tmp.write_text(
-        "# Butler repository configuration (written by `butler create`).\n"
-        + yaml.safe_dump(data, sort_keys=False)
-    )
-    os.replace(tmp, root / CONFIG_NAME)
-    return load_repo_config(root)
+    tmp = config.root / (CONFIG_NAME + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(
+            "# Butler repository configuration (written by `butler create`).\n"
+            + yaml.safe_dump(data, sort_keys=False)
+        )
+        f.flush()
+        os.fsync(f.fileno())  # the registry it names is on disk already (SQLite synced it)
+    os.replace(tmp, config.root / CONFIG_NAME)
+
+
+def _remove_all_but(root: Path, kept: Collection[str], remove_root: bool) -> None:
+    """Undo a failed repository creation, keeping the entries named in ``kept``."""
+    for entry in root.iterdir():
+        if entry.name in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if remove_root:
+        with contextlib.suppress(OSError):  # not empty: something kept is in it
+            root.rmdir()
 
 
 def repo_info(config: RepoConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +28,12 @@ import yaml
 from butler.butler import Butler, is_remote_uri
 from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
+from butler.repo_config import CONFIG_NAME, check_new_repo_root
 from mirror.http import HttpFetcher
 from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
 from mirror.state import MirrorState
 from mirror.transfer import (
+    PARTIAL_DIR,
     LocalFetcher,
     TransferSettings,
     disk_failure,
@@ -99,14 +104,18 @@ def open_source(source: str, via: str | None, token: str | None) -> Butler:
 
 def open_mirror(dest: Path, source: Butler) -> DirectButler:
     """The destination repository, created with the source's dimension universe if new."""
-    if (dest / "butler.yaml").exists():
+    if (dest / CONFIG_NAME).exists():
         return DirectButler(dest, writeable=True)
     universe_file = dest.parent / f".{dest.name}-universe.yaml"
     dest.parent.mkdir(parents=True, exist_ok=True)
     universe_file.write_text(yaml.safe_dump(source.universe.config, sort_keys=False))
     try:
         return DirectButler.create_repository(
-            dest, universe=universe_file, description=f"mirror of {_describe_source(source)}"
+            dest,
+            universe=universe_file,
+            description=f"mirror of {_describe_source(source)}",
+            # Downloads of a pull stopped before (none yet recorded) are resumed.
+            tolerated={PARTIAL_DIR},
         )
     finally:
         universe_file.unlink(missing_ok=True)
@@ -231,14 +240,22 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
     """Run a pull end to end (see the module docstring); ``progress`` is a rich Progress."""
     started = time.monotonic()
     with contextlib.closing(open_source(request.source, request.via, request.token)) as source:
+        # The mirror's SQLite layer (sqlite-utils, and the numpy it loads: ~0.1 s of imports)
+        # is loaded while the source answers the query, which mostly waits on the network.
+        warm_up = threading.Thread(target=importlib.import_module, args=("sqlite_utils",))
+        warm_up.daemon = True
+        warm_up.start()
         items = query_items(
             source, request.dataset_types, request.collections, request.where, request.bind
         )
         dest = request.dest.absolute()
         present: set[uuid.UUID] = set()
-        if (dest / "butler.yaml").exists():
+        if (dest / CONFIG_NAME).exists():
             with DirectButler(dest) as existing:
                 present = existing.registry.existing_ids(i.ref.id for i in items)
+        else:
+            # Before anything is written: a new mirror goes only where a repository may.
+            check_new_repo_root(dest, tolerated={PARTIAL_DIR})
         partial = {uuid.UUID(k): v for k, v in partial_sizes(dest).items()}
         plan = make_plan(items, present, partial, free_bytes(dest))
         echo(describe_plan(plan))
@@ -251,29 +268,15 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
             )
         if request.dry_run:
             return summary
-        mirror = open_mirror(dest, source)
-        state = MirrorState(dest)
-        try:
-            pull_id = state.start_pull(request.source)
-            query_id = state.record_query(
-                request.source,
-                request.dataset_types,
-                request.collections,
-                request.where,
-                request.bind,
-            )
+        with contextlib.closing(open_for_pull(request, source, plan)) as opened:
             if plan.to_fetch:
-                copy_definitions(source, mirror, plan.to_fetch)
-            copy_collections(source, mirror, request.collections)
-            if plan.to_fetch:
-                asyncio.run(
-                    _transfer(request, source, mirror, state, plan, summary, query_id, progress)
-                )
-            state.add_provenance(provenance_rows(plan.present, query_id, request.source))
-            state.mark_pulled(query_id)
+                asyncio.run(_transfer(request, source, opened, plan, summary, progress))
+            state = opened.state
+            state.add_provenance(provenance_rows(plan.present, opened.query_id, request.source))
+            state.mark_pulled(opened.query_id)
             summary.seconds = time.monotonic() - started
             state.finish_pull(
-                pull_id,
+                opened.pull_id,
                 "failed" if summary.failed else "complete",
                 summary.downloaded,
                 summary.skipped,
@@ -281,22 +284,60 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
                 summary.downloaded_bytes,
             )
             remove_partial_dir(dest)
-        finally:
-            state.close()
-            mirror.close()
     return summary
+
+
+@dataclass
+class OpenedMirror:
+    """The mirror's repository and state, opened for one pull that is recorded in them."""
+
+    mirror: DirectButler
+    state: MirrorState
+    pull_id: int = 0
+    query_id: int = 0
+
+    def close(self) -> None:
+        self.state.close()
+        self.mirror.close()
+
+
+def open_for_pull(request: PullRequest, source: Butler, plan: Plan) -> OpenedMirror:
+    """Open (or create) the mirror, record the pull and its query, and copy the definitions
+    that the files to fetch need, so that they can be committed as they arrive."""
+    dest = request.dest.absolute()
+    mirror = open_mirror(dest, source)
+    try:
+        opened = OpenedMirror(mirror, MirrorState(dest))
+    except BaseException:
+        mirror.close()
+        raise
+    try:
+        opened.pull_id = opened.state.start_pull(request.source)
+        opened.query_id = opened.state.record_query(
+            request.source, request.dataset_types, request.collections, request.where, request.bind
+        )
+        if plan.to_fetch:
+            copy_definitions(source, mirror, plan.to_fetch)
+        copy_collections(source, mirror, request.collections)
+    except BaseException:
+        opened.close()
+        raise
+    return opened
 
 
 async def _transfer(
     request: PullRequest,
     source: Butler,
-    mirror: DirectButler,
-    state: MirrorState,
+    opened: OpenedMirror,
     plan: Plan,
     summary: PullSummary,
-    query_id: int,
     progress: Any,
 ) -> None:
+    # Commits, local copies and re-hashing of resumed partial files run in threads: enough
+    # of them that the downloads never queue behind a commit.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=max(8, 2 * request.jobs), thread_name_prefix="mirror-io")
+    )
     dest = request.dest.absolute()
     url = getattr(source, "url", None)
     fetcher: HttpFetcher | LocalFetcher = (
@@ -327,7 +368,7 @@ async def _transfer(
             progress.advance(bytes_task, n)
 
     def commit(batch: list[tuple[Item, Path]]) -> None:
-        mirror.ingest_many(
+        opened.mirror.ingest_many(
             [
                 IngestEntry(
                     path,
@@ -344,7 +385,9 @@ async def _transfer(
             ],
             transfer="move",
         )
-        state.add_provenance(provenance_rows([i for i, _ in batch], query_id, request.source))
+        opened.state.add_provenance(
+            provenance_rows([i for i, _ in batch], opened.query_id, request.source)
+        )
 
     async def committer() -> None:
         """One task commits verified files, so downloads never wait for it.

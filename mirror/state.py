@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 STATE_NAME = "mirror.sqlite3"
 
 
@@ -50,7 +48,13 @@ class MirrorState:
         # Used from the pull's commit thread too; calls never overlap (one committer).
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
+        # Like the registry's: a commit is not flushed on its own but at the next checkpoint
+        # (a power cut may lose the last commits, never the database's consistency).
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA busy_timeout = 30000")
+        # Imported here, like the registry's (see butler.registry._database).
+        import sqlite_utils
+
         self.db = sqlite_utils.Database(conn)
         self._create()
 

@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Self
@@ -182,11 +181,6 @@ async def run_transfers(
 ) -> None:
     """Fetch ``items`` with ``jobs`` workers; hand each verified file to ``on_done``."""
     (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
-    # Commits, local copies and re-hashing of resumed partial files run in threads: enough
-    # of them that the downloads never queue behind a commit.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=max(8, 2 * jobs), thread_name_prefix="mirror-io")
-    )
     queue: asyncio.Queue[list[Item]] = asyncio.Queue()
     for group in fetcher.bundles(items, dest):
         queue.put_nowait(group)

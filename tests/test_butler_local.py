@@ -27,6 +27,7 @@ from butler import (
     RepositoryConfigError,
     StorageClassError,
 )
+from butler.direct_butler import DirectButler
 
 HSC = {"instrument": "HSC"}
 
@@ -67,6 +68,44 @@ def test_create_lays_out_a_self_describing_repository(tmp_path: Path) -> None:
     assert universe["elements"]["physical_filter"]["implies"] == ["band"]
     with pytest.raises(RepositoryConfigError, match="already holds"):
         Butler.create(root)
+
+
+def test_create_never_leaves_a_half_made_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "new"
+    root.mkdir()
+    (root / ".mirror-partial").mkdir()
+    (root / ".mirror-partial" / "a.part").write_bytes(b"kept")
+
+    def fail(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as m:
+        m.setattr("butler.direct_butler.Registry.create", fail)
+        with pytest.raises(sqlite3.OperationalError):
+            DirectButler.create_repository(root, tolerated={".mirror-partial"})
+    # Undone, but for what the caller said to keep.
+    assert sorted(p.name for p in root.iterdir()) == [".mirror-partial"]
+    assert (root / ".mirror-partial" / "a.part").read_bytes() == b"kept"
+    # A creation killed after its registry, before butler.yaml (written last): no
+    # repository, and the next creation replaces what it left.
+    (root / ".butler-creating").touch()
+    (root / "registry.sqlite3").write_bytes(b"half a registry")
+    (root / "dimensions.yaml").write_text("half a universe")
+    with pytest.raises(RepositoryConfigError, match="not a butler repository"):
+        Butler(root)
+    with DirectButler.create_repository(root, tolerated={".mirror-partial"}) as butler:
+        assert butler.registry.count_datasets() == 0
+    assert not (root / ".butler-creating").exists()
+    assert (root / ".mirror-partial" / "a.part").read_bytes() == b"kept"
+    # Without the mark, other files are the user's: never replaced.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "registry.sqlite3").write_bytes(b"someone's")
+    with pytest.raises(RepositoryConfigError, match="not empty"):
+        Butler.create(other)
+    assert (other / "registry.sqlite3").read_bytes() == b"someone's"
 
 
 def test_opening_a_non_repository_says_what_to_do(tmp_path: Path) -> None:
@@ -354,7 +393,7 @@ def test_registry_is_plain_sqlite_with_json_file_index(butler: Butler) -> None:
 def test_ingest_many_is_one_transaction_and_reuses_a_matching_index(
     butler: Butler, tmp_path: Path
 ) -> None:
-    from butler.direct_butler import DirectButler, IngestEntry
+    from butler.direct_butler import IngestEntry
 
     assert isinstance(butler, DirectButler)
     sources = []

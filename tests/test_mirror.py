@@ -19,6 +19,8 @@ from servers import ButlerServer
 
 from butler import Butler, DatasetNotFoundError
 from butler.direct_butler import DirectButler
+from butler.errors import RepositoryConfigError
+from butler.refs import DatasetRef
 from mirror.plan import Item, make_plan
 from mirror.pull import NotEnoughSpaceError, PullRequest, pull
 
@@ -128,6 +130,17 @@ def test_not_enough_space_is_refused_before_anything_moves(
     assert not (dest / "registry.sqlite3").exists()
 
 
+def test_a_directory_of_other_files_is_refused_before_anything_is_written(
+    server: ButlerServer, tmp_path: Path
+) -> None:
+    dest = tmp_path / "papers"
+    dest.mkdir()
+    (dest / "draft.tex").write_text("mine")
+    with pytest.raises(RepositoryConfigError, match="not empty; choose a new or empty"):
+        pull(PullRequest(server.url, dest, ["flux"], ["raw"]), echo=lambda _: None)
+    assert sorted(p.name for p in dest.iterdir()) == ["draft.tex"]  # no partial downloads
+
+
 def test_plan_counts_partial_downloads() -> None:
     import uuid
 
@@ -156,33 +169,61 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys, threading
     import mirror.partfile as partfile
+    from butler.direct_butler import DirectButler
+    from butler.registry import Registry
     from mirror.cli import main
 
-    # Counted where the bytes reach the disk, in the download threads: the signal comes
-    # mid-transfer, whatever the grouping of files and of progress reports.
-    limit = int(os.environ["KILL_AFTER_BYTES"])
     how = getattr(signal, os.environ["KILL_SIGNAL"])
-    real = partfile.PartFile.write
-    lock = threading.Lock()
-    seen = [0]
+    if os.environ["KILL_WHEN"] == "creating":
+        # The new mirror's registry is made, its butler.yaml not yet written.
+        real_create = Registry.create.__func__
 
-    def write(self, data):
-        real(self, data)
-        with lock:
-            seen[0] += len(data)
-            if seen[0] >= limit and seen[0] - len(data) < limit:
+        def create(cls, *args):
+            real_create(cls, *args)
+            os.kill(os.getpid(), how)
+
+        Registry.create = classmethod(create)
+    else:
+        # Mid-transfer, once a commit has recorded files: counted where the bytes reach the
+        # disk, in the download threads, whatever the grouping of files and of progress.
+        # Bundles of 1 MiB (4 files), so that some settle, and are committed, before others.
+        import mirror.http
+        mirror.http.BUNDLE_BYTES = 1 << 20
+        limit = int(os.environ["KILL_AFTER_BYTES"])
+        real_write = partfile.PartFile.write
+        real_ingest = DirectButler.ingest_many
+        lock = threading.Lock()
+        committed = threading.Event()
+        seen = [0]
+
+        def write(self, data):
+            real_write(self, data)
+            with lock:
+                seen[0] += len(data)
+                crossed = seen[0] >= limit and seen[0] - len(data) < limit
+            if crossed:
+                committed.wait(30)
                 os.kill(os.getpid(), how)
 
-    partfile.PartFile.write = write
+        def ingest_many(self, *args, **kwargs):
+            result = real_ingest(self, *args, **kwargs)
+            committed.set()
+            return result
+
+        partfile.PartFile.write = write
+        DirectButler.ingest_many = ingest_many
     sys.argv = ["mirror", *sys.argv[1:]]
     main()
     """
 )
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize(
+    ("how", "when"),
+    [("SIGKILL", "mid-transfer"), ("SIGINT", "mid-transfer"), ("SIGKILL", "creating")],
+)
 def test_interrupted_mid_pull_then_rerun_fetches_only_what_is_missing(
-    server: ButlerServer, source_repo: Path, tmp_path: Path, how: str
+    server: ButlerServer, source_repo: Path, tmp_path: Path, how: str, when: str
 ) -> None:
     dest = tmp_path / "interrupted"
     total = sum(
@@ -194,7 +235,12 @@ def test_interrupted_mid_pull_then_rerun_fetches_only_what_is_missing(
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "KILL_AFTER_BYTES": str(total // 2), "KILL_SIGNAL": how},
+        env={
+            **os.environ,
+            "KILL_AFTER_BYTES": str(total // 2),
+            "KILL_SIGNAL": how,
+            "KILL_WHEN": when,
+        },
     )
     if how == "SIGKILL":
         assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -202,9 +248,17 @@ def test_interrupted_mid_pull_then_rerun_fetches_only_what_is_missing(
         assert killed.returncode == 130, killed.stderr
         assert "interrupted" in killed.stderr
         assert "Traceback" not in killed.stderr
-    with DirectButler(dest) as partial_mirror:
-        committed = partial_mirror.query_datasets("flux", "raw")
-        assert partial_mirror.verify() == []  # never claims a file it lacks or holds corrupt
+    committed: list[DatasetRef] = []
+    if when == "creating":
+        # The new mirror is laid out beside its first downloads and butler.yaml comes last:
+        # killed before it, the directory is no repository yet, so it claims nothing.
+        assert not (dest / "butler.yaml").exists()
+        assert (dest / ".butler-creating").exists()
+    else:
+        with DirectButler(dest) as partial_mirror:
+            committed = partial_mirror.query_datasets("flux", "raw")
+            assert partial_mirror.verify() == []  # never claims a file it lacks or holds corrupt
+        assert 0 < len(committed) < 20
     with DirectButler(source_repo) as src:
         sizes = {r.id: f.size for r, f in src.query_datasets_with_files("flux", "raw")}
     committed_bytes = sum(sizes[r.id] for r in committed)
@@ -220,6 +274,7 @@ def test_interrupted_mid_pull_then_rerun_fetches_only_what_is_missing(
     with DirectButler(dest) as done:
         assert len(done.query_datasets("flux", "raw")) == 20
         assert done.verify() == []
+    assert not (dest / ".butler-creating").exists()
 
 
 def test_incremental_update_fetches_only_new_datasets(

@@ -22,9 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from butler.butler import (
     Collections,
@@ -50,6 +48,9 @@ from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
 from butler.remote.client import ClientSettings, RepositoryClient, data_id_json
 from butler.remote.source import HttpByteSource
 from butler.universe import DimensionUniverse
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
