@@ -378,6 +378,7 @@ async def _transfer(
                     dataset_id=item.ref.id,
                     # Verified while it was downloaded, so the source's index describes it too.
                     checksum=item.file.checksum,
+                    size=item.file.size,
                     index=item.file.index,
                     index_formatter=item.file.formatter,
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import uuid
@@ -438,3 +439,25 @@ def test_ingest_many_is_one_transaction_and_reuses_a_matching_index(
     assert first.index == bogus  # the caller's index, built by the same formatter
     assert "from" not in second.index  # built here: the caller's came from another formatter
     np.testing.assert_array_equal(butler.get(refs[1]), np.full((2, 3), 1, dtype=np.int16))
+    # A missing file refuses the whole batch too, naming it; the others stay where they are.
+    visit_102 = {**HSC, "visit": 102, "detector": 2}
+    with pytest.raises(FileNotFoundError, match=r"cannot ingest .*gone\.npy: no such file"):
+        butler.ingest_many(
+            [
+                IngestEntry(sources[2], "flux", visit_102),
+                IngestEntry(tmp_path / "gone.npy", "flux", {**visit_102, "detector": 0}),
+            ],
+            transfer="move",
+        )
+    assert sources[2].exists()
+    assert len(butler.query_datasets("flux", visit=102)) == 0
+    # A size and checksum verified by the caller are recorded as given, without a stat.
+    size = sources[2].stat().st_size
+    checksum = "sha256:" + hashlib.sha256(sources[2].read_bytes()).hexdigest()
+    (ref,) = butler.ingest_many(
+        [IngestEntry(sources[2], "flux", visit_102, checksum=checksum, size=size)],
+        transfer="move",
+    )
+    info = butler.get_file_info(ref)
+    assert (info.size, info.checksum) == (size, checksum)
+    assert butler.verify() == []
