@@ -25,12 +25,13 @@ from typing import Any
 
 import yaml
 
-from butler.butler import Butler, is_remote_uri
+from butler.butler import is_remote_uri
 from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
 from butler.repo_config import CONFIG_NAME, check_new_repo_root
 from mirror.http import HttpFetcher
 from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
+from mirror.source import HttpSource, Source
 from mirror.state import MirrorState
 from mirror.transfer import (
     PARTIAL_DIR,
@@ -91,18 +92,18 @@ class PullSummary:
         }
 
 
-def open_source(source: str, via: str | None, token: str | None) -> Butler:
+def open_source(source: str, via: str | None, token: str | None) -> Source:
     """The repository to query: ``via`` (a proxy URL for it) when given, else ``source``."""
     target = via or source
     if is_remote_uri(target):
-        return Butler(target, token=token)
+        return HttpSource(target, token)
     path = Path(target)
     if not path.is_dir():
         raise RepositoryConfigError(f"source {target} is neither an http(s) URL nor a directory")
-    return Butler(path)
+    return DirectButler(path)
 
 
-def open_mirror(dest: Path, source: Butler) -> DirectButler:
+def open_mirror(dest: Path, source: Source) -> DirectButler:
     """The destination repository, created with the source's dimension universe if new."""
     if (dest / CONFIG_NAME).exists():
         return DirectButler(dest, writeable=True)
@@ -121,12 +122,12 @@ def open_mirror(dest: Path, source: Butler) -> DirectButler:
         universe_file.unlink(missing_ok=True)
 
 
-def _describe_source(source: Butler) -> str:
+def _describe_source(source: Source) -> str:
     return str(getattr(source, "url", None) or getattr(source, "root", ""))
 
 
 def query_items(
-    source: Butler,
+    source: Source,
     dataset_types: Sequence[str],
     collections: Sequence[str],
     where: str,
@@ -145,7 +146,7 @@ def query_items(
     return items
 
 
-def copy_definitions(source: Butler, mirror: DirectButler, items: Sequence[Item]) -> None:
+def copy_definitions(source: Source, mirror: DirectButler, items: Sequence[Item]) -> None:
     """Dataset types and dimension records the items need, copied from the source."""
     types = {item.ref.dataset_type.name: item.ref.dataset_type for item in items}
     universe = mirror.universe
@@ -186,7 +187,7 @@ def copy_definitions(source: Butler, mirror: DirectButler, items: Sequence[Item]
 
 
 def _fetch_records(
-    source: Butler, universe: Any, element: str, wanted: Iterable[tuple[tuple[str, Any], ...]]
+    source: Source, universe: Any, element: str, wanted: Iterable[tuple[tuple[str, Any], ...]]
 ) -> list[dict[str, Any]]:
     by_parents: dict[tuple[tuple[str, Any], ...], list[Any]] = defaultdict(list)
     for key in wanted:
@@ -202,7 +203,7 @@ def _fetch_records(
     return out
 
 
-def copy_collections(source: Butler, mirror: DirectButler, collections: Sequence[str]) -> None:
+def copy_collections(source: Source, mirror: DirectButler, collections: Sequence[str]) -> None:
     """Recreate CHAINED collections that were queried (their RUN children may be empty)."""
     kinds = {c["name"]: c for c in source.query_collections()}
 
@@ -301,7 +302,7 @@ class OpenedMirror:
         self.mirror.close()
 
 
-def open_for_pull(request: PullRequest, source: Butler, plan: Plan) -> OpenedMirror:
+def open_for_pull(request: PullRequest, source: Source, plan: Plan) -> OpenedMirror:
     """Open (or create) the mirror, record the pull and its query, and copy the definitions
     that the files to fetch need, so that they can be committed as they arrive."""
     dest = request.dest.absolute()
@@ -327,7 +328,7 @@ def open_for_pull(request: PullRequest, source: Butler, plan: Plan) -> OpenedMir
 
 async def _transfer(
     request: PullRequest,
-    source: Butler,
+    source: Source,
     opened: OpenedMirror,
     plan: Plan,
     summary: PullSummary,

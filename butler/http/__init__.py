@@ -1,1 +1,2 @@
-"""Pure HTTP semantics (RFC 9110 ranges and conditional requests) shared by server and proxy."""
+"""Pure HTTP pieces shared by server, proxy and clients: RFC 9110 ranges and conditional
+requests, the file bundle framing, and the server's error answers."""

@@ -20,13 +20,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from butler.errors import (
-    ButlerError,
-    CorruptFileError,
-    RemoteUnavailableError,
-    ServerError,
-    error_classes,
-)
+from butler.errors import CorruptFileError, RemoteUnavailableError
+from butler.http.errors import raise_for_error
 from butler.http.ranges import parse_content_range
 from butler.io.source import ByteRange, merge_ranges
 
@@ -64,26 +59,6 @@ class ClientSettings:
         if token is None:
             token = os.environ.get("BUTLER_TOKEN") or None
         return cls(url=url.rstrip("/") + "/", token=token, **options)
-
-
-def raise_for_error(status: int, body: bytes, url: str) -> None:
-    """Re-raise a server's JSON error as its own class; other failures as ServerError."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and "error_type" in data:
-        cls = error_classes().get(str(data["error_type"]))
-        message = str(data.get("message", ""))
-        if status >= 500 and data.get("request_id"):
-            message = f"{message} (request ID {data['request_id']})"
-        if cls is None:
-            cls = ServerError if status >= 500 else ButlerError
-        raise cls.from_wire(message, data.get("details") or {})
-    text = body[:300].decode(errors="replace").strip()
-    if status >= 500:
-        raise ServerError(f"{url} answered {status}: {text}")
-    raise ButlerError(f"{url} answered {status}: {text}")
 
 
 class RepositoryClient:
