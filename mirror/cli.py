@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -378,5 +379,28 @@ def serve(dest: Path, host: str, port: int) -> None:
 
 main.add_command(completion_command("mirror"))
 
+
+def run() -> NoReturn:
+    """The ``mirror`` command: :func:`main`, then an exit without the interpreter's teardown.
+
+    Every command closes what it opened (databases, files, connections, threads) before it
+    returns, so the teardown has nothing left to do but free each object one by one, which
+    took a pull 0.07-0.11 s on the bench machine, after its work was done.
+    """
+    try:
+        main()
+        status = 0
+    except SystemExit as stop:  # click ends every command with one
+        if stop.code is None or isinstance(stop.code, int):
+            status = stop.code or 0
+        else:  # a message, as sys.exit("...") prints it
+            print(stop.code, file=sys.stderr)
+            status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (| head), a closed stream
+            stream.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -34,6 +34,8 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): click ends the command quietly
         except (ButlerError, OSError) as exc:
             raise click.ClickException(str(exc)) from exc
 
