@@ -144,7 +144,7 @@ class Staging:
         journal = self.directory / JOURNAL_NAME
         tmp = journal.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(entries, f)
+            f.write(json.dumps(entries))  # one write; json.dump makes one per token
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, journal)
