@@ -22,7 +22,7 @@ import http.client
 import json
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from butler.errors import RemoteUnavailableError, RepositoryConfigError
@@ -38,36 +38,11 @@ REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
+if TYPE_CHECKING:
+    from butler.direct_butler import DirectButler
 
-class Source(Protocol):
-    """What a pull asks of its source (a local repository or :class:`HttpSource`)."""
-
-    @property
-    def universe(self) -> DimensionUniverse: ...
-
-    def query_datasets_with_files(
-        self,
-        dataset_type: str,
-        collections: Sequence[str] | None = None,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        find_first: bool = True,
-    ) -> list[tuple[DatasetRef, FileInfo]]: ...
-
-    def query_dimension_records(
-        self,
-        element: str,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        **data_id: Any,
-    ) -> list[dict[str, Any]]: ...
-
-    def query_collections(self) -> list[dict[str, Any]]: ...
-
-    def get_collection_chain(self, name: str) -> list[str]: ...
-
-    def close(self) -> None: ...
+Source: TypeAlias = "DirectButler | HttpSource"
+"""What a pull asks its questions of: a local repository, or a server over HTTP."""
 
 
 class HttpSource:

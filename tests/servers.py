@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from butler.server.process import ServerProcess
 
@@ -19,6 +24,21 @@ tokens:
     token: "{READ_TOKEN}"
     scopes: [read]
 """
+
+
+@asynccontextmanager
+async def served_app(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve a fake origin's ``app`` on 127.0.0.1 and a free port; yields its base URL."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()
+
+
 _ACCESS = re.compile(
     r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3}) body=(?P<bytes>\d+|-)'
 )

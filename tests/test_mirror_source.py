@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from aiohttp import web
-from servers import READ_TOKEN, ButlerServer
+from servers import READ_TOKEN, ButlerServer, served_app
 
 from butler import Butler
 from butler.direct_butler import DirectButler
@@ -151,13 +151,8 @@ async def fake() -> AsyncIterator[tuple[FakeServer, str]]:
     app.router.add_get("/api/v1/dimensions/old/records", server.old_records)
     app.router.add_get("/api/v1/dimensions/thing/records", server.records)
     app.router.add_get("/api/v1/collections", server.not_json)
-    runner = web.AppRunner(app, keepalive_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield server, f"http://127.0.0.1:{port}/"
-    await runner.cleanup()
+    async with served_app(app, keepalive_timeout=0.2) as url:
+        yield server, url
 
 
 async def test_pages_redirects_and_dropped_connections(fake: tuple[FakeServer, str]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from conftest import direct_io_in_tmp
+from servers import served_app
 
 from butler.http.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
 from butler.http.bundle import BundleEntry
@@ -113,13 +114,8 @@ async def origin() -> AsyncIterator[tuple[FakeOrigin, str]]:
     app.router.add_get("/files/{name}", fake.handle)
     app.router.add_post("/api/v1/files/bundle", fake.bundle)
     app.router.add_get("/api/v1/", fake.info)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake, f"http://127.0.0.1:{port}/"
-    await runner.cleanup()
+    async with served_app(app) as url:
+        yield fake, url
 
 
 def item_for(body: bytes, path: str = "blob") -> Item:
