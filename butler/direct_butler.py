@@ -519,12 +519,10 @@ class DirectButler(Butler):
                         index,
                         size=entry.size if entry.checksum else None,
                     )
-                except FileNotFoundError:
-                    if not entry.path.is_file():
-                        raise _missing(entry.path) from None
-                    raise
-                except BaseException:
+                except BaseException as exc:
                     staged.unlink(missing_ok=True)
+                    if isinstance(exc, FileNotFoundError) and not entry.path.is_file():
+                        raise _missing(entry.path) from None
                     raise
                 staging.add(ref.id, staged, info.path)
                 rows.setdefault(resolved.name, []).append((ref, info))

@@ -52,8 +52,8 @@ def _now() -> str:
 
 
 def _database(target: sqlite3.Connection | Path) -> sqlite_utils.Database:
-    # Imported when a registry is opened: sqlite-utils (with the numpy it loads) costs
-    # ~0.1 s, which a pull spends in a thread while its first files come down.
+    # Imported when a registry is opened: sqlite-utils (with the numpy it loads) costs a
+    # start ~0.1 s, which `mirror pull` spends while its source answers the query.
     import sqlite_utils
 
     return sqlite_utils.Database(target)
