@@ -15,7 +15,12 @@ from typing import Any
 import yaml
 
 from butler.errors import RepositoryConfigError
-from butler.universe import DimensionUniverse, default_universe_path, safe_load_yaml
+from butler.universe import (
+    DimensionUniverse,
+    default_universe_path,
+    safe_dump_yaml,
+    safe_load_yaml,
+)
 
 CONFIG_NAME = "butler.yaml"
 UNIVERSE_NAME = "dimensions.yaml"
@@ -182,7 +187,7 @@ def _write_config(config: RepoConfig) -> None:
     with open(tmp, "w") as f:
         f.write(
             "# Butler repository configuration (written by `butler create`).\n"
-            + yaml.safe_dump(data, sort_keys=False)
+            + safe_dump_yaml(data)
         )
         f.flush()
         os.fsync(f.fileno())  # the registry it names is on disk already (SQLite synced it)
