@@ -19,10 +19,11 @@ writes it to disk (both release the GIL too). The event loop only hands out file
 receives them done.
 
 Small fresh files go several to a request, in bundles (:mod:`butler.http.bundle`), where the
-server has them: a request costs the server about a millisecond of CPU whatever the size,
+server offers them: a request costs the server about a millisecond of CPU whatever the size,
 and on the bench one request per 1 MiB file made the server the busiest process (3.2-4.5 s
 of CPU per 2,000 files, against 1.4-2.9 s for bundles of 4 to 32 files). Through a caching
-proxy (``--via``) each file is one GET, which the proxy caches. The measurements are in
+proxy (``--via``, or one that marks its answers) each file is one GET, which the proxy
+caches; :attr:`mirror.source.HttpSource.bundle_files` decides. The measurements are in
 ``bench/RESULTS.md``.
 """
 
@@ -73,7 +74,6 @@ GATHER = 1 << 20
 USER_AGENT = "butler-mirror/1"
 REPORT_BYTES = 8 << 20
 REPORT_SECONDS = 0.25
-INFO_PATH = "api/v1/"
 BUNDLE_PATH = "api/v1/files/bundle"
 BUNDLE_FILE_BYTES = 4 << 20
 """Files up to this size are fetched in bundles (several to a request); larger ones alone."""
@@ -171,15 +171,15 @@ class HttpFetcher:
         token: str | None,
         settings: TransferSettings,
         partials: Collection[str] | None = None,
-        bundles: bool = True,
+        bundle_files: int = 0,
     ) -> None:
         """``partials``: names of the partial files there are (None: unknown, look for each).
         Knowing them spares the event loop a ``stat`` of each new target: in a directory
         where the download threads create files, a lookup waits for their creations (the
         directory's lock), measured at ~100 us each on the bench.
 
-        ``bundles``: ask for small files several at a time where the server can (False
-        through a caching proxy, which caches one GET per file).
+        ``bundle_files``: small files to ask for per request, as the server offers (see
+        :attr:`mirror.source.HttpSource.bundle_files`); 0 for one request per file.
         """
         self.base_url = base_url.rstrip("/") + "/"
         self.settings = settings
@@ -192,17 +192,14 @@ class HttpFetcher:
         self._open: set[http.client.HTTPConnection] = set()
         self._open_lock = threading.Lock()
         self._closing = False
-        self._bundle_files = MAX_BUNDLE_FILES if bundles else 0
-        """Files per bundle (0: one request per file), as the server allows."""
+        self._bundle_files = min(bundle_files, MAX_BUNDLE_FILES)
+        """Files per bundle (0: one request per file; also once a bundle was refused)."""
         self._tls: ssl.SSLContext | None = None
         self.requests = 0
 
     async def __aenter__(self) -> HttpFetcher:
         self._closing = False
         self._threads = ThreadPoolExecutor(self.settings.jobs, thread_name_prefix="mirror-http")
-        if self._bundle_files:
-            loop = asyncio.get_running_loop()
-            self._bundle_files = await loop.run_in_executor(self._threads, self._server_bundles)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -308,30 +305,6 @@ class HttpFetcher:
         )
 
     # --- in a download thread -----------------------------------------------------------
-
-    def _server_bundles(self) -> int:
-        """Files to ask for per bundle, 0 for none: the server says it answers bundles (its
-        info), and no cache stands in between (a bundle would pass it by; one GET per file
-        fills it).
-
-        A cache is known by ``--via`` (then this is not asked), or by the fields it adds to
-        its answers: ``Via`` (RFC 9110 §7.6.3), ``X-Cache`` (proxyd, and many others).
-        """
-        url = self.base_url + INFO_PATH
-        try:
-            response, connection = self._request(url, dict(self._headers))
-            body = response.read() if response.status == 200 else b""
-        except (Retry, *NETWORK_ERRORS):
-            return 0  # the downloads will say what is wrong, one file at a time
-        if not response.isclosed():
-            self._forget(url, connection)
-        if response.getheader("Via") or response.getheader("X-Cache"):
-            return 0
-        try:
-            offered = json.loads(body).get("max_bundle_files")
-        except (ValueError, AttributeError):
-            return 0
-        return min(MAX_BUNDLE_FILES, offered) if isinstance(offered, int) and offered > 1 else 0
 
     def _download_bundle(
         self, items: list[Item], targets: list[Path], report: Tally

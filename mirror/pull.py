@@ -121,7 +121,7 @@ def open_mirror(dest: Path, source: Source) -> DirectButler:
 
 
 def _describe_source(source: Source) -> str:
-    return str(getattr(source, "url", None) or getattr(source, "root", ""))
+    return source.url if isinstance(source, HttpSource) else str(source.root)
 
 
 def query_items(
@@ -346,20 +346,19 @@ async def _transfer(
         ThreadPoolExecutor(max_workers=max(8, 2 * request.jobs), thread_name_prefix="mirror-io")
     )
     dest = request.dest.absolute()
-    url = getattr(source, "url", None)
     fetcher: HttpFetcher | LocalFetcher = (
         HttpFetcher(
-            url,
+            source.url,
             request.token,
             TransferSettings(jobs=request.jobs),
             partials={
                 partial_path(dest, i).name for i in plan.to_fetch if i.ref.id in plan.partial_ids
             },
             # Through a caching proxy, one GET per file: that is what it caches.
-            bundles=request.via is None,
+            bundle_files=source.bundle_files if request.via is None else 0,
         )
-        if url
-        else LocalFetcher(Path(getattr(source, "root")))  # noqa: B009
+        if isinstance(source, HttpSource)
+        else LocalFetcher(source.root)
     )
     bytes_task = files_task = None
     if progress is not None:

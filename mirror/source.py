@@ -68,12 +68,26 @@ class HttpSource:
         self._connections: dict[tuple[str, str], http.client.HTTPConnection] = {}
         self._tls: ssl.SSLContext | None = None
         try:
-            self.info: dict[str, Any] = self._json("GET", "")
-            self._universe = DimensionUniverse(self.info["universe"], source=self.url)
+            info, headers = self._answer("GET", "")
+            self._universe = DimensionUniverse(info["universe"], source=self.url)
         except BaseException:
             self.close()
             raise
-        self._page_size = int(self.info.get("max_page_size") or DEFAULT_PAGE_SIZE)
+        self.info: dict[str, Any] = info
+        self._page_size = int(info.get("max_page_size") or DEFAULT_PAGE_SIZE)
+        self.cache_in_between = bool(headers.get("Via") or headers.get("X-Cache"))
+        """Whether a cache answered for the server: it marked its answer with ``Via``
+        (RFC 9110 §7.6.3) or ``X-Cache`` (proxyd, and many others)."""
+
+    @property
+    def bundle_files(self) -> int:
+        """Small files to ask for per request (``POST files/bundle``), 0 for one GET each:
+        what the server's info offers, unless a cache is in between, which a bundle would
+        pass by (one GET per file is what it keeps)."""
+        offered = self.info.get("max_bundle_files")
+        if self.cache_in_between or not isinstance(offered, int) or offered < 2:
+            return 0
+        return offered
 
     @property
     def universe(self) -> DimensionUniverse:
@@ -159,13 +173,24 @@ class HttpSource:
         params: Sequence[tuple[str, str]] = (),
         body: Any = None,
     ) -> Any:
+        return self._answer(method, path, params, body)[0]
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+    ) -> tuple[Any, http.client.HTTPMessage]:
+        """The JSON of an answer, and the answer's header fields."""
         url = self.url + API + path + (f"?{urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body).encode()
         headers = dict(self._headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
         for _ in range(MAX_REDIRECTS + 1):
-            status, location, payload = self._exchange(method, url, headers, data)
+            status, fields, payload = self._exchange(method, url, headers, data)
+            location = fields.get("Location")
             if status in REDIRECT_STATUSES and location:
                 url = urljoin(url, location)
                 if status == 303:
@@ -175,7 +200,7 @@ class HttpSource:
             if status >= 400:
                 raise_for_error(status, payload, url)
             try:
-                return json.loads(payload)
+                return json.loads(payload), fields
             except ValueError as exc:
                 raise RemoteUnavailableError(
                     f"{url} answered {status} with no JSON; is {self.url} a butler server?"
@@ -184,8 +209,8 @@ class HttpSource:
 
     def _exchange(
         self, method: str, url: str, headers: Mapping[str, str], data: bytes | None
-    ) -> tuple[int, str | None, bytes]:
-        """One request and its whole answer: status, Location and body.
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One request and its whole answer: status, header fields and body.
 
         A kept-alive connection that the server closed meanwhile fails at once: the request
         (a read, whatever its method) is then sent again on a new connection.
@@ -210,7 +235,7 @@ class HttpSource:
                 raise self._unreachable(exc) from exc
             if response.will_close:
                 self._drop(parts.scheme, parts.netloc)
-            return response.status, response.getheader("Location"), payload
+            return response.status, response.headers, payload
 
     def _connection(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
         """The kept-alive connection to ``netloc``, and whether it was open already."""

@@ -174,6 +174,9 @@ KILLER = textwrap.dedent(
     from mirror.cli import main
 
     how = getattr(signal, os.environ["KILL_SIGNAL"])
+    # Ctrl-C as at a terminal: a job started in the background (`cmd &`) inherits SIGINT
+    # ignored, and Python then leaves it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ["KILL_WHEN"] == "creating":
         # The new mirror's registry is made, its butler.yaml not yet written.
         real_create = Registry.create.__func__

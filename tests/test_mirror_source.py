@@ -1,6 +1,7 @@
 """A pull's questions to a server over http.client (mirror.source.HttpSource): the same
 answers as the repository itself gives, pages followed, redirects followed, a stale
-kept-alive connection replaced, and failures said as the remote butler says them."""
+kept-alive connection replaced, failures said as the remote butler says them, and bundles
+asked for only where offered with no cache in between."""
 
 from __future__ import annotations
 
@@ -113,6 +114,9 @@ class FakeServer:
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.rows = [{"name": f"r{i}"} for i in range(7)]
         self.transports: list[Any] = []
+        self.info_fields: dict[str, Any] = {"max_page_size": 3}
+        self.info_headers: dict[str, str] = {}
+        """Fields added to the info answer (a cache's marks)."""
 
     def _record(self, request: web.Request, body: dict[str, Any] | None = None) -> None:
         self.requests.append((request.method, request.path_qs, body or {}))
@@ -121,7 +125,8 @@ class FakeServer:
 
     async def info(self, request: web.Request) -> web.Response:
         self._record(request)
-        return web.json_response({"universe": _universe(), "max_page_size": 3})
+        info = {"universe": _universe(), **self.info_fields}
+        return web.json_response(info, headers=self.info_headers)
 
     async def old_records(self, request: web.Request) -> web.Response:
         self._record(request)
@@ -174,4 +179,26 @@ async def test_pages_redirects_and_dropped_connections(fake: tuple[FakeServer, s
     assert len(server.transports) == 2
     with pytest.raises(RemoteUnavailableError, match="is .* a butler server"):
         await asyncio.to_thread(source.query_collections)
+    source.close()
+
+
+@pytest.mark.parametrize(
+    ("offered", "marks", "expected"),
+    [
+        (None, {}, 0),  # a server without bundles (an older one)
+        (64, {}, 64),
+        (16, {}, 16),  # the server's own limit
+        (64, {"Via": "1.1 site-cache"}, 0),  # a cache in between keeps one GET per file
+        (64, {"X-Cache": "MISS"}, 0),  # proxyd's mark
+    ],
+)
+async def test_bundles_where_offered_and_no_cache_is_in_between(
+    fake: tuple[FakeServer, str], offered: int | None, marks: dict[str, str], expected: int
+) -> None:
+    server, url = fake
+    server.info_fields["max_bundle_files"] = offered
+    server.info_headers = marks
+    source = await asyncio.to_thread(HttpSource, url)
+    assert source.bundle_files == expected
+    assert source.cache_in_between == bool(marks)
     source.close()

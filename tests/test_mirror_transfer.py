@@ -18,6 +18,7 @@ from conftest import direct_io_in_tmp
 from servers import served_app
 
 from butler.http.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from butler.http.bundle import MAX_FILES as MAX_BUNDLE_FILES
 from butler.http.bundle import BundleEntry
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from mirror.http import HttpFetcher
@@ -38,10 +39,6 @@ class FakeOrigin:
         """Files besides /files/blob, by name."""
         self.bundles = False
         """Whether POST /api/v1/files/bundle is served."""
-        self.offers_bundles: bool | None = None
-        """Whether the info says so (None: as ``bundles``)."""
-        self.info_headers: dict[str, str] = {}
-        """Fields added to the info answer (a cache's marks)."""
         self.cut_bundle_after: int | None = None
         """Body bytes of a bundle answer sent before the connection is dropped."""
 
@@ -81,11 +78,6 @@ class FakeOrigin:
             )
         return web.Response(body=body, headers={"ETag": etag})
 
-    async def info(self, request: web.Request) -> web.Response:
-        offers = self.bundles if self.offers_bundles is None else self.offers_bundles
-        info = {"name": "fake", "max_bundle_files": 64 if offers else None}
-        return web.json_response(info, headers=self.info_headers)
-
     async def bundle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append({"bundle": "yes", **request.headers})
         if not self.bundles:
@@ -113,7 +105,6 @@ async def origin() -> AsyncIterator[tuple[FakeOrigin, str]]:
     app = web.Application()
     app.router.add_get("/files/{name}", fake.handle)
     app.router.add_post("/api/v1/files/bundle", fake.bundle)
-    app.router.add_get("/api/v1/", fake.info)
     async with served_app(app) as url:
         yield fake, url
 
@@ -277,14 +268,15 @@ async def test_a_full_disk_fails_the_file_without_retrying(
 
 
 async def fetch_bundle(
-    url: str, items: list[Item], dest: Path
+    url: str, items: list[Item], dest: Path, bundle_files: int = MAX_BUNDLE_FILES
 ) -> tuple[BundleResult, tuple[int, int]]:
-    """One bundle for ``items`` (files to ``dest``); the result, and how many groups the
-    fetcher makes of such fresh items before and after it."""
+    """One bundle for ``items`` (files to ``dest``), from a fetcher told that the server
+    offers ``bundle_files`` per request; the result, and how many groups the fetcher makes
+    of such fresh items before and after it."""
     settings = TransferSettings(jobs=2, attempts=2, backoff=0.01)
     received: list[int] = []
     fresh = [item_for(PAYLOAD, f"fresh-{i}") for i in range(len(items))]
-    async with HttpFetcher(url, None, settings, partials=set()) as fetcher:
+    async with HttpFetcher(url, None, settings, set(), bundle_files) as fetcher:
         before = len(fetcher.bundles(fresh, dest))
         targets = [partial_path(dest, item) for item in items]
         dest.joinpath(targets[0].parent.name).mkdir(parents=True, exist_ok=True)
@@ -313,36 +305,21 @@ async def test_a_server_without_bundles_gets_one_request_per_file(
 ) -> None:
     fake, url = origin
     items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
-    result, groups = await fetch_bundle(url, items, tmp_path)
+    result, groups = await fetch_bundle(url, items, tmp_path, bundle_files=0)
     assert result == BundleResult()  # nothing settled: each file is fetched on its own
-    assert fake.requests == []  # its info offers none: none asked for
+    assert fake.requests == []  # none offered (or a cache in between): none asked for
     assert groups == (2, 2)
 
 
 async def test_bundles_offered_but_refused_are_asked_for_once(
     origin: tuple[FakeOrigin, str], tmp_path: Path
 ) -> None:
-    fake, url = origin
-    fake.offers_bundles = True  # but the POST is answered 404 (say, by a filtering proxy)
+    fake, url = origin  # the POST is answered 404 (say, by a filtering proxy)
     items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
     result, groups = await fetch_bundle(url, items, tmp_path)
     assert result == BundleResult()
     assert len(fake.requests) == 1  # asked once; from then on the fetcher groups no more
     assert groups == (1, 2)
-
-
-@pytest.mark.parametrize("mark", [{"Via": "1.1 site-cache"}, {"X-Cache": "MISS"}])
-async def test_no_bundles_through_a_cache_so_that_it_keeps_each_file(
-    origin: tuple[FakeOrigin, str], tmp_path: Path, mark: dict[str, str]
-) -> None:
-    fake, url = origin
-    fake.bundles = True
-    fake.info_headers = mark
-    items = [item_for(PAYLOAD), item_for(PAYLOAD[:1000], "other")]
-    result, groups = await fetch_bundle(url, items, tmp_path)
-    assert result == BundleResult()
-    assert fake.requests == []
-    assert groups == (2, 2)
 
 
 async def test_a_bundle_cut_short_keeps_what_arrived_for_the_resume(
@@ -368,25 +345,28 @@ async def test_a_bundle_cut_short_keeps_what_arrived_for_the_resume(
 
 
 def test_bundles_hold_fresh_small_files_up_to_the_limits(tmp_path: Path) -> None:
-    from mirror.http import BUNDLE_BYTES, BUNDLE_FILE_BYTES, MAX_BUNDLE_FILES
+    from mirror.http import BUNDLE_BYTES, BUNDLE_FILE_BYTES
 
     tiny = [item_for(b"t", f"tiny-{i}") for i in range(MAX_BUNDLE_FILES + 1)]
     mid = [item_for(b"m" * (BUNDLE_BYTES // 2), f"mid-{i}") for i in range(4)]
     big = item_for(b"b" * (BUNDLE_FILE_BYTES + 1), "big")
     resumed = item_for(b"r", "resumed")
     settings = TransferSettings()
+    local = "http://127.0.0.1:9/"
     fetcher = HttpFetcher(
-        "http://127.0.0.1:9/", None, settings, {partial_path(tmp_path, resumed).name}
+        local, None, settings, {partial_path(tmp_path, resumed).name}, MAX_BUNDLE_FILES
     )
     groups = fetcher.bundles([*tiny, *mid, big, resumed], tmp_path)
     # 64 tiny ones; the last tiny one and a half-bundle; two halves; the last half alone.
     assert [len(g) for g in groups] == [MAX_BUNDLE_FILES, 2, 2, 1, 1, 1]
     assert [big] in groups  # too big for a bundle
     assert [resumed] in groups  # a partial file to resume
-    unknown = HttpFetcher("http://127.0.0.1:9/", None, settings)  # partial files not known
+    unknown = HttpFetcher(local, None, settings, None, MAX_BUNDLE_FILES)  # partials unknown
     assert all(len(g) == 1 for g in unknown.bundles(tiny, tmp_path))
-    unbundled = HttpFetcher("http://127.0.0.1:9/", None, settings, set(), bundles=False)
+    unbundled = HttpFetcher(local, None, settings, set(), bundle_files=0)
     assert all(len(g) == 1 for g in unbundled.bundles(tiny, tmp_path))
+    fewer = HttpFetcher(local, None, settings, set(), bundle_files=8)  # the server's limit
+    assert [len(g) for g in fewer.bundles(tiny[:10], tmp_path)] == [8, 2]
 
 
 async def test_a_stalled_answer_times_out_and_keeps_what_arrived(
