@@ -136,10 +136,12 @@ class HttpSource:
         return self._pages(f"dimensions/{quote(element, safe='')}/records", "records", params)
 
     def query_collections(self) -> list[dict[str, Any]]:
-        return list(self._json("GET", "collections")["collections"])
+        answer, _ = self._answer("GET", "collections")
+        return list(answer["collections"])
 
     def get_collection_chain(self, name: str) -> list[str]:
-        return list(self._json("GET", f"collections/{quote(name, safe='')}")["children"])
+        answer, _ = self._answer("GET", f"collections/{quote(name, safe='')}")
+        return list(answer["children"])
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -155,25 +157,15 @@ class HttpSource:
         offset = 0
         while True:
             if body is not None:
-                page = self._json(
-                    "POST", path, body={**body, "limit": self._page_size, "offset": offset}
-                )
+                paged = {**body, "limit": self._page_size, "offset": offset}
+                page, _ = self._answer("POST", path, body=paged)
             else:
                 paging = [("limit", str(self._page_size)), ("offset", str(offset))]
-                page = self._json("GET", path, [*params, *paging])
+                page, _ = self._answer("GET", path, [*params, *paging])
             rows.extend(page[key])
             if page.get("next_offset") is None:
                 return rows
             offset = int(page["next_offset"])
-
-    def _json(
-        self,
-        method: str,
-        path: str,
-        params: Sequence[tuple[str, str]] = (),
-        body: Any = None,
-    ) -> Any:
-        return self._answer(method, path, params, body)[0]
 
     def _answer(
         self,
