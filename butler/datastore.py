@@ -159,8 +159,8 @@ class Staging:
             parents.add(staged.final.parent)
         if len(parents) > SYNC_ALL_THRESHOLD:
             # One flush of the file system, not one per directory: with a directory per
-            # dataset (the default template) a batch of 200 datasets cost 200 device
-            # flushes. It also covers the directories made for them, in their parents.
+            # dataset (a template ending in data_id_path) a batch of 200 datasets cost 200
+            # device flushes. It also covers the directories made for them, in their parents.
             sync_filesystem(self.root)
             return
         for parent in parents:

@@ -36,7 +36,6 @@ import http.client
 import json
 import random
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -44,13 +43,21 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from butler.http.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
 from butler.http.bundle import MAX_FILES as MAX_BUNDLE_FILES
 from butler.http.bundle import MAX_HEADER as MAX_BUNDLE_HEADER
 from butler.http.bundle import BundleEntry, BundleFormatError
 from butler.http.conditional import parse_http_date
+from mirror.connections import (
+    MAX_REDIRECTS,
+    NETWORK_ERRORS,
+    REDIRECT_STATUSES,
+    USER_AGENT,
+    KeptAlive,
+    UnsupportedURLError,
+)
 from mirror.partfile import PartFile, aligned_buffer
 from mirror.plan import Item
 from mirror.transfer import (
@@ -65,13 +72,10 @@ from mirror.transfer import (
 )
 
 RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-REDIRECT_STATUSES = {301, 302, 303, 307, 308}
-MAX_REDIRECTS = 10
 ERROR_TEXT = 200
 """Bytes of an error answer's body kept for the message."""
 GATHER = 1 << 20
 """Body bytes gathered before they are hashed and written (see :meth:`HttpFetcher._receive`)."""
-USER_AGENT = "butler-mirror/1"
 REPORT_BYTES = 8 << 20
 REPORT_SECONDS = 0.25
 BUNDLE_PATH = "api/v1/files/bundle"
@@ -84,8 +88,6 @@ Bigger bundles save requests, smaller ones keep the downloads balanced at the en
 and lose less when a connection breaks. On the bench (2,000 files of 1 MiB, a bare client,
 three rounds each) bundles of 4 files took 3.6-3.9 s, of 8 files 3.3-3.4 s, of 16 files
 3.1-3.7 s and of 32 files 3.0-3.4 s."""
-NETWORK_ERRORS = (OSError, http.client.HTTPException)
-"""What a connection raises when the network or the server fails it mid-exchange."""
 
 
 class Retry(Exception):
@@ -158,8 +160,8 @@ class Download:
 class _Worker:
     """What one download thread keeps between files: its connections and its buffer."""
 
+    connections: KeptAlive
     buffer: memoryview = field(default_factory=lambda: memoryview(aligned_buffer(GATHER)))
-    connections: dict[tuple[str, str], http.client.HTTPConnection] = field(default_factory=dict)
 
 
 class HttpFetcher:
@@ -194,7 +196,6 @@ class HttpFetcher:
         self._closing = False
         self._bundle_files = min(bundle_files, MAX_BUNDLE_FILES)
         """Files per bundle (0: one request per file; also once a bundle was refused)."""
-        self._tls: ssl.SSLContext | None = None
         self.requests = 0
 
     async def __aenter__(self) -> HttpFetcher:
@@ -321,31 +322,30 @@ class HttpFetcher:
         body = json.dumps({"paths": [item.file.path for item in items]}).encode()
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
-            response, connection = self._request(url, headers, body)
+            response = self._request(url, headers, body)
         except Retry:
             return BundleResult()  # each file's own request retries
         media_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
         if response.status != 200 or media_type != BUNDLE_CONTENT_TYPE:
             if response.status in (200, 404, 405, 501):  # a server without bundles
                 self._bundle_files = 0
-            self._finish(url, connection, response)
+            self._finish(url, response)
             return BundleResult()
         result = BundleResult()
         try:
             for item, target in zip(items, targets, strict=True):
                 if self._closing or not self._bundle_file(
-                    url, connection, response, item, target, report, result
+                    url, response, item, target, report, result
                 ):
                     break
         finally:
             if not response.isclosed():  # stopped early: the rest of the body is unread
-                self._forget(url, connection)
+                self._forget(url)
         return result
 
     def _bundle_file(
         self,
         url: str,
-        connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
         item: Item,
         target: Path,
@@ -365,7 +365,7 @@ class HttpFetcher:
             return False  # changed at the source: its own request will tell
         download = Download(item, target, 0, hashlib.sha256(), report)
         try:
-            on_disk = self._receive(url, connection, response, download, entry.size, exact=True)
+            on_disk = self._receive(url, response, download, entry.size, exact=True)
         except Retry:
             return False  # what arrived is kept: its own request resumes it
         except OSError as exc:
@@ -392,48 +392,39 @@ class HttpFetcher:
             if download.have:
                 headers["Range"] = f"bytes={download.have}-"
                 headers["If-Range"] = download.item.file.etag
-            response, connection = self._request(url, headers)
+            response = self._request(url, headers)
             location = response.getheader("Location")
             if response.status in REDIRECT_STATUSES and location:
-                self._finish(url, connection, response)
+                self._finish(url, response)
                 url = urljoin(url, location)
                 continue
-            return self._answer(url, connection, response, download)
+            return self._answer(url, response, download)
         raise TransferError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def _request(
         self, url: str, headers: dict[str, str], body: bytes | None = None
-    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
-        """Send a GET (a POST of ``body``) and read the answer's head, on this thread's
-        connection to the server.
-
-        A kept-alive connection the server has closed meanwhile fails at once: the request
-        is then sent again on a new connection, without waiting (as browsers and libcurl
-        do). Any other failure is for the caller's retries.
-        """
-        parts = urlsplit(url)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        while True:
-            connection, reused = self._connection(url)
-            try:
-                method = "GET" if body is None else "POST"
-                connection.request(method, target, body=body, headers=headers)
-                return connection.getresponse(), connection
-            except NETWORK_ERRORS as exc:
-                self._forget(url, connection)
-                if not reused:
-                    raise Retry(TransferError(f"{url}: {_describe(exc)}"), None) from exc
+    ) -> http.client.HTTPResponse:
+        """Send a GET (a POST of ``body``) on this thread's connection to the server, and
+        read the answer's head; a failure is for the caller's retries."""
+        try:
+            response, _ = self._worker().connections.request(
+                "GET" if body is None else "POST", url, headers, body
+            )
+        except UnsupportedURLError as exc:
+            raise TransferError(str(exc)) from None
+        except NETWORK_ERRORS as exc:
+            raise Retry(TransferError(f"{url}: {_describe(exc)}"), None) from exc
+        return response
 
     def _answer(
         self,
         url: str,
-        connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
         download: Download,
     ) -> int:
         status = response.status
         if status in RETRYABLE_STATUSES:
-            self._finish(url, connection, response)
+            self._finish(url, response)
             raise Retry(
                 TransferError(f"{url} answered {status}"),
                 retry_after(response.getheader("Retry-After")),
@@ -443,10 +434,10 @@ class HttpFetcher:
                 text = response.read(ERROR_TEXT).decode(errors="replace")
             except NETWORK_ERRORS:
                 text = ""
-            self._forget(url, connection)
+            self._forget(url)
             raise TransferError(f"{url} answered {status}: {text}")
         if status == 206 and range_start(response.getheader("Content-Range")) != download.have:
-            self._forget(url, connection)
+            self._forget(url)
             download.target.unlink(missing_ok=True)  # start over rather than splice bytes
             raise Retry(TransferError(f"{url} answered another range than asked for"), None)
         if status == 200 and download.have:  # the whole file: what was there is replaced
@@ -455,14 +446,13 @@ class HttpFetcher:
             download.digest = hashlib.sha256()
         expected = download.item.file.size - download.have
         if response.length is not None and response.length > expected:
-            self._forget(url, connection)
+            self._forget(url)
             raise _larger_than_recorded(url, download.item)
-        return self._receive(url, connection, response, download, expected)
+        return self._receive(url, response, download, expected)
 
     def _receive(
         self,
         url: str,
-        connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
         download: Download,
         expected: int,
@@ -485,7 +475,7 @@ class HttpFetcher:
                 limit = min(len(view), expected - written + (0 if exact else 1))
                 fill, error = _fill(response, view[:limit])
                 if written + fill > expected:
-                    self._forget(url, connection)
+                    self._forget(url)
                     raise _larger_than_recorded(url, download.item)
                 if fill:
                     download.digest.update(view[:fill])
@@ -493,13 +483,13 @@ class HttpFetcher:
                     written += fill
                     download.report(fill)
                 if error is not None or self._closing:
-                    self._forget(url, connection)
+                    self._forget(url)
                     reason = _describe(error) if error else "the pull is stopping"
                     raise Retry(TransferError(f"{url}: {reason}"), None) from error
                 if fill < limit:
                     break
             if written < expected:
-                self._forget(url, connection)
+                self._forget(url)
                 raise Retry(
                     TransferError(f"{url}: the answer ended after {written} of {expected} bytes"),
                     None,
@@ -507,69 +497,38 @@ class HttpFetcher:
         finally:
             part.close()
             if not exact and not response.isclosed():  # stopped mid-body: not reusable
-                self._forget(url, connection)
+                self._forget(url)
         return download.have + written
 
     def _worker(self) -> _Worker:
         worker: _Worker | None = getattr(self._local, "worker", None)
         if worker is None:
-            worker = self._local.worker = _Worker()
+            connections = KeptAlive(self.settings.connect_timeout, self._connected, self._closed)
+            worker = self._local.worker = _Worker(connections)
         return worker
 
-    def _connection(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's keep-alive connection to ``url``'s server, and whether it was open
-        already."""
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        connections = self._worker().connections
-        connection = connections.get(key)
-        if connection is None:
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise TransferError(f"{url}: only http and https URLs can be downloaded")
-            timeout = self.settings.connect_timeout
-            if parts.scheme == "https":
-                if self._tls is None:
-                    self._tls = ssl.create_default_context()
-                connection = http.client.HTTPSConnection(
-                    parts.hostname, parts.port, timeout=timeout, context=self._tls
-                )
-            else:
-                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-            connections[key] = connection
-            with self._open_lock:
-                self._open.add(connection)
-        if connection.sock is not None:
-            return connection, True
-        try:
-            connection.connect()
-        except NETWORK_ERRORS as exc:
-            self._forget(url, connection)
-            raise Retry(TransferError(f"{url}: {_describe(exc)}"), None) from exc
-        with self._open_lock:
-            stopping = self._closing  # decided under the lock the closing shutdown holds
-        if stopping:
-            self._forget(url, connection)
-            raise Retry(TransferError(f"{url}: the pull is stopping"), None)
+    def _connected(self, connection: http.client.HTTPConnection) -> None:
+        with self._open_lock:  # the lock the closing shutdown holds
+            if self._closing:
+                raise ConnectionAbortedError("the pull is stopping")
+            self._open.add(connection)
         assert connection.sock is not None
         set_io_timeout(connection.sock, self.settings.read_timeout)
-        return connection, False
 
-    def _finish(
-        self, url: str, connection: http.client.HTTPConnection, response: http.client.HTTPResponse
-    ) -> None:
+    def _closed(self, connection: http.client.HTTPConnection) -> None:
+        with self._open_lock:
+            self._open.discard(connection)
+
+    def _finish(self, url: str, response: http.client.HTTPResponse) -> None:
         """Read out a short answer's body so the connection can be used again."""
         with contextlib.suppress(*NETWORK_ERRORS):
             response.read(64 * 1024)
         if not response.isclosed():
-            self._forget(url, connection)
+            self._forget(url)
 
-    def _forget(self, url: str, connection: http.client.HTTPConnection) -> None:
-        """Close a connection whose state is unknown; the next request opens a new one."""
-        connection.close()
-        parts = urlsplit(url)
-        self._worker().connections.pop((parts.scheme, parts.netloc), None)
-        with self._open_lock:
-            self._open.discard(connection)
+    def _forget(self, url: str) -> None:
+        """Close this thread's connection to ``url``'s server, whose state is unknown."""
+        self._worker().connections.forget(url)
 
 
 def set_io_timeout(sock: socket.socket, seconds: float) -> None:

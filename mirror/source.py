@@ -17,10 +17,8 @@ the server's largest page, errors re-raised as the server's own classes
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -29,14 +27,18 @@ from butler.errors import RemoteUnavailableError, RepositoryConfigError
 from butler.http.errors import raise_for_error
 from butler.refs import DatasetRef, FileInfo
 from butler.universe import DimensionUniverse
+from mirror.connections import (
+    MAX_REDIRECTS,
+    NETWORK_ERRORS,
+    REDIRECT_STATUSES,
+    USER_AGENT,
+    KeptAlive,
+    UnsupportedURLError,
+)
 
 API = "api/v1/"
-USER_AGENT = "butler-mirror/1"
 DEFAULT_PAGE_SIZE = 1000
 """Rows per page from a server that does not say its largest page (an older one)."""
-REDIRECT_STATUSES = {301, 302, 303, 307, 308}
-MAX_REDIRECTS = 10
-NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 if TYPE_CHECKING:
     from butler.direct_butler import DirectButler
@@ -63,10 +65,12 @@ class HttpSource:
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._connections: dict[tuple[str, str], http.client.HTTPConnection] = {}
-        self._tls: ssl.SSLContext | None = None
+
+        def connected(connection: http.client.HTTPConnection) -> None:
+            assert connection.sock is not None
+            connection.sock.settimeout(read_timeout)
+
+        self._connections = KeptAlive(connect_timeout, connected)
         try:
             info, headers = self._answer("GET", "")
             self._universe = DimensionUniverse(info["universe"], source=self.url)
@@ -94,9 +98,7 @@ class HttpSource:
         return self._universe
 
     def close(self) -> None:
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
+        self._connections.close()
 
     # -- the questions ----------------------------------------------------------------------
 
@@ -202,63 +204,22 @@ class HttpSource:
     def _exchange(
         self, method: str, url: str, headers: Mapping[str, str], data: bytes | None
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """One request and its whole answer: status, header fields and body.
-
-        A kept-alive connection that the server closed meanwhile fails at once: the request
-        (a read, whatever its method) is then sent again on a new connection.
-        """
-        parts = urlsplit(url)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        while True:
-            connection, reused = self._connection(parts.scheme, parts.netloc)
-            try:
-                connection.request(method, target, body=data, headers=dict(headers))
-                response = connection.getresponse()
-                payload = response.read()
-            except TimeoutError as exc:
-                self._drop(parts.scheme, parts.netloc)
-                raise RemoteUnavailableError(
-                    f"the repository at {self.url} did not answer in time ({method} {url})"
-                ) from exc
-            except NETWORK_ERRORS as exc:
-                self._drop(parts.scheme, parts.netloc)
-                if reused:
-                    continue
-                raise self._unreachable(exc) from exc
-            if response.will_close:
-                self._drop(parts.scheme, parts.netloc)
-            return response.status, response.headers, payload
-
-    def _connection(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
-        """The kept-alive connection to ``netloc``, and whether it was open already."""
-        connection = self._connections.get((scheme, netloc))
-        if connection is not None and connection.sock is not None:
-            return connection, True
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            connection = http.client.HTTPSConnection(
-                netloc, timeout=self._connect_timeout, context=self._tls
-            )
-        elif scheme == "http":
-            connection = http.client.HTTPConnection(netloc, timeout=self._connect_timeout)
-        else:
-            raise RemoteUnavailableError(f"{self.url} redirected to a {scheme} URL")
-        self._connections[(scheme, netloc)] = connection
+        """One request and its whole answer: status, header fields and body."""
         try:
-            connection.connect()
+            response, _ = self._connections.request(method, url, headers, data)
+            payload = response.read()
+        except UnsupportedURLError:
+            raise RemoteUnavailableError(f"{self.url} redirected to {url}") from None
+        except TimeoutError as exc:
+            self._connections.forget(url)
+            raise RemoteUnavailableError(
+                f"the repository at {self.url} did not answer in time ({method} {url})"
+            ) from exc
         except NETWORK_ERRORS as exc:
-            self._drop(scheme, netloc)
-            raise self._unreachable(exc) from exc
-        assert connection.sock is not None
-        connection.sock.settimeout(self._read_timeout)
-        return connection, False
-
-    def _unreachable(self, error: Exception) -> RemoteUnavailableError:
-        return RemoteUnavailableError(f"cannot reach the repository at {self.url}: {error}")
-
-    def _drop(self, scheme: str, netloc: str) -> None:
-        connection = self._connections.pop((scheme, netloc), None)
-        if connection is not None:
-            with contextlib.suppress(OSError):
-                connection.close()
+            self._connections.forget(url)
+            raise RemoteUnavailableError(
+                f"cannot reach the repository at {self.url}: {exc}"
+            ) from exc
+        if response.will_close:
+            self._connections.forget(url)
+        return response.status, response.headers, payload

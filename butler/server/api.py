@@ -450,8 +450,7 @@ def _locate_and_open(
 
 
 def _close_found(found: tuple[FileInfo, OpenedFile | None] | None) -> None:
-    if found is not None and found[1] is not None:
-        found[1].fobj.close()
+    OpenedFile.close_all([found[1] if found else None])
 
 
 def _no_dataset_file(path: str) -> str:

@@ -26,7 +26,7 @@ import os
 import pathlib
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
@@ -139,7 +139,9 @@ async def send_file(
             )
         if opened is None:
             assert isinstance(file, pathlib.Path)
-            opened = await open_in_thread(asyncio.to_thread(open_regular_file, file), _close_opened)
+            opened = await open_in_thread(
+                asyncio.to_thread(open_regular_file, file), lambda o: OpenedFile.close_all([o])
+            )
             if opened is None:
                 return _text_response(404, f"Not found: {request.path}", extra)
         return await _respond(
@@ -154,8 +156,7 @@ async def send_file(
             extra=extra,
         )
     finally:
-        if opened is not None:  # a read-only descriptor: closing does no I/O
-            opened.fobj.close()
+        OpenedFile.close_all([opened])
 
 
 async def _respond(
@@ -303,9 +304,7 @@ async def send_bundle(
 
 
 def close_bundle(entries: Sequence[tuple[BundleEntry, OpenedFile | None]]) -> None:
-    for _, opened in entries:
-        if opened is not None:
-            opened.fobj.close()
+    OpenedFile.close_all(opened for _, opened in entries)
 
 
 async def _stream(
@@ -392,6 +391,13 @@ class OpenedFile:
     size: int
     mtime: float
 
+    @staticmethod
+    def close_all(files: Iterable[OpenedFile | None]) -> None:
+        """Close the files that were opened (a read-only descriptor: closing does no I/O)."""
+        for opened in files:
+            if opened is not None:
+                opened.fobj.close()
+
 
 T = TypeVar("T")
 
@@ -413,11 +419,6 @@ async def open_in_thread(start: Awaitable[T], close: Callable[[T], None]) -> T:
 
         task.add_done_callback(close_abandoned)
         raise
-
-
-def _close_opened(opened: OpenedFile | None) -> None:
-    if opened is not None:
-        opened.fobj.close()
 
 
 def open_regular_file(path: pathlib.Path) -> OpenedFile | None:
