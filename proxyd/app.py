@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from proxyd.fastlane import FastLane, in_process
 from proxyd.metrics import CONTENT_TYPE_LATEST
 from proxyd.server import STATE, ProxyState, handle
 from proxyd.settings import ConfigError, ProxySettings
+from proxyd.store import StoreWriteError, check_writable
 from proxyd.workers import WorkerLink, fork_workers, listening_socket, reap
 
 RESERVED_NAMES = ("metrics", "healthz")
@@ -45,15 +47,31 @@ def _render_metrics(state: ProxyState) -> bytes:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The proxy's health as JSON: ``status`` is ``ok``, or ``degraded`` with the reason in
+    ``problems`` (the cache cannot store: its file system is full or read-only).
+
+    A degraded proxy still answers every request correctly (misses pass through to the
+    origin), so it answers 200 and load balancers keep sending it clients; monitoring
+    alerts on ``status`` (or the ``proxyd_store_degraded`` gauge). A check that can only
+    look at the status code asks ``/healthz?strict=1``, which answers 503 when degraded.
+    """
     state = request.app[STATE]
-    volume = await asyncio.to_thread(state.store.volume)
+    problems = [] if state.store_health.problem is None else [state.store_health.problem]
+    try:
+        volume: int | None = await asyncio.to_thread(state.store.volume)
+    except (OSError, sqlite3.Error) as exc:
+        volume = None
+        problems.append(f"cannot read the cache's size: {exc}")
+    strict = request.query.get("strict", "") not in ("", "0", "false")
     return web.json_response(
         {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "cache_bytes": volume,
             "cache_limit": state.settings.cache_size,
             "upstreams": sorted(state.settings.upstreams),
         },
+        status=503 if problems and strict else 200,
         headers={"Cache-Control": "no-store"},
     )
 
@@ -64,8 +82,14 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             await asyncio.sleep(EVICTION_INTERVAL)
-            await asyncio.to_thread(state.store.flush_recency)
-            removed = await asyncio.to_thread(state.store.evict)
+            try:
+                await asyncio.to_thread(state.store.flush_recency)
+                removed = await asyncio.to_thread(state.store.evict)
+            except (OSError, sqlite3.Error) as exc:
+                # A full or read-only cache must not end eviction for good (the next round
+                # may free the space); the requests' own writes report it (/healthz).
+                log.warning("cache maintenance failed: %s", exc)
+                continue
             state.store.close_stale_files()
             if removed:
                 state.metrics.evictions.inc(removed)
@@ -159,6 +183,7 @@ def _serve(settings: ProxySettings) -> None:
     if workers > 1 and not settings.fast_lane:
         log.warning("workers = %d needs fast_lane = true (workers run the lane); using 1", workers)
         workers = 1
+    _check_cache_dir(settings)
     listener = listening_socket(settings.listen_host, settings.listen_port)
     # Forked first, while this process has no threads and no event loop.
     forked = fork_workers(settings, listener, workers - 1)
@@ -188,6 +213,20 @@ def _serve(settings: ProxySettings) -> None:
         loop.close()
         listener.close()
     log.info("proxyd stopped after %.0f s", time.monotonic() - started)
+
+
+def _check_cache_dir(settings: ProxySettings) -> None:
+    """Refuse to start, before listening, on a cache directory that cannot be written."""
+    try:
+        check_writable(settings.cache_dir)
+    except StoreWriteError as exc:
+        raise ConfigError(
+            "cache_dir",
+            "configuration",
+            str(exc),
+            "a writable directory (--cache-dir, or cache_dir in the config file), or make "
+            "this one writable (its mount, permissions or free space)",
+        ) from None
 
 
 def _new_event_loop(choice: str) -> asyncio.AbstractEventLoop:

@@ -61,12 +61,14 @@ class BlockRun:
         self.block_size = block_size
         self.start = first * block_size
         self.end = min(size, (last + 1) * block_size)  # exclusive
+        self.size = size
         self.readahead = readahead
         self.received = 0
         """Bytes of the run received so far (from ``start``)."""
-        self.blocks = {
-            i: _Block(i, min(block_size, size - i * block_size)) for i in range(first, last + 1)
-        }
+        self._blocks: dict[int, _Block] = {}
+        """Blocks being received, or received and not stored: made when first fed or read,
+        dropped once stored, so that a run over a whole huge object (an origin that ignored
+        Range) costs memory for the blocks in flight, not for every block it spans."""
         self.error: BaseException | None = None
         self.finished = False
         self.readers = 0
@@ -81,6 +83,26 @@ class BlockRun:
         self._changed = asyncio.Event()
         self._progress = asyncio.Event()
 
+    @property
+    def blocks(self) -> range:
+        """The block indexes of the run."""
+        return range(self.first, self.last + 1)
+
+    def _arrived(self, index: int) -> bool:
+        """Whether every byte of block ``index`` has been received."""
+        end = min(self.size, (index + 1) * self.block_size)
+        return self.start + self.received >= end
+
+    def _block(self, index: int) -> _Block | None:
+        """Block ``index`` in flight (made on demand), or None once it is stored."""
+        if not self.first <= index <= self.last:
+            raise KeyError(index)
+        block = self._blocks.get(index)
+        if block is None and not self._arrived(index):
+            expected = min(self.block_size, self.size - index * self.block_size)
+            block = self._blocks[index] = _Block(index, expected)
+        return block
+
     # -- producer side --------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
@@ -89,7 +111,7 @@ class BlockRun:
         offset = 0
         while offset < len(chunk):
             index = (self.start + self.received) // self.block_size
-            block = self.blocks.get(index)
+            block = self._block(index) if self.first <= index <= self.last else None
             if block is None:
                 raise RunFailedError(
                     f"upstream sent more bytes than the run {self.start}-{self.end}"
@@ -104,9 +126,10 @@ class BlockRun:
         return completed
 
     def mark_stored(self, index: int) -> None:
-        block = self.blocks[index]
-        block.stored = True
-        block.data = bytearray()  # readers now take it from the store
+        block = self._blocks.pop(index, None)
+        if block is not None:
+            block.stored = True
+            block.data = bytearray()  # readers now take it from the store
         self._pulse()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -132,8 +155,14 @@ class BlockRun:
 
     def complete(self, index: int) -> bool:
         """Whether all bytes of block ``index`` have arrived (stored, or about to be)."""
-        block = self.blocks[index]
-        return block.stored or len(block.data) == block.expected
+        block = self._block(index)
+        return block is None or block.stored or len(block.data) == block.expected
+
+    def holds(self, index: int) -> bool:
+        """Whether block ``index`` is whole in memory, not stored (the cache could not
+        store it): its readers take it from here, even after the fetch has ended."""
+        block = self._blocks.get(index) if self.first <= index <= self.last else None
+        return block is not None and not block.stored and len(block.data) == block.expected
 
     def abandoned(self) -> bool:
         """No request wants the run any more, and the read-ahead past the furthest point
@@ -176,7 +205,7 @@ class BlockRun:
         load_stored: Callable[[int], Awaitable[bytes | None]],
     ) -> AsyncIterator[bytes]:
         """Bytes ``start..end`` (exclusive, offsets within block ``index``) as they arrive."""
-        block = self.blocks[index]
+        block = self._block(index)
         base = index * self.block_size
         position = start
         self.reached = True
@@ -184,7 +213,7 @@ class BlockRun:
             self.furthest = base + end
             self._nudge()
         while position < end:
-            if block.stored:
+            if block is None or block.stored:
                 stored = await load_stored(index)
                 if stored is None:
                     raise RunFailedError(f"block {index} vanished from the store")
@@ -205,22 +234,28 @@ class InflightRegistry:
     """Which blocks are being fetched right now, so new requests join instead of refetching."""
 
     def __init__(self) -> None:
-        self._by_block: dict[tuple[str, int], BlockRun] = {}
+        self._by_version: dict[str, list[BlockRun]] = {}
+        """Runs in flight per object version, newest last (a run is found by its block
+        range, not one entry per block: a run may span millions of blocks)."""
         self.coalesced = 0
         """Reads that joined an existing fetch instead of starting one."""
 
     def run_for(self, version: str, index: int) -> BlockRun | None:
-        return self._by_block.get((version, index))
+        for run in reversed(self._by_version.get(version, ())):
+            if run.first <= index <= run.last:
+                return run
+        return None
 
     def register(self, run: BlockRun) -> None:
         """Make a run's blocks findable (its bytes come from a fetch already under way)."""
-        for index in run.blocks:
-            self._by_block[(run.version, index)] = run
+        self._by_version.setdefault(run.version, []).append(run)
 
     def unregister(self, run: BlockRun) -> None:
-        for index in run.blocks:
-            if self._by_block.get((run.version, index)) is run:
-                del self._by_block[(run.version, index)]
+        runs = self._by_version.get(run.version)
+        if runs is not None and run in runs:
+            runs.remove(run)
+            if not runs:
+                del self._by_version[run.version]
 
     def start(self, run: BlockRun, fill: ChunkSource) -> BlockRun:
         """Register a run and start the task that fills it."""
@@ -255,7 +290,9 @@ class InflightRegistry:
             run._nudge()
 
     async def close(self) -> None:
-        tasks = {run.task for run in self._by_block.values() if run.task is not None}
+        tasks = {
+            run.task for runs in self._by_version.values() for run in runs if run.task is not None
+        }
         for task in tasks:
             task.cancel()
         for task in tasks:

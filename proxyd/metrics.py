@@ -63,6 +63,17 @@ class Metrics:
             "proxyd_cache_size_bytes", "Bytes held by the block cache", registry=r
         )
         self.evictions = Counter("proxyd_evictions", "Cache entries evicted (LRU)", registry=r)
+        self.store_failures = Counter(
+            "proxyd_store_failures",
+            "Writes the cache could not make (file system full or read-only): the responses "
+            "were answered all the same, without storing",
+            registry=r,
+        )
+        self.store_degraded = Gauge(
+            "proxyd_store_degraded",
+            "1 while the cache cannot store (misses pass through; see /healthz), else 0",
+            registry=r,
+        )
         self.fast_lane_handovers = Counter(
             "proxyd_fast_lane_handovers",
             "Connections the fast lane handed to the full handler, by the first request it "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from butler.http.ranges import (
 from proxyd.accesslog import AccessLog
 from proxyd.inflight import BlockRun, InflightRegistry, RunFailedError
 from proxyd.metrics import Metrics
-from proxyd.policy import access, blocks, freshness
+from proxyd.policy import access, blocks, field_value, freshness
 from proxyd.policy.keys import cache_key
 from proxyd.policy.requests import (
     Refusal,
@@ -61,7 +62,7 @@ from proxyd.policy.requests import (
 )
 from proxyd.sendfile import FileSender
 from proxyd.settings import ProxySettings
-from proxyd.store import BlockFile, BlockStore, ObjectMeta
+from proxyd.store import BlockFile, BlockStore, ObjectMeta, StoreWriteError
 from proxyd.upstream import UpstreamClients, UpstreamError
 
 if TYPE_CHECKING:
@@ -139,6 +140,52 @@ class Probed:
 _PERSONAL = ("set-cookie", "set-cookie2", "authentication-info")
 
 
+STORE_RETRY_SECONDS = 30.0
+"""While the cache cannot store, how often a miss tries to store again (the others pass
+through to the origin without trying)."""
+
+
+class StoreHealth:
+    """Whether the cache can store what it fetches (event loop only).
+
+    A write that fails (file system full or read-only, a failing disk) makes the cache
+    *degraded*: responses are still answered, with the bytes in hand (the cache is only a
+    copy); new misses pass through to the origin, and one tries to store again every
+    ``STORE_RETRY_SECONDS``. A block stored again clears the condition. ``/healthz`` and
+    the ``proxyd_store_degraded`` gauge report it, ``proxyd_store_failures`` counts failed
+    writes.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.problem: str | None = None
+        """Why the cache cannot store (the last failed write), None when it can."""
+        self._last_try = 0.0
+
+    def failed(self, exc: StoreWriteError) -> None:
+        if self.problem is None:
+            log.warning("cache degraded, passing responses through: %s", exc)
+        self.problem = str(exc)
+        self._last_try = time.monotonic()
+        self.metrics.store_failures.inc()
+        self.metrics.store_degraded.set(1)
+
+    def stored(self) -> None:
+        if self.problem is not None:
+            log.warning("cache stores again (was: %s)", self.problem)
+            self.problem = None
+            self.metrics.store_degraded.set(0)
+
+    def may_try(self) -> bool:
+        """Whether a miss should go through the cache (which stores what it fetches)."""
+        if self.problem is None:
+            return True
+        if time.monotonic() - self._last_try < STORE_RETRY_SECONDS:
+            return False
+        self._last_try = time.monotonic()
+        return True
+
+
 class ProxyState:
     """Everything one running proxy shares between requests."""
 
@@ -153,6 +200,7 @@ class ProxyState:
             settings.evict_high_watermark,
         )
         self.upstreams = UpstreamClients(settings, self.metrics)
+        self.store_health = StoreHealth(self.metrics)
         self.inflight = InflightRegistry()
         self.auth_cache = access.AuthDecisionCache(max_entries=100_000)
         self.limits = RequestLimits.from_settings(settings)
@@ -302,9 +350,7 @@ async def forward_uncached(
         for url in freshness.invalidation_targets(
             request.method, upstream.status, target.upstream_url, upstream.headers
         ):
-            key = cache_key(url, state.settings.signing_params)
-            await state.blocking(state.store.delete_object, key)
-            state.auth_cache.forget_object(key)
+            await _forget(state, cache_key(url, state.settings.signing_params))
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -352,6 +398,12 @@ async def serve_cacheable(
     meta = state.store.remembered_meta(target.cache_key)  # hot objects: no thread hop
     if meta is None:
         meta = await state.blocking(state.store.get_meta, target.cache_key)
+    if meta is not None and not blocks.cacheable_in_blocks(
+        meta.etag, meta.last_modified, meta.size or 0, settings.block_size
+    ):
+        # Stored before such objects were passed through: its blocks may be of two versions.
+        await _forget(state, meta.key)
+        meta = None
     decision = freshness.decide(creq, meta.stored if meta else None, now, settings)
     if decision.outcome is Outcome.ONLY_IF_CACHED:
         return _text(504, "not in the cache, and the request says only-if-cached")
@@ -379,6 +431,10 @@ async def serve_cacheable(
         meta, stale = checked
     fetching = None
     personal: tuple[tuple[str, str], ...] = ()
+    if meta is None and not state.store_health.may_try():
+        # The cache cannot store (full, read-only): the origin answers this miss itself.
+        served.cache = "PASS"
+        return await forward_uncached(request, state, target, served)
     if meta is None:
         probed = await probe(request, state, target, served)
         if isinstance(probed, web.StreamResponse):
@@ -451,7 +507,7 @@ async def check_with_origin(
     )
     if outcome.outcome is Outcome.NOT_MODIFIED and outcome.updated is not None:
         meta.stored = outcome.updated
-        await state.blocking(state.store.put_meta, meta)
+        await _put_meta(state, meta)  # if it cannot be stored, this response still uses it
     elif status == 206:
         # The same version, answered in full rather than 304: take its fresh headers.
         meta.stored = freshness.StoredMeta.from_response(
@@ -462,7 +518,7 @@ async def check_with_origin(
             requires_authorization=meta.stored.requires_authorization,
             size=meta.size,
         )
-        await state.blocking(state.store.put_meta, meta)
+        await _put_meta(state, meta)
     else:
         await _forget(state, target.cache_key)
         return None, False
@@ -497,8 +553,23 @@ def _serve_despite_origin(
 
 
 async def _forget(state: ProxyState, key: str) -> None:
-    await state.blocking(state.store.delete_object, key)
     state.auth_cache.forget_object(key)
+    try:
+        await state.blocking(state.store.delete_object, key)
+    except (OSError, sqlite3.Error) as exc:
+        # The object stays stored under its old version; requests see the change through
+        # the origin's validators (a new ETag is a new version) or once it is evicted.
+        state.store_health.failed(StoreWriteError(f"cannot forget {key}: {exc}"))
+
+
+async def _put_meta(state: ProxyState, meta: ObjectMeta) -> bool:
+    """Store metadata; False (and the cache reported degraded) if the cache cannot."""
+    try:
+        await state.blocking(state.store.put_meta, meta)
+    except StoreWriteError as exc:
+        state.store_health.failed(exc)
+        return False
+    return True
 
 
 # -- first fetch of an object ---------------------------------------------------------------------
@@ -560,7 +631,7 @@ async def _probe_task(
     settings = state.settings
     future = entry.future
     if request.method == "GET":
-        range_value = request.headers.get("Range")
+        range_value = field_value(request.headers, "Range")
         specs = parse_range_specs(range_value) if range_value else None
     else:
         # HEAD needs the size and validators only: ask for the first block, not the
@@ -606,6 +677,14 @@ async def _probe_task(
                     reason = result if isinstance(result, str) else "not storable in a shared cache"
                     future.set_result(Uncacheable(reason))
                     return
+                if not blocks.cacheable_in_blocks(
+                    upstream.headers.get("ETag"),
+                    upstream.headers.get("Last-Modified"),
+                    result.size,
+                    settings.block_size,
+                ):
+                    future.set_result(Uncacheable("no validator to keep its blocks consistent"))
+                    return
                 stored = freshness.StoredMeta.from_response(
                     upstream.status,
                     upstream.headers,
@@ -618,7 +697,9 @@ async def _probe_task(
                     size=result.size,
                 )
                 meta = ObjectMeta(target.cache_key, target.upstream_url, stored)
-                await state.blocking(state.store.put_meta, meta)
+                if not await _put_meta(state, meta):
+                    future.set_result(Uncacheable("the cache cannot store"))
+                    return
                 if target.credential is not None:
                     state.auth_cache.put(
                         target.credential,
@@ -719,16 +800,30 @@ async def _pump(
                 if not chunk:
                     continue
             for index, data in run.feed(chunk):
-                await state.blocking(
-                    state.store.put_block, run.version, index, data, pinned=meta.pinned
-                )
-                run.mark_stored(index)
+                await _store_block(state, run, index, data, pinned=meta.pinned)
         run.finish()
     except BaseException as exc:
         run.finish(exc if isinstance(exc, Exception) else RunFailedError("cancelled"))
         raise
     finally:
         state.inflight.unregister(run)
+
+
+async def _store_block(
+    state: ProxyState, run: BlockRun, index: int, data: bytes, *, pinned: bool
+) -> None:
+    """Store a block that has arrived whole. If the cache cannot store it (or has lately
+    failed to: then it does not try), it stays in the run's memory, and the readers of the
+    run take it from there: the response is answered all the same."""
+    if state.store_health.problem is not None and not state.store_health.may_try():
+        return
+    try:
+        await state.blocking(state.store.put_block, run.version, index, data, pinned=pinned)
+    except StoreWriteError as exc:
+        state.store_health.failed(exc)
+        return
+    state.store_health.stored()
+    run.mark_stored(index)
 
 
 async def _fill_run(
@@ -801,8 +896,10 @@ async def respond_from_blocks(
         return web.Response(status=precondition, headers=headers)
 
     ranges: list[ByteRange] | None = None
-    range_value = request.headers.get("Range")
-    if_range = request.headers.get("If-Range")
+    # Several lines of a singleton field make it invalid once joined (RFC 9110 §5.3): the
+    # Range is then ignored, as butler serve does, not read from its first line.
+    range_value = field_value(request.headers, "Range")
+    if_range = field_value(request.headers, "If-Range")
     if (
         range_value
         and request.method == "GET"
@@ -858,6 +955,11 @@ async def respond_from_blocks(
             response.headers[CACHE_HEADER] = served.cache
             return web.Response(status=response.status, body=ready, headers=response.headers)
 
+    sparse = ranges is not None and len(ranges) > 1 and not stale
+    if sparse and ranges is not None and await _sparse_miss(state, meta, ranges):
+        served.cache = "PASS"
+        return await forward_uncached(request, state, target, served)
+
     reader = _BlockReader(state, target, meta, request, [r for _, r in parts], fetching)
     try:
         return await _stream(
@@ -865,6 +967,38 @@ async def respond_from_blocks(
         )
     finally:
         reader.close()
+
+
+async def _sparse_miss(state: ProxyState, meta: ObjectMeta, ranges: list[ByteRange]) -> bool:
+    """Whether the blocks a multi-range request lacks would cost the origin far more than
+    the bytes it asks for: then the request goes to the origin as it is (its ranges, in one
+    response) and nothing is stored.
+
+    Each missing block is fetched whole, so ``bytes=0-0,1048576-1048576,...`` (up to
+    ``max_ranges`` one-byte ranges) would cost a block per byte asked for. Allowed: the
+    bytes asked for twice over, plus one block (what a single small range costs). Ranges
+    that cover most of their blocks are never looked at further; sparse ones touch at most
+    a few blocks per range, whose presence is looked up.
+    """
+    bs = state.settings.block_size
+    requested = sum(r.length for r in ranges)
+    allowance = 2 * requested + bs
+    spanned = sum(r.end // bs - r.start // bs + 1 for r in ranges)  # blocks, with repeats
+    if spanned * bs <= allowance:
+        return False
+    if spanned > 4 * len(ranges) + 8:  # not sparse after all: long ranges, mostly covered
+        return False
+    touched = sorted({i for r in ranges for i in range(r.start // bs, r.end // bs + 1)})
+    version = meta.version(bs)
+    absent = [i for i in touched if state.inflight.run_for(version, i) is None]
+    known = {i for i in absent if state.store.known_block(version, i)}
+    rest = [i for i in absent if i not in known]
+    stored: set[int] = set()
+    if rest:
+        stored = await state.blocking(state.store.has_blocks, version, rest)
+    size = meta.size or 0
+    missing = sum(min(bs, size - i * bs) for i in rest if i not in stored)
+    return missing > allowance
 
 
 def ready_piece(state: ProxyState, version: str, byte_range: ByteRange) -> bytes | None:
@@ -965,7 +1099,14 @@ class _BlockReader:
     the client has been sent, so a full GET of an object larger than ``max_fetch_bytes``
     does not open every run's upstream request at once (each would stop at its read-ahead,
     and the rest be fetched again block by block), and an abandoned download costs a
-    bounded read-ahead. Every run the request uses is claimed until :meth:`close`.
+    bounded read-ahead. Every run the request uses is claimed until :meth:`close` (or,
+    once finished, until the reader next tidies up).
+
+    The response is planned a window at a time (``plan_window`` bytes past the read-ahead,
+    lazily from :func:`proxyd.policy.blocks.needed_in_order`), never whole: a request for
+    a 4 TiB object must not look up four million blocks on the event loop before its first
+    byte, nor hold a plan of them in memory (one request would stall every other client).
+    What is remembered of blocks already sent is dropped as the response moves on.
     """
 
     def __init__(
@@ -983,16 +1124,17 @@ class _BlockReader:
         self.block_size = state.settings.block_size
         self.version = meta.version(self.block_size)
         self.credentials = _credential_headers(request)
-        # Where in the response each block is first needed (bytes sent before it).
+        settings = state.settings
+        self.plan_window = max(settings.max_fetch_bytes, settings.readahead_bytes)
+        self._to_plan = blocks.needed_in_order(ranges, self.block_size)
+        self._next_needed: tuple[int, int] | None = next(self._to_plan, None)
         self.first_needed: dict[int, int] = {}
-        offset = 0
-        for r in ranges:
-            for piece in blocks.slice_plan(r, self.block_size):
-                self.first_needed.setdefault(piece.block_index, offset)
-                offset += piece.stop - piece.start
-        self.needed = sorted(self.first_needed)
+        """Where in the response each planned block is first needed (bytes sent before it);
+        blocks already sent are forgotten as the response moves on (see _tidy)."""
+        self.planned: list[int] = []
+        """Blocks planned by :meth:`start_missing` (what the cache status is about)."""
         self.present: set[int] = set()
-        """Blocks of ``needed`` stored when the request was planned."""
+        """Planned blocks stored when they were planned."""
         self.ready: set[int] = set()
         """... plus those whose bytes had all arrived in a fetch still storing them."""
         self.started: list[BlockRun] = [] if fetching is None else [fetching]
@@ -1003,38 +1145,21 @@ class _BlockReader:
         self.sent = 0
         """Body bytes handed to the response so far."""
 
+    def _take_planned(self, upto: int) -> list[int]:
+        """Blocks first needed before response offset ``upto`` not planned yet (in order)."""
+        new: list[int] = []
+        while self._next_needed is not None and self._next_needed[0] < upto:
+            offset, index = self._next_needed
+            if index not in self.first_needed:
+                self.first_needed[index] = offset
+                new.append(index)
+            self._next_needed = next(self._to_plan, None)
+        return new
+
     async def start_missing(self, *, fetch: bool = True) -> None:
-        """Plan the response: which blocks are ready, and (``fetch``) start fetching the
-        first missing runs."""
-        state = self.state
-        # Which blocks are being fetched is looked at before the store, and again after:
-        # a fetch that ends meanwhile has stored its blocks before it unregisters them,
-        # so no block can slip between the two looks and be fetched a second time.
-        runs = {i: state.inflight.run_for(self.version, i) for i in self.needed}
-        self.present = await self._present(self.needed)
-        for i in self.needed:
-            runs[i] = runs[i] or state.inflight.run_for(self.version, i)
-        waiting = {i for i, run in runs.items() if run is not None}
-        # Blocks the cache held when the request was planned. One whose bytes have all
-        # arrived in a fetch still writing it counts: a client that has just received a
-        # whole response and asks again must see a HIT. Blocks of the first fetch this
-        # request made or waited for (``started``) came from the origin for it.
-        ours = {i for run in self.started for i in run.blocks}
-        complete = {i for i, run in runs.items() if run is not None and run.complete(i)}
-        self.ready = (self.present | complete) - ours
-        for run in {run for run in runs.values() if run is not None}:
-            self._claim(run)
-        plans = blocks.missing_runs(
-            [i for i in self.needed if i not in waiting],
-            self.present,
-            self.block_size,
-            self.meta.size or 0,
-            state.settings.max_fetch_bytes,
-        )
-        self.pending = sorted(
-            ((min(self.first_needed[i] for i in range(p.first, p.last + 1)), p) for p in plans),
-            key=lambda item: item[0],
-        )
+        """Plan the first window of the response: which blocks are ready, and (``fetch``)
+        start fetching the first missing runs."""
+        self.planned = await self._plan(self.plan_window + self.state.settings.readahead_bytes)
         if not fetch:
             return
         await self._start_due(planned_now=True)
@@ -1042,6 +1167,46 @@ class _BlockReader:
             # Something to fetch and nothing under way for this request yet: start now.
             _, plan = self.pending.pop(0)
             await self._start_plan(plan, check_store=False)
+
+    async def _plan(self, upto: int) -> list[int]:
+        """Plan the blocks first needed before response offset ``upto``: note those ready,
+        claim the runs fetching them, queue runs for the missing ones; returns them."""
+        needed = self._take_planned(upto)
+        if not needed:
+            return needed
+        state = self.state
+        # Which blocks are being fetched is looked at before the store, and again after:
+        # a fetch that ends meanwhile has stored its blocks before it unregisters them,
+        # so no block can slip between the two looks and be fetched a second time.
+        runs = {i: state.inflight.run_for(self.version, i) for i in needed}
+        present = await self._present(needed)
+        for i in needed:
+            runs[i] = runs[i] or state.inflight.run_for(self.version, i)
+        waiting = {i for i, run in runs.items() if run is not None}
+        # Blocks the cache held when the request was planned. One whose bytes have all
+        # arrived in a fetch still writing it counts: a client that has just received a
+        # whole response and asks again must see a HIT. Blocks of the first fetch this
+        # request made or waited for (``started``) came from the origin for it.
+        complete = {i for i, run in runs.items() if run is not None and run.complete(i)}
+        ours = {i for i in needed if any(run.first <= i <= run.last for run in self.started)}
+        self.present |= present
+        self.ready |= (present | complete) - ours
+        for run in {run for run in runs.values() if run is not None}:
+            self._claim(run)
+        plans = blocks.missing_runs(
+            [i for i in needed if i not in waiting],
+            present,
+            self.block_size,
+            self.meta.size or 0,
+            state.settings.max_fetch_bytes,
+        )
+        # Every block planned now is first needed after those planned before: the new
+        # runs go after the pending ones.
+        self.pending += sorted(
+            ((min(self.first_needed[i] for i in range(p.first, p.last + 1)), p) for p in plans),
+            key=lambda item: item[0],
+        )
+        return needed
 
     def _claim(self, run: BlockRun) -> None:
         if run not in self.claimed:
@@ -1054,9 +1219,35 @@ class _BlockReader:
             run.release()
         self.claimed.clear()
 
+    def _tidy(self) -> None:
+        """Forget what a long response no longer needs: blocks already sent, and finished
+        runs none of whose blocks is still to be sent (a claim only keeps a fetch going;
+        and a run may hold blocks the cache could not store), so that its memory is
+        bounded by the window planned, not by the bytes sent so far."""
+        gone = [i for i, offset in self.first_needed.items() if offset < self.sent]
+        for i in gone:
+            del self.first_needed[i]
+            self.present.discard(i)
+            self.ready.discard(i)
+        ahead = list(self.first_needed)
+        if self._next_needed is not None:
+            ahead.append(self._next_needed[1])  # the next window starts with it
+
+        def done(run: BlockRun) -> bool:
+            return run.finished and not any(run.first <= i <= run.last for i in ahead)
+
+        for run in [run for run in self.claimed if done(run)]:
+            run.release()
+            self.claimed.discard(run)
+        self.started = [run for run in self.started if not done(run)]
+
     async def _start_due(self, *, planned_now: bool = False) -> None:
-        """Start the pending runs first needed within the read-ahead of what was sent."""
+        """Start the pending runs first needed within the read-ahead of what was sent,
+        planning the next window first when the read-ahead has reached its end."""
         horizon = self.sent + self.state.settings.readahead_bytes
+        if self._next_needed is not None and self._next_needed[0] <= horizon:
+            self._tidy()
+            await self._plan(horizon + self.plan_window)
         while self.pending and self.pending[0][0] <= horizon:
             _, plan = self.pending.pop(0)
             await self._start_plan(plan, check_store=not planned_now)
@@ -1133,7 +1324,9 @@ class _BlockReader:
         self._start(index, last)
 
     def cache_status(self) -> str:
-        if not self.needed or len(self.ready) == len(set(self.needed)):
+        """HIT, PARTIAL or MISS for the blocks planned first (the whole response, unless it
+        is longer than a planning window)."""
+        if all(i in self.ready for i in self.planned):
             return "HIT"
         return "PARTIAL" if self.ready else "MISS"
 
@@ -1141,7 +1334,7 @@ class _BlockReader:
         self, byte_range: ByteRange, served: Served
     ) -> AsyncIterator[bytes | BlockFile]:
         state = self.state
-        for piece in blocks.slice_plan(byte_range, self.block_size):
+        for piece in blocks.iter_slices(byte_range, self.block_size):
             index = piece.block_index
             # Blocks ready when the request was planned count as from the cache; bytes this
             # request fetched or waited for count as from the origin, wherever they are read
@@ -1152,7 +1345,7 @@ class _BlockReader:
             failed: BlockRun | None = None
             while position < piece.stop:
                 await self._start_due()
-                run = state.inflight.run_for(self.version, index)
+                run = state.inflight.run_for(self.version, index) or self._holding(index)
                 if run is failed:
                     run = None
                 if run is None:
@@ -1196,6 +1389,14 @@ class _BlockReader:
                         raise
                     failed = run
                     cached = False
+
+    def _holding(self, index: int) -> BlockRun | None:
+        """A run of this request that has block ``index`` in memory because the cache
+        could not store it (after the run's fetch has ended and left the registry)."""
+        for run in self.claimed:
+            if run.holds(index):
+                return run
+        return None
 
     async def _stored(self, index: int, start: int, stop: int) -> bytes | BlockFile | None:
         """Bytes ``start:stop`` of a stored block: from memory; a small piece read in the

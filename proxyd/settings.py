@@ -83,7 +83,8 @@ class ProxySettings:
     """Upstream name -> base URL; ``/<name>/<path>`` is fetched from ``<URL>/<path>``."""
     signing_params: tuple[str, ...] = ("X-Amz-*",)
     """Glob patterns (case-insensitive) of query parameters that only sign a request; they
-    are left out of the cache key and count as credentials."""
+    are left out of the cache key and count as credentials. Every other parameter stays in
+    the key, in the order it was sent (:func:`proxyd.policy.keys.cache_key`)."""
     max_fetch_bytes: int = 64 * MiB
     """Largest single upstream range request; longer missing runs are split."""
     readahead_bytes: int = 8 * MiB

@@ -31,7 +31,9 @@ import json
 import math
 import os
 import resource
+import sqlite3
 import struct
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -66,6 +68,28 @@ VERIFIED_SECONDS = 600.0
 """How long a block hashed in full is trusted without hashing it again. Blocks are never
 rewritten in place (diskcache writes a new file per value), so only a crash mid-write or
 the disk itself can damage one: the first read after a restart verifies every block."""
+
+
+class StoreWriteError(Exception):
+    """The cache could not store something: its file system is full or read-only, or the
+    disk failed. The caller serves the bytes in hand all the same (the cache is only a
+    copy) and reports the cache as degraded."""
+
+
+def check_writable(directory: Path) -> None:
+    """Raise :class:`StoreWriteError` unless ``directory`` (made if missing) takes a new
+    file: checked before the proxy listens, so that a read-only or full cache directory is
+    a clear message at start-up, not a traceback after "listening" and 500s later."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-") as probe:
+            probe.write(b"proxyd")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise StoreWriteError(
+            f"the cache directory {directory} is not writable ({exc.strerror or exc})"
+        ) from None
 
 
 def _digest(data: bytes | memoryview) -> bytes:
@@ -132,6 +156,21 @@ class BlockFile:
         return BlockFile(self.fd, self.offset + start, min(stop, self.length) - start, self.release)
 
 
+#: How cache keys are made (:func:`proxyd.policy.keys.cache_key`), stored with each object's
+#: metadata. 1: query parameters sorted; 2: kept in the order sent (order names different
+#: resources for many origins: ``collections=`` is a search path). An entry of an older format
+#: whose key has several query parameters may have been filled by a request in another order,
+#: so it is dropped when met (:meth:`BlockStore.get_meta`); other entries mean the same.
+KEY_FORMAT = 2
+
+
+def key_format_ambiguous(key: str) -> bool:
+    """Whether a format-1 key may name another resource under format 2: its query has more
+    than one parameter (sorting changed nothing for zero or one)."""
+    query = key.partition("?")[2]
+    return "&" in query
+
+
 @functools.lru_cache(maxsize=4096)
 def object_version(key: str, validator: str, size: int | None, block_size: int) -> str:
     """Names the blocks of one version of one object (at one block size)."""
@@ -149,6 +188,7 @@ class ObjectMeta:
     url: str
     stored: StoredMeta
     pinned: bool = False
+    key_format: int = KEY_FORMAT
 
     @property
     def size(self) -> int | None:
@@ -180,6 +220,7 @@ class ObjectMeta:
             "url": self.url,
             "pinned": self.pinned,
             "stored": self.stored.to_json(),
+            "key_format": self.key_format,
         }
         return json.dumps(data, separators=(",", ":"))
 
@@ -187,7 +228,11 @@ class ObjectMeta:
     def from_json(cls, text: str) -> ObjectMeta:
         data = json.loads(text)
         return cls(
-            data["key"], data["url"], StoredMeta.from_json(data["stored"]), bool(data.get("pinned"))
+            data["key"],
+            data["url"],
+            StoredMeta.from_json(data["stored"]),
+            bool(data.get("pinned")),
+            int(data.get("key_format", 1)),
         )
 
 
@@ -282,6 +327,9 @@ class BlockStore:
             if text is not None:
                 meta = ObjectMeta.from_json(text)
                 break
+        if meta is not None and meta.key_format < KEY_FORMAT and key_format_ambiguous(key):
+            self._delete(key, meta)  # filled under a key that ignored the query's order
+            meta = None
         self._remember_meta(key, meta)
         return None if meta is None else copy.copy(meta)
 
@@ -332,14 +380,24 @@ class BlockStore:
             self._meta_memory[key] = (stamp, meta)
 
     def put_meta(self, meta: ObjectMeta) -> None:
+        """Store an object's metadata (:class:`StoreWriteError` if the cache cannot)."""
         target = self._pinned if meta.pinned else self._cache
-        target.set(f"meta:{meta.key}", meta.to_json())
+        try:
+            target.set(f"meta:{meta.key}", meta.to_json())
+        except (OSError, sqlite3.Error) as exc:
+            raise self._write_error(exc) from None
         self._remember_meta(meta.key, copy.copy(meta))
+
+    def _write_error(self, exc: BaseException) -> StoreWriteError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return StoreWriteError(f"cannot write to the cache in {self.directory}: {reason}")
 
     def delete_object(self, key: str) -> int:
         """Forget an object and every block of its current version; returns blocks removed."""
+        return self._delete(key, self.get_meta(key))
+
+    def _delete(self, key: str, meta: ObjectMeta | None) -> int:
         removed = 0
-        meta = self.get_meta(key)
         with self._lock:
             self._meta_memory.pop(key, None)
             if meta is not None:
@@ -681,15 +739,22 @@ class BlockStore:
         return present
 
     def put_block(self, version: str, index: int, data: bytes, *, pinned: bool = False) -> None:
+        """Store a block (:class:`StoreWriteError` if the cache cannot: full, read-only)."""
         target = self._pinned if pinned else self._cache
         block_key = f"block:{version}:{index}"
         self._forget_location(block_key)
         encoded = encode_block(data)
-        target.set(block_key, encoded)
+        try:
+            target.set(block_key, encoded)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._write_error(exc) from None
         self._remember_block(block_key, data)
         # Written from bytes in hand: trusted as such (a crash mid-write ends the process,
         # and with it this memory), so a download right after a fill need not hash it.
-        stored = target.get(block_key, read=True)
+        try:
+            stored = target.get(block_key, read=True)
+        except (OSError, sqlite3.Error):
+            return  # stored, but not located: the first read finds and verifies it
         if stored is not None and not isinstance(stored, bytes):
             stored.close()
             header = BlockHeader.parse(encoded[: BlockHeader.room(len(encoded))], len(encoded))

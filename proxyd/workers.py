@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import time
 
@@ -296,7 +297,10 @@ async def _worker_main(
     async def recency() -> None:  # the main process's evictor does this for its own reads
         while True:
             await asyncio.sleep(RECENCY_FLUSH_SECONDS)
-            await asyncio.to_thread(state.store.flush_recency)
+            try:
+                await asyncio.to_thread(state.store.flush_recency)
+            except (OSError, sqlite3.Error) as exc:  # a full or read-only cache: next time
+                log.warning("worker %d: cache maintenance failed: %s", os.getpid(), exc)
             state.store.close_stale_files()
 
     chores = [loop.create_task(counting()), loop.create_task(recency())]

@@ -848,6 +848,13 @@ def test_simple_range_agrees_with_parse_range_header(
     value = f"bytes={first}-{'' if last is None else last}"
     shortcut = simple_range(value, size)
     full = parse_range_header(value, size)
+    # RFC 9110 §14.1.2, worked out here: satisfiable iff first-pos < size and a last-pos, when
+    # present, is not before first-pos; last-pos clipped to the end.
+    if first < size and (last is None or last >= first):
+        end = size - 1 if last is None else min(last, size - 1)
+        assert full.ranges == (ByteRange(first, end),)
+    else:
+        assert full.ranges == ()
     if shortcut is None:  # left to the full parser: never a satisfiable range of this form
         assert full.outcome is not RangeOutcome.SATISFIABLE
     else:

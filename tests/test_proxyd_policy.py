@@ -308,8 +308,13 @@ def test_header_helpers() -> None:
         ("http://o/a/b?", "http://o/a/b"),
         ("http://o/a/b#frag", "http://o/a/b"),
         ("http://o/%7Euser/%41%2f%2F", "http://o/~user/A%2F%2F"),
-        ("http://o/p?b=2&a=1", "http://o/p?a=1&b=2"),
-        ("http://o/p?a=2&a=1&a", "http://o/p?a&a=1&a=2"),
+        # Order is kept: repeated parameters can be an ordered list or read first-wins.
+        ("http://o/p?b=2&a=1", "http://o/p?b=2&a=1"),
+        ("http://o/p?a=2&a=1&a", "http://o/p?a=2&a=1&a"),
+        ("http://o/p?collections=r2&collections=r1", "http://o/p?collections=r2&collections=r1"),
+        # Unreserved characters decoded, other triplets upper-cased: in names as in values.
+        ("http://o/p?%61=1&a%2f=%7e", "http://o/p?a=1&a%2F=~"),
+        ("http://o/p?X-Amz-Date=d&b=2&X-Amz-Signature=s&a=1", "http://o/p?b=2&a=1"),
         ("http://o/p?a=1&&b", "http://o/p?a=1&b"),
         ("http://o/p?q=%7e%2b+x", "http://o/p?q=~%2B+x"),
         ("http://o/p?X-Amz-Signature=s&x-amz-date=d&X-Amz-Credential=c", "http://o/p"),
@@ -350,6 +355,7 @@ def test_credential_fingerprint() -> None:
     cookie = credential_fingerprint({"Cookie": "Bearer a"})
     assert a == b
     assert a is not None
+    assert cookie is not None  # a cookie is a credential (RFC 6265), not "anonymous"
     assert len(a) == 64
     assert int(a, 16) >= 0
     assert len({a, c, cookie}) == 3

@@ -87,3 +87,38 @@ def test_a_change_in_another_process_is_seen_by_the_next_read(tmp_path: Path) ->
     assert store.get_meta("k") is None
     store.close()
     other.close()
+
+
+def test_entries_keyed_by_a_sorted_query_are_dropped_after_the_upgrade(tmp_path: Path) -> None:
+    """Before key format 2 the query's parameters were sorted into the key, so an entry for
+    ``?b=2&a=1`` may hold the answer to ``?a=1&b=2``: such entries are dropped with their
+    blocks when met; entries whose key the sorting could not change are kept."""
+    store = _store(tmp_path)
+    stored = freshness.StoredMeta.from_response(
+        200, [("Content-Length", "8"), ("ETag", '"x"')], request_time=0.0, response_time=0.0
+    )
+    keys = {
+        "http://o/f?a=1&b=2": True,  # several parameters: ambiguous under format 1
+        "http://o/f?a=1": False,
+        "http://o/g": False,
+    }
+    for key in keys:
+        old = ObjectMeta(key, key, stored, key_format=1)
+        store.put_meta(old)
+        store.put_block(old.version(BLOCK), 0, b"12345678")
+    store.close()
+    store = _store(tmp_path)  # a proxyd of the new release on the old cache
+    for key, dropped in keys.items():
+        meta = store.get_meta(key)
+        assert (meta is None) is dropped, key
+        version = ObjectMeta(key, key, stored).version(BLOCK)
+        assert store.has_blocks(version, [0]) == (set() if dropped else {0}), key
+    # What is stored now carries the current format and is kept.
+    fresh = ObjectMeta("http://o/f?a=1&b=2", "http://o/f?a=1&b=2", stored)
+    store.put_meta(fresh)
+    store.close()
+    store = _store(tmp_path)
+    again = store.get_meta("http://o/f?a=1&b=2")
+    assert again is not None
+    assert again.key_format == 2
+    store.close()

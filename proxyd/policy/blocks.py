@@ -15,7 +15,7 @@ what to ask for first and :func:`interpret_fetch_response` reads the size off th
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,9 +30,12 @@ __all__ = [
     "block_count",
     "block_span",
     "blocks_for",
+    "cacheable_in_blocks",
     "initial_fetch",
     "interpret_fetch_response",
+    "iter_slices",
     "missing_runs",
+    "needed_in_order",
     "run_request_headers",
     "slice_plan",
 ]
@@ -156,17 +159,34 @@ class BlockSlice(NamedTuple):
 
 
 def slice_plan(r: ByteRange, block_size: int) -> list[BlockSlice]:
-    """The slices of blocks whose concatenation, in order, is exactly the bytes of ``r``."""
+    """The slices of blocks whose concatenation, in order, is exactly the bytes of ``r``
+    (as a list: for ranges known to be short; see :func:`iter_slices`)."""
+    return list(iter_slices(r, block_size))
+
+
+def iter_slices(r: ByteRange, block_size: int) -> Iterator[BlockSlice]:
+    """:func:`slice_plan` lazily, one slice at a time: a range of a huge object (a 4 TiB
+    file is four million 1 MiB blocks) must cost memory and time for what is actually sent,
+    not for every block it spans."""
     _check_block_size(block_size)
-    plan: list[BlockSlice] = []
     pos = r.start
     while pos <= r.end:
         index = pos // block_size
         block_start = index * block_size
         stop = min(r.end + 1, block_start + block_size)
-        plan.append(BlockSlice(index, pos - block_start, stop - block_start))
+        yield BlockSlice(index, pos - block_start, stop - block_start)
         pos = stop
-    return plan
+
+
+def needed_in_order(ranges: Iterable[ByteRange], block_size: int) -> Iterator[tuple[int, int]]:
+    """(offset in the response body, block index) of each block slice the ``ranges`` need,
+    in the order a response sends them, lazily (a block needed twice, by overlapping or
+    neighbouring ranges, comes twice)."""
+    offset = 0
+    for r in ranges:
+        for piece in iter_slices(r, block_size):
+            yield offset, piece.block_index
+            offset += piece.stop - piece.start
 
 
 def initial_fetch(
@@ -198,6 +218,22 @@ def initial_fetch(
     if specs:
         return _run(0, 0, None, block_size)
     return _run(0, per_run - 1, None, block_size)
+
+
+def cacheable_in_blocks(
+    etag: str | None, last_modified: str | None, size: int, block_size: int
+) -> bool:
+    """Whether an object may be cached as blocks fetched at different times.
+
+    Blocks of one response are fetched by separate upstream requests (and refetched after
+    an eviction), and only a validator tells whether they are still of the same version:
+    every later fetch sends a precondition or has its ETag compared
+    (:func:`run_request_headers`, :func:`interpret_fetch_response`). An object with neither
+    ETag nor Last-Modified could change between two fetches with its size unchanged, and a
+    response would mix both versions; unless it fits in one block (always one fetch), it
+    is not cached: the origin answers each request itself, in one response.
+    """
+    return etag is not None or last_modified is not None or size <= block_size
 
 
 def run_request_headers(run: BlockRun, etag: str | None, last_modified: str | None) -> HeaderPairs:

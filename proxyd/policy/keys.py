@@ -1,11 +1,12 @@
 """Cache keys and credential fingerprints.
 
-A cache key names an upstream resource, independent of how a client happened to spell its URL
-and of the query parameters that only sign the request (S3 pre-signed URLs carry
-``X-Amz-Signature``, ``X-Amz-Date``, ... which change on every request for the same object).
-Those parameters are credentials: they are left out of the key but go into the credential
-fingerprint, so a signed URL is treated like a request with an ``Authorization`` field
-(see :mod:`proxyd.policy.access`).
+A cache key names an upstream resource, independent of how a client happened to
+percent-encode its URL and of the query parameters that only sign the request (S3 pre-signed
+URLs carry ``X-Amz-Signature``, ``X-Amz-Date``, ... which change on every request for the
+same object). Those parameters are credentials: they are left out of the key but go into
+the credential fingerprint, so a signed URL is treated like a request with an
+``Authorization`` field (see :mod:`proxyd.policy.access`). Everything else in the URL, the
+order of the query parameters included, is part of the key (see :func:`cache_key`).
 """
 
 from __future__ import annotations
@@ -99,11 +100,18 @@ def cache_key(url: str, signing_params: Sequence[str]) -> str:
 
     ``url`` is ``scheme://authority/path?query`` with scheme and authority already normalised
     (:mod:`proxyd.settings` does that for upstream base URLs). The key is the URL with
-    percent-encoding normalised in path and query (RFC 3986 §6.2.2.2), the signing
-    parameters removed, and the remaining parameters sorted, so that ``?b=2&a=1`` and
-    ``?a=1&b=2`` share an entry; an empty query and no query are the same. A fragment never
-    reaches a server (RFC 9110 §4.2.4) and is dropped. Sorting assumes, as practically every
-    origin does, that the order of distinct parameters carries no meaning.
+    percent-encoding normalised in the path and in every query parameter's name and value
+    (RFC 3986 §6.2.2.2: the same resource however a client spelled it) and the signing
+    parameters removed; an empty query and no query are the same, as are empty ``&&``
+    members. A fragment never reaches a server (RFC 9110 §4.2.4) and is dropped.
+
+    The parameters keep the order they were sent in. Order carries meaning for many origins:
+    a repeated parameter can be an ordered list (``butler serve`` reads ``collections=`` as a
+    search path, first match wins) or read first-wins or last-wins, so two URLs that differ
+    only in the order of their parameters may name different responses, and sorting them
+    into one key would serve one client's answer to the other (and let anyone poison the
+    entry for the other spelling). As in nginx's ``$args`` and Varnish's default hash, only
+    what is known not to name the resource -- the signing parameters -- is left out.
     """
     url = url.partition("#")[0]
     base, _, query = url.partition("?")
@@ -111,14 +119,10 @@ def cache_key(url: str, signing_params: Sequence[str]) -> str:
     authority, slash, path = rest.partition("/")
     key = f"{scheme}{sep}{authority}{slash}{normalise_percent_encoding(path)}"
     kept, _ = split_signing_params(query, signing_params)
-    normalised = sorted(
-        (
-            (normalise_percent_encoding(n), None if v is None else normalise_percent_encoding(v))
-            for n, v in kept
-        ),
-        # "a" (no "=") sorts before "a=" and "a=x"; None cannot be compared with a str.
-        key=lambda p: (p[0], p[1] is not None, p[1] or ""),
-    )
+    normalised = [
+        (normalise_percent_encoding(n), None if v is None else normalise_percent_encoding(v))
+        for n, v in kept
+    ]
     if normalised:
         key += "?" + _join(normalised)
     return key

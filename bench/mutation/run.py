@@ -1,0 +1,313 @@
+"""Mutation testing of the modules that decide safety and correctness (cosmic-ray).
+
+    python bench/mutation/run.py                     # every target, one after the other
+    python bench/mutation/run.py proxyd-policy       # one target (names: --list)
+    python bench/mutation/run.py --module proxyd/policy/keys.py   # one module of a target
+
+Each module is mutated in a scratch copy of the work tree (``bench/out/mutation/tree``), never
+in place, and the target's tests run against every mutant; servers the tests start import the
+mutated copy too (``PYTHONPATH``). A mutant the tests do not notice "survives". Survivors that
+are *equivalent* (no behaviour can tell them apart from the original) are listed, each with the
+reason, in ``bench/mutation/equivalent.toml``; every other survivor is printed with its diff and
+makes the command exit 1. Sessions are kept in ``bench/out/mutation/`` so an interrupted run
+resumes where it stopped.
+
+Mutants that cannot change behaviour by construction are skipped before running: those inside
+type annotations (``from __future__ import annotations`` keeps them unevaluated), docstrings,
+``if TYPE_CHECKING:`` blocks, ``__all__`` and lines marked ``# pragma: no mutate``.
+
+Needs the ``mutation`` extra: ``pip install -e '.[test,mutation]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+OUT = ROOT / "bench" / "out" / "mutation"
+TREE = OUT / "tree"
+EQUIVALENT = HERE / "equivalent.toml"
+#: A test run longer than this (s) counts as killed by timeout (an infinite loop is a kill).
+TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Modules mutated together and the tests that must notice."""
+
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "proxyd-policy": Target(
+        modules=tuple(
+            f"proxyd/policy/{name}.py"
+            for name in ("keys", "access", "requests", "freshness", "blocks", "plain")
+        ),
+        tests=(
+            "tests/test_proxyd_policy.py",
+            "tests/test_proxyd_properties.py",
+            "tests/test_hardening_proxy_keys.py",
+            "tests/test_proxyd_auth.py",
+            "tests/test_proxyd_validation.py",
+        ),
+    ),
+    "butler-http": Target(
+        modules=("butler/http/ranges.py", "butler/http/conditional.py", "butler/http/bundle.py"),
+        tests=(
+            "tests/test_http_ranges.py",
+            "tests/test_http_bundle.py",
+            "tests/test_server_files.py",
+        ),
+    ),
+    "fits-index": Target(
+        modules=("butler/formatters/fits_index.py",),
+        tests=(
+            "tests/test_fits_partial.py",
+            "tests/test_hardening_formats.py",
+            "tests/test_formatters.py",
+        ),
+    ),
+    "where": Target(
+        modules=("butler/query/parser.py", "butler/query/compiler.py"),
+        tests=("tests/test_query_language.py", "tests/test_hardening_where.py"),
+    ),
+    "staging": Target(
+        modules=("butler/datastore.py", "butler/server/transactions.py"),
+        tests=(
+            "tests/test_transactions.py",
+            "tests/test_hardening_server.py",
+            "tests/test_server.py",
+        ),
+    ),
+}
+
+
+# -- which mutants cannot matter ------------------------------------------------------------
+
+
+Span = tuple[tuple[int, int], tuple[int, int]]
+TYPE_CHECKING = {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
+
+
+def inert_spans(source: str) -> list[Span]:
+    """Source spans whose mutation cannot change behaviour: annotations, docstrings,
+    ``if TYPE_CHECKING:`` bodies and the ``__all__`` list."""
+    spans: list[Span] = []
+
+    def add(node: ast.AST) -> None:
+        end_line = getattr(node, "end_lineno", None)
+        end_col = getattr(node, "end_col_offset", None)
+        if end_line is not None and end_col is not None:
+            spans.append(((node.lineno, node.col_offset), (end_line, end_col)))  # type: ignore[attr-defined]
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.returns is not None:
+                add(node.returns)
+            for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
+                if arg.annotation is not None:
+                    add(arg.annotation)
+            for extra in (node.args.vararg, node.args.kwarg):
+                if extra is not None and extra.annotation is not None:
+                    add(extra.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            add(node.annotation)
+        elif (isinstance(node, ast.If) and ast.unparse(node.test) in TYPE_CHECKING) or (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+        ):
+            add(node)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                add(body[0])
+    return spans
+
+
+def inside(start: tuple[int, int], end: tuple[int, int], spans: list[Span]) -> bool:
+    return any(s <= start and end <= e for s, e in spans)
+
+
+def skip_inert_mutants(session: Path, tree: Path) -> int:
+    """Mark the session's mutants in inert spans (or on ``pragma: no mutate`` lines) as
+    skipped; returns how many."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    skipped = 0
+    cache: dict[Path, tuple[list[Span], list[str]]] = {}
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in db.pending_work_items:
+            for mutation in item.mutations:
+                path = tree / mutation.module_path
+                if path not in cache:
+                    text = path.read_text()
+                    cache[path] = (inert_spans(text), text.splitlines())
+                spans, lines = cache[path]
+                start, end = tuple(mutation.start_pos), tuple(mutation.end_pos)
+                marked = "pragma: no mutate" in lines[end[0] - 1]
+                if marked or inside(start, end, spans):  # type: ignore[arg-type]
+                    db.set_result(
+                        item.job_id,
+                        WorkResult(worker_outcome=WorkerOutcome.SKIPPED),
+                    )
+                    skipped += 1
+    return skipped
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def copy_tree() -> None:
+    """The work tree as it is now (committed or not), without caches, in ``TREE``."""
+    if TREE.exists():
+        shutil.rmtree(TREE)
+    ignore = shutil.ignore_patterns(
+        ".git",
+        ".venv",
+        "bench",
+        "__pycache__",
+        "*.egg-info",
+        ".*_cache",
+        ".hypothesis",
+        "demo-work",
+    )
+    shutil.copytree(ROOT, TREE, ignore=ignore)
+
+
+def test_command(target: Target) -> str:
+    """pytest on the target's test files that exist (a missing file would make pytest fail,
+    and every mutant look killed)."""
+    tests = [t for t in target.tests if (TREE / t).exists()]
+    for missing in sorted(set(target.tests) - set(tests)):
+        print(f"note: {missing} does not exist; not run", flush=True)
+    pytest = f"env PYTHONPATH={TREE} {sys.executable} -m pytest -x -q -p no:cacheprovider"
+    return " ".join([pytest, *tests])
+
+
+def check_baseline(target: Target) -> None:
+    """The unmutated tree must pass the target's tests, or every mutant would look killed."""
+    if subprocess.run(test_command(target), shell=True, cwd=TREE).returncode != 0:
+        sys.exit("the target's tests fail without any mutation: fix them first")
+
+
+def session_config(module: str, target: Target) -> Path:
+    config = OUT / (module.replace("/", "_") + ".toml")
+    command = test_command(target)
+    config.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{module}"\n'
+        f"timeout = {TIMEOUT}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{command}"\n\n'
+        '[cosmic-ray.distributor]\nname = "local"\n'
+    )
+    return config
+
+
+def cosmic_ray(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], cwd=TREE, check=True)
+
+
+@dataclass(frozen=True)
+class Survivor:
+    module: str
+    operator: str
+    line: int
+    code: str
+    diff: str
+
+    @property
+    def signature(self) -> tuple[str, str, str]:
+        return (self.module, self.operator.split("/")[-1], self.code.strip())
+
+
+def survivors(session: Path, module: str) -> Iterator[Survivor]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome
+
+    lines = (TREE / module).read_text().splitlines()
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.test_outcome != TestOutcome.SURVIVED:
+                continue
+            for mutation in item.mutations:
+                line = mutation.start_pos[0]
+                yield Survivor(
+                    module, mutation.operator_name, line, lines[line - 1], result.diff or ""
+                )
+
+
+def known_equivalents() -> set[tuple[str, str, str]]:
+    """(module, operator, source line) of the survivors judged equivalent, with reasons."""
+    if not EQUIVALENT.exists():
+        return set()
+    data = tomllib.loads(EQUIVALENT.read_text())
+    return {(e["module"], e["operator"], e["code"].strip()) for e in data.get("equivalent", [])}
+
+
+def run_module(module: str, target: Target, fresh: bool) -> list[Survivor]:
+    session = OUT / (module.replace("/", "_") + ".sqlite")
+    if fresh and session.exists():
+        session.unlink()
+    if not session.exists():
+        config = session_config(module, target)
+        cosmic_ray("init", str(config), str(session))
+        print(f"{module}: {skip_inert_mutants(session, TREE)} inert mutants skipped", flush=True)
+    cosmic_ray("exec", str(OUT / (module.replace("/", "_") + ".toml")), str(session))
+    return list(survivors(session, module))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help="targets to run (default: all)")
+    parser.add_argument("--module", help="only this module (of the targets given)")
+    parser.add_argument("--list", action="store_true", help="list the targets and exit")
+    parser.add_argument("--resume", action="store_true", help="continue the kept sessions")
+    args = parser.parse_args()
+    if args.list:
+        for name, target in TARGETS.items():
+            print(f"{name}: {', '.join(target.modules)}")
+        return 0
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not (args.resume and TREE.exists()):
+        copy_tree()
+    equivalent = known_equivalents()
+    unexplained: list[Survivor] = []
+    for name in args.targets or list(TARGETS):
+        target = TARGETS[name]
+        check_baseline(target)
+        for module in target.modules:
+            if args.module and module != args.module:
+                continue
+            found = run_module(module, target, fresh=not args.resume)
+            left = [s for s in found if s.signature not in equivalent]
+            print(f"{module}: {len(found)} survivors, {len(found) - len(left)} equivalent")
+            unexplained += left
+    for survivor in unexplained:
+        print(f"\nSURVIVED {survivor.module}:{survivor.line} {survivor.operator}\n{survivor.diff}")
+    print(f"\n{len(unexplained)} survivors neither killed nor listed as equivalent")
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
