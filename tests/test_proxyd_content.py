@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,19 +295,18 @@ def test_an_abandoned_download_stops_the_upstream_fetch(
                 chunk = sock.recv(65536)
                 assert chunk
                 received += chunk
-        started = time.monotonic()
         head, _, body = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
         assert body == data[: len(body)]
         # nginx logs the upstream request once the proxy has closed it; at 1 MiB/s the
-        # whole object would take 8 s.
+        # whole object would take 8 s, longer than this wait.
         [entry] = wait_until(
             lambda: origin_requests(origin, mark, "slow/abandon.bin"), timeout=6, what="fetch end"
         )
-        assert time.monotonic() - started < 4
         assert entry["range"] == f"bytes=0-{(64 << 20) - 1}"
         assert entry["completion"] != "OK"  # cut short by the proxy
         sent_by_origin = entry["body_bytes_sent"]
+        assert sent_by_origin < size
         [logged] = proxy.entries_since(0, 1)
         assert logged["status"] == 499  # the client went away
         sent_to_client = logged["bytes_from_origin"] + logged["bytes_from_cache"]

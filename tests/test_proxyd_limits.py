@@ -101,11 +101,11 @@ def test_overlong_url_is_414_and_overlong_headers_431(origin: NginxOrigin, proxy
 
 def test_clients_that_send_slowly_or_stay_idle_are_dropped(proxy: Proxy) -> None:
     for opening in (b"GET /o/a.bin HTTP/1.1\r\nHost: p\r\n", b""):  # half a request; nothing
+        # Closed by the proxy after client_timeout (2 s): with the default (60 s) the
+        # socket's own timeout (10 s) would end the wait with an error instead.
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
             sock.sendall(opening)
-            started = time.monotonic()
-            assert sock.recv(100) == b""  # closed by the proxy ...
-            assert 1.5 < time.monotonic() - started < 5  # ... after client_timeout (2 s)
+            assert sock.recv(100) == b""
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["filling", "cached"])
@@ -124,15 +124,14 @@ def test_a_client_that_stops_reading_is_dropped(
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.sendall(f"GET /o/{name} HTTP/1.1\r\nHost: p\r\n\r\n".encode())
-        started = time.monotonic()
-        # The client reads nothing: after client_timeout (2 s) the proxy gives up on it.
+        # The client reads nothing: after client_timeout (2 s) the proxy gives up on it
+        # (with the default, 60 s, the wait below would fail).
         wait_until(
             lambda: proxy.metrics().get('proxyd_errors_total{kind="client_timeout"}', 0) > dropped,
             timeout=10,
             interval=0.2,
             what="the client to be dropped",
         )
-        assert 1.5 < time.monotonic() - started < 8
         received = 0
         while chunk := sock.recv(1 << 20):  # what was in the socket buffers, then EOF
             received += len(chunk)
