@@ -28,7 +28,7 @@ from butler.errors import (
     StorageClassError,
     TransactionError,
 )
-from butler.formatters.base import Formatter
+from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
@@ -484,7 +484,7 @@ class DirectButler(Butler):
                 index = dict(entry.index)
             else:
                 try:
-                    index = formatter.index(entry.path)  # refuse broken input before a change
+                    index = validate_file(formatter, entry.path)  # refuse broken input first
                 except FileNotFoundError:
                     raise _missing(entry.path) from None
             indexed.append((entry, resolved, formatter, index))
@@ -623,7 +623,7 @@ class DirectButler(Butler):
         or with ``external`` of a file that stays where it is (``transfer="direct"``: the
         record holds its absolute path)."""
         if index is None:
-            index = formatter.index(file)
+            index = validate_file(formatter, file)
         origin = self.formatters.origin(formatter.name)
         if origin is not None:
             # Readers without the plugin are told what to install (see load_plugins).

@@ -16,7 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from butler.errors import StorageClassError, UnsupportedParameterError
+from butler.errors import (
+    ButlerError,
+    CorruptFileError,
+    StorageClassError,
+    UnsupportedParameterError,
+)
 from butler.io.source import ByteSource
 
 FileIndex = dict[str, Any]
@@ -75,6 +80,28 @@ class Formatter(ABC):
                 f"Formatter {self.name!r} does not support parameters {sorted(unknown)} "
                 f"(supported parameters: {supported})."
             )
+
+
+def validate_file(formatter: Formatter, path: Path) -> FileIndex:
+    """Check that the file at ``path`` is a well-formed file of ``formatter``'s format.
+
+    Returns the file's offset index (what :meth:`Formatter.index` builds, so a caller that
+    records the file needs no second pass). Every problem with the file's *content* raises
+    :class:`~butler.errors.CorruptFileError` naming the file and what is wrong: the built-in
+    formatters raise it themselves, and any other exception a (plugin) formatter's ``index``
+    lets escape is turned into one, so a server can answer an upload it refuses with a 4xx
+    rather than a traceback. Failures of the machine rather than the file (``OSError``,
+    ``MemoryError``) propagate unchanged.
+    """
+    try:
+        return formatter.index(path)
+    except (ButlerError, OSError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's parser may raise anything on bad input
+        raise CorruptFileError(
+            f"{path}: not a valid {formatter.storage_class} file for formatter "
+            f"{formatter.name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class StorageClass:

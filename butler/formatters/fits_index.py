@@ -28,6 +28,13 @@ Index layout (JSON-serialisable)::
 ``kind`` is ``primary`` (also when it holds an image), ``image``, ``bintable``,
 ``compimage``, ``table`` (ASCII), ``groups`` (random groups) or the lower-cased XTENSION of
 anything else.
+
+Files come from anyone who can upload, so the scan is bounded whatever the bytes say: a header
+is read block by block up to :data:`MAX_HEADER_BYTES`, at most :data:`MAX_HDUS` HDUs are
+walked, every count that numbers keywords (NAXIS, TFIELDS, ZNAXIS) is held to the standard's
+999, and sizes that would move the walk backwards are refused. Anything that is not a
+well-formed FITS file raises :class:`~butler.errors.CorruptFileError` naming the file, the HDU
+and what is wrong, and every value recorded is JSON-serialisable.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
-from astropy.io.fits.verify import VerifyWarning
+from astropy.io.fits.verify import VerifyError, VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
@@ -75,6 +82,16 @@ BLOCK = 2880
 """FITS logical record size: headers and data are padded to multiples of it."""
 
 CARD = 80
+
+MAX_HEADER_BYTES = 2000 * BLOCK
+"""Longest header read (72,000 cards): far beyond real headers, it bounds the work and memory
+a file without an END card costs before it is refused."""
+
+MAX_HDUS = 10_000
+"""Most HDUs indexed in one file (real multi-extension files hold at most a few hundred)."""
+
+MAX_FIELDS = 999
+"""The FITS standard's limit on NAXIS, TFIELDS and ZNAXIS (their indices have 3 digits)."""
 
 BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
@@ -138,7 +155,8 @@ def _get(header: fits.Header, key: str, default: Any = None) -> Any:
         warnings.simplefilter("ignore", AstropyUserWarning)
         try:
             return header.get(key, default)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, VerifyError):
+            # An unparsable value is as good as none: required keys are then refused.
             return default
 
 
@@ -149,20 +167,31 @@ def _int_key(header: fits.Header, key: str, where: str, default: int | None = No
     return value
 
 
+def _count_key(header: fits.Header, key: str, where: str, default: int | None = None) -> int:
+    """A NAXIS/TFIELDS/ZNAXIS value: it numbers keywords, so the standard bounds it."""
+    value = _int_key(header, key, where, default)
+    if not 0 <= value <= MAX_FIELDS:
+        raise CorruptFileError(f"{where}: {key} = {value} is out of range (0 to {MAX_FIELDS})")
+    return value
+
+
 def _describe_hdu(
     header: fits.Header, position: int, header_offset: int, header_size: int, where: str
 ) -> dict[str, Any]:
     bitpix = _int_key(header, "BITPIX", where)
     if bitpix not in BITPIX_DTYPES:
         raise CorruptFileError(f"{where}: BITPIX = {bitpix} is not a valid FITS value")
-    naxis = _int_key(header, "NAXIS", where)
-    if not 0 <= naxis <= 999:
-        raise CorruptFileError(f"{where}: NAXIS = {naxis} is out of range")
+    naxis = _count_key(header, "NAXIS", where)
     axes = [_int_key(header, f"NAXIS{i}", where) for i in range(1, naxis + 1)]
     if any(n < 0 for n in axes):
         raise CorruptFileError(f"{where}: negative axis length in NAXISn = {axes}")
+    # Negative counts would make the data size negative and the walk go backwards.
     pcount = _int_key(header, "PCOUNT", where, 0)
     gcount = _int_key(header, "GCOUNT", where, 1)
+    if pcount < 0 or gcount < 0:
+        raise CorruptFileError(
+            f"{where}: PCOUNT = {pcount} and GCOUNT = {gcount} must not be negative"
+        )
     groups = bool(_get(header, "GROUPS", False)) and naxis > 0 and axes[0] == 0
     if naxis == 0:
         data_size = 0
@@ -201,28 +230,43 @@ def _describe_hdu(
         hdu["shape"] = axes[::-1]
         hdu["dtype"] = BITPIX_DTYPES[bitpix]
         hdu["bitpix"] = bitpix
-        _add_scaling(hdu, header, "BSCALE", "BZERO", "BLANK")
+        _add_scaling(hdu, header, where, "BSCALE", "BZERO", "BLANK")
     elif kind in ("bintable", "compimage"):
         if naxis != 2:
             raise CorruptFileError(f"{where}: a BINTABLE must have NAXIS = 2, not {naxis}")
         hdu["naxis1"], hdu["naxis2"] = axes
         hdu["pcount"] = pcount
         hdu["theap"] = _int_key(header, "THEAP", where, axes[0] * axes[1])
+        if not axes[0] * axes[1] <= hdu["theap"] <= axes[0] * axes[1] + pcount:
+            raise CorruptFileError(
+                f"{where}: THEAP = {hdu['theap']} puts the heap outside the table's data "
+                f"(rows end at byte {axes[0] * axes[1]}, PCOUNT = {pcount})"
+            )
         hdu["columns"] = _columns(header, where, axes[0])
         if kind == "compimage":
             _describe_compressed(hdu, header, where)
     elif kind == "table":
+        if naxis != 2:
+            raise CorruptFileError(f"{where}: an ASCII TABLE must have NAXIS = 2, not {naxis}")
         hdu["naxis1"], hdu["naxis2"] = axes
         names = [
-            _get(header, f"TTYPE{i}") for i in range(1, _int_key(header, "TFIELDS", where) + 1)
+            _get(header, f"TTYPE{i}") for i in range(1, _count_key(header, "TFIELDS", where) + 1)
         ]
         hdu["columns"] = [{"name": str(n).strip() if n is not None else ""} for n in names]
     return hdu
 
 
-def _add_scaling(hdu: dict[str, Any], header: fits.Header, *keys: str) -> None:
-    bscale = _get(header, keys[0], 1)
-    bzero = _get(header, keys[1], 0)
+def _real_key(header: fits.Header, key: str, where: str, default: float) -> int | float:
+    """A scaling value: a finite real number (the index is JSON, and pixels are scaled by it)."""
+    value = _get(header, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CorruptFileError(f"{where}: {key} = {value!r} is not a finite real number")
+    return value
+
+
+def _add_scaling(hdu: dict[str, Any], header: fits.Header, where: str, *keys: str) -> None:
+    bscale = _real_key(header, keys[0], where, 1)
+    bzero = _real_key(header, keys[1], where, 0)
     if bscale != 1:
         hdu["bscale"] = bscale
     if bzero != 0:
@@ -235,7 +279,7 @@ def _add_scaling(hdu: dict[str, Any], header: fits.Header, *keys: str) -> None:
 def _columns(header: fits.Header, where: str, row_bytes: int) -> list[dict[str, Any]]:
     columns = []
     offset = 0
-    for i in range(1, _int_key(header, "TFIELDS", where, 0) + 1):
+    for i in range(1, _count_key(header, "TFIELDS", where, 0) + 1):
         tform = _get(header, f"TFORM{i}")
         if not isinstance(tform, str):
             raise CorruptFileError(f"{where}: column {i} has no TFORM{i}")
@@ -256,13 +300,25 @@ def _columns(header: fits.Header, where: str, row_bytes: int) -> list[dict[str, 
 
 
 def _describe_compressed(hdu: dict[str, Any], header: fits.Header, where: str) -> None:
-    znaxis = _int_key(header, "ZNAXIS", where)
+    znaxis = _count_key(header, "ZNAXIS", where)
     zshape = [_int_key(header, f"ZNAXIS{i}", where) for i in range(1, znaxis + 1)]
     # Default tiling (FITS standard): one image row per tile.
     ztile = [
         _int_key(header, f"ZTILE{i}", where, zshape[0] if i == 1 else 1)
         for i in range(1, znaxis + 1)
     ]
+    if any(n < 0 for n in zshape) or any(t < 1 for t in ztile):
+        raise CorruptFileError(
+            f"{where}: compressed image of ZNAXISn = {zshape} in tiles of ZTILEn = {ztile}: "
+            "axis lengths must not be negative and tile sizes must be at least 1"
+        )
+    # One table row per tile (FITS standard): fewer rows than tiles leave pixels nowhere.
+    tiles = math.prod(-(-n // t) for n, t in zip(zshape, ztile, strict=True))
+    if hdu["naxis2"] < tiles:
+        raise CorruptFileError(
+            f"{where}: compressed image of ZNAXISn = {zshape} in tiles of ZTILEn = {ztile} "
+            f"needs {tiles} tile rows but the table has NAXIS2 = {hdu['naxis2']}"
+        )
     zbitpix = _int_key(header, "ZBITPIX", where)
     if zbitpix not in BITPIX_DTYPES:
         raise CorruptFileError(f"{where}: ZBITPIX = {zbitpix} is not a valid FITS value")
@@ -274,7 +330,12 @@ def _describe_compressed(hdu: dict[str, Any], header: fits.Header, where: str) -
         zname = _get(header, f"ZNAME{i}")
         if zname is None:
             break
-        settings[str(zname).strip().upper()] = _get(header, f"ZVAL{i}")
+        value = _get(header, f"ZVAL{i}")
+        if not isinstance(value, str | int | float | None) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise CorruptFileError(f"{where}: ZVAL{i} = {value!r} is not a number or a string")
+        settings[str(zname).strip().upper()] = value
     hdu.update(
         shape=zshape[::-1],
         dtype=BITPIX_DTYPES[zbitpix],
@@ -295,9 +356,39 @@ def _describe_compressed(hdu: dict[str, Any], header: fits.Header, where: str) -
     if isinstance(zblank, int) and not isinstance(zblank, bool):
         hdu["zblank"] = zblank
     # The image's BSCALE/BZERO/BLANK are carried over as such in the table header.
-    _add_scaling(hdu, header, "BSCALE", "BZERO", "BLANK")
+    _add_scaling(hdu, header, where, "BSCALE", "BZERO", "BLANK")
     if hdu["name"] == "":
         hdu["name"] = "COMPRESSED_IMAGE"
+
+
+def _has_end_card(block: bytes | bytearray) -> bool:
+    return any(block[i : i + 8] == b"END     " for i in range(0, len(block), CARD))
+
+
+def _read_header_blocks(f: BinaryIO, head: bytes, offset: int, size: int, where: str) -> bytes:
+    """The header blocks starting with ``head`` (read at ``offset``), up to the END card's.
+
+    Every read must return a whole block: a short one is the end of the file, so a header cut
+    at a block boundary is reported as truncated rather than read again and again.
+    """
+    raw = bytearray()
+    block = head
+    while True:
+        raw += block
+        if len(block) < BLOCK:
+            raise CorruptFileError(
+                f"{where} has no END card before the end of the file at byte "
+                f"{offset + len(raw)} (the file has {size} bytes); the file is truncated"
+            )
+        if _has_end_card(block):
+            return bytes(raw)
+        if len(raw) >= MAX_HEADER_BYTES:
+            raise CorruptFileError(
+                f"{where} has no END card in its first {len(raw)} bytes "
+                f"({len(raw) // CARD} cards, the most this reader accepts); the file is "
+                "damaged or not FITS"
+            )
+        block = f.read(BLOCK)
 
 
 def _scan(f: BinaryIO, size: int, name: str) -> dict[str, Any]:
@@ -318,21 +409,18 @@ def _scan(f: BinaryIO, size: int, name: str) -> dict[str, Any]:
     offset = 0
     while True:
         position = len(hdus)
+        if position >= MAX_HDUS:
+            raise CorruptFileError(
+                f"{name}: more than {MAX_HDUS} HDUs (the next at byte {offset}); the butler "
+                "stores files of at most that many HDUs"
+            )
         where = f"{name}: HDU {position} (header at byte {offset})"
-        # Read header blocks until the one holding the END card.
-        raw = bytearray(head)
-        while True:
-            block = raw[-BLOCK:]
-            if len(block) < BLOCK:
-                raise CorruptFileError(
-                    f"{where} has no END card before the end of the file ({size} bytes); "
-                    "the file is truncated"
-                )
-            if any(block[i : i + 8] == b"END     " for i in range(0, BLOCK, CARD)):
-                break
-            raw += f.read(BLOCK)
-        end_card = next(i for i in range(0, len(raw), CARD) if raw[i : i + 8] == b"END     ")
-        header = parse_header(bytes(raw[: end_card + CARD]), where)
+        raw = _read_header_blocks(f, head, offset, size, where)
+        # Only the last block holds an END card (the earlier ones were checked).
+        end_card = next(
+            i for i in range(len(raw) - BLOCK, len(raw), CARD) if raw[i : i + 8] == b"END     "
+        )
+        header = parse_header(raw[: end_card + CARD], where)
         hdu = _describe_hdu(header, position, offset, len(raw), where)
         hdus.append(hdu)
         data_end = hdu["data_offset"] + hdu["data_size"]
@@ -343,7 +431,9 @@ def _scan(f: BinaryIO, size: int, name: str) -> dict[str, Any]:
                 "the file is truncated"
             )
         # The last HDU's padding is often missing in files from sloppy writers; that loses
-        # nothing, so only a next header that starts and then stops is an error.
+        # nothing, so only a next header that starts and then stops is an error. The offset
+        # always grows (a header is at least one block, data sizes are checked >= 0), so the
+        # walk ends.
         offset = hdu["data_offset"] + padded(hdu["data_size"])
         if offset >= size:
             break

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+import tokenize
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,21 +30,70 @@ from butler.io.source import ByteSource
 __all__ = ["NpyFormatter"]
 
 _MAX_HEADER = 65536 + 12  # format 2/3 headers may be up to 4 GiB, but real ones are tiny
+_MAX_DIMS = 64
+"""numpy's limit on the number of axes (``NPY_MAXDIMS``)."""
+_MAX_BYTES = int(np.iinfo(np.intp).max)
+"""The largest size numpy can give an array, in elements times item size."""
 
 
 def _parse_header(f: io.BufferedIOBase | io.BytesIO, name: str) -> tuple[Any, ...]:
     """``(shape, fortran_order, dtype, data_offset)`` of the .npy file open in ``f``."""
     try:
         major, _minor = np.lib.format.read_magic(f)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif major in (2, 3):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {major}")
-    except (ValueError, EOFError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            # A header numpy can read only by re-tokenising it (as Python 2 wrote them) draws
+            # a UserWarning; the file is readable or refused below either way.
+            warnings.simplefilter("ignore", UserWarning)
+            if major == 1:
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif major in (2, 3):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {major}")
+    except (
+        ValueError,
+        EOFError,
+        SyntaxError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+        tokenize.TokenError,
+    ) as exc:
+        # numpy's header parser lets each of these through for some malformed header.
         raise CorruptFileError(f"{name}: not a readable .npy file: {exc}") from exc
     return shape, fortran, dtype, f.tell()
+
+
+def _check_layout(shape: tuple[Any, ...], dtype: np.dtype[Any], name: str) -> None:
+    """Refuse a header that numpy parses but no array (or only a pickle) can have.
+
+    numpy checks these only when the data is loaded; checked here, a bad file is refused
+    when it is stored, not when someone reads it later.
+    """
+    if dtype.hasobject:
+        raise CorruptFileError(
+            f"{name}: the .npy header declares dtype {dtype}, which holds Python objects: "
+            "such data is a pickle, which the butler never loads. Store a numeric, string or "
+            "structured array without objects."
+        )
+    if len(shape) > _MAX_DIMS:
+        raise CorruptFileError(
+            f"{name}: the .npy header declares {len(shape)} axes; numpy arrays have at most "
+            f"{_MAX_DIMS}"
+        )
+    if any(n < 0 for n in shape):
+        raise CorruptFileError(
+            f"{name}: the .npy header declares shape {shape} with a negative axis length; "
+            "the file is damaged"
+        )
+    # An empty axis makes the data empty whatever the others say, but numpy still has to
+    # allocate an array of that shape, which it cannot if the other axes overflow.
+    nonzero = math.prod(n for n in shape if n) * max(dtype.itemsize, 1)
+    if nonzero > _MAX_BYTES:
+        raise CorruptFileError(
+            f"{name}: the .npy header declares shape {shape} of {dtype}, too large for any "
+            "array; the file is damaged"
+        )
 
 
 def _has_objects(dtype: np.dtype[Any]) -> bool:
@@ -102,11 +153,18 @@ class NpyFormatter(Formatter):
         size = path.stat().st_size
         with path.open("rb") as f:
             shape, fortran, dtype, offset = _parse_header(f, str(path))
+        _check_layout(shape, dtype, str(path))
         expected = offset + math.prod(shape) * dtype.itemsize
         if size < expected:
             raise CorruptFileError(
                 f"{path}: array data should end at byte {expected} but the file has {size} "
                 "bytes; the file is truncated"
+            )
+        if size > expected:
+            # np.save writes nothing after the data: extra bytes mean a damaged or spliced file.
+            raise CorruptFileError(
+                f"{path}: array data ends at byte {expected} but the file has {size} bytes; "
+                "the file holds something after the array"
             )
         return {
             "format": "npy",

@@ -38,7 +38,7 @@ from astropy.table import Column, MaskedColumn, QTable, Table
 
 from butler.errors import CorruptFileError, StorageClassError, UnsupportedParameterError
 from butler.formatters.base import FileIndex, Formatter
-from butler.formatters.structured import to_builtin
+from butler.formatters.structured import load_json_mapping, to_builtin
 from butler.io.source import ByteRange, ByteSource
 
 __all__ = ["ParquetFormatter"]
@@ -90,7 +90,8 @@ def _column_to_arrow(name: str, col: Any) -> tuple[pa.Array, dict[str, Any]]:
     if fmt:
         info["format"] = str(fmt)
     if meta:
-        info["meta"] = to_builtin(dict(meta), path=f"column {name!r} meta")
+        # Held in the metadata document at ["columns"][name]["meta"]: 3 levels down.
+        info["meta"] = to_builtin(dict(meta), path=f"column {name!r} meta", depth=3)
     info["dtype"] = values.dtype.str
     if values.ndim > 1:
         info["shape"] = list(values.shape[1:])
@@ -114,7 +115,7 @@ def table_to_arrow(table: Table) -> pa.Table:
     meta = {
         "version": 1,
         "qtable": isinstance(table, QTable),
-        "meta": to_builtin(dict(table.meta), path="table meta"),
+        "meta": to_builtin(dict(table.meta), path="table meta", depth=1),
         "columns": infos,
     }
     schema_meta = {META_KEY: json.dumps(meta).encode()}
@@ -171,13 +172,29 @@ def _arrow_to_numpy(
     return values, mask
 
 
-def arrow_to_table(arrow: pa.Table) -> Table:
+def _table_meta(schema: pa.Schema, name: str) -> dict[str, Any]:
+    """The butler's metadata document in an Arrow schema ({} for a foreign file).
+
+    Checked when a file is stored (from the footer's schema) as well as when it is read, so
+    a damaged or hostile document (not an object, nested deeper than the stack) is refused
+    before it is recorded.
+    """
+    raw_meta = (schema.metadata or {}).get(META_KEY)
+    if not raw_meta:
+        return {}
+    meta = load_json_mapping(raw_meta, f"{name}: table metadata {META_KEY.decode()!r}")
+    columns = meta.get("columns", {})
+    if not isinstance(columns, dict) or not all(isinstance(v, dict) for v in columns.values()):
+        raise CorruptFileError(
+            f"{name}: table metadata {META_KEY.decode()!r} has 'columns' that is not a "
+            "mapping of column names to mappings; the file is damaged"
+        )
+    return meta
+
+
+def arrow_to_table(arrow: pa.Table, name: str = "Parquet file") -> Table:
     """astropy table from an Arrow table (with or without butler metadata)."""
-    raw_meta = (arrow.schema.metadata or {}).get(META_KEY)
-    try:
-        meta = json.loads(raw_meta) if raw_meta else {}
-    except ValueError as exc:
-        raise CorruptFileError(f"table metadata is not valid JSON: {exc}") from exc
+    meta = _table_meta(arrow.schema, name)
     infos: Mapping[str, Any] = meta.get("columns", {})
     qtable = bool(meta.get("qtable", False))
     columns: list[Any] = []
@@ -330,6 +347,11 @@ class ParquetFormatter(Formatter):
             footer_offset, footer_size = _locate_footer(head, tail, size, str(path))
             f.seek(footer_offset)
             md = _parse_footer(f.read(footer_size + 8), str(path))
+        try:
+            schema = md.schema.to_arrow_schema()
+        except (pa.ArrowException, ValueError) as exc:
+            raise CorruptFileError(f"{path}: Parquet schema cannot be read: {exc}") from exc
+        _table_meta(schema, str(path))
         return {
             "format": "parquet",
             "size": size,
@@ -337,7 +359,7 @@ class ParquetFormatter(Formatter):
             "footer_size": footer_size,
             "num_rows": md.num_rows,
             "row_groups": md.num_row_groups,
-            "columns": list(md.schema.to_arrow_schema().names),
+            "columns": list(schema.names),
         }
 
     def read(
@@ -356,7 +378,7 @@ class ParquetFormatter(Formatter):
                 arrow = pq.read_table(pa.BufferReader(raw))
             except (pa.ArrowException, OSError) as exc:
                 raise CorruptFileError(f"{source.name}: cannot read Parquet: {exc}") from exc
-            return arrow_to_table(arrow)
+            return arrow_to_table(arrow, source.name)
         names = self._column_names(columns)
         footer_offset, footer_size = self._footer_location(source, index)
         md = _parse_footer(source.read(footer_offset, footer_size + 8), source.name)
@@ -393,7 +415,7 @@ class ParquetFormatter(Formatter):
             )
         except (pa.ArrowException, OSError) as exc:
             raise CorruptFileError(f"{source.name}: cannot read Parquet columns: {exc}") from exc
-        return arrow_to_table(arrow)
+        return arrow_to_table(arrow, source.name)
 
     @staticmethod
     def _column_names(columns: Any) -> list[str]:

@@ -4,8 +4,15 @@ Only plain data is written: mappings, lists, strings, numbers, booleans and null
 YAML, dates). numpy scalars are converted to the Python number they hold and numpy arrays to
 (nested) lists, tuples become lists; anything else is refused with the path of the offending
 value, so a file never holds something that reads back as a different type than expected
-without the user having been told. YAML is read and written with ``safe_load``/``safe_dump``
+without the user having been told. YAML is read and written with the safe loader and dumper
 only: reading can never construct arbitrary Python objects.
+
+Documents are bounded so that storing or reading one cannot exhaust the stack or memory:
+lists and mappings nest at most :data:`MAX_NESTING` deep (deeper input raises
+``RecursionError`` in parsers and serialisers), and YAML aliases may not add more than
+:data:`MAX_ALIAS_NODES` nodes to a document (a "billion laughs" document of a few hundred
+bytes expands to 10^9 nodes wherever it is serialised again) nor refer to a collection that
+contains them. The butler writes YAML without aliases.
 """
 
 from __future__ import annotations
@@ -13,9 +20,9 @@ from __future__ import annotations
 import datetime
 import json
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import yaml
@@ -24,16 +31,32 @@ from butler.errors import CorruptFileError, StorageClassError
 from butler.formatters.base import FileIndex, Formatter
 from butler.io.source import ByteSource
 
-__all__ = ["JsonFormatter", "YamlFormatter", "to_builtin"]
+__all__ = [
+    "MAX_ALIAS_NODES",
+    "MAX_NESTING",
+    "JsonFormatter",
+    "YamlFormatter",
+    "load_json_mapping",
+    "to_builtin",
+]
 
 _SCALARS = (str, int, float, bool, type(None))
 
+MAX_NESTING = 100
+"""Deepest nesting of lists and mappings stored (real metadata nests a few levels)."""
 
-def to_builtin(obj: Any, *, fmt: str = "JSON", path: str = "$", allow_dates: bool = False) -> Any:
+MAX_ALIAS_NODES = 100_000
+"""Most nodes YAML aliases may add to a document when expanded."""
+
+
+def to_builtin(
+    obj: Any, *, fmt: str = "JSON", path: str = "$", allow_dates: bool = False, depth: int = 0
+) -> Any:
     """A copy of ``obj`` made of builtin types only (see the module doc), or StorageClassError.
 
     ``fmt`` names the target format in error messages; ``allow_dates`` keeps ``datetime``
-    and ``date`` values (YAML represents them natively).
+    and ``date`` values (YAML represents them natively). ``depth`` is how many lists and
+    mappings hold ``obj``.
     """
     if isinstance(obj, bool | np.bool_):
         return bool(obj)
@@ -62,6 +85,11 @@ def to_builtin(obj: Any, *, fmt: str = "JSON", path: str = "$", allow_dates: boo
                 "use the 'Array' storage class (.npy) for arrays."
             )
         return obj.tolist()
+    if isinstance(obj, Mapping | list | tuple) and depth >= MAX_NESTING:
+        raise StorageClassError(
+            f"{path}: lists and mappings nest more than {MAX_NESTING} levels deep here (or a "
+            f"container holds itself); {fmt} documents are limited to {MAX_NESTING} levels."
+        )
     if isinstance(obj, Mapping):
         out: dict[Any, Any] = {}
         for key, value in obj.items():
@@ -74,17 +102,132 @@ def to_builtin(obj: Any, *, fmt: str = "JSON", path: str = "$", allow_dates: boo
                 )
             if not isinstance(key, str | int | float | bool):
                 raise StorageClassError(f"{path}: key {key!r} cannot be stored as {fmt}.")
-            out[key] = to_builtin(value, fmt=fmt, path=f"{path}[{key!r}]", allow_dates=allow_dates)
+            out[key] = to_builtin(
+                value, fmt=fmt, path=f"{path}[{key!r}]", allow_dates=allow_dates, depth=depth + 1
+            )
         return out
     if isinstance(obj, list | tuple):
         return [
-            to_builtin(v, fmt=fmt, path=f"{path}[{i}]", allow_dates=allow_dates)
+            to_builtin(v, fmt=fmt, path=f"{path}[{i}]", allow_dates=allow_dates, depth=depth + 1)
             for i, v in enumerate(obj)
         ]
     raise StorageClassError(
         f"{path}: {type(obj).__module__}.{type(obj).__qualname__} value {obj!r:.80} cannot be "
         f"stored as {fmt}; convert it to a string, number, list or dict first."
     )
+
+
+def _too_deep(value: Any) -> bool:
+    """True if lists and dicts nest more than :data:`MAX_NESTING` deep in ``value``.
+
+    Iterative, so it measures any depth a parser managed to build.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterable[Any]
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class _TooDeepError(ValueError):
+    """A parsed document nests more than :data:`MAX_NESTING` deep."""
+
+
+def _nesting_error(name: str, fmt: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"{name}: {fmt} lists and mappings nest more than {MAX_NESTING} levels deep; the "
+        f"butler stores documents of at most {MAX_NESTING} levels. Flatten the document."
+    )
+
+
+def _refusal(problem: str, event: yaml.Event) -> yaml.composer.ComposerError:
+    """A YAML error pointing at ``event`` (its message shows the line and column)."""
+    mark = cast("yaml.error.Mark | None", event.start_mark)
+    return yaml.composer.ComposerError(problem=problem, problem_mark=mark)
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """The safe loader, refusing documents that nest too deep or whose aliases expand too much.
+
+    While composing, every finished node records its expanded size (nodes, aliases counted
+    in full) and height (nesting of collections below it), so an alias is measured in O(1)
+    before it is accepted: the check costs no more than composing the document did.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._measures: dict[int, tuple[int, int]] = {}  # id(node) -> (size, height)
+        self._alias_nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._check_alias(event)
+            return super().compose_node(parent, index)
+        collection = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if collection and self._depth >= MAX_NESTING:
+            raise _refusal(f"lists and mappings nest more than {MAX_NESTING} levels deep", event)
+        self._depth += collection
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= collection
+        if node is not None:
+            self._measures[id(node)] = self._measure(node)
+        return node
+
+    def _check_alias(self, event: yaml.AliasEvent) -> None:
+        target = self.anchors.get(event.anchor) if event.anchor is not None else None
+        if target is None:
+            return  # the composer reports the undefined alias
+        measure = self._measures.get(id(target))
+        if measure is None:
+            raise _refusal(
+                f"alias *{event.anchor} refers to a collection that contains it (a recursive "
+                "structure, which has no JSON or plain-data form)",
+                event,
+            )
+        size, height = measure
+        self._alias_nodes += size
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _refusal(
+                f"aliases expand the document by more than {MAX_ALIAS_NODES} nodes (a "
+                '"billion laughs" document?); write the values out instead of aliasing them',
+                event,
+            )
+        if self._depth + height > MAX_NESTING:
+            raise _refusal(
+                f"alias *{event.anchor} makes lists and mappings nest more than "
+                f"{MAX_NESTING} levels deep",
+                event,
+            )
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            return 1, 0
+        measures = [self._measures[id(child)] for child in children]
+        return 1 + sum(m[0] for m in measures), 1 + max((m[1] for m in measures), default=0)
+
+
+class _PlainYamlDumper(yaml.SafeDumper):
+    """The safe dumper, writing a value held twice twice: stored YAML has no aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 class _StructuredFormatter(Formatter):
@@ -106,7 +249,13 @@ class _StructuredFormatter(Formatter):
 
     def _parse(self, raw: bytes, name: str) -> dict[str, Any]:
         try:
-            value = self._load(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            value = self._load(text)
+        except RecursionError:
+            # The parser gave up before building it: far deeper than the limit.
+            raise _nesting_error(name, self.format_name) from None
+        except _TooDeepError:
+            raise _nesting_error(name, self.format_name) from None
         except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             raise CorruptFileError(f"{name}: not valid {self.format_name}: {exc}") from exc
         if value is None and self.format_name == "YAML":
@@ -146,7 +295,11 @@ class JsonFormatter(_StructuredFormatter):
         return json.dumps(to_builtin(obj, fmt="JSON"), indent=1, ensure_ascii=False) + "\n"
 
     def _load(self, text: str) -> Any:
-        return json.loads(text)
+        value = json.loads(text)
+        # JSON nests only with brackets: a document with few of them needs no walk.
+        if text.count("[") + text.count("{") > MAX_NESTING and _too_deep(value):
+            raise _TooDeepError
+        return value
 
 
 class YamlFormatter(_StructuredFormatter):
@@ -158,8 +311,14 @@ class YamlFormatter(_StructuredFormatter):
 
     def _dump(self, obj: dict[str, Any]) -> str:
         plain = to_builtin(obj, fmt="YAML", allow_dates=True)
-        text: str = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+        text: str = yaml.dump(plain, Dumper=_PlainYamlDumper, sort_keys=False, allow_unicode=True)
         return text
 
     def _load(self, text: str) -> Any:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedYamlLoader)  # noqa: S506 - a SafeLoader
+
+
+def load_json_mapping(raw: bytes, name: str) -> dict[str, Any]:
+    """The JSON object in ``raw``, held to the limits of a stored ``Dict`` (see the module
+    doc); :class:`~butler.errors.CorruptFileError` naming ``name`` if it is not one."""
+    return JsonFormatter()._parse(raw, name)
