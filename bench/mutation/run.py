@@ -4,9 +4,10 @@
     python bench/mutation/run.py proxyd-policy       # one target (names: --list)
     python bench/mutation/run.py --module proxyd/policy/keys.py   # one module of a target
 
-Each module is mutated in a scratch copy of the work tree (``bench/out/mutation/tree``), never
-in place, and the target's tests run against every mutant; servers the tests start import the
-mutated copy too (``PYTHONPATH``). A mutant the tests do not notice "survives". Survivors that
+Each module is mutated in a scratch copy of the committed tree (``bench/out/mutation/tree``;
+``--worktree`` for the work tree with its uncommitted changes), never in place, and the
+target's tests run against every mutant; servers the tests start import the mutated copy too
+(``PYTHONPATH``). A mutant the tests do not notice "survives". Survivors that
 are *equivalent* (no behaviour can tell them apart from the original) are listed, each with the
 reason, in ``bench/mutation/equivalent.toml``; every other survivor is printed with its diff and
 makes the command exit 1. Sessions are kept in ``bench/out/mutation/`` so an interrupted run
@@ -14,7 +15,12 @@ resumes where it stopped.
 
 Mutants that cannot change behaviour by construction are skipped before running: those inside
 type annotations (``from __future__ import annotations`` keeps them unevaluated), docstrings,
-``if TYPE_CHECKING:`` blocks, ``__all__`` and lines marked ``# pragma: no mutate``.
+``if TYPE_CHECKING:`` blocks, ``__all__`` and lines marked ``# pragma: no mutate``. Of
+cosmic-ray's operator swaps, the ones kept are those a slip of the hand makes (``+``/``-``,
+``*``/``/``, ``//``/``/``, ``<<``/``>>``, ``&``/``|``, ``<``/``<=``, ``==``/``!=``,
+``is``/``is not``, ``in``/``not in``, ...): cosmic-ray's full cross product (every operator
+into every other, 13 per ``+``) mostly adds mutants that any test kills at once, and would
+multiply the run time by four on this code.
 
 Needs the ``mutation`` extra: ``pip install -e '.[test,mutation]'``.
 """
@@ -140,13 +146,53 @@ def inert_spans(source: str) -> list[Span]:
     return spans
 
 
+#: Operator swaps kept (see the module's docstring); any other ReplaceBinaryOperator_* and
+#: ReplaceComparisonOperator_* mutant is skipped.
+KEPT_SWAPS = frozenset(
+    {
+        "ReplaceBinaryOperator_Add_Sub",
+        "ReplaceBinaryOperator_Sub_Add",
+        "ReplaceBinaryOperator_Mul_Div",
+        "ReplaceBinaryOperator_Div_Mul",
+        "ReplaceBinaryOperator_FloorDiv_Div",
+        "ReplaceBinaryOperator_FloorDiv_Mul",
+        "ReplaceBinaryOperator_Mod_FloorDiv",
+        "ReplaceBinaryOperator_Pow_Mul",
+        "ReplaceBinaryOperator_LShift_RShift",
+        "ReplaceBinaryOperator_RShift_LShift",
+        "ReplaceBinaryOperator_BitAnd_BitOr",
+        "ReplaceBinaryOperator_BitOr_BitAnd",
+        "ReplaceBinaryOperator_BitXor_BitOr",
+        "ReplaceComparisonOperator_Eq_NotEq",
+        "ReplaceComparisonOperator_NotEq_Eq",
+        "ReplaceComparisonOperator_Lt_LtE",
+        "ReplaceComparisonOperator_LtE_Lt",
+        "ReplaceComparisonOperator_Gt_GtE",
+        "ReplaceComparisonOperator_GtE_Gt",
+        "ReplaceComparisonOperator_Lt_Gt",
+        "ReplaceComparisonOperator_Gt_Lt",
+        "ReplaceComparisonOperator_Is_IsNot",
+        "ReplaceComparisonOperator_IsNot_Is",
+        "ReplaceComparisonOperator_In_NotIn",
+        "ReplaceComparisonOperator_NotIn_In",
+    }
+)
+
+
+def swap_kept(operator: str) -> bool:
+    name = operator.rsplit("/", 1)[-1]
+    if name.startswith(("ReplaceBinaryOperator_", "ReplaceComparisonOperator_")):
+        return name in KEPT_SWAPS
+    return True
+
+
 def inside(start: tuple[int, int], end: tuple[int, int], spans: list[Span]) -> bool:
     return any(s <= start and end <= e for s, e in spans)
 
 
 def skip_inert_mutants(session: Path, tree: Path) -> int:
-    """Mark the session's mutants in inert spans (or on ``pragma: no mutate`` lines) as
-    skipped; returns how many."""
+    """Mark the session's mutants in inert spans, on ``pragma: no mutate`` lines or of an
+    operator swap not kept as skipped; returns how many."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -162,7 +208,8 @@ def skip_inert_mutants(session: Path, tree: Path) -> int:
                 spans, lines = cache[path]
                 start, end = tuple(mutation.start_pos), tuple(mutation.end_pos)
                 marked = "pragma: no mutate" in lines[end[0] - 1]
-                if marked or inside(start, end, spans):  # type: ignore[arg-type]
+                inert = inside(start, end, spans)  # type: ignore[arg-type]
+                if marked or inert or not swap_kept(mutation.operator_name):
                     db.set_result(
                         item.job_id,
                         WorkResult(worker_outcome=WorkerOutcome.SKIPPED),
@@ -174,19 +221,20 @@ def skip_inert_mutants(session: Path, tree: Path) -> int:
 # -- running --------------------------------------------------------------------------------
 
 
-def copy_tree() -> None:
-    """The work tree as it is now (committed or not), without caches, in ``TREE``."""
+def copy_tree(worktree: bool) -> None:
+    """The committed tree (``git archive HEAD``), or with ``worktree`` the work tree as it
+    is now (uncommitted changes too, without caches), in ``TREE``."""
     if TREE.exists():
         shutil.rmtree(TREE)
+    if not worktree:
+        TREE.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(TREE)], input=archive, check=True)
+        return
     ignore = shutil.ignore_patterns(
-        ".git",
-        ".venv",
-        "bench",
-        "__pycache__",
-        "*.egg-info",
-        ".*_cache",
-        ".hypothesis",
-        "demo-work",
+        ".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "demo-work", "out"
     )
     shutil.copytree(ROOT, TREE, ignore=ignore)
 
@@ -269,7 +317,7 @@ def run_module(module: str, target: Target, fresh: bool) -> list[Survivor]:
     if not session.exists():
         config = session_config(module, target)
         cosmic_ray("init", str(config), str(session))
-        print(f"{module}: {skip_inert_mutants(session, TREE)} inert mutants skipped", flush=True)
+        print(f"{module}: {skip_inert_mutants(session, TREE)} mutants skipped", flush=True)
     cosmic_ray("exec", str(OUT / (module.replace("/", "_") + ".toml")), str(session))
     return list(survivors(session, module))
 
@@ -280,6 +328,9 @@ def main() -> int:
     parser.add_argument("--module", help="only this module (of the targets given)")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--resume", action="store_true", help="continue the kept sessions")
+    parser.add_argument(
+        "--worktree", action="store_true", help="mutate the work tree as it is, not HEAD"
+    )
     args = parser.parse_args()
     if args.list:
         for name, target in TARGETS.items():
@@ -290,7 +341,7 @@ def main() -> int:
         parser.error(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.resume and TREE.exists()):
-        copy_tree()
+        copy_tree(args.worktree)
     equivalent = known_equivalents()
     unexplained: list[Survivor] = []
     for name in args.targets or list(TARGETS):
