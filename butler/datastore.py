@@ -105,17 +105,7 @@ class Staging:
 
     @classmethod
     def begin(cls, root: Path) -> Staging:
-        # Lock first, then make the directory visible under its final name: recovery in
-        # another process must never delete a live transaction's directory. Until the
-        # rename, the hidden name carries this process's ID, which recovery checks: the
-        # lock file exists a moment before it is locked.
-        name = uuid.uuid4().hex
-        hidden = root / STAGING_DIR / f".new-{os.getpid()}-{name}"
-        hidden.mkdir(parents=True)
-        fd = os.open(hidden / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        directory = hidden.with_name(name)
-        os.rename(hidden, directory)
+        directory, fd = make_locked_dir(root / STAGING_DIR)
         return cls(root=root, directory=directory, _lock_fd=fd)
 
     def new_path(self, dataset_id: uuid.UUID, extension: str) -> Path:
@@ -200,49 +190,89 @@ def _undo_journal(
             Path(entry["path"]).unlink(missing_ok=True)
 
 
+def make_locked_dir(parent: Path) -> tuple[Path, int]:
+    """A new directory under ``parent`` whose ``lock`` file this process holds (``flock``)
+    until it closes the returned descriptor: :func:`remove_abandoned_dirs` in any process
+    leaves it alone while the lock is held."""
+    # Lock first, then make the directory visible under its final name: recovery in
+    # another process must never delete a live directory. Until the rename, the hidden name
+    # carries this process's ID, which recovery checks: the lock file exists a moment
+    # before it is locked.
+    name = uuid.uuid4().hex
+    hidden = parent / f".new-{os.getpid()}-{name}"
+    hidden.mkdir(parents=True)
+    fd = os.open(hidden / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        directory = hidden.with_name(name)
+        os.rename(hidden, directory)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(hidden, ignore_errors=True)
+        raise
+    return directory, fd
+
+
 def recover_stale_staging(
     root: Path, is_recorded: Callable[[Iterable[uuid.UUID]], set[uuid.UUID]]
 ) -> int:
     """Clean staging directories whose process died. Returns how many were cleaned."""
-    staging_root = root / STAGING_DIR
-    if not staging_root.is_dir():
+
+    def undo(directory: Path) -> None:
+        journal = directory / JOURNAL_NAME
+        if journal.exists():
+            _undo_journal(journal, is_recorded)
+
+    return remove_abandoned_dirs(root / STAGING_DIR, undo)
+
+
+def remove_abandoned_dirs(
+    parent: Path, before_removal: Callable[[Path], None] | None = None
+) -> int:
+    """Remove the directories under ``parent`` made by :func:`make_locked_dir` whose owner
+    died (their lock is free); ``before_removal`` runs on each first, with the lock taken.
+    Live directories (lock held, or being made by a live process) are never touched.
+    Returns how many were removed."""
+    if not parent.is_dir():
         return 0
     cleaned = 0
-    for directory in staging_root.iterdir():
-        if not directory.is_dir():
-            continue
-        maker_alive = _maker_alive(directory.name)
-        if maker_alive:
-            continue  # a transaction starting this instant
-        try:
-            young = time.time() - directory.stat().st_mtime < NEW_DIR_GRACE_SECONDS
-        except OSError:
-            continue  # renamed or removed meanwhile
-        try:
-            fd = os.open(directory / LOCK_NAME, os.O_RDWR)
-        except FileNotFoundError:
-            # The lock is taken right after the directory is made; without one, the directory
-            # is either being made this instant or its process died in between.
-            if young and maker_alive is None:
-                continue
-            fd = -1
-        except OSError:
-            continue
-        try:
-            if fd >= 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live transaction
-            journal = directory / JOURNAL_NAME
-            if journal.exists():
-                _undo_journal(journal, is_recorded)
-            shutil.rmtree(directory, ignore_errors=True)
+    for directory in parent.iterdir():
+        if directory.is_dir() and _remove_if_abandoned(directory, before_removal):
             cleaned += 1
-        finally:
-            if fd >= 0:
-                os.close(fd)
     return cleaned
+
+
+def _remove_if_abandoned(directory: Path, before_removal: Callable[[Path], None] | None) -> bool:
+    maker_alive = _maker_alive(directory.name)
+    if maker_alive:
+        return False  # a directory being made this instant
+    try:
+        young = time.time() - directory.stat().st_mtime < NEW_DIR_GRACE_SECONDS
+    except OSError:
+        return False  # renamed or removed meanwhile
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        # The lock is taken right after the directory is made; without one, the directory
+        # is either being made this instant or its process died in between.
+        if young and maker_alive is None:
+            return False
+        fd = -1
+    except OSError:
+        return False
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # alive
+        if before_removal is not None:
+            before_removal(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _maker_alive(name: str) -> bool | None:

@@ -211,6 +211,20 @@ class UploadError(ButlerError, ValueError):
     http_status = 400
 
 
+class PayloadTooLargeError(UploadError):
+    """A request body (an upload, a JSON body) is larger than the server accepts."""
+
+    error_type = "PayloadTooLargeError"
+    http_status = 413
+
+
+class RequestTimeoutError(BadRequestError):
+    """A client stopped sending a request body for longer than the server waits."""
+
+    error_type = "RequestTimeoutError"
+    http_status = 408
+
+
 class TransactionNotFoundError(ButlerError, LookupError):
     """A remote transaction does not exist (expired, finished, or someone else's)."""
 

@@ -102,6 +102,10 @@ class Registry:
                 f"registry {self.path} is missing; the repository is damaged"
             )
         uri = f"file:{self.path}" + ("" if writeable else "?mode=ro")
+        if not writeable and os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
+            # A read-only file system (a read-only mount, a DVD): SQLite cannot make the
+            # WAL's shared-memory file there, and nothing can write the file through it.
+            uri += "&immutable=1"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -9,11 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from butler.errors import InvalidQueryError, QuerySyntaxError
 from butler.query import (
+    MAX_CONDITIONS,
     MAX_EXPRESSION_LENGTH,
     MAX_NESTING_DEPTH,
     And,
@@ -421,38 +423,59 @@ def test_nesting_limit_allows_reasonable_depth() -> None:
     tree = parse("(" * depth + "visit = 1" + ")" * depth)
     assert tree == eq("visit", 1)
     nots = parse("NOT " * depth + "visit = 1")
-    sql, params = compile_where(nots, FakeResolver())
-    assert sql.count("NOT (") == depth
-    assert params == [1]
     assert parse(to_where(nots)) == nots
+    # NOT NOT x is x (in three-valued logic too), so an even number of NOTs leaves none.
+    assert compile_where(nots, FakeResolver()) == ("d.visit = ?", [1])
+    odd = parse("NOT " * (depth - 1) + "visit = 1")
+    assert compile_where(odd, FakeResolver()) == ("NOT (d.visit = ?)", [1])
 
 
 @pytest.mark.parametrize(
     ("text", "position"),
     [
-        ("(" * (MAX_NESTING_DEPTH + 1) + "visit = 1" + ")" * (MAX_NESTING_DEPTH + 1), 100),
-        ("(" * 100_000, 100),
-        ("NOT " * (MAX_NESTING_DEPTH + 1) + "visit = 1", 400),
-        ("NOT (" * 5_000 + "a = 1" + ")" * 5_000, 250),
+        ("(" * (MAX_NESTING_DEPTH + 1) + "visit = 1" + ")" * (MAX_NESTING_DEPTH + 1), 32),
+        ("(" * 99_999, 32),
+        ("NOT " * (MAX_NESTING_DEPTH + 1) + "visit = 1", 128),
+        ("NOT " * 45 + "visit = 1", 128),
+        ("NOT (" * 5_000 + "a = 1" + ")" * 5_000, 80),
     ],
 )
 def test_deep_nesting_is_a_syntax_error_not_a_recursion_error(text: str, position: int) -> None:
+    assert MAX_NESTING_DEPTH == 32  # the positions above are computed for this limit
     error = syntax_error(text)
-    assert "nested too deeply" in error.reason
+    assert "nested too deeply (more than 32 levels of parentheses and NOT)" in error.reason
+    assert "remove redundant parentheses" in error.reason
     assert error.position == position
 
 
 def test_long_flat_expression_parses_and_compiles() -> None:
-    # 5,000 terms stay a flat n-ary Or, so nothing recurses 5,000 deep.
-    text = " OR ".join(f"visit = {n}" for n in range(5_000))
+    # The most conditions allowed stay a flat n-ary Or, so nothing recurses 1,000 deep.
+    text = " OR ".join(f"visit = {n}" for n in range(MAX_CONDITIONS))
     assert len(text) < MAX_EXPRESSION_LENGTH
     tree = parse(text)
     assert isinstance(tree, Or)
-    assert len(tree.operands) == 5_000
+    assert len(tree.operands) == MAX_CONDITIONS
     assert parse(to_where(tree)) == tree
     sql, params = compile_where(tree, FakeResolver())
-    assert params == list(range(5_000))
-    assert sql.count("?") == 5_000
+    assert params == list(range(MAX_CONDITIONS))
+    assert sql.count("?") == MAX_CONDITIONS
+    # In SQL the run is cut into parenthesised groups of 32, so that SQLite, which nests
+    # 'a OR b OR c' one level per operand, never sees more than 32 in a row.
+    assert sql.count("(") == MAX_CONDITIONS // 32 + 1 + 1
+
+
+def test_too_many_conditions_is_a_syntax_error_at_the_first_one_over() -> None:
+    text = " OR ".join(f"visit = {n}" for n in range(MAX_CONDITIONS + 1))
+    error = syntax_error(text)
+    assert f"more than {MAX_CONDITIONS} conditions" in error.reason
+    assert "visit IN (:visits)" in error.reason
+    assert error.position == text.rindex("visit")
+    # Ranges in an IN list are conditions of their own in SQL, so they count too.
+    ranges = "visit IN (" + ", ".join(f"{2 * n}..{2 * n + 1}" for n in range(MAX_CONDITIONS)) + ")"
+    assert f"more than {MAX_CONDITIONS} conditions" in syntax_error(ranges).reason
+    # Plain values do not: a long IN list is one condition.
+    many = "visit IN (" + ", ".join(str(n) for n in range(MAX_CONDITIONS * 10)) + ")"
+    assert isinstance(parse(many), InList)
 
 
 def test_too_long_expression_is_rejected_without_echoing_it() -> None:
@@ -490,8 +513,8 @@ def test_too_long_expression_is_rejected_without_echoing_it() -> None:
         (
             "visit IN (100..120:5)",
             None,
-            "(d.visit BETWEEN ? AND ? AND (d.visit - ?) % ? = 0)",
-            [100, 120, 100, 5],
+            "(d.visit BETWEEN ? AND ? AND d.visit % ? IN (?, ?))",
+            [100, 120, 5, 0, 0],
         ),
         (
             "visit IN (1, 10..20, 2, :more)",
@@ -514,12 +537,51 @@ def test_too_long_expression_is_rejected_without_echoing_it() -> None:
             "(d.visit = ? AND d.band = ? AND d.detector = ?)",
             [1, "g", 3],
         ),
+        # Compound operands come first in SQL (SQLite's parser stack is small; see
+        # compiler.junction), and the parameters follow the SQL's order.
         (
             "visit = 1 OR band = 'g' AND NOT detector IN (3..4)",
             None,
-            "(d.visit = ? OR (d.band = ? AND NOT (d.detector BETWEEN ? AND ?)))",
-            [1, "g", 3, 4],
+            "((d.band = ? AND NOT (d.detector BETWEEN ? AND ?)) OR d.visit = ?)",
+            ["g", 3, 4, 1],
         ),
+        (
+            "visit = 1 OR visit = 2 OR (band = 'g' AND detector = 3)",
+            None,
+            "((d.band = ? AND d.detector = ?) OR (d.visit = ? OR d.visit = ?))",
+            ["g", 3, 1, 2],
+        ),
+        # NOTs sink to the conditions (De Morgan) and cancel in pairs.
+        ("NOT NOT visit = 1", None, "d.visit = ?", [1]),
+        ("NOT visit NOT IN (1)", None, "d.visit IN (?)", [1]),
+        ("NOT band IS NULL", None, "d.band IS NOT NULL", []),
+        (
+            "NOT (visit = 1 OR band = 'g')",
+            None,
+            "(NOT (d.visit = ?) AND NOT (d.band = ?))",
+            [1, "g"],
+        ),
+        # Nested groups of the same kind merge into one flat list.
+        (
+            "(visit = 1 AND band = 'g') AND (detector = 3 AND NOT (visit = 2 OR visit = 3))",
+            None,
+            "(d.visit = ? AND d.band = ? AND d.detector = ? AND NOT (d.visit = ?) "
+            "AND NOT (d.visit = ?))",
+            [1, "g", 3, 2, 3],
+        ),
+        # Long IN lists are bound as one JSON array, whatever their length.
+        (
+            "visit IN (:vs)",
+            {"vs": list(range(101))},
+            "d.visit IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(range(101)))],
+        ),
+        (
+            "visit IN (:vs)",
+            {"vs": list(range(100))},
+            "d.visit IN (" + ", ".join("?" * 100) + ")",
+            list(range(100)),
+        ),  # fmt: skip
         ("", None, "1 = 1", []),
     ],
 )
@@ -712,6 +774,23 @@ def select_visits(
         ("visit IN (99..103:2)", None, {101}),
         ("visit IN (0..1000:1000)", None, set()),
         ("visit IN (121..121)", None, {121}),
+        ("visit IN (-3..1000:4)", None, {101, 105, 121}),
+        # Ranges spanning more than 2**63 must not overflow into floating point.
+        (
+            f"visit IN ({INT64_MIN}..{INT64_MAX}:3)",
+            None,
+            {v for v in ALL_VISITS if (v - INT64_MIN) % 3 == 0},
+        ),
+        (
+            f"visit IN ({INT64_MIN + 1}..{INT64_MAX}:7)",
+            None,
+            {v for v in ALL_VISITS if (v - INT64_MIN - 1) % 7 == 0},
+        ),
+        (
+            f"visit NOT IN ({INT64_MIN}..{INT64_MAX}:2)",
+            None,
+            {v for v in ALL_VISITS if (v - INT64_MIN) % 2},
+        ),
         ("visit NOT IN (100..110)", None, {115, 120, 121}),
         ("visit NOT IN (100..120:5)", None, {101, 121}),
         ("visit IN (100, 110..115, :more)", {"more": (121,)}, {100, 110, 115, 121}),
@@ -806,17 +885,18 @@ def test_hostile_literals_only_become_parameters(db: sqlite3.Connection, payload
 
 @pytest.mark.parametrize("payload", HOSTILE_STRINGS)
 def test_hostile_bind_values_only_become_parameters(db: sqlite3.Connection, payload: str) -> None:
-    cases: list[tuple[str, dict[str, Any]]] = [
-        ("band = :b", {"b": payload}),
-        ("band IN (:b)", {"b": [payload, "g"]}),
-        ("detector.full_name = b", {"b": payload}),
+    # Each case with the visits it selects: the payload matches nothing, 'g' matches two.
+    cases: list[tuple[str, dict[str, Any], set[int]]] = [
+        ("band = :b", {"b": payload}, set()),
+        ("band IN (:b)", {"b": [payload, "g"]}, {100, 105}),
+        ("detector.full_name = b", {"b": payload}, set()),
     ]
-    for text, bind in cases:
+    for text, bind, visits in cases:
         sql, params = compile_text(text, bind)
         assert_sql_is_safe(sql)
         assert payload in params
         rows = db.execute(f"SELECT d.visit FROM dataset AS d WHERE {sql}", params).fetchall()
-        assert {row[0] for row in rows} <= {100, 105}
+        assert {row[0] for row in rows} == visits
     assert db.execute("SELECT count(*) FROM dataset").fetchone() == (len(ROWS),)
 
 
@@ -879,17 +959,45 @@ _TOKEN_SOUP = st.sampled_from(
 )  # fmt: skip
 
 
-def _check_parses_or_syntax_error(text: str) -> None:
-    error: QuerySyntaxError | None = None
+def _outcome(text: str) -> Node | QuerySyntaxError | None:
+    """The tree ``text`` parses to, its syntax error, or None for an empty expression."""
     try:
-        node = parse_where(text)
+        return parse_where(text)
     except QuerySyntaxError as caught:  # anything else propagates and fails the test
-        error, node = caught, None
-    if error is not None:
-        assert 0 <= error.position <= len(text)
-    elif node is not None:
+        return caught
+
+
+def _check_parses_or_syntax_error(text: str) -> None:
+    # Every outcome is checked, so no example passes without an assertion.
+    outcome = _outcome(text)
+    if isinstance(outcome, QuerySyntaxError):
+        assert 0 <= outcome.position <= len(text)
+    elif outcome is None:
+        assert text.strip(" \t\r\n\f\v") == ""
+    else:
         # Whatever parses prints canonically and parses back to the same tree.
-        assert parse_where(to_where(node)) == node
+        assert parse_where(to_where(outcome)) == outcome
+
+
+_TREE_TYPES = (And, Or, Not, Comparison, InList, IsNull)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "reaches_trees"),
+    [
+        (st.text(max_size=200), False),  # random text hardly ever parses
+        (st.lists(_TOKEN_SOUP, max_size=25).map(" ".join), True),
+        (st.lists(_TOKEN_SOUP, max_size=25).map("".join), True),
+    ],
+)
+def test_fuzzing_strategies_reach_the_outcomes_they_check(
+    strategy: st.SearchStrategy[str], reaches_trees: bool
+) -> None:
+    # The properties below would be vacuous if a strategy only ever produced syntax errors.
+    find(strategy, lambda text: isinstance(_outcome(text), QuerySyntaxError))
+    find(strategy, lambda text: _outcome(text) is None)
+    if reaches_trees:
+        find(strategy, lambda text: isinstance(_outcome(text), _TREE_TYPES))
 
 
 @settings(max_examples=300, deadline=None)

@@ -347,8 +347,10 @@ async def test_sync_api_works_inside_a_running_event_loop(repo: Path, server: Bu
 
 
 def staged_dirs(repo: Path) -> list[Path]:
+    """Staged transactions' directories: ``.staging-remote/<server>/<transaction>/``."""
     root = repo / ".staging-remote"
-    return [p for p in root.iterdir() if p.is_dir()] if root.exists() else []
+    servers = [p for p in root.iterdir() if p.is_dir()] if root.exists() else []
+    return [p for server in servers for p in server.iterdir() if p.is_dir()]
 
 
 def test_remote_transaction_commits_once(repo: Path, server: ButlerServer) -> None:

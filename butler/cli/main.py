@@ -441,6 +441,42 @@ def verify(repo: Path) -> None:
     type=click.IntRange(1),
     help="Seconds before an abandoned transaction's uploads are removed.",
 )
+@click.option(
+    "--max-upload-bytes",
+    default=64 * 2**30,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest file upload accepted (413 above it); uploads stream to disk.",
+)
+@click.option(
+    "--max-json-bytes",
+    default=16 * 2**20,
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Largest JSON request body accepted (413 above it); read into memory whole.",
+)
+@click.option(
+    "--idle-timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds a connection may wait for a complete request's headers, or sit idle "
+    "between requests, before the server closes it (slow clients).",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds the server waits for the next bytes of a request body (408 after).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=None,
+    help="Connections served at once; more are closed as they arrive. "
+    "[default: half the open-file limit]",
+)
 @handle_errors
 def serve(
     repo: Path,
@@ -450,8 +486,19 @@ def serve(
     read_only: bool,
     read_access: Literal["public", "token"],
     staging_ttl: int,
+    max_upload_bytes: int,
+    max_json_bytes: int,
+    idle_timeout: float,
+    body_timeout: float,
+    max_connections: int | None,
 ) -> None:
-    """Serve repository REPO over HTTP (API under /api/v1/, files under /files/)."""
+    """Serve repository REPO over HTTP (API under /api/v1/, files under /files/).
+
+    The tokens file is YAML: a 'tokens:' list of entries with exactly the keys name, token
+    (or sha256: the token's hex SHA-256) and scopes (read, write); any other key is refused.
+    Several servers may serve one repository; --read-only writes nothing, so it also serves
+    a repository on a read-only file system.
+    """
     from butler.server.app import serve as run_server
     from butler.server.settings import ServerSettings
 
@@ -463,6 +510,11 @@ def serve(
         read_only=read_only,
         read_access=read_access,
         staging_ttl=staging_ttl,
+        max_upload_bytes=max_upload_bytes,
+        max_json_bytes=max_json_bytes,
+        idle_timeout=idle_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )
     run_server(settings, print_url=lambda url: click.echo(f"Serving {repo} at {url}", err=True))
 

@@ -21,12 +21,26 @@ from butler.query.ast import (
     Value,
     to_where,
 )
-from butler.query.compiler import Column, ColumnKind, NameResolver, compile_where, referenced_names
-from butler.query.parser import MAX_EXPRESSION_LENGTH, MAX_NESTING_DEPTH, parse_where
+from butler.query.compiler import (
+    MAX_PARAMETERS,
+    Column,
+    ColumnKind,
+    NameResolver,
+    compile_where,
+    referenced_names,
+)
+from butler.query.parser import (
+    MAX_CONDITIONS,
+    MAX_EXPRESSION_LENGTH,
+    MAX_NESTING_DEPTH,
+    parse_where,
+)
 
 __all__ = [
+    "MAX_CONDITIONS",
     "MAX_EXPRESSION_LENGTH",
     "MAX_NESTING_DEPTH",
+    "MAX_PARAMETERS",
     "And",
     "BindRef",
     "Column",

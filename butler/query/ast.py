@@ -23,6 +23,9 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "KEYWORDS",
+    "MAX_CONDITIONS",
+    "MAX_EXPRESSION_LENGTH",
+    "MAX_NESTING_DEPTH",
     "And",
     "BindRef",
     "Comparison",
@@ -36,6 +39,7 @@ __all__ = [
     "Or",
     "Range",
     "Value",
+    "is_valid_unicode",
     "to_where",
 ]
 
@@ -51,9 +55,38 @@ COMPARISON_OPERATORS: Final[frozenset[str]] = frozenset({"=", "!=", "<", "<=", "
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
+# Limits on the size and shape of an expression.  A hand-written query never comes near
+# them; they exist so that one request cannot exhaust the parser, the server, or SQLite,
+# whose parser has a fixed stack (about 100 entries) and whose expression trees may be at
+# most 1,000 levels deep.  The compiler's output is shaped to stay inside both for any
+# tree within these limits (see butler.query.compiler), and tests check the worst cases.
+
+#: Deepest allowed nesting of parentheses and NOTs.
+MAX_NESTING_DEPTH: Final = 32
+
+#: Most conditions (comparisons, IN, IS NULL, and each range inside an IN list) allowed in
+#: one expression.  Many values of one dimension belong in an IN list, which counts once.
+MAX_CONDITIONS: Final = 1_000
+
+#: Longest accepted expression.  Bounds the work a single request can cause on a server;
+#: long lists of values belong in a bind parameter (``visit IN (:visits)``) instead.
+MAX_EXPRESSION_LENGTH: Final = 100_000
+
 # ASCII only, on purpose: Unicode look-alikes (Cyrillic 'а', full-width letters) would
 # otherwise give names that print like valid dimensions but never match one.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def is_valid_unicode(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (no lone surrogates, which JSON can carry).
+
+    SQLite stores UTF-8, and binding a string it cannot encode fails at execution time.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_name(name: str, what: str, *, allow_keyword: bool = False) -> None:
@@ -93,6 +126,8 @@ class Literal:
         # bool is an int subclass but has no spelling in the language.
         if isinstance(self.value, bool) or not isinstance(self.value, int | float | str):
             raise TypeError(f"literal must be int, float or str, not {type(self.value).__name__}")
+        if isinstance(self.value, str) and not is_valid_unicode(self.value):
+            raise ValueError(f"string literal {self.value!r} contains a lone surrogate")
         if isinstance(self.value, float) and not math.isfinite(self.value):
             raise ValueError(f"literal {self.value!r} is not a finite number")
         if isinstance(self.value, int) and not INT64_MIN <= self.value <= INT64_MAX:

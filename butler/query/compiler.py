@@ -7,7 +7,15 @@ Safety rests on two rules, both enforced here rather than left to callers:
   its own schema; the user's spelling of a name is never copied into the SQL.
 
 Everything else in the output is fixed text from this module (operators, AND/OR/NOT,
-IN, BETWEEN, IS NULL, parentheses), so the fragment can be embedded in a larger statement.
+IN, BETWEEN, IS NULL, parentheses, ``SELECT value FROM json_each(?)``), so the fragment can
+be embedded in a larger statement.
+
+The output is shaped to stay within SQLite's limits for any tree within the language's
+(``MAX_NESTING_DEPTH``, ``MAX_CONDITIONS``): NOTs are pushed down to the conditions, nested
+ANDs (ORs) merge into one list, compound operands come first, long runs are grouped
+(see ``_Compiler.junction`` and ``_join``), and long IN lists are bound as a single JSON
+array.  Larger trees, and trees needing more than ``MAX_PARAMETERS`` parameters, are
+refused with an ``InvalidQueryError`` that says which limit was hit.
 
 Semantics worth knowing:
 
@@ -26,6 +34,7 @@ Semantics worth knowing:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from collections.abc import Mapping
@@ -35,6 +44,8 @@ from butler.errors import InvalidQueryError
 from butler.query.ast import (
     INT64_MAX,
     INT64_MIN,
+    MAX_CONDITIONS,
+    MAX_NESTING_DEPTH,
     And,
     BindRef,
     Comparison,
@@ -43,12 +54,21 @@ from butler.query.ast import (
     IsNull,
     Node,
     Not,
+    Or,
     Range,
     Value,
+    is_valid_unicode,
     to_where,
 )
 
-__all__ = ["Column", "ColumnKind", "NameResolver", "compile_where", "referenced_names"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "Column",
+    "ColumnKind",
+    "NameResolver",
+    "compile_where",
+    "referenced_names",
+]
 
 ColumnKind: TypeAlias = Literal["int", "float", "str"]
 
@@ -69,6 +89,16 @@ _SQL_FALSE: Final = "1 = 0"
 
 # Bind values of these types are lists of values, allowed only inside an IN list.
 _COLLECTION_TYPES: Final = (list, tuple, set, frozenset)
+
+#: Longest run of operands joined flat by AND or OR (see ``_join``).
+_CHAIN: Final = 32
+
+#: IN lists with more values than this are bound as one JSON array read by ``json_each``.
+_INLINE_VALUES: Final = 100
+
+#: Most SQL parameters one expression may need (a long IN list needs only one): far below
+#: SQLite's default limit of 32,766, leaving room for the enclosing query's own.
+MAX_PARAMETERS: Final = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +176,6 @@ class _Compiler:
     def __init__(self, resolver: NameResolver, bind: Mapping[str, Any]) -> None:
         self.resolver = resolver
         self.bind = bind
-        self.params: list[Any] = []
 
     # -- operands ------------------------------------------------------------------------
 
@@ -201,6 +230,11 @@ class _Compiler:
             )
         kind = column.column.kind
         if isinstance(value, str):
+            if not is_valid_unicode(value):
+                raise InvalidQueryError(
+                    f"{constant.source} contains a lone surrogate, which is not valid Unicode; "
+                    "remove it"
+                )
             if kind == "str":
                 return value
             if _looks_numeric(value):
@@ -241,22 +275,65 @@ class _Compiler:
 
     # -- nodes ---------------------------------------------------------------------------
 
-    def compile(self, node: Node) -> str:
-        if isinstance(node, Comparison):
-            return self.comparison(node)
-        if isinstance(node, InList):
-            return self.in_list(node)
-        if isinstance(node, IsNull):
-            column = self.column_operand(node.expr, "the operand of IS NULL")
-            keyword = "IS NOT NULL" if node.negated else "IS NULL"
-            return f"{column.column.sql} {keyword}"
-        if isinstance(node, Not):
-            return f"NOT ({self.compile(node.operand)})"
-        joiner = " AND " if isinstance(node, And) else " OR "
-        # Always parenthesised, so the fragment means the same wherever it is embedded.
-        return "(" + joiner.join(self.compile(operand) for operand in node.operands) + ")"
+    def compile(self, node: Node, negated: bool = False) -> _Fragment:
+        """SQL for ``node`` (for ``NOT node`` if ``negated``), with its own parameters."""
+        while isinstance(node, Not):
+            # NOT NOT x is x, in SQL's three-valued logic too, so NOTs never nest in SQL.
+            node, negated = node.operand, not negated
+        if isinstance(node, And | Or):
+            return self.junction(node, negated)
+        sql, params = self.condition(node, negated)
+        return _Fragment(sql, params, conditions=1, compound=False)
 
-    def comparison(self, node: Comparison) -> str:
+    def condition(self, node: Comparison | InList | IsNull, negated: bool) -> tuple[str, list[Any]]:
+        if isinstance(node, Comparison):
+            sql, params = self.comparison(node)
+            return (f"NOT ({sql})" if negated else sql), params
+        if isinstance(node, InList):
+            return self.in_list(node, negated=node.negated != negated)
+        column = self.column_operand(node.expr, "the operand of IS NULL")
+        keyword = "IS NOT NULL" if node.negated != negated else "IS NULL"
+        return f"{column.column.sql} {keyword}", []
+
+    def junction(self, node: And | Or, negated: bool) -> _Fragment:
+        """An AND/OR with its same-kind descendants merged into one flat list of operands.
+
+        NOTs are pushed down to the conditions by De Morgan's laws (which hold in SQL's
+        three-valued logic), so ``NOT (a AND b)`` becomes ``NOT a OR NOT b``.  Operands are
+        compiled in the order written (so the first error reported is the first in the
+        text), then emitted compound operands first, largest first, conditions last: SQLite's
+        parser pushes about one stack entry per '(' opened at the start of a list but three
+        per '(' after an operand, and its stack is small (about 100 entries), so this keeps
+        deep expressions within it.  Each step into a later operand at least halves the
+        conditions below, so that costlier step happens at most log2(MAX_CONDITIONS) times.
+        """
+        conjunction = isinstance(node, And) != negated
+        joiner = " AND " if conjunction else " OR "
+        fragments = [
+            self.compile(operand, operand_negated)
+            for operand, operand_negated in _flattened(node, negated, conjunction=conjunction)
+        ]
+        compounds = sorted(
+            (f for f in fragments if f.compound), key=lambda f: f.conditions, reverse=True
+        )
+        conditions = [f for f in fragments if not f.compound]
+        parts = [f.sql for f in compounds]
+        params = [value for f in compounds for value in f.params]
+        if conditions:
+            condition_sql = _join([f.sql for f in conditions], joiner)
+            # Grouped after compounds, so they add one level above the compounds, not many.
+            grouped = bool(compounds) and len(conditions) > 1
+            parts.append(f"({condition_sql})" if grouped else condition_sql)
+            params += [value for f in conditions for value in f.params]
+        # Always parenthesised, so the fragment means the same wherever it is embedded.
+        return _Fragment(
+            "(" + _join(parts, joiner) + ")",
+            params,
+            conditions=sum(f.conditions for f in fragments),
+            compound=True,
+        )
+
+    def comparison(self, node: Comparison) -> tuple[str, list[Any]]:
         left = self.operand(node.left)
         right = self.operand(node.right)
         op = _SQL_OPERATORS[node.op]
@@ -269,19 +346,17 @@ class _Compiler:
                     f"{right.column.display} ({_KIND_WORDS[right_kind]}) in {to_where(node)}"
                 )
             assert left_kind == right_kind or (left_kind in numeric and right_kind in numeric)
-            return f"{left.column.sql} {op} {right.column.sql}"
+            return f"{left.column.sql} {op} {right.column.sql}", []
         if isinstance(left, _ColumnRef) and isinstance(right, _Constant):
-            self.params.append(self.checked(left, right))
-            return f"{left.column.sql} {op} ?"
+            return f"{left.column.sql} {op} ?", [self.checked(left, right)]
         if isinstance(left, _Constant) and isinstance(right, _ColumnRef):
-            self.params.append(self.checked(right, left))
-            return f"? {op} {right.column.sql}"
+            return f"? {op} {right.column.sql}", [self.checked(right, left)]
         raise InvalidQueryError(
             f"comparison {to_where(node)} has no dimension or record field on either side, "
             f"so it does not constrain anything{self.shadow_hint(node.left, node.right)}"
         )
 
-    def in_list(self, node: InList) -> str:
+    def in_list(self, node: InList, *, negated: bool) -> tuple[str, list[Any]]:
         column = self.column_operand(node.expr, "the left side of IN")
         sql = column.column.sql
         scalar_params: list[Any] = []
@@ -298,9 +373,16 @@ class _Compiler:
                     range_terms.append(f"{sql} BETWEEN ? AND ?")
                     range_params += [item.start, item.stop]
                 else:
-                    # Members are start, start + stride, ... up to stop (inclusive).
-                    range_terms.append(f"({sql} BETWEEN ? AND ? AND ({sql} - ?) % ? = 0)")
-                    range_params += [item.start, item.stop, item.start, item.stride]
+                    # Members are start, start + stride, ... up to stop (inclusive): the
+                    # values congruent to start.  Not tested as (x - start) % stride = 0,
+                    # which overflows 64 bits when the range spans more than 2**63 (SQLite
+                    # then computes in floating point and gets it wrong).  SQLite's % keeps
+                    # the sign of x, so the remainder is start mod stride for x >= 0, and
+                    # that minus stride (or 0) for x < 0; neither matches the other's sign.
+                    remainder = item.start % item.stride
+                    negative = remainder - item.stride if remainder else 0
+                    range_terms.append(f"({sql} BETWEEN ? AND ? AND {sql} % ? IN (?, ?))")
+                    range_params += [item.start, item.stop, item.stride, remainder, negative]
                 continue
             is_bind_name = (
                 isinstance(item, Identifier) and item.field is None and item.name in self.bind
@@ -323,17 +405,101 @@ class _Compiler:
             else:
                 scalar_params.append(self.checked(column, constant))
         terms: list[str] = []
-        if scalar_params:
-            terms.append(f"{sql} IN ({', '.join('?' * len(scalar_params))})")
+        params: list[Any] = []
+        inline = scalar_params
+        if len(scalar_params) > _INLINE_VALUES:
+            # One parameter however long the list: SQLite limits a statement's parameters
+            # (32,766 by default), and a bind list may hold many thousands of values.
+            # json_each would cut a string at a NUL character, so those few stay inline.
+            inline = [value for value in scalar_params if _has_nul(value)]
+            as_json = [value for value in scalar_params if not _has_nul(value)]
+            if as_json:
+                terms.append(f"{sql} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(as_json))
+        if inline:
+            terms.append(f"{sql} IN ({', '.join('?' * len(inline))})")
+            params += inline
         terms += range_terms
-        self.params += scalar_params + range_params
+        params += range_params
         if not terms:  # only empty bind collections: nothing is in an empty list
             condition = _SQL_FALSE
         elif len(terms) == 1:
             condition = terms[0]
         else:
-            condition = "(" + " OR ".join(terms) + ")"
-        return f"NOT ({condition})" if node.negated else condition
+            condition = "(" + _join(terms, " OR ") + ")"
+        return (f"NOT ({condition})" if negated else condition), params
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fragment:
+    """Compiled SQL of one subtree and the parameters of its placeholders, in order."""
+
+    sql: str
+    params: list[Any]
+    conditions: int
+    compound: bool  # a parenthesised AND/OR, rather than a single condition
+
+
+def _flattened(node: And | Or, negated: bool, *, conjunction: bool) -> list[tuple[Node, bool]]:
+    """Operands of ``node`` (negated or not), with nested same-kind AND/ORs merged in."""
+    found: list[tuple[Node, bool]] = []
+    pending: list[tuple[Node, bool]] = [(op, negated) for op in reversed(node.operands)]
+    while pending:
+        operand, operand_negated = pending.pop()
+        while isinstance(operand, Not):
+            operand, operand_negated = operand.operand, not operand_negated
+        if isinstance(operand, And | Or) and (isinstance(operand, And) != operand_negated) == (
+            conjunction
+        ):
+            pending.extend((child, operand_negated) for child in reversed(operand.operands))
+        else:
+            found.append((operand, operand_negated))
+    return found
+
+
+def _join(parts: list[str], joiner: str) -> str:
+    """``parts`` joined by ``joiner``, in parenthesised groups if there are many.
+
+    SQLite nests ``a OR b OR c`` one level deeper per operand and refuses expressions more
+    than 1,000 levels deep, so runs longer than _CHAIN are split into groups (of groups...).
+    """
+    while len(parts) > _CHAIN:
+        chunks = (parts[i : i + _CHAIN] for i in range(0, len(parts), _CHAIN))
+        parts = [chunk[0] if len(chunk) == 1 else f"({joiner.join(chunk)})" for chunk in chunks]
+    return joiner.join(parts)
+
+
+def _has_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
+
+
+def _check_shape(node: Node) -> None:
+    """Refuse trees deeper or larger than the parser accepts (trees can be built in code)."""
+    conditions = 0
+    # An explicit stack rather than recursion: this is what makes the recursion safe later.
+    pending: list[tuple[Node, int]] = [(node, 0)]
+    while pending:
+        current, depth = pending.pop()
+        if isinstance(current, Not | And | Or):
+            # The parser counts levels below the top node; one more is allowed for query
+            # builders, which AND a parsed expression with conditions of their own.
+            if depth > MAX_NESTING_DEPTH + 1:
+                raise InvalidQueryError(
+                    f"expression is nested too deeply (more than {MAX_NESTING_DEPTH} levels of "
+                    "AND/OR/NOT); simplify it, or split the query"
+                )
+            children = (current.operand,) if isinstance(current, Not) else current.operands
+            pending.extend((child, depth + 1) for child in children)
+            continue
+        conditions += 1
+        if isinstance(current, InList):
+            conditions += sum(isinstance(item, Range) for item in current.items)
+    if conditions > MAX_CONDITIONS:
+        raise InvalidQueryError(
+            f"expression has {conditions} conditions, more than the limit of {MAX_CONDITIONS}; "
+            "test many values of one dimension with a single IN list, as in "
+            "visit IN (:visits) with the values in bind, or split the query"
+        )
 
 
 def compile_where(
@@ -347,9 +513,15 @@ def compile_where(
     """
     if node is None:
         return "1 = 1", []
-    compiler = _Compiler(resolver, bind or {})
-    sql = compiler.compile(node)
-    return sql, compiler.params
+    _check_shape(node)
+    fragment = _Compiler(resolver, bind or {}).compile(node)
+    if len(fragment.params) > MAX_PARAMETERS:
+        raise InvalidQueryError(
+            f"expression needs {len(fragment.params)} SQL parameters, more than the limit of "
+            f"{MAX_PARAMETERS}; put long lists of values in a single IN list, as in "
+            "visit IN (:visits) with the values in bind, or split the query"
+        )
+    return fragment.sql, fragment.params
 
 
 def referenced_names(

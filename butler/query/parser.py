@@ -35,6 +35,9 @@ from butler.query.ast import (
     INT64_MAX,
     INT64_MIN,
     KEYWORDS,
+    MAX_CONDITIONS,
+    MAX_EXPRESSION_LENGTH,
+    MAX_NESTING_DEPTH,
     NAME_PATTERN,
     And,
     BindRef,
@@ -49,18 +52,10 @@ from butler.query.ast import (
     Or,
     Range,
     Value,
+    is_valid_unicode,
 )
 
-__all__ = ["MAX_EXPRESSION_LENGTH", "MAX_NESTING_DEPTH", "parse_where"]
-
-#: Deepest allowed nesting of parentheses and NOTs.  Far beyond anything written by hand,
-#: but low enough that the recursive parser (about four Python frames per level) and the
-#: recursive tree walkers never approach Python's recursion limit.
-MAX_NESTING_DEPTH: Final = 100
-
-#: Longest accepted expression.  Bounds the work a single request can cause on a server;
-#: long lists of values belong in a bind parameter (``visit IN (:visits)``) instead.
-MAX_EXPRESSION_LENGTH: Final = 100_000
+__all__ = ["MAX_CONDITIONS", "MAX_EXPRESSION_LENGTH", "MAX_NESTING_DEPTH", "parse_where"]
 
 
 class _Kind(enum.Enum):
@@ -201,6 +196,14 @@ class _Tokenizer:
                 pos = end + 2
                 continue
             raw = text[start : end + 1]
+            if not is_valid_unicode(raw):
+                # Possible from JSON ("\ud800"); SQLite could not even receive it.
+                bad = next(i for i, char in enumerate(raw) if not is_valid_unicode(char))
+                raise self.error(
+                    f"the string contains {_describe_character(raw[bad])}, a lone surrogate "
+                    "that is not valid Unicode; remove it",
+                    start + bad,
+                )
             return _Token(_Kind.STRING, raw, start, raw[1:-1].replace(quote * 2, quote))
 
     def _number(self, start: int) -> _Token:
@@ -286,6 +289,7 @@ class _Parser:
         self.text = text
         self.stream = _Tokenizer(text).tokens()
         self.lookahead: list[_Token] = []  # tokens read from the stream but not consumed
+        self.conditions = 0  # conditions parsed so far, against MAX_CONDITIONS
 
     # -- token helpers -------------------------------------------------------------------
 
@@ -305,6 +309,17 @@ class _Parser:
 
     def error(self, message: str, token: _Token) -> QuerySyntaxError:
         return QuerySyntaxError(message, self.text, token.position)
+
+    def count_condition(self, token: _Token) -> None:
+        """Count one more condition (or IN-list range) starting at ``token``."""
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise self.error(
+                f"expression has more than {MAX_CONDITIONS} conditions; test many values "
+                "of one dimension with a single IN list, as in visit IN (1, 2, 3) or "
+                "visit IN (:visits) with the values in bind, or split the query",
+                token,
+            )
 
     def expected(self, expected: str, token: _Token) -> QuerySyntaxError:
         return self.error(f"expected {expected}, found {_describe(token)}", token)
@@ -358,7 +373,8 @@ class _Parser:
             if depth >= MAX_NESTING_DEPTH:
                 raise self.error(
                     f"expression is nested too deeply (more than {MAX_NESTING_DEPTH} levels "
-                    "of parentheses and NOT); simplify it",
+                    "of parentheses and NOT); simplify it: remove redundant parentheses, "
+                    "cancel double NOTs, or split the query",
                     token,
                 )
             self.advance()
@@ -376,6 +392,7 @@ class _Parser:
 
     def predicate(self) -> Node:
         left_token = self.peek()
+        self.count_condition(left_token)
         left = self.value("a condition such as visit = 1")
         token = self.peek()
         if token.kind is _Kind.OPERATOR:
@@ -480,6 +497,8 @@ class _Parser:
             raise self.error(
                 f"range bounds must be integer literals, found {_describe(token)}", token
             )
+        # A range compiles to a condition of its own, unlike a value of the list.
+        self.count_condition(token)
         self.advance()  # start
         self.advance()  # '..'
         stop_token = self.peek()
@@ -517,6 +536,12 @@ def parse_where(text: str) -> Node | None:
     is not a valid expression.  Names are not checked here: that needs a schema, and is
     done by ``compile_where`` through its resolver.
     """
+    if not isinstance(text, str):
+        # A JSON request body can carry any type where a string belongs.
+        raise QuerySyntaxError(
+            f"a where expression must be a string, not {type(text).__name__}; "
+            "write it as text, as in 'visit = 1'"
+        )
     if len(text) > MAX_EXPRESSION_LENGTH:
         # The expression itself is left out of the message: echoing 100 kB helps nobody.
         raise QuerySyntaxError(

@@ -7,6 +7,7 @@ local butler's own, so a remote butler behaves exactly like a local one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import mimetypes
@@ -19,12 +20,13 @@ from typing import Any
 from aiohttp import web
 
 from butler.direct_butler import DirectButler
-from butler.errors import BadRequestError, DatasetNotFoundError
+from butler.errors import BadRequestError, DatasetNotFoundError, RequestTimeoutError
 from butler.http.bundle import MAX_FILES as MAX_BUNDLE_FILES
 from butler.http.bundle import BundleEntry
 from butler.http.bundle import parse_request as parse_bundle_request
 from butler.http.conditional import evaluate_preconditions
 from butler.refs import DatasetRef, FileInfo, split_component
+from butler.server import validation
 from butler.server.files import (
     OpenedFile,
     close_bundle,
@@ -60,16 +62,15 @@ _CONTENT_TYPES = {
 
 
 def _json_param(request: web.Request, name: str) -> dict[str, Any]:
+    """A JSON-object parameter (``bind``, ``data_id``) whose values are checked."""
     raw = request.query.get(name)
     if not raw:
         return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequestError(f"parameter {name!r} must be a JSON object: {exc}") from exc
+    value = validation.parse_json(raw, f"parameter {name!r}")
     if not isinstance(value, dict):
         raise BadRequestError(f"parameter {name!r} must be a JSON object")
-    return value
+    check = validation.bind_value if name == "bind" else validation.scalar
+    return validation.mapping(value, name, check)
 
 
 def _int_param(
@@ -84,7 +85,8 @@ def _int_param(
         raise BadRequestError(f"parameter {name!r} must be an integer, got {raw!r}") from None
     if value < 0:
         raise BadRequestError(f"parameter {name!r} must not be negative")
-    if maximum is not None and value > maximum:
+    maximum = validation.MAX_INT if maximum is None else maximum
+    if value > maximum:
         raise BadRequestError(f"parameter {name!r} is at most {maximum}")
     return value
 
@@ -259,6 +261,36 @@ async def datasets_summary(request: web.Request) -> web.Response:
     return json_response(request, await request.app[POOL].read(work))
 
 
+_QUERY_FIELDS = {
+    "dataset_type",
+    "collections",
+    "where",
+    "bind",
+    "data_id",
+    "find_first",
+    "limit",
+    "offset",
+}
+
+
+def _query_body(body: dict[str, Any], settings: ServerSettings) -> tuple[dict[str, Any], int, int]:
+    """The checked parameters, limit and offset of a ``POST datasets/query`` body."""
+    validation.only_keys(body, _QUERY_FIELDS, "the query")
+    params = {
+        "dataset_type": validation.string(body.get("dataset_type"), "dataset_type", empty=False),
+        "collections": validation.collections(body.get("collections")),
+        "where": validation.string(body.get("where"), "where", required=False),
+        "bind": validation.mapping(body.get("bind"), "bind", validation.bind_value),
+        "data_id": validation.mapping(body.get("data_id"), "data_id"),
+        "find_first": validation.boolean(body.get("find_first"), "find_first", True),
+    }
+    limit = validation.integer(
+        body.get("limit"), "limit", settings.page_size, settings.max_page_size
+    )
+    offset = validation.integer(body.get("offset"), "offset", 0)
+    return params, limit, offset
+
+
 def _paged(key: str, rows: list[Any], limit: int, offset: int) -> dict[str, Any]:
     more = len(rows) > limit
     return {key: rows[:limit], "next_offset": offset + limit if more else None}
@@ -266,20 +298,7 @@ def _paged(key: str, rows: list[Any], limit: int, offset: int) -> dict[str, Any]
 
 async def query_datasets(request: web.Request) -> web.Response:
     if request.method == "POST":
-        body = await _json_body(request)
-        params = {
-            "dataset_type": body.get("dataset_type"),
-            "collections": body.get("collections"),
-            "where": body.get("where", ""),
-            "bind": body.get("bind") or {},
-            "data_id": body.get("data_id") or {},
-            "find_first": bool(body.get("find_first", True)),
-        }
-        settings = request.app[SETTINGS]
-        limit = int(body.get("limit") or settings.page_size)
-        offset = int(body.get("offset") or 0)
-        if limit > settings.max_page_size or limit < 0 or offset < 0:
-            raise BadRequestError(f"limit must be between 0 and {settings.max_page_size}")
+        params, limit, offset = _query_body(await _json_body(request), request.app[SETTINGS])
     else:
         params = {
             "dataset_type": request.query.get("dataset_type"),
@@ -465,20 +484,22 @@ def _missing_file(file: FileInfo) -> str:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (size capped by ``client_max_size``, depth checked)."""
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise BadRequestError(f"request body must be JSON: {exc}") from exc
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {request.app[SETTINGS].body_timeout} s"
+        ) from None
+    body = validation.parse_json(raw, "the request body")
     if not isinstance(body, dict):
-        raise BadRequestError("request body must be a JSON object")
+        raise BadRequestError("the request body must be a JSON object")
     return body
 
 
 def _operations(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    operations = body.get("operations")
-    if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
-        raise BadRequestError("body needs 'operations': a list of objects")
-    return operations
+    return validation.operations(body)
 
 
 async def apply_direct_operations(request: web.Request) -> web.Response:
@@ -504,7 +525,7 @@ async def upload_file(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     writer = await pool.blocking(lambda: UploadWriter(path, settings.max_upload_bytes))
     try:
-        async for chunk in request.content.iter_chunked(1 << 20):
+        while chunk := await _next_chunk(request, settings.body_timeout):
             await pool.blocking(lambda c=chunk: writer.write(c))  # type: ignore[misc]
         checksum = await pool.blocking(lambda: writer.finish(request.headers.get("X-Checksum")))
     except BaseException:
@@ -513,6 +534,15 @@ async def upload_file(request: web.Request) -> web.Response:
     return json_response(
         request, {"id": upload_id, "size": writer.size, "checksum": checksum}, cacheable=False
     )
+
+
+async def _next_chunk(request: web.Request, stall: float) -> bytes:
+    """The next part of an upload (b"" at its end); 408 if it stalls for ``stall`` s."""
+    try:
+        async with asyncio.timeout(stall):
+            return await request.content.read(1 << 20)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the upload stalled: no bytes for {stall} s; retry it") from None
 
 
 async def commit_transaction(request: web.Request) -> web.Response:

@@ -6,13 +6,26 @@ import asyncio
 import contextlib
 import logging
 import re
+import resource
 import secrets
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import quote, unquote
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_server import Server
 
-from butler.errors import ButlerError
-from butler.server.api import POOL, READ_POSTS, REPO_ROOT, SETTINGS, TRANSACTIONS, add_routes
+from butler.errors import ButlerError, PayloadTooLargeError
+from butler.server.api import (
+    API,
+    POOL,
+    READ_POSTS,
+    REPO_ROOT,
+    SETTINGS,
+    TRANSACTIONS,
+    add_routes,
+)
 from butler.server.auth import Principal, TokenStore, bearer_token
 from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
@@ -22,10 +35,14 @@ log = logging.getLogger("butler.server")
 TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ACCESS_LOG_FORMAT = '%a "%r" %s body=%{Content-Length}o %Tfs rid=%{X-Request-ID}o'
-"""Access-log line: client, request line, status, body bytes, seconds, request ID. (Body bytes
-come from Content-Length because files go out by sendfile, which aiohttp's %b does not count.
-No request headers are logged, so tokens never are.)"""
+PUBLIC_PATHS = frozenset({"/healthz", f"{API}/openapi.json"})
+"""The only paths readable without a token under ``--read-access token`` (exact matches)."""
+_SECRET_PARAM = re.compile(
+    r"sig|token|credential|secret|passw|auth|session|key|code", re.IGNORECASE
+)
+"""Query parameter names whose values the access log hides: signed-URL signatures and
+credentials (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, Signature,
+access_token, api_key, ...)."""
 
 
 def _error_body(
@@ -59,7 +76,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ButlerError as exc:
-        body = _error_body(request, exc.error_type, str(exc), details=exc.details)
+        message = _without_server_paths(request, str(exc))
+        body = _error_body(request, exc.error_type, message, details=exc.details)
         return web.json_response(
             body, status=exc.http_status, headers={"Cache-Control": "no-store"}
         )
@@ -86,6 +104,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(body, status=500, headers={"Cache-Control": "no-store"})
 
 
+def _without_server_paths(request: web.Request, message: str) -> str:
+    """``message`` with the repository's location on this server taken out: clients name
+    files by their path inside the repository, and the server's layout is none of theirs."""
+    settings = request.app[SETTINGS]
+    for root in sorted({str(request.app[REPO_ROOT]), str(settings.repo)}, key=len, reverse=True):
+        message = message.replace(root + "/", "").replace(root, "<repository>")
+    return message
+
+
 def _is_write(request: web.Request) -> bool:
     return request.method not in ("GET", "HEAD", "OPTIONS") and request.path not in READ_POSTS
 
@@ -99,7 +126,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     principal: Principal | None = tokens.identify(token) if token else None
     write = _is_write(request)
     needed = "write" if write else "read"
-    public = request.path == "/healthz" or request.path.endswith("/openapi.json")
+    public = request.path in PUBLIC_PATHS
     if write and settings.read_only:
         return _auth_error(
             request,
@@ -142,6 +169,23 @@ def _auth_error(request: web.Request, status: int, error_type: str, message: str
     )
 
 
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """413 before reading a body whose declared length is over the limit (uploads have
+    their own, larger one; a body without a length is cut off while it streams)."""
+    settings = request.app[SETTINGS]
+    upload = request.method == "PUT"
+    limit = settings.max_upload_bytes if upload else settings.max_json_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        what = "an upload" if upload else "a JSON request body"
+        raise PayloadTooLargeError(
+            f"{what} of {length} bytes is over this server's limit of {limit} bytes"
+            + ("" if upload else "; split the request (fewer operations or paths per call)")
+        )
+    return await handler(request)
+
+
 async def _expire_transactions(app: web.Application) -> AsyncIterator[None]:
     manager = app[TRANSACTIONS]
     pool = app[POOL]
@@ -163,6 +207,7 @@ async def _expire_transactions(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_pool(app: web.Application) -> None:
     await asyncio.get_running_loop().run_in_executor(None, app[POOL].close)
+    await asyncio.get_running_loop().run_in_executor(None, app[TRANSACTIONS].close)
 
 
 def create_app(settings: ServerSettings) -> web.Application:
@@ -173,18 +218,127 @@ def create_app(settings: ServerSettings) -> web.Application:
 
         raise RepositoryConfigError("--read-access token needs a --tokens file")
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
-        client_max_size=256 * 2**20,  # JSON bodies; uploads stream and have their own cap
+        middlewares=[
+            request_id_middleware,
+            error_middleware,
+            auth_middleware,  # before anything reads a body: a refused body is never read
+            body_limit_middleware,
+        ],
+        # JSON bodies are read whole, so their cap is small; uploads stream to disk.
+        client_max_size=settings.max_json_bytes,
     )
     app[SETTINGS] = settings
     app[REPO_ROOT] = settings.repo.resolve()
     app[TOKENS] = tokens
     app[POOL] = RepositoryPool(settings.repo, settings.read_workers, not settings.read_only)
-    app[TRANSACTIONS] = TransactionManager(settings.repo, settings.staging_ttl)
+    # A read-only server stages nothing: it must start on a read-only file system, and
+    # never touches other servers' staging.
+    app[TRANSACTIONS] = TransactionManager(
+        settings.repo, settings.staging_ttl, writeable=not settings.read_only
+    )
     app.cleanup_ctx.append(_expire_transactions)
     app.on_cleanup.append(_close_pool)
     add_routes(app)
     return app
+
+
+def redact_target(target: str) -> str:
+    """A request target with the values of credential-like query parameters hidden."""
+    path, question, query = target.partition("?")
+    if not question:
+        return target
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        if equals and _SECRET_PARAM.search(unquote(name)):
+            part = f"{name}=REDACTED"
+        parts.append(part)
+    return f"{path}?{'&'.join(parts)}"
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, request line, status, body bytes, seconds, request ID.
+
+    Body bytes come from Content-Length because files go out by sendfile, which aiohttp's
+    own ``%b`` does not count. Signed-URL signatures and other credentials in the query
+    string are redacted, and no request header is logged, so tokens never are."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        version = request.version
+        target = quote(redact_target(request.raw_path), safe="/?&=%:@,;+!$'()*~-._")
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d body=%s %.6fs rid=%s',
+            request.remote,
+            request.method,
+            target,
+            version.major,
+            version.minor,
+            response.status,
+            response.headers.get("Content-Length", "-"),
+            time,
+            response.headers.get("X-Request-ID", "-"),
+        )
+
+
+def default_max_connections() -> int:
+    """Half the descriptors this process may open (the rest: files being sent, uploads,
+    the registry), at least 16: so slow clients can never exhaust the server's files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 16_384
+    return min(16_384, max(16, (soft - 32) // 2))
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner that closes connections beyond ``max_connections`` as they arrive."""
+
+    def __init__(self, app: web.Application, max_connections: int, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self._max_connections = max_connections
+        self._refused = 0
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        accept = server.connection_made
+
+        def connection_made(handler: object, transport: asyncio.Transport) -> None:
+            accept(handler, transport)  # type: ignore[arg-type]
+            if len(server.connections) > self._max_connections:
+                self._refused += 1
+                if self._refused in (1, 10, 100) or self._refused % 1000 == 0:
+                    log.warning(
+                        "%d connection(s) refused so far: over --max-connections %d",
+                        self._refused,
+                        self._max_connections,
+                    )
+                transport.close()
+
+        # aiohttp has no hook for this; its Server calls connection_made on itself.
+        setattr(server, "connection_made", connection_made)  # noqa: B010
+        return server
+
+
+async def _run(app: web.Application, settings: ServerSettings) -> None:
+    runner = _Runner(
+        app,
+        settings.max_connections or default_max_connections(),
+        access_log_class=AccessLogger,
+        # Also aiohttp's only bound on reading request headers: a connection without a
+        # complete request after this long is closed (slow-header clients included).
+        keepalive_timeout=settings.idle_timeout,
+        lingering_time=min(10.0, settings.body_timeout),
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def serve(settings: ServerSettings, *, print_url: Callable[[str], None] | None = None) -> None:
@@ -194,11 +348,4 @@ def serve(settings: ServerSettings, *, print_url: Callable[[str], None] | None =
     url = f"http://{settings.host}:{settings.port}/"
     if print_url:
         print_url(url)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log_format=ACCESS_LOG_FORMAT,
-        print=None,
-        handle_signals=True,
-    )
+    asyncio.run(_run(app, settings))

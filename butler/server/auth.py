@@ -27,6 +27,19 @@ import yaml
 from butler.errors import RepositoryConfigError
 
 SCOPES = ("read", "write")
+FILE_KEYS = ("tokens",)
+ENTRY_KEYS = ("name", "token", "sha256", "scopes")
+
+
+def _refuse_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
+    """Refuse keys this server does not know: an operator who wrote one (a limit, an
+    expiry) must not believe it is in force when it is silently ignored."""
+    unknown = [str(key) for key in data if key not in allowed]
+    if unknown:
+        raise RepositoryConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; the allowed keys are "
+            f"{', '.join(allowed)} (nothing else is enforced: remove or fix them)"
+        )
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class TokenStore:
         except yaml.YAMLError as exc:
             raise RepositoryConfigError(f"tokens file {path} is not valid YAML: {exc}") from exc
         entries: dict[str, Principal] = {}
+        if isinstance(data, Mapping):
+            _refuse_unknown(data, FILE_KEYS, f"{path}")
         items = (data or {}).get("tokens") if isinstance(data, Mapping) else None
         if not isinstance(items, list):
             raise RepositoryConfigError(
@@ -66,6 +81,7 @@ class TokenStore:
         where = f"{path}: token entry {number}"
         if not isinstance(item, Mapping) or not item.get("name"):
             raise RepositoryConfigError(f"{where} needs a 'name'")
+        _refuse_unknown(item, ENTRY_KEYS, where)
         scopes = item.get("scopes", ["read"])
         if not isinstance(scopes, list) or not set(scopes) <= set(SCOPES):
             raise RepositoryConfigError(f"{where}: scopes must be a list drawn from {SCOPES}")

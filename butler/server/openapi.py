@@ -190,7 +190,12 @@ _ERRORS = {
     "401": _json(_ref("Error"), "A bearer token is needed or the one given is invalid"),
     "403": _json(_ref("Error"), "The token lacks the needed scope, or the server is read-only"),
     "404": _json(_ref("Error"), "Not found (dataset, dataset type, collection...)"),
+    "408": _json(_ref("Error"), "The request body stopped arriving (see --body-timeout)"),
     "409": _json(_ref("Error"), "Conflict (dataset exists, ambiguous search...)"),
+    "413": _json(
+        _ref("Error"),
+        "Request body too large (see --max-json-bytes and --max-upload-bytes)",
+    ),
     "500": _json(_ref("Error"), "Server bug; the body carries a request ID"),
 }
 

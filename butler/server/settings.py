@@ -31,3 +31,14 @@ class ServerSettings:
     read_workers: int = 4
     """Read-only registry connections used in parallel by API requests."""
     max_upload_bytes: int = 64 * 2**30
+    """Largest upload accepted (413 above it); uploads stream to disk, never to memory."""
+    max_json_bytes: int = 16 * 2**20
+    """Largest JSON request body (413 above it): JSON bodies are read into memory whole."""
+    idle_timeout: float = 15.0
+    """Seconds a connection may sit without a complete request: it bounds both a slow
+    client's request headers and an idle keep-alive connection."""
+    body_timeout: float = 30.0
+    """Seconds the server waits for the next bytes of a request body before giving up (408)."""
+    max_connections: int | None = None
+    """Connections served at once (more are closed at once); None: from the process's
+    descriptor limit, leaving room for files and the registry."""

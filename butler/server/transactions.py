@@ -2,16 +2,23 @@
 
 A client begins a transaction, uploads each new file (the server hashes it while it streams
 to disk), then commits a list of operations. The commit runs as one local repository
-transaction, so it is all or nothing, and crash safe exactly like a local one. Staged uploads
-live in ``<repo>/.staging-remote/<txn>/`` (same filesystem as the datastore, so committing
-links instead of copying). Abandoned transactions expire; a restarted server removes every
-staged upload, since no transaction survives a restart.
+transaction, so it is all or nothing, and crash safe exactly like a local one; each upload
+is checked readable as its storage class before the commit makes it visible.
+
+Staged uploads live in ``<repo>/.staging-remote/<server>/<txn>/`` (same filesystem as the
+datastore, so committing links instead of copying). Each server process holds the lock file
+of its own ``<server>`` directory (``flock``) while it runs: so several servers can share a
+repository, and a starting server removes only what servers that died left behind (their
+lock is free), never a live server's uploads. Abandoned transactions expire. A read-only
+server stages nothing and writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import secrets
 import shutil
@@ -23,9 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from butler.datastore import make_locked_dir, remove_abandoned_dirs
 from butler.direct_butler import DirectButler
-from butler.errors import TransactionError, TransactionNotFoundError, UploadError
-from butler.refs import DatasetRef
+from butler.errors import (
+    BadRequestError,
+    ButlerError,
+    PayloadTooLargeError,
+    ReadOnlyRepositoryError,
+    TransactionError,
+    TransactionNotFoundError,
+    UploadError,
+)
+from butler.formatters.base import FileIndex, validate_file
+from butler.io.source import LocalFileSource
+from butler.refs import DatasetRef, split_component
 
 REMOTE_STAGING_DIR = ".staging-remote"
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -48,18 +66,31 @@ class RemoteTransaction:
 class TransactionManager:
     """Open remote transactions of one server, their uploads, and their expiry."""
 
-    def __init__(self, repo: Path, ttl: int) -> None:
+    def __init__(self, repo: Path, ttl: int, *, writeable: bool = True) -> None:
         self.root = repo / REMOTE_STAGING_DIR
         self.ttl = ttl
         self._open: dict[str, RemoteTransaction] = {}
         self._lock = threading.Lock()
-        # Nothing survives a restart: clean whatever a killed server left.
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._directory: Path | None = None
+        self._lock_fd = -1
+        if writeable:
+            # Clean only what dead servers left (a live server holds its directory's lock),
+            # then take a locked directory of our own.
+            remove_abandoned_dirs(self.root)
+            self._directory, self._lock_fd = make_locked_dir(self.root)
+
+    @property
+    def directory(self) -> Path:
+        """This server's staging directory (a read-only server has none)."""
+        if self._directory is None:
+            raise ReadOnlyRepositoryError(
+                "this server is read-only (started with --read-only); writes are refused"
+            )
+        return self._directory
 
     def begin(self, owner: str) -> RemoteTransaction:
         txn_id = secrets.token_urlsafe(18)
-        directory = self.root / txn_id
+        directory = self.directory / txn_id
         directory.mkdir()
         txn = RemoteTransaction(txn_id, directory, time.time() + self.ttl, owner)
         (directory / "transaction.json").write_text(
@@ -68,6 +99,17 @@ class TransactionManager:
         with self._lock:
             self._open[txn_id] = txn
         return txn
+
+    def close(self) -> None:
+        """Remove this server's staged uploads and release its lock (clean shutdown)."""
+        with self._lock:
+            self._open.clear()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def get(self, txn_id: str, owner: str) -> RemoteTransaction:
         with self._lock:
@@ -118,7 +160,9 @@ class UploadWriter:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise UploadError(f"upload exceeds the server's limit of {self.max_bytes} bytes")
+            raise PayloadTooLargeError(
+                f"upload exceeds the server's limit of {self.max_bytes} bytes (--max-upload-bytes)"
+            )
         self._hash.update(chunk)
         self._file.write(chunk)
 
@@ -182,14 +226,14 @@ def _apply(
             run=op["run"],
             transfer="move",
             dataset_id=_uuid(op["id"]),
+            index=checked_upload(butler, op["dataset_type"], upload, str(op["id"])),
         )
         file = butler.get_file_info(ref)
         if op.get("checksum") and op["checksum"] != file.checksum:
             raise UploadError(f"dataset {op['id']}: checksum changed between upload and commit")
         return {"ref": ref.to_dict(), "file": file.to_dict()}
     if kind == "remove":
-        refs = [DatasetRef.from_dict(r) for r in op["refs"]]
-        return {"removed": butler.remove(refs)}
+        return {"removed": butler.remove([_ref(r, n) for n, r in enumerate(op["refs"])])}
     if kind == "insert_dimension_records":
         added = butler.insert_dimension_records(
             op["element"], *op["records"], skip_existing=bool(op.get("skip_existing"))
@@ -209,6 +253,81 @@ def _apply(
         f"unknown operation {kind!r}; expected put, remove, insert_dimension_records, "
         "register_dataset_type, register_run or set_collection_chain"
     )
+
+
+FULL_READ_LIMIT = 64 * 2**20
+"""Uploads up to this size are read back whole before a commit makes them visible; larger
+ones are checked through their offset index (a full read would hold them in memory)."""
+log = logging.getLogger("butler.server")
+
+
+def checked_upload(butler: DirectButler, dataset_type: str, upload: Path, label: str) -> FileIndex:
+    """(Blocking.) The offset index of an uploaded file, once its bytes have proved readable
+    as its dataset type's storage class; :class:`UploadError` (400) otherwise.
+
+    Uploaded bytes are untrusted: whatever the format's parser raises means "not a valid
+    file", and the message names the dataset, never a path on this server.
+    """
+    resolved = butler.registry.get_dataset_type(split_component(dataset_type)[0])
+    storage_class = butler.formatters.storage_class(resolved.storage_class)
+    formatter = butler.formatters.formatter(resolved.formatter or storage_class.default_formatter)
+    try:
+        index = validate_file(formatter, upload)
+        if upload.stat().st_size <= FULL_READ_LIMIT:
+            source = LocalFileSource(upload)
+            try:
+                formatter.read(source, index)
+            finally:
+                source.close()
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the server's disk (full, failing), not the upload: not the client's 400
+        # Parsers (astropy) say "not a FITS file" as an OSError without an errno.
+        raise _invalid_upload(
+            exc, butler, upload, label, resolved.storage_class, formatter.name
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes
+        raise _invalid_upload(
+            exc, butler, upload, label, resolved.storage_class, formatter.name
+        ) from None
+    return index
+
+
+def _invalid_upload(
+    exc: Exception, butler: DirectButler, upload: Path, label: str, storage: str, formatter: str
+) -> UploadError:
+    log.debug("upload %s refused", label, exc_info=exc)
+    known = isinstance(exc, ButlerError | ValueError | OSError)
+    reason = _scrub(str(exc) if known else "", butler, upload)
+    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    return UploadError(
+        f"the upload of dataset {label} is not a valid {storage!r} file for formatter "
+        f"{formatter!r} ({detail}); upload the dataset's file in that format"
+    )
+
+
+def _scrub(message: str, butler: DirectButler, upload: Path) -> str:
+    """``message`` without server paths (the staged file's, the repository's)."""
+    names = {
+        str(upload): "the upload",
+        str(upload.resolve()): "the upload",
+        str(upload.parent): "staging",
+        str(butler.root): "repository",
+        str(butler.root.resolve()): "repository",
+    }
+    for path in sorted(names, key=len, reverse=True):  # longest first: files inside dirs
+        message = message.replace(path, names[path])
+    return message[:500]
+
+
+def _ref(data: Mapping[str, Any], number: int) -> DatasetRef:
+    try:
+        return DatasetRef.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadRequestError(
+            f"refs[{number}] is not a dataset reference ({type(exc).__name__}: {exc}); send "
+            "the 'ref' objects the server returned"
+        ) from None
 
 
 def _uuid(value: Any) -> Any:
