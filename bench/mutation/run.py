@@ -62,6 +62,7 @@ TARGETS: dict[str, Target] = {
         ),
         tests=(
             "tests/test_proxyd_policy.py",
+            "tests/test_proxyd_policy_edges.py",
             "tests/test_proxyd_properties.py",
             "tests/test_hardening_proxy_keys.py",
             "tests/test_proxyd_auth.py",
