@@ -4,7 +4,7 @@
     python bench/mutation/run.py proxyd-policy       # one target (names: --list)
     python bench/mutation/run.py --module proxyd/policy/keys.py   # one module of a target
 
-Each module is mutated in a scratch copy of the committed tree (``bench/out/mutation/tree``;
+Each module is mutated in a scratch copy of the committed tree (``bench/out/mutation/tree-*``;
 ``--worktree`` for the work tree with its uncommitted changes), never in place, and the
 target's tests run against every mutant; servers the tests start import the mutated copy too
 (``PYTHONPATH``). A mutant the tests do not notice "survives". Survivors that
@@ -40,7 +40,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 OUT = ROOT / "bench" / "out" / "mutation"
-TREE = OUT / "tree"
 EQUIVALENT = HERE / "equivalent.toml"
 #: A test run longer than this (s) counts as killed by timeout (an infinite loop is a kill).
 TIMEOUT = 300.0
@@ -222,43 +221,54 @@ def skip_inert_mutants(session: Path, tree: Path) -> int:
 # -- running --------------------------------------------------------------------------------
 
 
-def copy_tree(worktree: bool) -> None:
+def tree_of(target: str) -> Path:
+    """Where a target's modules are mutated: one tree per target, so that targets can run
+    at the same time (one per core) without seeing each other's mutants."""
+    return OUT / f"tree-{target}"
+
+
+def copy_tree(tree: Path, worktree: bool) -> None:
     """The committed tree (``git archive HEAD``), or with ``worktree`` the work tree as it
-    is now (uncommitted changes too, without caches), in ``TREE``."""
-    if TREE.exists():
-        shutil.rmtree(TREE)
+    is now (uncommitted changes too, without caches), in ``tree``."""
+    if tree.exists():
+        shutil.rmtree(tree)
     if not worktree:
-        TREE.mkdir(parents=True)
+        tree.mkdir(parents=True)
         archive = subprocess.run(
             ["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True
         ).stdout
-        subprocess.run(["tar", "-x", "-C", str(TREE)], input=archive, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
         return
     ignore = shutil.ignore_patterns(
         ".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "demo-work", "out"
     )
-    shutil.copytree(ROOT, TREE, ignore=ignore)
+    shutil.copytree(ROOT, tree, ignore=ignore)
 
 
-def test_command(target: Target) -> str:
+def test_command(target: Target, tree: Path) -> str:
     """pytest on the target's test files that exist (a missing file would make pytest fail,
     and every mutant look killed)."""
-    tests = [t for t in target.tests if (TREE / t).exists()]
+    tests = [t for t in target.tests if (tree / t).exists()]
     for missing in sorted(set(target.tests) - set(tests)):
         print(f"note: {missing} does not exist; not run", flush=True)
-    pytest = f"env PYTHONPATH={TREE} {sys.executable} -m pytest -x -q -p no:cacheprovider"
+    pytest = f"env PYTHONPATH={tree} {sys.executable} -m pytest -x -q -p no:cacheprovider"
     return " ".join([pytest, *tests])
 
 
-def check_baseline(target: Target) -> None:
+def check_baseline(target: Target, tree: Path) -> None:
     """The unmutated tree must pass the target's tests, or every mutant would look killed."""
-    if subprocess.run(test_command(target), shell=True, cwd=TREE).returncode != 0:
+    if subprocess.run(test_command(target, tree), shell=True, cwd=tree).returncode != 0:
         sys.exit("the target's tests fail without any mutation: fix them first")
 
 
-def session_config(module: str, target: Target) -> Path:
-    config = OUT / (module.replace("/", "_") + ".toml")
-    command = test_command(target)
+def session_file(module: str, suffix: str) -> Path:
+    """A module's cosmic-ray config (``.toml``) or session (``.sqlite``), kept for --resume."""
+    return OUT / (module.replace("/", "_") + suffix)
+
+
+def session_config(module: str, target: Target, tree: Path) -> Path:
+    config = session_file(module, ".toml")
+    command = test_command(target, tree)
     config.write_text(
         "[cosmic-ray]\n"
         f'module-path = "{module}"\n'
@@ -270,8 +280,8 @@ def session_config(module: str, target: Target) -> Path:
     return config
 
 
-def cosmic_ray(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], cwd=TREE, check=True)
+def cosmic_ray(tree: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], cwd=tree, check=True)
 
 
 @dataclass(frozen=True)
@@ -287,11 +297,11 @@ class Survivor:
         return (self.module, self.operator.split("/")[-1], self.code.strip())
 
 
-def survivors(session: Path, module: str) -> Iterator[Survivor]:
+def survivors(session: Path, module: str, tree: Path) -> Iterator[Survivor]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
 
-    lines = (TREE / module).read_text().splitlines()
+    lines = (tree / module).read_text().splitlines()
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
             if result.test_outcome != TestOutcome.SURVIVED:
@@ -311,16 +321,16 @@ def known_equivalents() -> set[tuple[str, str, str]]:
     return {(e["module"], e["operator"], e["code"].strip()) for e in data.get("equivalent", [])}
 
 
-def run_module(module: str, target: Target, fresh: bool) -> list[Survivor]:
-    session = OUT / (module.replace("/", "_") + ".sqlite")
+def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Survivor]:
+    session = session_file(module, ".sqlite")
     if fresh and session.exists():
         session.unlink()
     if not session.exists():
-        config = session_config(module, target)
-        cosmic_ray("init", str(config), str(session))
-        print(f"{module}: {skip_inert_mutants(session, TREE)} mutants skipped", flush=True)
-    cosmic_ray("exec", str(OUT / (module.replace("/", "_") + ".toml")), str(session))
-    return list(survivors(session, module))
+        config = session_config(module, target, tree)
+        cosmic_ray(tree, "init", str(config), str(session))
+        print(f"{module}: {skip_inert_mutants(session, tree)} mutants skipped", flush=True)
+    cosmic_ray(tree, "exec", str(session_file(module, ".toml")), str(session))
+    return list(survivors(session, module, tree))
 
 
 def main() -> int:
@@ -341,17 +351,17 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown target(s) {unknown}; known: {sorted(TARGETS)}")
     OUT.mkdir(parents=True, exist_ok=True)
-    if not (args.resume and TREE.exists()):
-        copy_tree(args.worktree)
     equivalent = known_equivalents()
     unexplained: list[Survivor] = []
     for name in args.targets or list(TARGETS):
-        target = TARGETS[name]
-        check_baseline(target)
+        target, tree = TARGETS[name], tree_of(name)
+        if not (args.resume and tree.exists()):
+            copy_tree(tree, args.worktree)
+        check_baseline(target, tree)
         for module in target.modules:
             if args.module and module != args.module:
                 continue
-            found = run_module(module, target, fresh=not args.resume)
+            found = run_module(module, target, tree, fresh=not args.resume)
             left = [s for s in found if s.signature not in equivalent]
             print(f"{module}: {len(found)} survivors, {len(found) - len(left)} equivalent")
             unexplained += left
