@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +21,9 @@ from butler.cli.completion import (
     complete_where,
     completion_command,
 )
-from butler.cli.main import handle_errors, parse_pairs
+from butler.cli.main import handle_errors as handle_butler_errors
+from butler.cli.main import parse_pairs
+from butler.remote.limits import is_disk_full
 from mirror.plan import human_size
 from mirror.pull import PullRequest, PullSummary, pull
 from mirror.state import MirrorState
@@ -28,6 +32,27 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """The butler CLI's handling of errors (a one-line message, status 1), and a full disk
+    said as such where SQLite met it: its error for that is no OSError, and on a full disk
+    even opening a database (its ``-shm`` file) can fail so."""
+    handled = handle_butler_errors(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handled(*args, **kwargs)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            where = kwargs.get("dest") or "the mirror"
+            raise click.ClickException(
+                f"the disk under {where} is full ({exc}); free some space and run the command again"
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _token(token_file: Path | None) -> str | None:

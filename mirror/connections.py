@@ -19,6 +19,9 @@ REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 """What a connection raises when the network or the server fails it mid-exchange."""
+CREDENTIALS = frozenset({"authorization", "proxy-authorization", "cookie"})
+"""Header fields (lower case) that are sent to the origin they were given for, and no other."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class UnsupportedURLError(ValueError):
@@ -29,6 +32,31 @@ class UnsupportedURLError(ValueError):
 def _tls() -> ssl.SSLContext:
     # Built once, on the first https connection: it loads the system's certificates.
     return ssl.create_default_context()
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """A URL's origin: scheme, host and port (the scheme's default port if none is given)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a port: an origin of its own, equal to no other
+        return scheme, parts.netloc.lower(), -1
+    return scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme)
+
+
+def redirected_headers(url: str, target: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """The header fields for a redirect from ``url`` to ``target``.
+
+    Credentials (the bearer token, cookies) go on only to the same origin, as browsers (the
+    Fetch standard) and curl do: a server must not be able to hand a client's token to
+    another host, port or scheme by redirecting it there (an https -> http downgrade is
+    another origin too, and would send the token in clear). Once dropped they stay dropped,
+    on every later redirect of the same request.
+    """
+    if origin(url) == origin(target):
+        return dict(headers)
+    return {name: value for name, value in headers.items() if name.lower() not in CREDENTIALS}
 
 
 class KeptAlive:

@@ -50,6 +50,7 @@ from butler.http.bundle import MAX_FILES as MAX_BUNDLE_FILES
 from butler.http.bundle import MAX_HEADER as MAX_BUNDLE_HEADER
 from butler.http.bundle import BundleEntry, BundleFormatError
 from butler.http.conditional import parse_http_date
+from butler.remote.limits import is_disk_full
 from mirror.connections import (
     MAX_REDIRECTS,
     NETWORK_ERRORS,
@@ -57,6 +58,7 @@ from mirror.connections import (
     USER_AGENT,
     KeptAlive,
     UnsupportedURLError,
+    redirected_headers,
 )
 from mirror.partfile import PartFile, aligned_buffer
 from mirror.plan import Item
@@ -370,6 +372,8 @@ class HttpFetcher:
             return False  # what arrived is kept: its own request resumes it
         except OSError as exc:
             result.failed.append((item, disk_failure(exc)))
+            if is_disk_full(exc):
+                result.disk_full = exc
             return False
         if complete(target, item.file.size, on_disk, download.digest, item.file.checksum):
             result.done.append(item)
@@ -387,16 +391,19 @@ class HttpFetcher:
 
     def _download_file(self, download: Download) -> int:
         url = self.base_url + "files/" + download.item.file.path
+        headers = dict(self._headers)
         for _ in range(MAX_REDIRECTS + 1):
-            headers = dict(self._headers)
+            sent = dict(headers)
             if download.have:
-                headers["Range"] = f"bytes={download.have}-"
-                headers["If-Range"] = download.item.file.etag
-            response = self._request(url, headers)
+                sent["Range"] = f"bytes={download.have}-"
+                sent["If-Range"] = download.item.file.etag
+            response = self._request(url, sent)
             location = response.getheader("Location")
             if response.status in REDIRECT_STATUSES and location:
                 self._finish(url, response)
-                url = urljoin(url, location)
+                target = urljoin(url, location)
+                headers = redirected_headers(url, target, headers)
+                url = target
                 continue
             return self._answer(url, response, download)
         raise TransferError(f"{url}: more than {MAX_REDIRECTS} redirects")

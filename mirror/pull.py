@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from typing import Any
 from butler.butler import is_remote_uri
 from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
+from butler.remote.limits import is_disk_full
 from butler.repo_config import CONFIG_NAME, check_new_repo_root
 from butler.universe import safe_dump_yaml
 from mirror.http import HttpFetcher
@@ -33,6 +35,7 @@ from mirror.source import HttpSource, Source
 from mirror.state import MirrorState
 from mirror.transfer import (
     PARTIAL_DIR,
+    Halt,
     LocalFetcher,
     TransferSettings,
     disk_failure,
@@ -50,6 +53,12 @@ Echo = Callable[[str], None]
 
 class NotEnoughSpaceError(ButlerError, OSError):
     error_type = "NotEnoughSpaceError"
+
+
+class DiskFullError(NotEnoughSpaceError):
+    """The destination filled up during a pull (another writer, a quota, a thin volume)."""
+
+    error_type = "DiskFullError"
 
 
 @dataclass
@@ -246,7 +255,12 @@ def warm_up_sqlite() -> None:
 
 
 def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
-    """Run a pull end to end (see the module docstring); ``progress`` is a rich Progress."""
+    """Run a pull end to end (see the module docstring); ``progress`` is a rich Progress.
+
+    A destination that fills up on the way raises :class:`DiskFullError`, which says what
+    is kept (what was committed is recorded and valid, partial downloads stay for the
+    resume); SQLite's own "database or disk is full" included, which is no OSError.
+    """
     started = time.monotonic()
     with contextlib.closing(open_source(request.source, request.via, request.token)) as source:
         # The mirror's SQLite layer is made ready while the source answers the query, which
@@ -256,42 +270,104 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
             source, request.dataset_types, request.collections, request.where, request.bind
         )
         dest = request.dest.absolute()
-        present: set[uuid.UUID] = set()
-        if (dest / CONFIG_NAME).exists():
-            with DirectButler(dest) as existing:
-                present = existing.registry.existing_ids(i.ref.id for i in items)
-        else:
-            # Before anything is written: a new mirror goes only where a repository may.
-            check_new_repo_root(dest, tolerated={PARTIAL_DIR})
-        partial = {uuid.UUID(k): v for k, v in partial_sizes(dest).items()}
-        plan = make_plan(items, present, partial, free_bytes(dest))
-        echo(describe_plan(plan))
-        summary = PullSummary(plan=plan, skipped=len(plan.present))
-        if not plan.fits:
-            raise NotEnoughSpaceError(
-                f"not enough space at {dest}: the pull needs {human_size(plan.needed_bytes)} "
-                f"and {human_size(plan.free_bytes)} is free; free some space or narrow the "
-                "query (--where, --dataset-type)"
-            )
-        if request.dry_run:
+        summary: PullSummary | None = None
+        try:
+            summary = plan_pull(request, items, echo)
+            if not request.dry_run:
+                _write(request, source, summary, progress, started)
             return summary
-        with contextlib.closing(open_for_pull(request, source, plan)) as opened:
+        except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, NotEnoughSpaceError) or not is_disk_full(exc):
+                raise
+            raise disk_full_error(dest, summary, exc) from None
+
+
+def plan_pull(request: PullRequest, items: list[Item], echo: Echo) -> PullSummary:
+    """The plan against what the mirror holds (told with ``echo``); refused if the
+    destination lacks room for it."""
+    dest = request.dest.absolute()
+    present: set[uuid.UUID] = set()
+    if (dest / CONFIG_NAME).exists():
+        with DirectButler(dest) as existing:
+            present = existing.registry.existing_ids(i.ref.id for i in items)
+    else:
+        # Before anything is written: a new mirror goes only where a repository may.
+        check_new_repo_root(dest, tolerated={PARTIAL_DIR})
+    partial = {uuid.UUID(k): v for k, v in partial_sizes(dest).items()}
+    plan = make_plan(items, present, partial, free_bytes(dest))
+    echo(describe_plan(plan))
+    if not plan.fits:
+        raise NotEnoughSpaceError(
+            f"not enough space at {dest}: the pull needs {human_size(plan.needed_bytes)} "
+            f"and {human_size(plan.free_bytes)} is free; free some space or narrow the "
+            "query (--where, --dataset-type)"
+        )
+    return PullSummary(plan=plan, skipped=len(plan.present))
+
+
+def _write(
+    request: PullRequest, source: Source, summary: PullSummary, progress: Any, started: float
+) -> None:
+    """Carry out the plan: open the mirror, transfer, and record the pull."""
+    plan = summary.plan
+    with contextlib.closing(open_for_pull(request, source, plan)) as opened:
+        state = opened.state
+        try:
             if plan.to_fetch:
                 asyncio.run(_transfer(request, source, opened, plan, summary, progress))
-            state = opened.state
             state.add_provenance(provenance_rows(plan.present, opened.query_id, request.source))
             state.mark_pulled(opened.query_id)
-            summary.seconds = time.monotonic() - started
-            state.finish_pull(
-                opened.pull_id,
-                "failed" if summary.failed else "complete",
-                summary.downloaded,
-                summary.skipped,
-                len(summary.failed),
-                summary.downloaded_bytes,
-            )
-            remove_partial_dir(dest)
-    return summary
+        except BaseException as exc:
+            if is_disk_full(exc):  # say it failed, if even that still fits
+                with contextlib.suppress(sqlite3.Error):
+                    _finish(opened, summary, started, failed=True)
+            raise
+        _finish(opened, summary, started, failed=bool(summary.failed))
+    remove_partial_dir(request.dest.absolute())
+
+
+def _finish(opened: OpenedMirror, summary: PullSummary, started: float, failed: bool) -> None:
+    summary.seconds = time.monotonic() - started
+    opened.state.finish_pull(
+        opened.pull_id,
+        "failed" if failed else "complete",
+        summary.downloaded,
+        summary.skipped,
+        len(summary.failed),
+        summary.downloaded_bytes,
+    )
+
+
+def disk_full_error(dest: Path, summary: PullSummary | None, error: BaseException) -> DiskFullError:
+    """What to tell when the destination filled up: how much room the rest needs, how much
+    there is, and what is kept."""
+    free = free_bytes(dest)
+    kept = sum(partial_sizes(dest).values())
+    if summary is None:  # before the plan: nothing of this pull was written
+        return DiskFullError(
+            f"the destination {dest} is full ({error}): {human_size(free)} is free; free some "
+            "space and run the same command again"
+        )
+    plan = summary.plan
+    left = len(plan.to_fetch) - summary.downloaded
+    missing = max(0, sum(i.file.size for i in plan.to_fetch) - summary.downloaded_bytes - kept)
+    needs = (
+        f"the {left} datasets not yet mirrored need {human_size(missing)} more (and some room "
+        "for the registry)"
+        if left
+        else "the pull has no file left to fetch but needs some room for its records"
+    )
+    partial = (
+        f"; {human_size(kept)} of partial downloads in {dest / PARTIAL_DIR} are kept and resumed"
+        if kept
+        else ""
+    )
+    return DiskFullError(
+        f"the destination {dest} is full ({error}): {human_size(free)} is free, and {needs}. "
+        f"The {len(plan.present) + summary.downloaded} datasets mirrored so far are recorded "
+        f"and valid{partial}. Free some space (or narrow the query with --where) and run the "
+        "same command again to resume."
+    )
 
 
 @dataclass
@@ -368,6 +444,8 @@ async def _transfer(
         )
     # Files come here verified; the commit makes them durable before recording them.
     verified: asyncio.Queue[tuple[Item, Path] | None] = asyncio.Queue()
+    # Set once the destination is full: no more downloads start.
+    halt = Halt()
 
     def on_bytes(n: int) -> None:
         if progress is not None:
@@ -392,6 +470,8 @@ async def _transfer(
             ],
             transfer="move",
         )
+
+    def record_provenance(batch: list[tuple[Item, Path]]) -> None:
         opened.state.add_provenance(
             provenance_rows([i for i, _ in batch], opened.query_id, request.source)
         )
@@ -419,16 +499,28 @@ async def _transfer(
                 batch.append(entry)
             try:
                 await asyncio.to_thread(commit, batch)
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
+                if not isinstance(exc, OSError) and not is_disk_full(exc):
+                    raise
                 # Not made durable (an I/O error, a full disk): nothing of the batch is
                 # recorded. Its partial files stay, to be verified again by the next pull.
                 for item, _ in batch:
                     on_failed(item, disk_failure(exc))
+                if is_disk_full(exc):
+                    halt.disk_full(exc)
                 continue
             summary.downloaded += len(batch)
             summary.downloaded_bytes += sum(i.file.size for i, _ in batch)
             if progress is not None:
                 progress.advance(files_task, len(batch))
+            try:
+                await asyncio.to_thread(record_provenance, batch)
+            except sqlite3.Error as exc:
+                # Recorded, but not which query brought them: the next pull adds that (the
+                # provenance of every dataset it finds present).
+                if not is_disk_full(exc):
+                    raise
+                halt.disk_full(exc)
 
     async def on_done(item: Item, path: Path) -> None:
         verified.put_nowait((item, path))
@@ -442,9 +534,11 @@ async def _transfer(
     async with fetcher:
         try:
             await run_transfers(
-                fetcher, plan.to_fetch, dest, request.jobs, on_bytes, on_done, on_failed
+                fetcher, plan.to_fetch, dest, request.jobs, on_bytes, on_done, on_failed, halt
             )
         finally:
             verified.put_nowait(None)
             await commits
         summary.file_requests = fetcher.requests
+    if halt.error is not None:  # what was verified before is committed; the rest is not
+        raise halt.error

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from butler.errors import RemoteUnavailableError, RepositoryConfigError
 from butler.http.errors import raise_for_error
 from butler.refs import DatasetRef, FileInfo
+from butler.remote.limits import Pages
 from butler.universe import DimensionUniverse
 from mirror.connections import (
     MAX_REDIRECTS,
@@ -34,6 +35,7 @@ from mirror.connections import (
     USER_AGENT,
     KeptAlive,
     UnsupportedURLError,
+    redirected_headers,
 )
 
 API = "api/v1/"
@@ -156,18 +158,18 @@ class HttpSource:
     ) -> list[Any]:
         """Every row of a paged answer: a POST of ``body``, else a GET with ``params``."""
         rows: list[Any] = []
-        offset = 0
+        pages = Pages(self.url + API + path)
         while True:
             if body is not None:
-                paged = {**body, "limit": self._page_size, "offset": offset}
+                paged = {**body, "limit": self._page_size, "offset": pages.offset}
                 page, _ = self._answer("POST", path, body=paged)
             else:
-                paging = [("limit", str(self._page_size)), ("offset", str(offset))]
+                paging = [("limit", str(self._page_size)), ("offset", str(pages.offset))]
                 page, _ = self._answer("GET", path, [*params, *paging])
-            rows.extend(page[key])
-            if page.get("next_offset") is None:
+            new = pages.rows_of(page, key)
+            rows.extend(new)
+            if not pages.follow(page, new, self._page_size):
                 return rows
-            offset = int(page["next_offset"])
 
     def _answer(
         self,
@@ -186,7 +188,9 @@ class HttpSource:
             status, fields, payload = self._exchange(method, url, headers, data)
             location = fields.get("Location")
             if status in REDIRECT_STATUSES and location:
-                url = urljoin(url, location)
+                target = urljoin(url, location)
+                headers = redirected_headers(url, target, headers)
+                url = target
                 if status == 303:
                     method, data = "GET", None
                     headers.pop("Content-Type", None)

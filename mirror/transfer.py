@@ -13,11 +13,13 @@ import asyncio
 import hashlib
 import os
 import shutil
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Self
 
+from butler.remote.limits import is_disk_full
 from mirror.plan import Item
 
 PARTIAL_DIR = ".mirror-partial"
@@ -84,9 +86,21 @@ def complete(target: Path, size: int, on_disk: int, digest: hashlib._Hash, check
     return False
 
 
-def disk_failure(error: OSError) -> str:
+def disk_failure(error: OSError | sqlite3.Error) -> str:
     """Why a file failed when the destination itself failed (a full disk, an I/O error)."""
     return f"could not write it to disk: {error}"
+
+
+@dataclass
+class Halt:
+    """Set when the destination is full: no further transfer starts (each would fail the
+    same way, after its bytes were fetched for nothing)."""
+
+    error: BaseException | None = None
+
+    def disk_full(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
 
 
 Progress = Callable[[int], None]
@@ -100,6 +114,8 @@ class BundleResult:
 
     done: list[Item] = field(default_factory=list)
     failed: list[tuple[Item, str]] = field(default_factory=list)
+    disk_full: OSError | None = None
+    """Set when a failure was the destination running out of room."""
 
 
 class LocalFetcher:
@@ -178,8 +194,14 @@ async def run_transfers(
     progress: Progress,
     on_done: Callable[[Item, Path], Awaitable[None]],
     on_failed: Callable[[Item, str], None],
+    halt: Halt | None = None,
 ) -> None:
-    """Fetch ``items`` with ``jobs`` workers; hand each verified file to ``on_done``."""
+    """Fetch ``items`` with ``jobs`` workers; hand each verified file to ``on_done``.
+
+    When the destination is full (a write failed so), ``halt`` is told and the workers
+    start nothing more: the files not started are neither fetched nor reported as failed.
+    """
+    halt = halt or Halt()
     (dest / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
     queue: asyncio.Queue[list[Item]] = asyncio.Queue()
     for group in fetcher.bundles(items, dest):
@@ -194,11 +216,13 @@ async def run_transfers(
             return
         except OSError as exc:  # the destination's own failure (a full disk, an I/O error)
             on_failed(item, disk_failure(exc))
+            if is_disk_full(exc):
+                halt.disk_full(exc)
             return
         await on_done(item, target)
 
     async def worker() -> None:
-        while True:
+        while halt.error is None:
             try:
                 group = queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -211,9 +235,13 @@ async def run_transfers(
                     await on_done(item, partial_path(dest, item))
                 for item, reason in result.failed:
                     on_failed(item, reason)
+                if result.disk_full is not None:
+                    halt.disk_full(result.disk_full)
                 settled = {i.ref.id for i in result.done} | {i.ref.id for i, _ in result.failed}
                 rest = [item for item in group if item.ref.id not in settled]
             for item in rest:
+                if halt.error is not None:
+                    return
                 await fetch_one(item)
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(jobs, queue.qsize())))))

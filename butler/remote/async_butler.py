@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ from butler.butler import (
 from butler.datastore import sha256_file
 from butler.errors import (
     AmbiguousDatasetError,
+    ButlerError,
     CorruptFileError,
     DatasetNotFoundError,
     ReadOnlyRepositoryError,
@@ -45,7 +47,8 @@ from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_re
 from butler.io.source import RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
-from butler.remote.client import ClientSettings, RepositoryClient, data_id_json
+from butler.remote.client import API, ClientSettings, RepositoryClient, data_id_json
+from butler.remote.limits import Pages, is_disk_full
 from butler.remote.source import HttpByteSource
 from butler.universe import DimensionUniverse
 
@@ -60,6 +63,12 @@ class RemoteTransaction:
     operations: list[dict[str, Any]] = field(default_factory=list)
     server_id: str | None = None
     workdir: Path | None = None
+
+
+class CacheFullError(ButlerError, OSError):
+    """The client's file cache has no room left on its disk for a file."""
+
+    error_type = "CacheFullError"
 
 
 _CURRENT_TXN: contextvars.ContextVar[RemoteTransaction | None] = contextvars.ContextVar(
@@ -293,21 +302,33 @@ class AsyncButler:
 
     async def local_file(self, file: FileInfo) -> Path:
         cache = self.file_cache()
-        cached = await asyncio.to_thread(cache.path, file.checksum)
-        if cached is not None:
-            return cached
-        workdir = Path(tempfile.mkdtemp(prefix="download-", dir=cache.directory))
         try:
-            partial = workdir / Path(file.path).name
-            checksum = await self.client.download(file.path, partial)
-            if checksum != file.checksum:
-                raise CorruptFileError(
-                    f"{self.url}files/{file.path}: downloaded bytes have checksum {checksum}, "
-                    f"the registry says {file.checksum}; the download was damaged"
-                )
-            return await asyncio.to_thread(cache.add, file.checksum, partial)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            cached = await asyncio.to_thread(cache.path, file.checksum)
+            if cached is not None:
+                return cached
+            workdir = Path(tempfile.mkdtemp(prefix="download-", dir=cache.directory))
+            try:
+                partial = workdir / Path(file.path).name
+                checksum = await self.client.download(file.path, partial)
+                if checksum != file.checksum:
+                    raise CorruptFileError(
+                        f"{self.url}files/{file.path}: downloaded bytes have checksum "
+                        f"{checksum}, the registry says {file.checksum}; the download was damaged"
+                    )
+                return await asyncio.to_thread(cache.add, file.checksum, partial)
+            finally:
+                # Also what a full disk left half written: the cache keeps no partial file.
+                shutil.rmtree(workdir, ignore_errors=True)
+        except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, ButlerError) or not is_disk_full(exc):
+                raise
+            free = shutil.disk_usage(cache.directory).free
+            raise CacheFullError(
+                f"the file cache at {cache.directory} is full ({exc}): {file.path} needs "
+                f"{file.size} bytes (twice that while it is stored) and {free} bytes are "
+                "free. Free some space, or give the butler a cache with room (cache_dir=, or "
+                "$BUTLER_CACHE_DIR); get() and open() read parts of files without the cache"
+            ) from None
 
     def file_url(self, file: FileInfo) -> str:
         return self.client.url("files/" + file.path)
@@ -381,7 +402,7 @@ class AsyncButler:
             "find_first": find_first,
         }
         rows: list[Any] = []
-        position = offset
+        pages = Pages(self.client.url(f"{API}/datasets/query"), offset)
         await self.info()  # the server's page size
         # POST keeps long where expressions out of URLs.
         while True:
@@ -389,12 +410,12 @@ class AsyncButler:
             if limit is not None:
                 size = min(size, limit - len(rows))
             page = await self.client.post_json(
-                "datasets/query", {**body, "limit": size, "offset": position}
+                "datasets/query", {**body, "limit": size, "offset": pages.offset}
             )
-            rows.extend(page["datasets"])
-            if page.get("next_offset") is None or (limit is not None and len(rows) >= limit):
+            new = pages.rows_of(page, "datasets")
+            rows.extend(new)
+            if (limit is not None and len(rows) >= limit) or not pages.follow(page, new, size):
                 break
-            position = int(page["next_offset"])
         return [(DatasetRef.from_dict(r["ref"]), FileInfo.from_dict(r["file"])) for r in rows]
 
     async def query_datasets(

@@ -24,6 +24,7 @@ from butler.errors import CorruptFileError, RemoteUnavailableError
 from butler.http.errors import raise_for_error
 from butler.http.ranges import parse_content_range
 from butler.io.source import ByteRange, merge_ranges
+from butler.remote.limits import Pages
 
 API = "api/v1"
 
@@ -158,18 +159,20 @@ class RepositoryClient:
     ) -> list[Any]:
         """Every item of a paginated listing (up to ``limit``)."""
         items: list[Any] = []
-        offset = 0
+        pages = Pages(self.url(f"{API}/{path}"))
         while True:
             page_size = self.settings.page_size
             if limit is not None:
                 page_size = min(page_size, limit - len(items))
             page = await self.get_json(
-                path, [*params, ("limit", str(page_size)), ("offset", str(offset))]
+                path, [*params, ("limit", str(page_size)), ("offset", str(pages.offset))]
             )
-            items.extend(page[key])
-            if page.get("next_offset") is None or (limit is not None and len(items) >= limit):
+            rows = pages.rows_of(page, key)
+            items.extend(rows)
+            if (limit is not None and len(items) >= limit) or not pages.follow(
+                page, rows, page_size
+            ):
                 return items
-            offset = int(page["next_offset"])
 
     # -- file bytes -----------------------------------------------------------------------
 
