@@ -222,6 +222,9 @@ class HttpFetcher:
                 connection.close()
             self._open.clear()
 
+    #: How the fetcher waits between attempts (a test sees the delays through it).
+    _wait = staticmethod(asyncio.sleep)
+
     async def fetch(self, item: Item, target: Path, progress: Progress) -> None:
         """Bring ``target`` to the complete, verified file of ``item`` (resuming it)."""
         last_error: Exception | None = None
@@ -231,12 +234,14 @@ class HttpFetcher:
                 return
             except Retry as retry:
                 last_error = retry.error
+                if attempt + 1 == self.settings.attempts:
+                    break  # no wait before giving up
                 delay = retry.after
                 if delay is None:
                     delay = min(
                         self.settings.max_backoff, self.settings.backoff * 2**attempt
                     ) * random.uniform(0.8, 1.2)  # noqa: S311
-                await asyncio.sleep(delay)
+                await self._wait(delay)
         raise TransferError(f"gave up after {self.settings.attempts} attempts: {last_error}")
 
     async def _attempt(self, item: Item, target: Path, progress: Progress) -> None:
@@ -574,6 +579,11 @@ def _fill(response: http.client.HTTPResponse, view: memoryview) -> tuple[int, Ex
         if not count:
             break
         fill += count
+        if fill < len(view) and response.length:
+            # A short read with body still to come: the buffered reader met the kernel's
+            # timeout after some bytes and returned those. Asking again would wait a second
+            # timeout before the stall is noticed.
+            return fill, TimeoutError()
     return fill, None
 
 
