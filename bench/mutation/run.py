@@ -108,7 +108,8 @@ TYPE_CHECKING = {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
 
 def inert_spans(source: str) -> list[Span]:
     """Source spans whose mutation cannot change behaviour: annotations, docstrings,
-    ``if TYPE_CHECKING:`` bodies and the ``__all__`` list."""
+    ``if TYPE_CHECKING:`` bodies, the ``__all__`` list and ``slots=`` of frozen
+    dataclasses."""
     spans: list[Span] = []
 
     def add(node: ast.AST) -> None:
@@ -129,6 +130,13 @@ def inert_spans(source: str) -> list[Span]:
                     add(extra.annotation)
         elif isinstance(node, ast.AnnAssign):
             add(node.annotation)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("dataclass"):
+            # slots=True on a frozen dataclass only saves memory: assignment is refused
+            # either way.
+            keywords = {k.arg: k.value for k in node.keywords}
+            frozen = keywords.get("frozen")
+            if isinstance(frozen, ast.Constant) and frozen.value is True and "slots" in keywords:
+                add(keywords["slots"])
         elif (isinstance(node, ast.If) and ast.unparse(node.test) in TYPE_CHECKING) or (
             isinstance(node, ast.Assign)
             and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
@@ -293,8 +301,20 @@ class Survivor:
     diff: str
 
     @property
+    def mutant(self) -> str:
+        """The mutated line, as the diff shows it."""
+        added = [
+            line[1:].strip()
+            for line in self.diff.splitlines()
+            if line.startswith("+") and not line.startswith("+++")
+        ]
+        return added[0] if added else ""
+
+    @property
     def signature(self) -> tuple[str, str, str]:
-        return (self.module, self.operator.split("/")[-1], self.code.strip())
+        """What identifies a survivor across runs: module, original line, mutated line
+        (line numbers move as the module changes)."""
+        return (self.module, self.code.strip(), self.mutant)
 
 
 def survivors(session: Path, module: str, tree: Path) -> Iterator[Survivor]:
@@ -314,11 +334,16 @@ def survivors(session: Path, module: str, tree: Path) -> Iterator[Survivor]:
 
 
 def known_equivalents() -> set[tuple[str, str, str]]:
-    """(module, operator, source line) of the survivors judged equivalent, with reasons."""
+    """(module, source line, mutated line) of the survivors judged equivalent (or accepted),
+    each listed with its reason in ``equivalent.toml``."""
     if not EQUIVALENT.exists():
         return set()
     data = tomllib.loads(EQUIVALENT.read_text())
-    return {(e["module"], e["operator"], e["code"].strip()) for e in data.get("equivalent", [])}
+    entries = data.get("equivalent", [])
+    missing = [e for e in entries if not str(e.get("why", "")).strip()]
+    if missing:
+        sys.exit(f"{EQUIVALENT}: every entry needs a 'why': {missing[0]}")
+    return {(e["module"], e["code"].strip(), e["mutant"].strip()) for e in entries}
 
 
 def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Survivor]:
