@@ -1,5 +1,6 @@
-"""Edges of the proxy's policy that mutation testing (bench/mutation/run.py) found untested:
-each test here kills mutants that survived the rest of the suite."""
+"""Edges of the proxy's policy and of the Range parsing it shares with butler serve, found
+untested by mutation testing (bench/mutation/run.py): each test here kills mutants that
+survived the rest of the suite."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import itertools
 
 import pytest
 
-from proxyd.policy.access import AuthDecisionCache, AuthEntry
+from butler.http.ranges import ByteRange, RangeOutcome, coalesce_ranges, parse_range_header
+from proxyd.policy.access import (
+    AuthDecisionCache,
+    AuthEntry,
+    AuthOutcome,
+    access_decision,
+    interpret_auth_response,
+)
+from proxyd.policy.freshness import StoredMeta
 from proxyd.policy.keys import credential_fingerprint, split_signing_params
 
 SIGNING = ("X-Amz-*",)
@@ -50,3 +59,82 @@ def test_auth_decisions_cannot_be_changed_once_cached() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         denial.allowed = True  # type: ignore[misc]
     assert hash(denial) == hash(AuthEntry(False, 403, '"v1"', 0.0))
+
+
+# -- authorisation answers at the edges of their status classes ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (299, AuthOutcome.ALLOWED),  # the last 2xx: the stored version, confirmed
+        (300, AuthOutcome.DENIED),  # Multiple Choices is no 2xx: forwarded, never served
+        (499, AuthOutcome.DENIED),  # a client error, not an outage: forwarded
+        (501, AuthOutcome.UNAVAILABLE),  # every 5xx, listed or not, is an outage
+    ],
+)
+def test_auth_answers_at_status_class_edges(status: int, outcome: AuthOutcome) -> None:
+    stored = StoredMeta.from_response(
+        200,
+        [("ETag", '"v1"'), ("Cache-Control", "public, max-age=60")],
+        request_time=0.0,
+        response_time=0.0,
+        requires_authorization=True,
+    )
+    answer = interpret_auth_response(stored, status, {"ETag": '"v1"'}, 1.0)
+    assert answer.outcome is outcome, answer.reason
+    assert (answer.entry is not None and answer.entry.allowed) is (outcome is AuthOutcome.ALLOWED)
+
+
+@pytest.mark.parametrize(("credential", "who"), [(None, "anonymous client"), ("c", "credential")])
+def test_access_reasons_name_who_asked(credential: str | None, who: str) -> None:
+    """The reason (logged, and shown in a denial) says whether the client had credentials."""
+    stored = StoredMeta.from_response(
+        200, [("ETag", '"v1"')], request_time=0.0, response_time=0.0, requires_authorization=True
+    )
+    decision = access_decision(stored, credential, None, 1.0, 30.0)
+    assert decision.reason == f"the origin has not yet authorised this {who}"
+
+
+def test_an_auth_cache_of_one_entry_keeps_the_latest() -> None:
+    cache = AuthDecisionCache(max_entries=1)
+    first = AuthEntry(allowed=True, status=304, validator='"v1"', decided_at=0.0)
+    second = AuthEntry(allowed=False, status=403, validator='"v1"', decided_at=0.0)
+    cache.put("a", "k", first)
+    cache.put("b", "k", second)
+    assert len(cache) == 1
+    assert cache.get("a", "k", 1.0, 30.0) is None
+    assert cache.get("b", "k", 1.0, 30.0) == second
+    with pytest.raises(ValueError, match="at least 1"):
+        AuthDecisionCache(max_entries=0)
+
+
+# -- Range sets at the edges of their limits ------------------------------------------------
+
+
+def test_unordered_ranges_exactly_the_small_size_are_not_small() -> None:
+    """Ranges *shorter* than ``small_range_bytes`` count towards the unordered limit; one of
+    exactly that length does not."""
+    value = "bytes=100-109,0-9"  # descending, each 10 bytes long
+    at_size = parse_range_header(value, 1000, small_range_bytes=10, max_small_unordered=1)
+    assert at_size.outcome is RangeOutcome.SATISFIABLE
+    above = parse_range_header(value, 1000, small_range_bytes=11, max_small_unordered=1)
+    assert above.outcome is RangeOutcome.REJECTED
+
+
+def test_ranges_are_coalesced_across_gaps_shorter_than_the_gap() -> None:
+    # 0-9 and 90-99 leave 80 bytes between them (10..89): not fewer than 80.
+    assert coalesce_ranges([ByteRange(0, 9), ByteRange(90, 99)], gap=80) == (
+        ByteRange(0, 9),
+        ByteRange(90, 99),
+    )
+    # 79 bytes between them (10..88): merged.
+    assert coalesce_ranges([ByteRange(0, 9), ByteRange(89, 99)], gap=80) == (ByteRange(0, 99),)
+
+
+def test_positions_of_up_to_32_digits_are_read() -> None:
+    """32 digits are a position (clipped to the size); 33 make the header ignored."""
+    read = parse_range_header("bytes=10-" + "9" * 32, 100)
+    assert read.outcome is RangeOutcome.SATISFIABLE
+    assert read.ranges == (ByteRange(10, 99),)
+    assert parse_range_header("bytes=10-" + "9" * 33, 100).outcome is RangeOutcome.IGNORE
