@@ -3,6 +3,7 @@
     python bench/mutation/run.py                     # every target, one after the other
     python bench/mutation/run.py proxyd-policy       # one target (names: --list)
     python bench/mutation/run.py --module proxyd/policy/keys.py   # one module of a target
+    python bench/mutation/run.py --recheck proxyd-policy  # survivors again, with new tests
 
 Each module is mutated in a scratch copy of the committed tree (``bench/out/mutation/tree-*``;
 ``--worktree`` for the work tree with its uncommitted changes), never in place, and the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -358,12 +360,30 @@ def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Sur
     return list(survivors(session, module, tree))
 
 
+def refresh_tests(tree: Path) -> None:
+    """The work tree's tests (new ones written to kill survivors) into a kept tree, whose
+    modules stay as they were mutated."""
+    shutil.rmtree(tree / "tests")
+    shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def forget_survivors(session: Path) -> int:
+    """Mark the session's survivors to be run again; returns how many."""
+    with sqlite3.connect(session) as db:
+        return db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help="targets to run (default: all)")
     parser.add_argument("--module", help="only this module (of the targets given)")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--resume", action="store_true", help="continue the kept sessions")
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run the survivors of the kept sessions again, against the work tree's tests",
+    )
     parser.add_argument(
         "--worktree", action="store_true", help="mutate the work tree as it is, not HEAD"
     )
@@ -380,13 +400,19 @@ def main() -> int:
     unexplained: list[Survivor] = []
     for name in args.targets or list(TARGETS):
         target, tree = TARGETS[name], tree_of(name)
-        if not (args.resume and tree.exists()):
+        keep = args.resume or args.recheck
+        if not (keep and tree.exists()):
             copy_tree(tree, args.worktree)
+        if args.recheck:
+            refresh_tests(tree)
         check_baseline(target, tree)
         for module in target.modules:
             if args.module and module != args.module:
                 continue
-            found = run_module(module, target, tree, fresh=not args.resume)
+            session = session_file(module, ".sqlite")
+            if args.recheck and session.exists():
+                print(f"{module}: {forget_survivors(session)} survivors to run again")
+            found = run_module(module, target, tree, fresh=not keep)
             left = [s for s in found if s.signature not in equivalent]
             print(f"{module}: {len(found)} survivors, {len(found) - len(left)} equivalent")
             unexplained += left
