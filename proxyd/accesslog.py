@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 FLUSH_SECONDS = 0.05
@@ -48,11 +49,18 @@ def _line_start(client: str | None, method: str, target: str) -> str:
 
 class AccessLog:
     """Where the lines go: a file (``path``), stderr (``path`` None) or nowhere
-    (``enabled`` False)."""
+    (``enabled`` False). ``written`` is told how many lines each batch wrote out, once they
+    are in the file (``Metrics.count_logged``: what tells a reader the log is complete)."""
 
-    def __init__(self, enabled: bool, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        path: Path | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
         self.enabled = enabled
         self._path = path
+        self._written = written
         self._fd: int | None = None
         self._lines: list[str] = []
         self._size = 0
@@ -115,6 +123,8 @@ class AccessLog:
                 log.error("cannot write the access log (%s); lines are being dropped", exc)
         else:
             self._failed = False
+            if self._written is not None:
+                self._written(len(lines))
 
     def close(self) -> None:
         self.flush()

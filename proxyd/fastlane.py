@@ -220,6 +220,7 @@ class FastLane:
             body,
         )
         served = Served("HIT", from_cache=len(body))
+        state.metrics.count_received()
         account(state, "GET", client, plain.target, served, 206 if partial else 200, started)
         return response
 

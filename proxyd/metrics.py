@@ -25,6 +25,22 @@ class Metrics:
         self._pending_from_cache = 0
         self._pending_to_clients = 0
         self._pending_handovers: dict[str, int] = {}
+        self._pending_received = 0
+        self._pending_logged = 0
+        # Together these two say when the access log is complete (tests wait for that
+        # instead of for the log to stop growing): every request counted as received gets
+        # one line, so when the lines written equal the requests received, each request
+        # answered before the scrape is in the log.
+        self.requests_received = Counter(
+            "proxyd_requests_received",
+            "Client requests received that get an access-log line (counted on arrival)",
+            registry=r,
+        )
+        self.access_log_lines = Counter(
+            "proxyd_access_log_lines",
+            "Access-log lines written out (to the log file or stderr)",
+            registry=r,
+        )
         self.hits = Counter("proxyd_cache_hits", "Requests answered wholly from cache", registry=r)
         self.misses = Counter(
             "proxyd_cache_misses", "Requests answered wholly from the origin", registry=r
@@ -103,6 +119,14 @@ class Metrics:
         self._pending_from_cache += from_cache
         self._pending_to_clients += from_cache + from_origin
 
+    def count_received(self) -> None:
+        """One request that will get an access-log line has arrived (see count_request)."""
+        self._pending_received += 1
+
+    def count_logged(self, lines: int) -> None:
+        """``lines`` access-log lines have been written out (see count_request)."""
+        self._pending_logged += lines
+
     def count_handover(self, reason: str) -> None:
         """One connection the fast lane handed to the full handler (see count_request)."""
         self._pending_handovers[reason] = self._pending_handovers.get(reason, 0) + 1
@@ -116,9 +140,12 @@ class Metrics:
             "from_cache": self._pending_from_cache,
             "to_clients": self._pending_to_clients,
             "handovers": self._pending_handovers,
+            "received": self._pending_received,
+            "logged": self._pending_logged,
         }
         self._pending_requests, self._pending_handovers = {}, {}
         self._pending_from_cache = self._pending_to_clients = 0
+        self._pending_received = self._pending_logged = 0
         return counts
 
     def add_counts(self, counts: dict[str, Any]) -> None:
@@ -129,6 +156,8 @@ class Metrics:
         self._pending_to_clients += int(counts["to_clients"])
         for reason, n in counts["handovers"].items():
             self._pending_handovers[reason] = self._pending_handovers.get(reason, 0) + int(n)
+        self._pending_received += int(counts["received"])
+        self._pending_logged += int(counts["logged"])
 
     def settle(self) -> None:
         """Move the counts of :meth:`count_request` into the Prometheus counters."""
@@ -151,6 +180,9 @@ class Metrics:
         handovers, self._pending_handovers = self._pending_handovers, {}
         for reason, count in handovers.items():
             self.fast_lane_handovers.labels(reason).inc(count)
+        self.requests_received.inc(self._pending_received)
+        self.access_log_lines.inc(self._pending_logged)
+        self._pending_received = self._pending_logged = 0
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -208,7 +208,9 @@ class ProxyState:
         self.workers: list[WorkerLink] = []
         """The worker processes' links (main process only; proxyd.workers)."""
         log_path = settings.access_log if isinstance(settings.access_log, Path) else None
-        self.access_log = AccessLog(settings.access_log is not False, log_path)
+        self.access_log = AccessLog(
+            settings.access_log is not False, log_path, self.metrics.count_logged
+        )
 
     async def blocking(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a blocking call (diskcache, SQLite) off the event loop."""
@@ -229,6 +231,7 @@ STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
 
 async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    state.metrics.count_received()  # before any answer: its line is owed from now on
     started = time.perf_counter()
     served = Served()
     status = 499  # the client went away before an answer

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import re
@@ -38,11 +39,17 @@ from typing import Any
 #: Tokens the origin's ``/private/`` location accepts by default.
 GOOD_TOKEN = "good-token-0123456789abcdef"
 
-#: Path of the health location: ``access_log off``, so it never shows in byte counts.
+#: Path of the health location (logged, like every request, but hidden from ``access_log()``).
 HEALTH_PATH = "/__nginx_health"
 
 #: Path of the log-sync location: logged (as a marker), but hidden from :meth:`access_log`.
 SYNC_PATH = "/__nginx_sync"
+
+#: Path of nginx's request counts (``stub_status``): logged, but hidden from ``access_log()``.
+STATUS_PATH = "/__nginx_status"
+
+#: The helpers' own requests, which :meth:`_NginxProcess.access_log` leaves out.
+_OWN_PATHS = frozenset({HEALTH_PATH, SYNC_PATH, STATUS_PATH})
 
 # One JSON object per request. ``escape=json`` makes arbitrary header values safe to embed;
 # numbers stay strings in nginx and are converted by :func:`parse_access_log`.
@@ -208,11 +215,14 @@ http {{
 """
 
     def _health_location(self) -> str:
-        # Generation header: after a reload, lets us wait until new workers answer.
+        # Generation header: after a reload, lets us wait until new workers answer. Every
+        # request is logged, these too: sync_log compares nginx's request count with the
+        # lines in the log.
         return (
-            f"        location = {HEALTH_PATH} {{ access_log off; "
+            f"        location = {HEALTH_PATH} {{ "
             f'add_header X-Generation "{self.generation}" always; return 204; }}\n'
             f"        location = {SYNC_PATH} {{ return 204; }}\n"
+            f"        location = {STATUS_PATH} {{ stub_status; }}\n"
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -349,31 +359,67 @@ http {{
     def sync_log(self, timeout: float = 5.0) -> None:
         """Wait until every request answered so far is in the access log.
 
-        nginx writes a log line after the response is sent, so a client can hold the whole
-        body before the line exists. We send a marker request and wait for its line: a
-        worker handles events in order, so with one worker everything before the marker is
-        logged by then. With several workers another worker may lag; we then also wait for
-        the log to stay unchanged for 0.2 s.
+        nginx writes a request's line when it finalises the request, in the same event
+        handler call that sent the response's last bytes (ngx_http_finalize_request ->
+        ngx_http_set_keepalive or ngx_http_close_request -> ngx_http_log_request); but a
+        client on another core can hold those bytes a moment before the line exists.
+        One worker handles its events one after another, so a marker request it answers
+        comes after every line of the requests answered before it (unlike a wait for the
+        log to stop growing, this also lets a long read still in flight stay unlogged).
+        With several workers another worker may still be finalising; then nginx's own
+        request count (stub_status) must equal the lines in the log (see
+        :meth:`_sync_by_counts`).
         """
         if self.process is None or self.process.poll() is not None:
             return  # stopped: nothing more will be written
-        marker = uuid.uuid4().hex
+        if self.worker_processes == 1:
+            self._sync_by_marker(timeout)
+        else:
+            self._sync_by_counts(timeout)
+
+    def _get(self, target: str, timeout: float) -> bytes:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request("GET", f"{SYNC_PATH}?{marker}")
-            conn.getresponse().read()
+            conn.request("GET", target)
+            response = conn.getresponse()
+            body = response.read()
         finally:
             conn.close()
+        assert response.status in (200, 204), (target, response.status)
+        return body
+
+    def _sync_by_marker(self, timeout: float) -> None:
+        marker = uuid.uuid4().hex
+        self._get(f"{SYNC_PATH}?{marker}", timeout)
         deadline = time.monotonic() + timeout
         while marker not in self._log_text():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nginx did not log the sync marker within {timeout} s")
             time.sleep(0.005)
-        if self.worker_processes != 1:
-            size = -1
-            while size != self.access_log_path.stat().st_size and time.monotonic() < deadline:
-                size = self.access_log_path.stat().st_size
-                time.sleep(0.2)
+
+    def _sync_by_counts(self, timeout: float) -> None:
+        """Wait until the log has a line for every request nginx has received (stub_status
+        counts them, in all workers) but our own count probes: their lines may lag. Strict,
+        so a request still in flight holds this up until it ends."""
+        marker = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        for probes in itertools.count(1):
+            status = self._get(f"{STATUS_PATH}?{marker}", timeout).decode()
+            counts = re.search(r"accepts handled requests\s+(\d+) (\d+) (\d+)", status)
+            assert counts, status
+            received = int(counts[3])
+            lines = [
+                line
+                for line in self._log_text().splitlines(keepends=True)
+                if line.endswith("\n") and marker not in line
+            ]
+            if len(lines) == received - probes:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nginx logged {len(lines)} of {received - probes} requests in {timeout} s"
+                )
+            time.sleep(0.005)
 
     def _log_text(self) -> str:
         if not self.access_log_path.exists():
@@ -393,7 +439,7 @@ http {{
         if sync:
             self.sync_log()
         entries = parse_access_log(self._log_text())
-        return [e for e in entries if e["path"] != SYNC_PATH][since:]
+        return [e for e in entries if e["path"] not in _OWN_PATHS][since:]
 
     def mark(self) -> int:
         """Position in the access log; pass it as ``since`` to count only what follows."""

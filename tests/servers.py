@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import http.client
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from proxies import wait_until
 
+from butler.server.app import ACCESS_COUNTS_FIELD
 from butler.server.process import ServerProcess
 
 WRITE_TOKEN = "writer-token-0123456789abcdef"
 READ_TOKEN = "reader-token-0123456789abcdef"
+SYNC_TARGET = "/healthz?log-sync"
+"""What :meth:`ButlerServer.sync_log` asks for: logged, but left out of ``access_log()``."""
 TOKENS_YAML = f"""
 tokens:
   - name: writer
@@ -64,20 +68,41 @@ class ButlerServer(ServerProcess):
         return self.log_path.read_text(errors="replace")
 
     def access_log(self) -> list[dict[str, str]]:
-        self._settle()
-        return [m.groupdict() for m in _ACCESS.finditer(self.log_text())]
+        """The access log's request lines, once every request answered so far is in it
+        (without the lines of :meth:`sync_log`'s own probes)."""
+        self.sync_log()
+        entries = [m.groupdict() for m in _ACCESS.finditer(self.log_text())]
+        return [e for e in entries if e["target"] != SYNC_TARGET]
 
-    def _settle(self, quiet: float = 0.15, limit: float = 3.0) -> None:
-        """Wait until the log stops growing: aiohttp writes an access-log line only after the
-        response has gone out, so a client can be faster than the line it caused."""
-        deadline = time.monotonic() + limit
-        size = -1
-        while time.monotonic() < deadline:
-            current = self.log_path.stat().st_size if self.log_path.exists() else 0
-            if current == size:
-                return
-            size = current
-            time.sleep(quiet)
+    def sync_log(self, timeout: float = 10.0) -> None:
+        """Wait until every request the server has received has its access-log line:
+        aiohttp writes a line only after the response has gone out, so a client can be
+        faster than the line it caused. /healthz reports requests received (itself
+        included) and lines written (its own not yet): one apart, every other request
+        is logged."""
+        if self.process is None or self.process.poll() is not None:
+            return  # stopped: nothing more will be written
+
+        def caught_up() -> bool:
+            received, written = self._access_counts()
+            assert written < received, (received, written)  # the probe is never logged yet
+            return written == received - 1
+
+        wait_until(caught_up, timeout, what="every received request's access-log line")
+
+    def _access_counts(self) -> tuple[int, int]:
+        """(requests received, access-log lines written), from /healthz's X-Access-Log."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", SYNC_TARGET)
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        field = response.getheader(ACCESS_COUNTS_FIELD) or ""
+        match = re.fullmatch(r"received=(\d+), written=(\d+)", field)
+        assert match, f"/healthz answered {response.status} without access-log counts: {field!r}"
+        return int(match[1]), int(match[2])
 
     def mark(self) -> int:
         """Position in the access log, to count only what follows."""

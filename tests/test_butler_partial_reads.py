@@ -127,6 +127,9 @@ def test_real_telescope_images_round_trip(butler: Butler, sample) -> None:
     np.testing.assert_array_equal(got.data, image.data)
     assert np.isnan(got.variance).all()  # real raw files carry no variance
     assert not got.mask.any()
+    # Every sample carries a celestial WCS but WFPC2 chip 1, whose header has none.
+    assert (image.wcs is None) == (sample.label == "HST WFPC2 chip 1")
+    assert (got.wcs is None) == (image.wcs is None)
     if image.wcs is not None:
         np.testing.assert_allclose(
             got.wcs.all_pix2world([[5, 7]], 0), image.wcs.all_pix2world([[5, 7]], 0)

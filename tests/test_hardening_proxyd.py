@@ -212,7 +212,8 @@ def test_a_full_cache_passes_responses_through(origin: NginxOrigin, tmp_path: Pa
             assert all(r.body == objects[name] for name, r in results)
             # The responses are over: the origin has logged what it sent for them.
             sent = sum(e["body_bytes_sent"] for e in origin.access_log(mark))
-            assert sent <= 32 * (size + 64 * 1024)
+            # Each object came from the origin at least once, and about once.
+            assert 32 * size <= sent <= 32 * (size + 64 * 1024)
             # Asked again: still whole and exact (some from the cache, the rest passed).
             again = [(name, proxy.get(f"/o/{name}")) for name in names]
             assert all(r.status == 200 and r.body == objects[name] for name, r in again)
@@ -379,4 +380,4 @@ def test_many_one_byte_ranges_cost_the_origin_what_they_ask(
     print(f"200 one-byte ranges: {len(fetched)} origin requests, {origin_bytes} bytes")
     # 200 bytes asked for, plus a multipart part header each (about 100 bytes), and at
     # most one block fetched to learn the object's size: far from 200 blocks (12.5 MiB).
-    assert origin_bytes <= 200 * 256 + block
+    assert 200 <= origin_bytes <= 200 * 256 + block

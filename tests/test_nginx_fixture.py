@@ -213,3 +213,17 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
     origin.stop()  # idempotent
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
+
+
+def test_several_workers_log_every_answered_request(tmp_path: Path) -> None:
+    """With two workers, access_log() waits for nginx's own request count (stub_status) to
+    match the lines in the log: each answered request is there at once, and the helpers'
+    own requests (health, sync, counts) never are."""
+    with NginxOrigin(tmp_path / "root", tmp_path / "work", worker_processes=2) as origin:
+        data = write_object(origin.root_dir, "a.bin", 100_000)
+        for i in range(20):
+            assert fetch(origin.url, "a.bin")[2] == data
+            log = origin.access_log()
+            assert [(e["path"], e["body_bytes_sent"]) for e in log] == [("/a.bin", 100_000)] * (
+                i + 1
+            )

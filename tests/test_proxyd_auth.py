@@ -89,7 +89,9 @@ def test_only_clients_the_origin_authorises_get_cached_bytes(
         assert again.status == 200
         assert again.header("X-Cache") in ("HIT", "REVALIDATED")
         assert again.body == data
-        assert all(status == 304 and sent == 0 for status, _, sent in log_since(mark))
+        # Revalidated: the origin's yes, one 304 to the request with the token; a hit: nothing.
+        vouched = [] if again.header("X-Cache") == "HIT" else [(304, True, 0)]
+        assert log_since(mark) == vouched
 
         # Another good token: the origin vouches for it with a 304; bytes from the cache.
         mark = origin.mark()

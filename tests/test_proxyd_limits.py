@@ -248,4 +248,5 @@ def test_a_stalled_reader_releases_the_upstream_connection(
         assert len(fetches) >= 2  # released, then fetched again from where it stopped
         assert fetches[0]["completion"] != "OK"
         # Nothing was fetched twice, except what was in flight when the connection went.
-        assert sum(e["body_bytes_sent"] for e in fetches) < size + 8 * MiB
+        # The client got it all, so the origin sent it all at least once.
+        assert size <= sum(e["body_bytes_sent"] for e in fetches) < size + 8 * MiB

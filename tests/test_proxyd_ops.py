@@ -122,6 +122,27 @@ def test_metrics_and_access_log_after_a_known_sequence(origin: NginxOrigin, prox
     assert (metrics.header("Content-Type") or "").startswith("text/plain")
 
 
+def test_metrics_say_when_every_request_is_in_the_access_log(
+    origin: NginxOrigin, tmp_path: Path
+) -> None:
+    """proxyd writes its access log in batches, after the answers: /metrics counts the
+    requests received (on arrival) and the lines written, summed over worker processes,
+    so a reader knows when the log is complete instead of waiting for it to go quiet."""
+    write_old(origin.root_dir, "a.bin", SIZE, seed=4)
+    with running(Proxy({"o": origin.url}, tmp_path / "p", config={"workers": 2})) as proxy:
+        statuses = [proxy.get("/o/a.bin").status for _ in range(12)]
+        statuses.append(proxy.get("/nope/x").status)
+        assert statuses == [200] * 12 + [404]
+        proxy.sync_log()
+        m = proxy.metrics()
+        # /metrics and /healthz are neither counted nor logged: exactly the 13 above.
+        assert m["proxyd_requests_received_total"] == 13
+        assert m["proxyd_access_log_lines_total"] == 13
+        assert [e["target"] for e in proxy.access_log()] == ["/o/a.bin"] * 12 + ["/nope/x"]
+        # Hits went to both processes' fast lanes or the main handler: all counted once.
+        assert m['proxyd_requests_total{cache="MISS",method="GET",status="200"}'] == 1
+
+
 def test_healthz(proxy: Proxy) -> None:
     response = request(proxy.url, "healthz")
     assert response.status == 200

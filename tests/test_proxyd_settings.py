@@ -363,6 +363,10 @@ def test_format_size_round_trips_exact_values(n: int) -> None:
     text = format_size(n)
     if "." not in text:
         assert parse_size(text.replace(" ", "")) == n
+    else:  # one decimal: within half a tenth of the unit
+        number, unit = text.split()
+        factor = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}[unit]
+        assert abs(float(number) * factor - n) <= 0.05 * factor
 
 
 def test_durations_and_booleans() -> None:

@@ -45,6 +45,26 @@ credentials (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, Signature,
 access_token, api_key, ...)."""
 
 
+class AccessCounts:
+    """Requests received and access-log lines written, so a reader of the log can tell
+    when it holds a line for every request answered so far (``/healthz`` says, in the
+    ``X-Access-Log`` field): aiohttp writes a request's line only after its response has
+    gone out, so the client can have the answer before the line exists."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.written = 0
+
+    def field(self) -> str:
+        return f"received={self.received}, written={self.written}"
+
+
+ACCESS_COUNTS: web.AppKey[AccessCounts] = web.AppKey("access_counts", AccessCounts)
+ACCESS_COUNTS_FIELD = "X-Access-Log"
+_COUNTED = "access_counts"
+"""Request key: the counts that await this request's line (set on arrival)."""
+
+
 def _error_body(
     request: web.Request, error_type: str, message: str, **extra: object
 ) -> dict[str, object]:
@@ -54,6 +74,19 @@ def _error_body(
         "request_id": request.get("request_id", ""),
         **extra,
     }
+
+
+@web.middleware
+async def access_count_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request on arrival (the outermost middleware, so all are); /healthz
+    answers with the counts, its own arrival included and its line not yet written."""
+    counts = request.app[ACCESS_COUNTS]
+    counts.received += 1
+    request[_COUNTED] = counts
+    response = await handler(request)
+    if request.path == "/healthz" and not response.prepared:
+        response.headers[ACCESS_COUNTS_FIELD] = counts.field()
+    return response
 
 
 @web.middleware
@@ -219,6 +252,7 @@ def create_app(settings: ServerSettings) -> web.Application:
         raise RepositoryConfigError("--read-access token needs a --tokens file")
     app = web.Application(
         middlewares=[
+            access_count_middleware,
             request_id_middleware,
             error_middleware,
             auth_middleware,  # before anything reads a body: a refused body is never read
@@ -230,6 +264,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[SETTINGS] = settings
     app[REPO_ROOT] = settings.repo.resolve()
     app[TOKENS] = tokens
+    app[ACCESS_COUNTS] = AccessCounts()
     app[POOL] = RepositoryPool(settings.repo, settings.read_workers, not settings.read_only)
     # A read-only server stages nothing: it must start on a read-only file system, and
     # never touches other servers' staging.
@@ -278,6 +313,9 @@ class AccessLogger(AbstractAccessLogger):
             time,
             response.headers.get("X-Request-ID", "-"),
         )
+        counts = request.get(_COUNTED)
+        if isinstance(counts, AccessCounts):  # not a request the parser refused
+            counts.written += 1  # the handler flushes: the line is in the file now
 
 
 def default_max_connections() -> int:
