@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from butler.http.redact import redact_target
+
 FLUSH_SECONDS = 0.05
 FLUSH_BYTES = 256 * 1024
 PIPE_ATOMIC = 4096
@@ -41,9 +43,10 @@ _json_text = functools.lru_cache(maxsize=64)(json.dumps)
 
 @functools.lru_cache(maxsize=4096)
 def _line_start(client: str | None, method: str, target: str) -> str:
+    # A signed URL's signature (and any other credential in the query) never reaches the log.
     return (
         f'{{"client":{json.dumps(client)},"method":{json.dumps(method)},'
-        f'"target":{json.dumps(target[:500])},"status":'
+        f'"target":{json.dumps(redact_target(target)[:500])},"status":'
     )
 
 

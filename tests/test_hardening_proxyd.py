@@ -381,3 +381,32 @@ def test_many_one_byte_ranges_cost_the_origin_what_they_ask(
     # 200 bytes asked for, plus a multipart part header each (about 100 bytes), and at
     # most one block fetched to learn the object's size: far from 200 blocks (12.5 MiB).
     assert 200 <= origin_bytes <= 200 * 256 + block
+
+
+# -- 5. credentials in query strings stay out of the access log ------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "workers"])
+def test_signed_url_parameters_stay_out_of_the_access_log(
+    origin: NginxOrigin, tmp_path: Path, workers: int
+) -> None:
+    data = write_old(origin.root_dir, f"signed-{workers}.bin", 4096, seed=workers)
+    secrets = [uuid.uuid4().hex for _ in range(3)]
+    query = (
+        f"X-Amz-Signature={secrets[0]}&X-Amz-Credential={secrets[1]}"
+        f"&access_token={secrets[2]}&X-Amz-Date=20261206T000000Z&part=1"
+    )
+    config = {"workers": workers}
+    with running(Proxy({"o": origin.url}, tmp_path / "p", config=config)) as proxy:
+        for _ in range(2):  # a miss, then a hit (the fast lane logs its own lines)
+            answer = proxy.get(f"/o/signed-{workers}.bin?{query}")
+            assert (answer.status, answer.body) == (200, data)
+        logged = proxy.settled_access_log()
+        assert len(logged) == 2
+        text = proxy.log_text()
+    for entry in logged:
+        assert entry["target"] == (
+            f"/o/signed-{workers}.bin?X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED"
+            "&access_token=REDACTED&X-Amz-Date=20261206T000000Z&part=1"
+        )
+    assert not [s for s in secrets if s in text]

@@ -10,13 +10,14 @@ import resource
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_server import Server
 
 from butler.errors import ButlerError, PayloadTooLargeError
+from butler.http.redact import redact_target
 from butler.server.api import (
     API,
     POOL,
@@ -37,12 +38,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/healthz", f"{API}/openapi.json"})
 """The only paths readable without a token under ``--read-access token`` (exact matches)."""
-_SECRET_PARAM = re.compile(
-    r"sig|token|credential|secret|passw|auth|session|key|code", re.IGNORECASE
-)
-"""Query parameter names whose values the access log hides: signed-URL signatures and
-credentials (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, Signature,
-access_token, api_key, ...)."""
 
 
 class AccessCounts:
@@ -275,20 +270,6 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.on_cleanup.append(_close_pool)
     add_routes(app)
     return app
-
-
-def redact_target(target: str) -> str:
-    """A request target with the values of credential-like query parameters hidden."""
-    path, question, query = target.partition("?")
-    if not question:
-        return target
-    parts = []
-    for part in query.split("&"):
-        name, equals, _ = part.partition("=")
-        if equals and _SECRET_PARAM.search(unquote(name)):
-            part = f"{name}=REDACTED"
-        parts.append(part)
-    return f"{path}?{'&'.join(parts)}"
 
 
 class AccessLogger(AbstractAccessLogger):
