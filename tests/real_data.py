@@ -48,3 +48,43 @@ def dss_fits(directory: Path) -> Path:
         with gzip.open(dss_gz(), "rb") as src, out.open("wb") as dst:
             shutil.copyfileobj(src, dst)
     return out
+
+
+def sunpy_test_file(name: str) -> Path:
+    """A FITS file from sunpy's own test data (``sunpy/data/test``), found without importing
+    sunpy (its import pulls in much more than the files). sunpy is in the ``test`` extra."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("sunpy")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("sunpy (in the test extra) is not installed: its solar test files are needed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "test" / name
+    if not path.is_file():
+        pytest.skip(f"this sunpy installation does not ship {name}")
+    return path
+
+
+def sdo_aia() -> Path:
+    """SDO/AIA 171 level 1 (sunpy): helioprojective WCS (``HPLN-TAN``), ``WAVELNTH = 171``,
+    ``WAVEUNIT = 'angstrom'``, ``EXPTIME = 2.000191``, no filter name."""
+    return sunpy_test_file("aia_171_level1.fits")
+
+
+def soho_eit() -> Path:
+    """SOHO/EIT 171 (sunpy): ``CTYPE1 = 'Solar-X'``, ``FILTER = 'Al +1'``, ``WAVELNTH = 171``
+    (no WAVEUNIT), ``EXPTIME = 7.597``, DATE-OBS 2004-03-01T01:00:16.178."""
+    return sunpy_test_file("EIT/efz20040301.010016_s.fits")
+
+
+def rhessi_image() -> Path:
+    """RHESSI image (sunpy): no DATE-OBS (``DATE_OBS`` instead), no exposure time, solar
+    ``CTYPE = 'arcsec'`` axes, and three table extensions."""
+    return sunpy_test_file("hsi_image_20101016_191218.fits")
+
+
+def eso_origin_only() -> Path:
+    """fixed-1890.fits (astropy): an image whose only instrument-like key is
+    ``ORIGIN = 'ESO'``."""
+    return fits_test_file("fixed-1890.fits")

@@ -78,16 +78,18 @@ def test_cli_reports_each_file_and_keeps_going(
     fits.PrimaryHDU(np.zeros((3, 3), np.float32)).writeto(raws / "anonymous.fits")
     result = CliRunner().invoke(main, ["ingest-raws", str(repo), str(raws)])
     assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith(" WARNING")]
     assert len(lines) == 5  # one per file, then the summary
     by_file = {line.split()[1].rstrip(":").rsplit("/", 1)[-1]: line for line in lines[:4]}
+    # test0.fits has no RA_TARG/DEC_TARG: null pointing, said under the file's line.
+    assert f" WARNING {raws / 'wfpc2.fits'}: tracking_ra/tracking_dec: no RA_TARG" in result.output
     assert by_file["wfpc2.fits"].split()[0] == "INGESTED"
     assert "detector(s) 1, 2, 3, 4, F673N" in by_file["wfpc2.fits"]
     assert by_file["S20190312S0042_reduced.fits"].split()[0] == "INGESTED"
     assert by_file["broken.fits"].split()[0] == "FAILED"
     assert "not a FITS file" in by_file["broken.fits"]
-    assert "needs header keys INSTRUME or TELESCOP" in by_file["anonymous.fits"]
-    assert lines[-1] == "2 ingested, 0 skipped, 2 failed"
+    assert "needs header keys INSTRUME (or TELESCOP, ORIGIN)" in by_file["anonymous.fits"]
+    assert lines[-1] == "2 ingested, 0 skipped, 2 failed (4 files; 1 with warnings)"
     with Butler(repo) as butler:
         assert len(butler.query_datasets("raw", find_first=False)) == 4 + 3
         exposure = butler.query_dimension_records("exposure", "instrument = 'GMOS-S'")[0]
@@ -439,3 +441,78 @@ def test_gmos_raw_amplifiers_estimate_variance(repo: Path, tmp_path: Path) -> No
         (exposure,) = butler.query_dimension_records("exposure", "instrument = 'GMOS-N'")
     assert exposure["id"] == 1_2019_0101_0123
     assert exposure["physical_filter"] == "g_G0301"
+
+
+def test_every_file_of_a_directory_is_reported(repo: Path, tmp_path: Path) -> None:
+    """Plain, gzip, bzip2, tile-compressed, misnamed, non-FITS, broken and truncated files:
+    each is named on one status line, and the counts add up to the files found."""
+    import bz2
+    import gzip
+
+    from real_data import dss_gz
+
+    from butler.sample_data import astropy_file
+
+    raws = tmp_path / "mixed"
+    raws.mkdir()
+    shutil.copy(hst_wfpc2(), raws / "wfpc2.fits")
+    shutil.copy(dss_gz(), raws / "dss.fits.gz")
+    sip = astropy_file("nddata/tests/data/sip-wcs.fits").read_bytes()
+    (raws / "sip-again.dat").write_bytes(gzip.compress(sip))  # FITS by content, not name
+    eso = astropy_file("io/fits/tests/data/fixed-1890.fits").read_bytes()
+    (raws / "eso.fits.bz2").write_bytes(bz2.compress(eso))
+    header = fits.Header({"INSTRUME": "TILECAM", "DATE-OBS": "2020-01-02T03:04:05"})
+    header["EXPTIME"] = 5.0
+    pixels = np.arange(64 * 48, dtype=np.int16).reshape(64, 48)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(pixels, header)]).writeto(
+        raws / "tile.fits.fz"
+    )
+    (raws / "notes.txt").write_text("observing log\n")
+    (raws / "broken.fits").write_bytes(b"not a fits file at all")
+    (raws / "cut.fits.gz").write_bytes(gzip.compress(sip)[:500])
+    files = sorted(p.name for p in raws.iterdir())
+    assert len(files) == 8
+
+    result = CliRunner().invoke(main, ["ingest-raws", str(repo), str(raws)])
+    assert result.exit_code == 1, result.output  # two failed
+    status_lines = [line for line in result.output.splitlines() if line.split()[0] in STATUSES]
+    by_file = {Path(line.split()[1].rstrip(":")).name: line for line in status_lines}
+    assert len(status_lines) == len(files)
+    assert sorted(by_file) == files
+    status = {name: line.split()[0] for name, line in by_file.items()}
+    assert status == {
+        "wfpc2.fits": "INGESTED",
+        "dss.fits.gz": "INGESTED",
+        "sip-again.dat": "INGESTED",
+        "eso.fits.bz2": "INGESTED",
+        "tile.fits.fz": "INGESTED",
+        "notes.txt": "SKIPPED",
+        "broken.fits": "FAILED",
+        "cut.fits.gz": "FAILED",
+    }
+    assert "bzip2-compressed file: stored decompressed" in by_file["eso.fits.bz2"]
+    assert "not a FITS file" in by_file["notes.txt"]
+    assert "not a FITS file" in by_file["broken.fits"]
+    assert "cannot decompress this gzip file" in by_file["cut.fits.gz"]
+    assert "gzip-compressed file: stored decompressed" in by_file["dss.fits.gz"]
+    assert "gzip-compressed file: stored decompressed" in by_file["sip-again.dat"]
+    assert result.output.splitlines()[-1].startswith("5 ingested, 1 skipped, 2 failed (8 files;")
+    with Butler(repo) as butler:
+        ref = butler.query_datasets("raw", where="instrument = 'UK 48-inch Schmidt'")[0]
+        image = butler.get(ref)
+        _, info = butler.resolve(ref)
+    assert str(info.path).endswith(".fits")
+    with fits.open(dss_gz()) as hdul:
+        assert np.array_equal(image.data, hdul[0].data)
+
+
+STATUSES = ("INGESTED", "SKIPPED", "FAILED")
+
+
+def test_move_of_a_compressed_file_removes_it(repo: Path, tmp_path: Path) -> None:
+    from real_data import dss_gz
+
+    path = Path(shutil.copy(dss_gz(), tmp_path / "dss.fits.gz"))
+    (outcome,) = ingest(repo, path, transfer="move")
+    assert outcome.status == "ingested", outcome.message
+    assert not path.exists()

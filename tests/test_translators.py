@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.time import Time
 from real_data import dss_fits, hst_wfpc2
 
 from butler import sample_raws
@@ -84,7 +85,11 @@ def test_real_hst_acs_flt(registry: TranslatorRegistry) -> None:
     obs = units[0].observation
     assert (obs.instrument, obs.physical_filter, obs.target_name) == ("ACS", "F606W", "NGC104")
     assert (obs.tracking_ra, obs.tracking_dec) == pytest.approx((5.655, -72.07055555556))
-    assert obs.datetime_end == "2005-03-07T06:58:06.000"  # + EXPTIME 400 s
+    # The end is the header's EXPEND (MJD 53436.29035...), not DATE-OBS + EXPTIME: HST
+    # records when the shutter closed.
+    expend = fits.getval(path, "EXPEND", 0)
+    assert obs.datetime_end == Time(expend, format="mjd", scale="utc").isot
+    assert obs.datetime_end.startswith("2005-03-07T06:58:07")
     assert units[0].layout.read_noise == pytest.approx(4.97, abs=0.01)
 
 
@@ -96,8 +101,16 @@ def test_real_ground_based_files_use_the_generic_translator(
     obs = units[0].observation
     assert obs.instrument == "UK 48-inch Schmidt"  # no INSTRUME: TELESCOP
     assert obs.exposure == 19760311173800  # start time as a number, DATE-OBS 11/03/76
-    assert obs.exposure_time == 70.0  # EXPOSURE
-    assert obs.physical_filter == "unknown"
+    assert obs.exposure_time == 70.0 * 60  # EXPOSURE = 70.0 / Exposure time minutes
+    # OBJCTRA = '14 29 56.000' is hours: (14 + 29/60 + 56/3600) * 15 = 217.48333 deg, then
+    # FK5 J2000 -> ICRS (a few mas).
+    assert obs.tracking_ra == pytest.approx(217.483333, abs=1e-4)
+    assert obs.tracking_dec == pytest.approx(-(62 + 41 / 60 + 5 / 3600), abs=1e-4)
+    assert (obs.physical_filter, obs.band) == (None, None)  # BANDPASS = 0 is a GSSS code
+    assert any(w.startswith("physical_filter:") for w in units[0].warnings)
+    assert any(
+        w.startswith("instrument: no INSTRUME; taken from TELESCOP") for w in units[0].warnings
+    )
 
     translator, units = translate(registry, astropy_file("nddata/tests/data/sip-wcs.fits"))
     obs = units[0].observation
@@ -194,10 +207,13 @@ def test_instrument_layouts(
     assert (obs.physical_filter, obs.band) == filter_band
     assert obs.datetime_begin is not None
     assert obs.exposure_time > 0
-    if writer != "lsst_raw":
-        assert units[0].layout.variance is not None
-        assert units[0].layout.variance_kind == variance_kind
-        assert units[0].layout.mask is not None
+    layout = units[0].layout
+    if writer == "lsst_raw":  # a raw: pixels only, no variance or mask planes yet
+        assert (layout.variance, layout.mask) == (None, None)
+    else:
+        assert layout.variance is not None
+        assert layout.variance_kind == variance_kind
+        assert layout.mask is not None
 
 
 def test_exposure_ids_follow_the_documented_rules(
@@ -244,11 +260,14 @@ def test_unrecognised_file_names_missing_keys(registry: TranslatorRegistry, tmp_
     with pytest.raises(MissingHeaderKeysError) as info:
         translator.translate(headers)
     message = str(info.value)
-    assert "INSTRUME or TELESCOP" in message
+    assert "INSTRUME (or TELESCOP, ORIGIN)" in message
     assert "DATE-OBS" in message
     assert "butler.translators" in message
     assert "--instrument" in message
-    assert info.value.missing == ["INSTRUME or TELESCOP", "DATE-OBS (or MJD-OBS)"]
+    assert info.value.missing == [
+        "INSTRUME (or TELESCOP, ORIGIN)",
+        "DATE-OBS (or DATE_OBS, MJD-OBS, DATE)",
+    ]
 
 
 def test_forced_translator_reports_its_own_keys(
@@ -372,3 +391,223 @@ def test_sdss_frame_through_astro_metadata_translator(
     assert (obs.instrument, obs.exposure, obs.detector_name) == ("Imager on SDSS 2.5m", 3530, "r4")
     assert (obs.physical_filter, obs.band) == ("r", "r")
     assert obs.datetime_begin == "2003-03-05T03:03:33.000"  # TAI 03:04:05 in UTC
+
+
+# ---------------------------------------------------------------------------------------
+# Header conventions (generic translator): each value is worked out by hand from the cards
+
+_BASE: dict[str, object] = {"INSTRUME": "CAM", "DATE-OBS": "2020-01-02T03:04:05"}
+_DSS_RA = (14 + 29 / 60 + 56 / 3600) * 15  # 217.48333 deg
+_DSS_DEC = -(62 + 41 / 60 + 5 / 3600)  # -62.68472 deg
+
+
+def _generic(tmp_path: Path, cards: dict[str, object]) -> RawUnit:
+    headers = read_file_headers(_write(tmp_path / "conv.fits", {**_BASE, **cards}))
+    units = TranslatorRegistry().by_name("generic").translate(headers)
+    assert len(units) == 1
+    return units[0]
+
+
+@pytest.mark.parametrize(
+    ("cards", "ra", "dec"),
+    [
+        ({"OBJCTRA": "14 29 56.000", "OBJCTDEC": "-62 41 05.00"}, _DSS_RA, _DSS_DEC),
+        ({"RA": "14:29:56", "DEC": "-62:41:05"}, _DSS_RA, _DSS_DEC),
+        ({"RA": "14h29m56s", "DEC": "-62d41m05s"}, _DSS_RA, _DSS_DEC),
+        ({"RA": (14.5, "right ascension in hours"), "DEC": 10.0}, 217.5, 10.0),
+        ({"RA": 217.5, "DEC": 10.0}, 217.5, 10.0),
+        ({"RA": 0.0, "DEC": 0.0}, 0.0, 0.0),  # 0 is a pointing, not a missing one
+        (
+            {
+                **{"PLTRAH": 14, "PLTRAM": 37, "PLTRAS": 46.88253, "PLTDECSN": "-"},
+                **{"PLTDECD": 60, "PLTDECM": 12, "PLTDECS": 59.28761},
+            },
+            (14 + 37 / 60 + 46.88253 / 3600) * 15,
+            -(60 + 12 / 60 + 59.28761 / 3600),
+        ),
+        ({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 20.0}, 10, 20),
+        ({"CTYPE1": "DEC--TAN", "CTYPE2": "RA---TAN", "CRVAL1": 20.0, "CRVAL2": 10.0}, 10, 20),
+    ],
+)
+def test_pointing_conventions(
+    tmp_path: Path, cards: dict[str, object], ra: float, dec: float
+) -> None:
+    unit = _generic(tmp_path, {**cards, "RADESYS": "ICRS"})
+    assert (unit.observation.tracking_ra, unit.observation.tracking_dec) == pytest.approx(
+        (ra, dec), abs=1e-6
+    )
+    assert not [w for w in unit.warnings if w.startswith("tracking")]
+
+
+def test_b1950_pointing_is_converted_to_icrs(tmp_path: Path) -> None:
+    # FK4 B1950 (0, 0) is J2000 0h02m33.77s +0d16m42.1s (the textbook precession example).
+    unit = _generic(tmp_path, {"RA": 0.0, "DEC": 0.0, "EQUINOX": 1950.0})
+    obs = unit.observation
+    assert obs.tracking_ra == pytest.approx((2 * 60 + 33.77) / 3600 * 15, abs=1e-3)
+    assert obs.tracking_dec == pytest.approx((16 * 60 + 42.1) / 3600, abs=1e-3)
+
+
+def test_unstated_frame_is_named_in_a_warning(tmp_path: Path) -> None:
+    unit = _generic(tmp_path, {"RA": 10.0, "DEC": 20.0})
+    assert unit.observation.tracking_ra == 10.0
+    assert any("no RADESYS or EQUINOX" in w for w in unit.warnings)
+
+
+@pytest.mark.parametrize(
+    ("cards", "frame"),
+    [
+        ({"CTYPE1": "HPLN-TAN", "CTYPE2": "HPLT-TAN", "CRVAL1": -4.5, "CRVAL2": 2.9}, "solar"),
+        ({"CTYPE1": "Solar-X", "CTYPE2": "Solar-Y", "CRVAL1": 0.0, "CRVAL2": 0.0}, "solar"),
+        ({"SOLAR-X": 100.0, "SOLAR-Y": -50.0}, "solar"),
+        ({"CTYPE1": "GLON-CAR", "CTYPE2": "GLAT-CAR", "CRVAL1": 10.0, "CRVAL2": 5.0}, "none"),
+        ({}, "none"),
+    ],
+)
+def test_pointing_that_is_not_ra_dec_is_null(
+    tmp_path: Path, cards: dict[str, object], frame: str
+) -> None:
+    unit = _generic(tmp_path, cards)
+    assert (unit.observation.tracking_ra, unit.observation.tracking_dec) == (None, None)
+    (warning,) = [w for w in unit.warnings if w.startswith("tracking_ra/tracking_dec:")]
+    assert ("pointing is solar" in warning) == (frame == "solar")
+    records = dict(dimension_records(unit.observation))
+    assert "tracking_ra" not in records["exposure"]
+
+
+@pytest.mark.parametrize(
+    ("cards", "seconds"),
+    [
+        ({"EXPTIME": 30.0}, 30.0),
+        ({"EXPTIME": 0.0}, 0.0),  # a bias: zero is a measured value
+        ({"EXP_TIME": 10.0}, 10.0),  # UKIRT WFCAM
+        ({"XPOSURE": 2.5}, 2.5),  # SOLARNET / SDO
+        ({"ITIME": 1.5, "COADDS": 4}, 6.0),  # Keck: per-coadd integration x coadds
+        ({"ITIME": 1.5, "NCOADDS": 10}, 15.0),
+        ({"ITIME": 1.5}, 1.5),
+        ({"EXPOSURE": 12.0}, 12.0),
+        ({"EXPOSURE": 70.0, "PLTLABEL": "J 2098"}, 4200.0),  # DSS plate: minutes
+        ({"EXPOSURE": (2.0, "[min] exposure")}, 120.0),  # unit in the comment
+        ({"EXPTIME": (500.0, "exposure time in ms")}, 0.5),
+    ],
+)
+def test_exposure_time_conventions(
+    tmp_path: Path, cards: dict[str, object], seconds: float
+) -> None:
+    unit = _generic(tmp_path, cards)
+    assert unit.observation.exposure_time == pytest.approx(seconds)
+    assert not [w for w in unit.warnings if w.startswith("exposure_time")]
+
+
+@pytest.mark.parametrize(
+    ("cards", "named"),
+    [
+        ({}, "none of EXPTIME"),
+        ({"TELAPSE": 100.0}, "TELAPSE is elapsed"),
+        ({"EXPTIME": -1.0}, "-1"),
+    ],
+)
+def test_unknown_exposure_time_is_null(
+    tmp_path: Path, cards: dict[str, object], named: str
+) -> None:
+    unit = _generic(tmp_path, cards)
+    assert unit.observation.exposure_time is None
+    assert unit.observation.datetime_end is None
+    (warning,) = [w for w in unit.warnings if w.startswith("exposure_time:")]
+    assert named in warning
+
+
+@pytest.mark.parametrize(
+    ("cards", "physical_filter", "band"),
+    [
+        ({"FILTER": "r"}, "r", "r"),
+        ({"FILTER1": "CLEAR1L", "FILTER2": "F814W"}, "F814W", "f814w"),
+        ({"FILTER1": "open1-6", "FILTER2": "g_G0301"}, "g_G0301", "g"),
+        ({"FILTER": "NaI"}, "NaI", "nai"),  # sodium, not "N/A"
+        ({"FILTER1": "F606W", "FILTER2": "POL0V"}, "F606W+POL0V", "f606w+pol0v"),
+        ({"FILTNAM1": "F555W"}, "F555W", "f555w"),
+        ({"FILTER": "Open"}, "Open", "open"),
+        ({"BANDPASS": "V"}, "V", "g"),
+        ({"WAVELNTH": 171, "WAVEUNIT": "angstrom"}, "171 Angstrom", "171 angstrom"),
+        ({"WAVELNTH": 30.4, "WAVEUNIT": -9}, "304 Angstrom", "304 angstrom"),  # 10**-9 m
+        ({"WAVELNTH": 656.3, "WAVEUNIT": "nm"}, "656.3 nm", "656.3 nm"),
+        ({"WAVELNTH": 195, "FILTER": "Al +1"}, "195 (Al +1)", "195"),
+    ],
+)
+def test_filter_conventions(
+    tmp_path: Path, cards: dict[str, object], physical_filter: str, band: str
+) -> None:
+    obs = _generic(tmp_path, cards).observation
+    assert (obs.physical_filter, obs.band) == (physical_filter, band)
+
+
+def test_no_filter_is_null_and_has_no_records(tmp_path: Path) -> None:
+    unit = _generic(tmp_path, {"BANDPASS": 0})
+    assert (unit.observation.physical_filter, unit.observation.band) == (None, None)
+    assert any("BANDPASS = 0" in w for w in unit.warnings if w.startswith("physical_filter:"))
+    elements = [element for element, _ in dimension_records(unit.observation)]
+    assert "physical_filter" not in elements
+    assert "band" not in elements
+
+
+@pytest.mark.parametrize(
+    ("cards", "begin", "named"),
+    [
+        ({"DATE_OBS": "2021-05-06T07:08:09"}, "2021-05-06T07:08:09.000", "DATE_OBS"),
+        ({"MJD-OBS": 58849.5}, "2020-01-01T12:00:00.000", "MJD-OBS"),  # MJD 58849 = 2020-01-01
+        ({"DATE": "2022-02-03T04:05:06"}, "2022-02-03T04:05:06.000", "creation date"),
+    ],
+)
+def test_start_time_fallbacks_are_named(
+    tmp_path: Path, cards: dict[str, object], begin: str, named: str
+) -> None:
+    headers = read_file_headers(_write(tmp_path / "t.fits", {"INSTRUME": "CAM", **cards}))
+    (unit,) = TranslatorRegistry().by_name("generic").translate(headers)
+    assert unit.observation.datetime_begin == begin
+    (warning,) = [w for w in unit.warnings if w.startswith("datetime_begin:")]
+    assert named in warning
+
+
+def test_instrument_fallbacks_and_space_days(tmp_path: Path) -> None:
+    cards = {"DATE-OBS": "2020-01-02T03:00:00", "EXPTIME": 1.0}
+    headers = read_file_headers(_write(tmp_path / "a.fits", {**cards, "TELESCOP": "SDO/AIA"}))
+    (unit,) = TranslatorRegistry().by_name("generic").translate(headers)
+    assert unit.observation.instrument == "SDO/AIA"
+    assert unit.observation.day_obs == 20200102  # space: UTC date
+    assert "instrument: no INSTRUME; taken from TELESCOP = 'SDO/AIA'" in unit.warnings
+    headers = read_file_headers(_write(tmp_path / "b.fits", {**cards, "ORIGIN": "NOAO-IRAF"}))
+    (unit,) = TranslatorRegistry().by_name("generic").translate(headers)
+    assert unit.observation.instrument == "NOAO-IRAF"
+    assert unit.observation.day_obs == 20200101  # ground: 03:00 UT is the night of the 1st
+    assert "instrument: no INSTRUME; taken from ORIGIN = 'NOAO-IRAF'" in unit.warnings
+
+
+def test_ukirt_wfcam_exp_time_rabase_and_camnum(tmp_path: Path) -> None:
+    """A WFCAM-style MEF: EXP_TIME (not EXPTIME), RABASE in hours ('[h]' comment), one
+    extension per camera numbered by CAMNUM."""
+    primary = fits.PrimaryHDU()
+    for key, value in {
+        "TELESCOP": "UKIRT",
+        "INSTRUME": "WFCAM",
+        "DATE-OBS": "2010-04-05T10:11:12.5",
+        "EXP_TIME": (10.0, "[s] Integration time per exposure"),
+        "RABASE": (10.0, "[h] Right ascension of base position"),
+        "DECBASE": (2.0, "[deg] Declination of base position"),
+        "RADESYS": "ICRS",
+        "FILTER": "J",
+    }.items():
+        primary.header[key] = value
+    cameras = [
+        fits.ImageHDU(np.zeros((8, 8), np.float32), fits.Header({"CAMNUM": n}))
+        for n in (1, 2, 3, 4)
+    ]
+    path = tmp_path / "w20100405_00123.fits"
+    fits.HDUList([primary, *cameras]).writeto(path)
+    translator, units = translate(TranslatorRegistry(), path)
+    assert translator.name == "generic"
+    assert [u.observation.detector for u in units] == [1, 2, 3, 4]
+    obs = units[0].observation
+    assert obs.exposure_time == 10.0
+    assert obs.datetime_end == "2010-04-05T10:11:22.500"
+    assert (obs.tracking_ra, obs.tracking_dec) == pytest.approx((10.0 * 15, 2.0))
+    assert (obs.physical_filter, obs.band) == ("J", "j")
+    assert units[0].warnings == ()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from butler.ingest import FileOutcome
 
 _STATUS_STYLE = {"ingested": "green", "skipped": "yellow", "failed": "red"}
+_WARNING = "WARNING"
 
 
 @click.command("ingest-raws")
@@ -51,8 +52,11 @@ def ingest_raws_command(
 
     Only headers are read: the instrument, exposure, detector, filter, day_obs, exposure
     time, start time and pointing become dimension records, and each detector a 'raw'
-    dataset. One line per file says what happened; a failing file does not stop the others
-    (the exit status is 1 if any failed) unless --fail-fast is given.
+    dataset. One line per file says what happened (every file found in a directory is
+    ingested, skipped or failed, with the reason; .gz/.bz2 files are stored decompressed),
+    then a WARNING line per fact the header does not determine (stored as null) or that was
+    taken from a fallback keyword. A failing file does not stop the others (the exit status
+    is 1 if any failed) unless --fail-fast is given.
     """
     from butler.ingest import RawIngestOptions, ingest_raws
     from butler.translators import TranslatorRegistry
@@ -69,6 +73,9 @@ def ingest_raws_command(
     def report(outcome: FileOutcome) -> None:
         status = click.style(f"{outcome.status.upper():>8}", fg=_STATUS_STYLE[outcome.status])
         click.echo(f"{status} {outcome.path}: {outcome.message}")
+        for warning in outcome.warnings:
+            # One line per fact left null or taken from a fallback key, naming the file.
+            click.echo(f"{click.style(f'{_WARNING:>8}', fg='yellow')} {outcome.path}: {warning}")
 
     try:
         with Butler(repo, writeable=True) as butler:
@@ -80,6 +87,8 @@ def ingest_raws_command(
     except (ButlerError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     counts = {s: sum(o.status == s for o in outcomes) for s in _STATUS_STYLE}
-    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    warned = sum(bool(o.warnings) for o in outcomes)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    click.echo(f"{summary} ({len(outcomes)} files; {warned} with warnings)")
     if counts["failed"]:
         sys.exit(1)

@@ -48,4 +48,10 @@ def dimension_records(obs: Observation) -> list[tuple[str, dict[str, Any]]]:
             },
         ),
     ]
+    if obs.physical_filter is None:
+        # The header names no filter: the exposure's physical_filter stays null, and there
+        # is no filter (or band) record to make.
+        records = [(e, r) for e, r in records if e not in ("band", "physical_filter")]
+    elif obs.band is None:
+        records = [(e, r) for e, r in records if e != "band"]
     return [(element, {k: v for k, v in rec.items() if v is not None}) for element, rec in records]

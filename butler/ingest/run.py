@@ -8,16 +8,20 @@ is reported and the next one is tried, unless ``fail_fast`` is set.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from butler.direct_butler import DirectButler
-from butler.errors import ButlerError, DatasetExistsError
+from butler.errors import ButlerError, CorruptFileError, DatasetExistsError
 from butler.ingest.assemble import assemble
-from butler.ingest.discover import expand_paths
+from butler.ingest.discover import expand_paths, file_kind, looks_like_fits
 from butler.ingest.headers import read_file_headers
 from butler.ingest.plan import StoragePlan, plan_storage
 from butler.ingest.records import dimension_records
@@ -44,13 +48,16 @@ class RawIngestOptions:
 
 @dataclass
 class FileOutcome:
-    """What happened to one file."""
+    """What happened to one file. ``warnings`` (one line each, starting with the fact
+    concerned) name the facts left null because the header does not determine them, and
+    those taken from a fallback keyword."""
 
     path: Path
     status: Status
     message: str
     translator: str | None = None
     refs: list[DatasetRef] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def default_run(instrument: str) -> str:
@@ -70,11 +77,12 @@ def ingest_raws(
     With ``fail_fast`` the first failure is raised instead of reported.
     """
     registry = translators or TranslatorRegistry()
-    files = expand_paths(paths)
+    files = expand_paths(paths, exclude=butler.root)
+    named = {p for p in paths if not p.is_dir()}
     outcomes = []
     for path in files:
         try:
-            outcome = _ingest_file(butler, path, options, registry)
+            outcome = _ingest_path(butler, path, path in named, options, registry)
         except (ButlerError, OSError, ValueError) as exc:
             if options.fail_fast:
                 raise
@@ -83,6 +91,64 @@ def ingest_raws(
         if report is not None:
             report(outcome)
     return outcomes
+
+
+_NOT_FITS = (
+    "not a FITS file (neither its name nor its first bytes say so); ingest-raws reads FITS "
+    "files (.fits, .fit, .fts), plain, tile-compressed (.fz) or compressed whole (.gz, .bz2)"
+)
+
+
+def _ingest_path(
+    butler: DirectButler,
+    path: Path,
+    named: bool,
+    options: RawIngestOptions,
+    registry: TranslatorRegistry,
+) -> FileOutcome:
+    """One file: a non-FITS file met in a directory is skipped with the reason; a
+    whole-file compressed one is decompressed first; any other is ingested (a file named on
+    the command line that is not FITS fails, saying so)."""
+    kind = file_kind(path)
+    if kind == "other" and not named and not looks_like_fits(path):
+        return FileOutcome(path, "skipped", _NOT_FITS)
+    if kind not in ("gzip", "bzip2"):
+        return _ingest_file(butler, path, options, registry)
+    # Byte-range reads (cutouts, components, proxies) need offsets into plain FITS, which a
+    # compressed stream does not have: the datastore keeps the decompressed file.
+    with tempfile.TemporaryDirectory(dir=butler.root, prefix=".ingest-") as tmp:
+        plain = Path(tmp) / _decompressed_name(path)
+        _decompress(path, plain, kind)
+        outcome = _ingest_file(butler, plain, replace(options, transfer="move"), registry)
+    outcome.path = path
+    if outcome.status == "ingested":
+        kept = (
+            ""
+            if options.transfer in ("copy", "move")
+            else (f"; --transfer {options.transfer} cannot apply to a decompressed copy")
+        )
+        outcome.message += f" ({kind}-compressed file: stored decompressed{kept})"
+        if options.transfer == "move":
+            path.unlink(missing_ok=True)
+    return outcome
+
+
+def _decompressed_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".bz2", ".GZ", ".BZ2"):
+        name = name.removesuffix(suffix)
+    return name if name != path.name else f"{name}.fits"
+
+
+def _decompress(path: Path, out: Path, kind: str) -> None:
+    opener = gzip.open if kind == "gzip" else bz2.open
+    try:
+        with opener(path, "rb") as src, out.open("xb") as dst:
+            shutil.copyfileobj(src, dst, 8 * 1024 * 1024)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CorruptFileError(
+            f"{path}: cannot decompress this {kind} file ({exc}); is it truncated?"
+        ) from exc
 
 
 def _ingest_file(
@@ -133,10 +199,23 @@ def _ingest_file(
         path,
         "ingested",
         f"{obs.instrument} exposure {obs.exposure} detector(s) {detectors}, "
-        f"{obs.physical_filter}, day_obs {obs.day_obs} -> run {refs[0].run}{note}",
+        f"{obs.physical_filter or 'physical_filter null'}, day_obs {obs.day_obs} "
+        f"-> run {refs[0].run}{note}",
         translator.name,
         refs,
+        _warnings(units),
     )
+
+
+def _warnings(units: Sequence[RawUnit]) -> list[str]:
+    """Each unit's warnings once; prefixed by the detector when detectors differ."""
+    shared = set.intersection(*(set(u.warnings) for u in units)) if units else set()
+    out = [w for w in units[0].warnings if w in shared] if units else []
+    for unit in units:
+        out += [
+            f"detector {unit.observation.detector}: {w}" for w in unit.warnings if w not in shared
+        ]
+    return out
 
 
 def _companions(

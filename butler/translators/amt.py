@@ -84,6 +84,20 @@ def _amt_name(cards: Mapping[str, Any], filename: str) -> str | None:
     return name if name in SUPPORTED else None
 
 
+def _notes(observation: Observation) -> tuple[str, ...]:
+    """Warnings for the facts astro-metadata-translator could not determine."""
+    facts = {
+        "exposure_time": observation.exposure_time,
+        "datetime_begin": observation.datetime_begin,
+        "tracking_ra/tracking_dec": observation.tracking_ra,
+    }
+    return tuple(
+        f"{name}: astro-metadata-translator could not determine it from the header"
+        for name, value in facts.items()
+        if value is None
+    )
+
+
 def _mean(cards: Mapping[str, Any], *keys: str) -> float | None:
     values = [v for v in (as_float(cards.get(k)) for k in keys) if v is not None and v > 0]
     return sum(values) / len(values) if values else None
@@ -138,8 +152,9 @@ class AstroMetadataTranslator(Translator):
                     [f"(the keys behind ObservationInfo.{p})" for p in missing],
                     where,
                 )
+            observation = self._observation(info, str(cls.name))
             units.append(
-                RawUnit(self._observation(info, str(cls.name)), self._layout(cards, position, cp))
+                RawUnit(observation, self._layout(cards, position, cp), _notes(observation))
             )
         return units
 
@@ -147,6 +162,8 @@ class AstroMetadataTranslator(Translator):
         radec = info.tracking_radec
         begin, end = info.datetime_begin, info.datetime_end
         physical_filter = str(info.physical_filter)
+        # ObservationInfo already converts units (its translators know each instrument's
+        # keywords); a property it cannot compute is None, and stays None here.
         return Observation(
             instrument=str(info.instrument),
             exposure=int(info.exposure_id),
@@ -158,7 +175,7 @@ class AstroMetadataTranslator(Translator):
             day_obs=int(info.observing_day),
             exposure_time=float(info.exposure_time.to_value("s"))
             if info.exposure_time is not None
-            else 0.0,
+            else None,
             datetime_begin=begin.utc.isot if begin is not None else None,
             datetime_end=end.utc.isot if end is not None else None,
             tracking_ra=float(radec.icrs.ra.deg) if radec is not None else None,

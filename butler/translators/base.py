@@ -131,15 +131,18 @@ class Observation:
 
     Times are ISO-8601 UTC strings; ``tracking_ra``/``tracking_dec`` are ICRS degrees;
     ``exposure_time`` is in seconds; ``day_obs`` is the observing night as ``YYYYMMDD``.
+    A fact the header does not determine is None (a translator says why in
+    :attr:`RawUnit.warnings`), never a made-up default: a query over exposure times or
+    pointings must not match values nobody measured.
     """
 
     instrument: str
     exposure: int
     detector: int
-    physical_filter: str
-    band: str
+    physical_filter: str | None
+    band: str | None
     day_obs: int
-    exposure_time: float
+    exposure_time: float | None
     datetime_begin: str | None = None
     datetime_end: str | None = None
     tracking_ra: float | None = None
@@ -166,10 +169,17 @@ class Observation:
 
 @dataclass(frozen=True)
 class RawUnit:
-    """One detector of one raw file: what it is and where its planes are."""
+    """One detector of one raw file: what it is and where its planes are.
+
+    ``warnings`` are one line each, starting with the fact concerned (``exposure_time:``,
+    ``tracking_ra/tracking_dec:``, ``instrument:``...): facts left null because the header
+    does not determine them, and facts taken from a fallback keyword.
+    ``butler ingest-raws`` prints them under the file's line.
+    """
 
     observation: Observation
     layout: PixelLayout
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -210,6 +220,27 @@ class FileHeaders:
         if position:
             out.update(_cards(self.headers[position]))
         return out
+
+    def comments(self, position: int) -> dict[str, str]:
+        """The card comments of :meth:`merged` (same overlay), where a header states a
+        keyword's unit (DSS: ``EXPOSURE = 70.0 / Exposure time minutes``)."""
+        out = _comments(self.primary)
+        if position:
+            out.update(_comments(self.headers[position]))
+        return out
+
+
+def _comments(header: fits.Header) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for card in header.cards:
+        key = card.keyword
+        if not key or key in ("COMMENT", "HISTORY") or key in out:
+            continue
+        try:
+            out[key] = str(card.comment or "")
+        except (ValueError, KeyError, fits.VerifyError):  # as in _cards: skip a broken card
+            continue
+    return out
 
 
 def _cards(header: fits.Header) -> dict[str, Any]:
@@ -259,3 +290,19 @@ class Translator(ABC):
         missing = [k for k in keys if cards.get(k) in (None, "")]
         if missing:
             raise MissingHeaderKeysError(self.name, missing, where)
+
+    def require_ints(self, cards: Mapping[str, Any], keys: Sequence[str], where: str) -> list[int]:
+        """The integer values of ``keys``; a missing or non-integer one raises
+        :class:`MissingHeaderKeysError` (an ID made of a silent 0 would collide)."""
+        from butler.translators.helpers import as_int
+
+        self.require(cards, keys, where)
+        values = [as_int(cards[k]) for k in keys]
+        bad = [
+            f"{k} (an integer; got {cards[k]!r})"
+            for k, v in zip(keys, values, strict=True)
+            if v is None
+        ]
+        if bad:
+            raise MissingHeaderKeysError(self.name, bad, where)
+        return [v for v in values if v is not None]

@@ -33,7 +33,14 @@ from butler.translators.base import (
     RawUnit,
     Translator,
 )
-from butler.translators.helpers import as_float, as_int, day_obs_of, parse_angle, parse_time
+from butler.translators.helpers import (
+    as_float,
+    as_int,
+    day_obs_of,
+    parse_angle,
+    parse_ra,
+    parse_time,
+)
 
 __all__ = ["EUCLID_VIS_FLAG_BITS", "EuclidVisTranslator"]
 
@@ -97,7 +104,7 @@ class EuclidVisTranslator(Translator):
                 exposure_time=exptime,
                 datetime_begin=start.isot,
                 datetime_end=(start + exptime * u.s).isot,
-                tracking_ra=parse_angle(primary.get("RA"), u.deg),
+                tracking_ra=parse_ra(primary.get("RA")),
                 tracking_dec=parse_angle(primary.get("DEC"), u.deg),
                 obs_id=str(primary["OBS_ID"]),
                 observation_type=str(primary.get("IMAGETYP") or "science"),

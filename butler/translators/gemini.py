@@ -33,7 +33,14 @@ from butler.translators.base import (
     RawUnit,
     Translator,
 )
-from butler.translators.helpers import as_float, band_of, day_obs_of, parse_angle, parse_time
+from butler.translators.helpers import (
+    as_float,
+    band_of,
+    day_obs_of,
+    parse_angle,
+    parse_ra,
+    parse_time,
+)
 from butler.translators.mef import planes_by_extver
 
 __all__ = ["GMOS_DQ_BITS", "GmosTranslator"]
@@ -93,7 +100,7 @@ class GmosTranslator(Translator):
                 exposure_time=exptime,
                 datetime_begin=start.isot,
                 datetime_end=(start + exptime * u.s).isot,
-                tracking_ra=parse_angle(primary.get("RA"), u.deg),
+                tracking_ra=parse_ra(primary.get("RA")),
                 tracking_dec=parse_angle(primary.get("DEC"), u.deg),
                 obs_id=str(primary.get("DATALAB") or name),
                 observation_type=str(primary.get("OBSTYPE") or "").lower() or None,

@@ -1,18 +1,22 @@
 """The fallback for files no instrument translator recognises.
 
-It needs only an instrument name (``INSTRUME``, else ``TELESCOP``) and a start time
-(``DATE-OBS`` in ISO or ``dd/mm/yy`` form, with ``TIME-OBS``; or ``MJD-OBS``); everything else
-has a documented default:
+It needs only an instrument name (``INSTRUME``, else ``TELESCOP``, else ``ORIGIN``) and a start
+time (``DATE-OBS`` in ISO or ``dd/mm/yy`` form, with ``TIME-OBS``; else ``DATE_OBS``, an MJD,
+``DATE-BEG`` or, last, the file's ``DATE``); a fallback used is named in the unit's warnings.
+The other facts follow :mod:`butler.translators.conventions` (units and conventions of
+each keyword), and are null, with a warning, when the header does not determine them:
 
 - ``exposure`` (= ``visit``): ``EXPID``/``EXPNUM``/``OBSNUM``/``FRAMENUM`` if an integer, else
   the start time as the number ``YYYYMMDDhhmmss``;
-- ``detector``: ``CCDNUM``/``DETECTOR``/``CCDCHIP`` if an integer, else the HDU's position among
-  the file's image HDUs (0 for a single-image file); one dataset per image HDU;
-- ``physical_filter``: ``FILTER``/``FILTER1``/``FILTNAM1``/``BANDPASS``/``EMULSION``, else
-  ``unknown``; the band by the usual naming conventions (``band_of``);
-- ``exposure_time``: ``EXPTIME``/``EXPOSURE``/``ITIME`` (s), else 0;
-- pointing: ``RA``/``DEC`` (sexagesimal RA in hours) or ``CRVAL1``/``CRVAL2``;
-- ``day_obs``: the UTC date shifted by -12 h (a ground-based night).
+- ``detector``: ``CCDNUM``/``DETECTOR``/``CCDCHIP``/``CAMNUM`` if an integer, else the HDU's
+  position among the file's image HDUs (0 for a single-image file); one dataset per image HDU;
+- ``physical_filter``/``band``: filter names or a wavelength (``filter_of``);
+- ``exposure_time``: ``EXPTIME``, ``EXP_TIME``, ``XPOSURE``, ``ITIME`` x coadds, ``EXPOSURE``
+  (minutes on DSS plates), in seconds (``exposure_time_of``);
+- pointing: RA/Dec keys (sexagesimal RA in hours), the DSS plate centre, or ``CRVAL1/2`` on
+  RA/Dec axes, converted to ICRS; never a solar (helioprojective) pointing (``pointing_of``);
+- ``day_obs``: the UTC date, shifted by -12 h (a ground-based night) unless ``TELESCOP`` is a
+  space telescope.
 
 Planes: an LSST-style ``IMAGE``/``VARIANCE``/``MASK`` set or an HST-style ``SCI``/``ERR``/``DQ``
 set is used when present (DQ bits, whose meaning is unknown here, all become ``SUSPECT``);
@@ -25,6 +29,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from astropy import units as u
+from astropy.time import Time
 
 from butler.translators.base import (
     FileHeaders,
@@ -35,14 +40,15 @@ from butler.translators.base import (
     RawUnit,
     Translator,
 )
-from butler.translators.helpers import (
-    as_float,
-    as_int,
-    band_of,
-    day_obs_of,
-    parse_angle,
-    parse_time,
+from butler.translators.conventions import (
+    day_offset_hours,
+    exposure_time_of,
+    filter_of,
+    instrument_of,
+    pointing_of,
+    start_time_of,
 )
+from butler.translators.helpers import as_float, as_int, day_obs_of, parse_date
 from butler.translators.mef import planes_by_extver
 
 __all__ = ["GenericTranslator"]
@@ -56,11 +62,12 @@ def _first(cards: dict[str, Any], *keys: str) -> Any:
     return None
 
 
-def _ra(value: Any) -> float | None:
-    # A sexagesimal RA string is in hours; a number is in degrees.
-    if isinstance(value, str) and ":" in value:
-        return parse_angle(value, u.hourangle)
-    return parse_angle(value, u.deg)
+def _end(cards: dict[str, Any], start: Time, exptime: float | None) -> str | None:
+    """``DATE-END``/``DATE_END`` if the header has it, else start + exposure time."""
+    end = parse_date(cards, "DATE-END") or parse_date(cards, "DATE_END")
+    if end is None and exptime is not None:
+        end = start + exptime * u.s
+    return end.isot if end is not None else None
 
 
 class GenericTranslator(Translator):
@@ -80,45 +87,61 @@ class GenericTranslator(Translator):
         units = []
         for number, layout in enumerate(sets):
             cards = headers.merged(layout.image.hdu)
-            instrument = _first(cards, "INSTRUME", "TELESCOP")
-            start = parse_time(cards)
+            comments = headers.comments(layout.image.hdu)
+            notes: list[str] = []
+            instrument = instrument_of(cards, notes)
+            start = start_time_of(cards, notes)
             missing = [
                 k
-                for k, v in (("INSTRUME or TELESCOP", instrument), ("DATE-OBS (or MJD-OBS)", start))
+                for k, v in (
+                    ("INSTRUME (or TELESCOP, ORIGIN)", instrument),
+                    ("DATE-OBS (or DATE_OBS, MJD-OBS, DATE)", start),
+                )
                 if v is None
             ]
-            if missing or start is None:
+            if missing or start is None or instrument is None:
                 raise MissingHeaderKeysError(self.name, missing, f"{where}: HDU {layout.image.hdu}")
-            exposure = as_int(_first(cards, "EXPID", "EXPNUM", "OBSNUM", "FRAMENUM"))
-            if exposure is None:
-                exposure = int(start.to_datetime().strftime("%Y%m%d%H%M%S"))
-            detector = as_int(_first(cards, "CCDNUM", "DETECTOR", "CCDCHIP"))
-            physical_filter = str(
-                _first(cards, "FILTER", "FILTER1", "FILTNAM1", "BANDPASS", "EMULSION") or "unknown"
-            ).strip()
-            exptime = as_float(_first(cards, "EXPTIME", "EXPOSURE", "ITIME")) or 0.0
-            observation = Observation(
-                instrument=str(instrument).strip(),
-                exposure=exposure,
-                visit=exposure,
-                detector=detector if detector is not None else number,
-                detector_name=str(_first(cards, "DETPOS", "CCDNAME", "EXTNAME") or number),
-                physical_filter=physical_filter,
-                band=band_of(physical_filter),
-                day_obs=day_obs_of(start, -12.0),
-                exposure_time=exptime,
-                datetime_begin=start.isot,
-                datetime_end=(start + exptime * u.s).isot,
-                tracking_ra=_ra(_first(cards, "RA", "OBJCTRA", "CRVAL1")),
-                tracking_dec=parse_angle(_first(cards, "DEC", "OBJCTDEC", "CRVAL2"), u.deg),
-                obs_id=str(_first(cards, "OBSID", "OBJECT", "PLTLABEL") or exposure),
-                observation_type=str(_first(cards, "IMAGETYP", "OBSTYPE") or "").lower() or None,
-                target_name=str(_first(cards, "OBJECT") or "") or None,
-                telescope=str(_first(cards, "TELESCOP") or "") or None,
-                translator=self.name,
-            )
-            units.append(RawUnit(observation, layout))
+            units.append(self._unit(number, layout, cards, comments, instrument, start, notes))
         return units
+
+    def _unit(
+        self,
+        number: int,
+        layout: PixelLayout,
+        cards: dict[str, Any],
+        comments: dict[str, str],
+        instrument: str,
+        start: Time,
+        notes: list[str],
+    ) -> RawUnit:
+        exposure = as_int(_first(cards, "EXPID", "EXPNUM", "OBSNUM", "FRAMENUM"))
+        if exposure is None:
+            exposure = int(start.to_datetime().strftime("%Y%m%d%H%M%S"))
+        detector = as_int(_first(cards, "CCDNUM", "DETECTOR", "CCDCHIP", "CAMNUM"))
+        physical_filter, band = filter_of(cards, notes)
+        exptime = exposure_time_of(cards, comments, notes)
+        ra, dec = pointing_of(cards, comments, notes)
+        observation = Observation(
+            instrument=instrument,
+            exposure=exposure,
+            visit=exposure,
+            detector=detector if detector is not None else number,
+            detector_name=str(_first(cards, "DETPOS", "CCDNAME", "EXTNAME") or number),
+            physical_filter=physical_filter,
+            band=band,
+            day_obs=day_obs_of(start, day_offset_hours(cards)),
+            exposure_time=exptime,
+            datetime_begin=start.isot,
+            datetime_end=_end(cards, start, exptime),
+            tracking_ra=ra,
+            tracking_dec=dec,
+            obs_id=str(_first(cards, "OBSID", "OBJECT", "PLTLABEL") or exposure),
+            observation_type=str(_first(cards, "IMAGETYP", "OBSTYPE") or "").lower() or None,
+            target_name=str(_first(cards, "OBJECT") or "") or None,
+            telescope=str(_first(cards, "TELESCOP") or "") or None,
+            translator=self.name,
+        )
+        return RawUnit(observation, layout, tuple(notes))
 
     def _plane_sets(self, headers: FileHeaders) -> list[PixelLayout]:
         image = headers.find("IMAGE")

@@ -29,13 +29,7 @@ from butler.translators.base import (
     RawUnit,
     Translator,
 )
-from butler.translators.helpers import (
-    as_float,
-    as_int,
-    band_of,
-    parse_angle,
-    parse_time,
-)
+from butler.translators.helpers import as_float, as_int, band_of, parse_angle, parse_ra, parse_time
 
 __all__ = ["LsstTranslator", "lsstcam_detector"]
 
@@ -108,7 +102,7 @@ class LsstTranslator(Translator):
             exposure_time=exptime,
             datetime_begin=start.isot,
             datetime_end=end.isot if end is not None else (start + exptime * u.s).isot,
-            tracking_ra=parse_angle(cards.get("RA"), u.deg),
+            tracking_ra=parse_ra(cards.get("RA")),
             tracking_dec=parse_angle(cards.get("DEC"), u.deg),
             obs_id=str(cards.get("OBSID") or exposure),
             observation_type=str(cards.get("IMGTYPE") or "").lower() or None,

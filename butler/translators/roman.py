@@ -34,7 +34,13 @@ from butler.translators.base import (
     RawUnit,
     Translator,
 )
-from butler.translators.helpers import as_int, day_obs_of, parse_angle, parse_time
+from butler.translators.helpers import (
+    day_obs_of,
+    parse_angle,
+    parse_ra,
+    parse_time,
+    value_of,
+)
 from butler.translators.mef import planes_by_extver
 
 __all__ = ["ROMAN_DQ_BITS", "RomanTranslator"]
@@ -81,7 +87,7 @@ class RomanTranslator(Translator):
         start = parse_time(cards)
         if start is None:
             raise MissingHeaderKeysError(self.name, ["DATE-OBS"], where)
-        program, visit, number = (as_int(cards[k]) or 0 for k in ("PROGRAM", "VISIT", "EXPOSURE"))
+        program, visit, number = self.require_ints(cards, ("PROGRAM", "VISIT", "EXPOSURE"), where)
         planes = planes_by_extver(headers, "SCI", ("ERR",), ("DQ",))
         if not planes:
             raise MissingHeaderKeysError(self.name, ["EXTNAME = 'SCI'"], where)
@@ -100,8 +106,8 @@ class RomanTranslator(Translator):
             exposure_time=exptime,
             datetime_begin=start.isot,
             datetime_end=(start + exptime * u.s).isot,
-            tracking_ra=parse_angle(cards.get("RA_V1") or cards.get("RA"), u.deg),
-            tracking_dec=parse_angle(cards.get("DEC_V1") or cards.get("DEC"), u.deg),
+            tracking_ra=parse_ra(value_of(cards, "RA_V1", "RA")),
+            tracking_dec=parse_angle(value_of(cards, "DEC_V1", "DEC"), u.deg),
             obs_id=f"{program}-{visit}-{number}",
             observation_type="science",
             target_name=str(cards.get("TARGNAME") or "") or None,

@@ -33,7 +33,14 @@ from butler.translators.base import (
     RawUnit,
     Translator,
 )
-from butler.translators.helpers import as_float, as_int, day_obs_of, parse_angle, parse_time
+from butler.translators.helpers import (
+    as_float,
+    day_obs_of,
+    parse_angle,
+    parse_ra,
+    parse_time,
+    value_of,
+)
 
 __all__ = ["IRAC_MASK_BITS", "IracTranslator"]
 
@@ -71,12 +78,9 @@ class IracTranslator(Translator):
             raise MissingHeaderKeysError(self.name, ["DATE_OBS (or MJD_OBS)"], where)
         if not headers.pixel_hdus():
             raise MissingHeaderKeysError(self.name, ["NAXIS1", "NAXIS2"], where)
-        channel = as_int(cards["CHNLNUM"]) or 0
-        exposure = (
-            (as_int(cards["AORKEY"]) or 0) * 10**8
-            + (as_int(cards["EXPID"]) or 0) * 10**4
-            + (as_int(cards["DCENUM"]) or 0)
-        )
+        (channel,) = self.require_ints(cards, ("CHNLNUM",), where)
+        aorkey, expid, dcenum = self.require_ints(cards, ("AORKEY", "EXPID", "DCENUM"), where)
+        exposure = aorkey * 10**8 + expid * 10**4 + dcenum
         exptime = float(cards["EXPTIME"])
         observation = Observation(
             instrument="IRAC",
@@ -90,8 +94,8 @@ class IracTranslator(Translator):
             exposure_time=exptime,
             datetime_begin=start.isot,
             datetime_end=(start + (as_float(cards.get("FRAMTIME")) or exptime) * u.s).isot,
-            tracking_ra=parse_angle(cards.get("RA_HDR") or cards.get("CRVAL1"), u.deg),
-            tracking_dec=parse_angle(cards.get("DEC_HDR") or cards.get("CRVAL2"), u.deg),
+            tracking_ra=parse_ra(value_of(cards, "RA_HDR", "CRVAL1")),
+            tracking_dec=parse_angle(value_of(cards, "DEC_HDR", "CRVAL2"), u.deg),
             obs_id=f"{cards['AORKEY']}_{cards['EXPID']}_{cards['DCENUM']}",
             observation_type=str(cards.get("EXPTYPE") or "").strip() or None,
             target_name=str(cards.get("OBJECT") or "") or None,
