@@ -9,16 +9,31 @@ import itertools
 
 import pytest
 
-from butler.http.ranges import ByteRange, RangeOutcome, coalesce_ranges, parse_range_header
+from butler.http.bundle import BundleEntry
+from butler.http.conditional import EntityTag
+from butler.http.ranges import (
+    ByteRange,
+    ContentRange,
+    MultipartLayout,
+    RangeOutcome,
+    RangeRequest,
+    RangeSpec,
+    coalesce_ranges,
+    parse_range_header,
+)
 from proxyd.policy.access import (
+    AccessDecision,
+    AuthAnswer,
     AuthDecisionCache,
     AuthEntry,
     AuthOutcome,
     access_decision,
     interpret_auth_response,
 )
-from proxyd.policy.freshness import StoredMeta
+from proxyd.policy.blocks import BlockRun, FetchResult
+from proxyd.policy.freshness import CacheControl, CacheRequest, Decision, StoredMeta
 from proxyd.policy.keys import credential_fingerprint, split_signing_params
+from proxyd.policy.requests import Refusal, RequestLimits, Route
 
 SIGNING = ("X-Amz-*",)
 
@@ -48,6 +63,38 @@ def test_signing_parameters_in_any_order_are_one_credential(params: list[str]) -
     assert None not in prints
     # ... and a different set is a different credential.
     assert fingerprint_of("&".join(params[:-1])) not in prints
+
+
+# Value objects the policy hands between requests, tasks and threads (the auth cache's
+# entries, stored metadata, routes, parsed ranges): one holder must never change what another
+# holds, so each must refuse assignment.
+VALUE_CLASSES = [
+    AccessDecision,
+    AuthAnswer,
+    AuthEntry,
+    BlockRun,
+    BundleEntry,
+    ByteRange,
+    CacheControl,
+    CacheRequest,
+    ContentRange,
+    Decision,
+    EntityTag,
+    FetchResult,
+    MultipartLayout,
+    RangeRequest,
+    RangeSpec,
+    Refusal,
+    RequestLimits,
+    Route,
+    StoredMeta,
+]
+
+
+@pytest.mark.parametrize("cls", VALUE_CLASSES, ids=lambda c: c.__name__)
+def test_policy_values_are_immutable(cls: type) -> None:
+    assert dataclasses.is_dataclass(cls)
+    assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
 
 
 def test_auth_decisions_cannot_be_changed_once_cached() -> None:
@@ -86,6 +133,35 @@ def test_auth_answers_at_status_class_edges(status: int, outcome: AuthOutcome) -
     assert (answer.entry is not None and answer.entry.allowed) is (outcome is AuthOutcome.ALLOWED)
 
 
+def stored_with(**fields: str) -> StoredMeta:
+    return StoredMeta.from_response(
+        200,
+        list(fields.items()),
+        request_time=0.0,
+        response_time=0.0,
+        requires_authorization=True,
+    )
+
+
+DAY1, DAY2 = "Sun, 06 Dec 2026 10:00:00 GMT", "Mon, 07 Dec 2026 10:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("stored", "answered", "outcome"),
+    [
+        ({"Last-Modified": DAY1}, {"Last-Modified": DAY1}, AuthOutcome.ALLOWED),
+        ({"Last-Modified": DAY1}, {"Last-Modified": DAY2}, AuthOutcome.CHANGED),
+        ({"ETag": '"v1"'}, {"Last-Modified": DAY1}, AuthOutcome.CHANGED),  # nothing to compare
+        ({"Last-Modified": DAY1}, {}, AuthOutcome.CHANGED),  # no validator: cannot be the same
+    ],
+)
+def test_a_2xx_without_etag_is_the_stored_version_only_by_its_date(
+    stored: dict[str, str], answered: dict[str, str], outcome: AuthOutcome
+) -> None:
+    answer = interpret_auth_response(stored_with(**stored), 200, answered, 1.0)
+    assert answer.outcome is outcome, answer.reason
+
+
 @pytest.mark.parametrize(("credential", "who"), [(None, "anonymous client"), ("c", "credential")])
 def test_access_reasons_name_who_asked(credential: str | None, who: str) -> None:
     """The reason (logged, and shown in a denial) says whether the client had credentials."""
@@ -120,6 +196,12 @@ def test_unordered_ranges_exactly_the_small_size_are_not_small() -> None:
     assert at_size.outcome is RangeOutcome.SATISFIABLE
     above = parse_range_header(value, 1000, small_range_bytes=11, max_small_unordered=1)
     assert above.outcome is RangeOutcome.REJECTED
+
+
+def test_the_default_coalescing_gap_is_the_rfcs_80_bytes() -> None:
+    """RFC 9110 §14.6 names ~80 bytes as a part's overhead: gaps shorter than that merge."""
+    assert len(coalesce_ranges([ByteRange(0, 9), ByteRange(90, 99)])) == 2
+    assert coalesce_ranges([ByteRange(0, 9), ByteRange(89, 99)]) == (ByteRange(0, 99),)
 
 
 def test_ranges_are_coalesced_across_gaps_shorter_than_the_gap() -> None:

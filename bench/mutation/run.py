@@ -16,7 +16,8 @@ resumes where it stopped.
 
 Mutants that cannot change behaviour by construction are skipped before running: those inside
 type annotations (``from __future__ import annotations`` keeps them unevaluated), docstrings,
-``if TYPE_CHECKING:`` blocks, ``__all__`` and lines marked ``# pragma: no mutate``. Of
+``if TYPE_CHECKING:`` blocks, ``__all__``, ``slots=`` of frozen dataclasses, the bare ``*``
+of parameter lists and lines marked ``# pragma: no mutate``. Of
 cosmic-ray's operator swaps, the ones kept are those a slip of the hand makes (``+``/``-``,
 ``*``/``/``, ``//``/``/``, ``<<``/``>>``, ``&``/``|``, ``<``/``<=``, ``==``/``!=``,
 ``is``/``is not``, ``in``/``not in``, ...): cosmic-ray's full cross product (every operator
@@ -196,6 +197,15 @@ def swap_kept(operator: str) -> bool:
     return True
 
 
+def bare_star(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> bool:
+    """Whether the span is the keyword-only marker ``*`` of a parameter list, which
+    cosmic-ray mutates as if it were a product (into ``/``: the same calls still work)."""
+    if start[0] != end[0]:
+        return False
+    line = lines[start[0] - 1]
+    return line[start[1] : end[1]] == "*" and line[end[1] :].lstrip().startswith((",", ")"))
+
+
 def inside(start: tuple[int, int], end: tuple[int, int], spans: list[Span]) -> bool:
     return any(s <= start and end <= e for s, e in spans)
 
@@ -218,7 +228,7 @@ def skip_inert_mutants(session: Path, tree: Path) -> int:
                 spans, lines = cache[path]
                 start, end = tuple(mutation.start_pos), tuple(mutation.end_pos)
                 marked = "pragma: no mutate" in lines[end[0] - 1]
-                inert = inside(start, end, spans)  # type: ignore[arg-type]
+                inert = inside(start, end, spans) or bare_star(lines, start, end)  # type: ignore[arg-type]
                 if marked or inert or not swap_kept(mutation.operator_name):
                     db.set_result(
                         item.job_id,
