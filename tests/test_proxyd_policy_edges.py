@@ -33,7 +33,7 @@ from proxyd.policy.access import (
 from proxyd.policy.blocks import BlockRun, FetchResult
 from proxyd.policy.freshness import CacheControl, CacheRequest, Decision, StoredMeta
 from proxyd.policy.keys import credential_fingerprint, split_signing_params
-from proxyd.policy.requests import Refusal, RequestLimits, Route
+from proxyd.policy.requests import Refusal, RequestLimits, Route, route
 
 SIGNING = ("X-Amz-*",)
 
@@ -220,3 +220,37 @@ def test_positions_of_up_to_32_digits_are_read() -> None:
     assert read.outcome is RangeOutcome.SATISFIABLE
     assert read.ranges == (ByteRange(10, 99),)
     assert parse_range_header("bytes=10-" + "9" * 33, 100).outcome is RangeOutcome.IGNORE
+
+
+# -- more Range and request-header edges -------------------------------------------------------
+
+
+def test_ranges_with_equal_starts_are_in_ascending_order() -> None:
+    """Non-decreasing starts are ascending order: only a range that starts *before* the one
+    listed ahead of it makes the set unordered."""
+    same_start = parse_range_header("bytes=0-9,0-19", 100, max_small_unordered=0)
+    assert same_start.outcome is RangeOutcome.SATISFIABLE
+    descending = parse_range_header("bytes=10-19,0-9", 100, max_small_unordered=1)
+    assert descending.outcome is RangeOutcome.REJECTED
+    # The third range is out of order with the second, not the first.
+    later = parse_range_header("bytes=0-9,50-59,20-29", 100, max_small_unordered=2)
+    assert later.outcome is RangeOutcome.REJECTED
+
+
+@pytest.mark.parametrize("value", ["bytes", "=0-9", "bytes 0-9"])
+def test_a_range_header_without_unit_and_equals_says_so(value: str) -> None:
+    parsed = parse_range_header(value, 100)
+    assert parsed.outcome is RangeOutcome.IGNORE
+    assert parsed.reason == "Range header is not of the form unit=range-set"
+
+
+@pytest.mark.parametrize("bad", ["a\rb", "a\nb", "a\0b", "a\r\nb"])
+def test_header_values_with_cr_lf_or_nul_are_refused(bad: str) -> None:
+    """Each of CR, LF and NUL alone splits or ends a field at some server behind the proxy
+    (request smuggling, RFC 9110 §5.5): any one is enough to refuse the request."""
+    limits = RequestLimits()
+    refused = route(
+        "GET", "/o/x", [("X-Test", bad)], {"o": "http://127.0.0.1:1/"}, limits, signing_params=()
+    )
+    assert isinstance(refused, Refusal)
+    assert refused.status == 400
