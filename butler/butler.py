@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from butler.errors import ButlerError, DatasetNotFoundError
+from butler.errors import DatasetNotFoundError
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry
 from butler.io.source import ByteSource, RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
@@ -72,23 +72,71 @@ def as_collection_list(collections: Collections) -> list[str] | None:
     return list(collections)
 
 
-def memmap_hdu(path: Path, file: FileInfo, hdu: str | int) -> np.memmap[Any, Any]:
-    """Map exactly one uncompressed FITS image HDU of a local file, using its offset index."""
-    entry = file.hdu(hdu)
-    if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
-        raise ButlerError(
-            f"HDU {hdu!r} of {file.path} is a {entry.get('kind')} without plain pixels; "
-            "only uncompressed image HDUs can be memory-mapped"
+def memmap_entry(file: FileInfo, hdu: str | int | None, raw: bool = False) -> dict[str, Any]:
+    """The offset-index entry of the HDU :meth:`Butler.memmap` maps, once it is sure that the
+    map gives what ``get()`` gives.
+
+    ``hdu=None`` is the HDU holding the pixels ``get()`` reads (``IMAGE`` in the LSST
+    layout, the ingest-recorded one for raws, else ``SCI`` or the first HDU with pixels).
+    A map holds the stored values: for data with BZERO/BSCALE (unsigned integers stored as
+    BZERO = 32768 too) or an integer BLANK they differ from ``get()``'s, so they are refused
+    unless ``raw=True`` asks for the stored values.
+    """
+    from butler.errors import UnsupportedParameterError
+    from butler.formatters.fits_image import _Layout, describe_hdus, select_hdu
+
+    if file.index.get("format") != "fits" or not file.index.get("hdus"):
+        raise UnsupportedParameterError(
+            f"{file.path} is not a FITS file with an offset index; memmap maps FITS image "
+            "HDUs (use get_local_path() and numpy.memmap/numpy.load for other files)"
         )
+    if hdu is None:
+        entry = dict(_Layout.of(file.index, file.path).image)
+    else:
+        entry = dict(select_hdu(file.index, hdu, file.path))
+    where = f"HDU {entry['index']} ({entry['name'] or 'unnamed'}) of {file.path}"
+    if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
+        raise UnsupportedParameterError(
+            f"{where} is a {entry.get('kind')} HDU without plain pixels; only uncompressed "
+            f"image HDUs can be memory-mapped (the file's HDUs: {describe_hdus(file.index)}). "
+            "Read it with get(..., parameters={'hdu': ...}), lazily with {'lazy': True}"
+        )
+    scaling = {
+        key.upper(): entry[key]
+        for key in ("bscale", "bzero", "blank")
+        if key in entry and not (key == "blank" and entry["dtype"].lstrip("<>=").startswith("f"))
+    }
+    if scaling and not raw:
+        cards = ", ".join(f"{k} = {v}" for k, v in scaling.items())
+        raise UnsupportedParameterError(
+            f"{where} is stored scaled ({cards}): a memory map would give the stored integers, "
+            "not the values get() gives (value = BZERO + BSCALE * stored, BLANK -> NaN). Pass "
+            "raw=True to map the stored values and apply BZERO/BSCALE yourself, or read "
+            "the scaled values lazily without loading them: "
+            "get(..., parameters={'lazy': True})"
+        )
+    return entry
+
+
+def map_hdu(path: Path, entry: Mapping[str, Any], offset: int) -> np.memmap[Any, Any]:
+    """A read-only map of an HDU's pixels, found at ``offset`` in the file at ``path``."""
     import numpy as np  # here: numpy costs a command-line tool's start ~0.07 s
 
     return np.memmap(
         path,
         dtype=np.dtype(entry["dtype"]),
         mode="r",
-        offset=int(entry["data_offset"]),
+        offset=offset,
         shape=tuple(entry["shape"]),
     )
+
+
+def memmap_hdu(
+    path: Path, file: FileInfo, hdu: str | int | None, raw: bool = False
+) -> np.memmap[Any, Any]:
+    """Map exactly one uncompressed FITS image HDU of a local file, using its offset index."""
+    entry = memmap_entry(file, hdu, raw)
+    return map_hdu(path, entry, int(entry["data_offset"]))
 
 
 class _ButlerFactory(type):
@@ -195,6 +243,13 @@ class Butler(metaclass=_ButlerFactory):
     def _file_present(self, file: FileInfo) -> bool:
         """Whether the file of a registered dataset can be read."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _file_present")
+
+    def _local_hdu(
+        self, ref: DatasetRef, file: FileInfo, entry: Mapping[str, Any]
+    ) -> tuple[Path, int]:
+        """A local file holding the data bytes of one HDU, and where they start in it: the
+        whole file here; a remote butler overrides it to fetch just those bytes."""
+        return self._local_file(ref, file), int(entry["data_offset"])
 
     # -- reading (shared by every backend) ------------------------------------------------
 
@@ -330,13 +385,22 @@ class Butler(metaclass=_ButlerFactory):
         dataset_type_or_ref: DatasetLike,
         data_id: Mapping[str, Any] | None = None,
         *,
-        hdu: str | int = "IMAGE",
+        hdu: str | int | None = None,
+        raw: bool = False,
         collections: Collections = None,
         **kwargs: Any,
     ) -> np.memmap[Any, Any]:
-        """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy)."""
+        """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy).
+
+        ``hdu`` (EXTNAME or position) defaults to the HDU whose pixels ``get()`` reads.
+        Scaled data (BZERO/BSCALE, integer BLANK) is refused unless ``raw=True``: a map
+        holds stored values, and memmap never gives numbers that differ from ``get()``'s.
+        A remote butler fetches only that HDU's data bytes into its local cache.
+        """
         ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return memmap_hdu(self._local_file(ref, file), file, hdu)
+        entry = memmap_entry(file, hdu, raw)
+        path, offset = self._local_hdu(ref, file, entry)
+        return map_hdu(path, entry, offset)
 
     # -- the rest of the interface --------------------------------------------------------
 

@@ -114,6 +114,14 @@ class Staging:
     def add(self, dataset_id: uuid.UUID, staged: Path, final_relative: str) -> None:
         self.files.append(StagedFile(dataset_id, staged, self.root / final_relative))
 
+    def staged_path(self, dataset_id: uuid.UUID) -> Path | None:
+        """The staged file of a dataset this transaction wrote, for reads inside it (read
+        your own writes); None if it wrote no file for that dataset."""
+        for staged in reversed(self.files):  # the newest first: reads follow writes
+            if staged.dataset_id == dataset_id:
+                return staged.staged
+        return None
+
     def discard(self, dataset_id: uuid.UUID) -> None:
         """Forget a staged file (its put failed) and delete it."""
         for staged in [s for s in self.files if s.dataset_id == dataset_id]:

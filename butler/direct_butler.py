@@ -22,6 +22,7 @@ from butler.datastore import (
 from butler.errors import (
     AmbiguousDatasetError,
     ButlerError,
+    ConflictingDefinitionError,
     CorruptFileError,
     DatasetNotFoundError,
     ReadOnlyRepositoryError,
@@ -115,8 +116,9 @@ class DirectButler(Butler):
             # their staging lock and are left alone.
             recover_stale_staging(self.root, self.registry.existing_ids)
         if run is not None:
-            with self.transaction():
-                self.registry.register_run(run)
+            # Checked now, created by the first write: a butler opened to write that never
+            # commits (its transaction failed or was killed) leaves no empty RUN behind.
+            self._check_run(run)
 
     # -- creation and lifecycle -----------------------------------------------------------
 
@@ -183,6 +185,13 @@ class DirectButler(Butler):
         Files are staged and moved into place just before the single SQLite commit; an
         exception rolls both back. Nested calls form savepoints: an exception caught inside
         the outer block undoes only the inner one.
+
+        Reads inside see the transaction's own writes (``get``, ``open``, ``get_local_path``,
+        ``memmap``, ``exists``, queries): its uncommitted registry rows through its own
+        SQLite connection, and its files where they are staged. Other butlers and processes
+        see none of it until the commit. A process killed at any point leaves nothing the
+        next writeable open does not undo (see :mod:`butler.datastore`); the RUN a butler
+        was opened with is created by its first write, inside that write's transaction.
         """
         self._check_writeable()
         if self._txn is not None:
@@ -213,6 +222,15 @@ class DirectButler(Butler):
             self._txn = None
             if txn.staging is not None:
                 txn.staging.finish(committed, self.registry.existing_ids)
+
+    def _check_run(self, run: str) -> None:
+        """Refuse a ``run`` that could never be written to (a bad name, a CHAINED one)."""
+        Registry._check_collection_name(run)
+        kind = self.registry.collection_type(run, missing_ok=True)
+        if kind not in (None, "RUN"):
+            raise ConflictingDefinitionError(
+                f"cannot write to run {run!r}: that collection exists and is {kind}"
+            )
 
     def _staging(self) -> Staging:
         assert self._txn is not None
@@ -287,6 +305,14 @@ class DirectButler(Butler):
         names = as_collection_list(collections) or self.collections
         if names is None:
             return [], self.registry.all_runs()
+        if self.run in names and self.registry.collection_type(self.run, missing_ok=True) is None:
+            # The butler's own RUN is created by its first write; until then it is searched
+            # as an empty RUN (its name matches no row) in its place in the search order.
+            runs: list[str] = []
+            for name in names:
+                flat = [name] if name == self.run else self.registry.flatten([name])
+                runs += [r for r in flat if r not in runs]
+            return names, runs
         return names, self.registry.flatten(names)
 
     def _resolve(
@@ -331,8 +357,23 @@ class DirectButler(Butler):
             raise DatasetNotFoundError.for_search(name, coordinate, names)
         return found[0].make_component_ref(component), found[1]
 
+    def _stored_path(self, file: FileInfo) -> Path:
+        """Where a dataset's bytes are now: its staged file while the transaction that wrote
+        it is open (read your own writes), else its place in the datastore.
+
+        Staged files live in this transaction's locked ``.staging`` directory and their
+        registry rows are uncommitted, so no other butler or process can see either until
+        the commit moves them into place.
+        """
+        staging = self._txn.staging if self._txn is not None else None
+        if staging is not None:
+            staged = staging.staged_path(file.dataset_id)
+            if staged is not None:
+                return staged
+        return self.root / file.path
+
     def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
-        path = self.root / file.path
+        path = self._stored_path(file)
         try:
             return LocalFileSource(path)
         except FileNotFoundError:
@@ -341,11 +382,13 @@ class DirectButler(Butler):
             ) from None
 
     def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
-        return self.root / file.path
+        # Inside the writing transaction, the staged file: valid until the transaction ends
+        # (a commit renames it into place, so an open descriptor or memory map stays valid).
+        return self._stored_path(file)
 
     def _file_present(self, file: FileInfo) -> bool:
         try:
-            check_file(self.root / file.path, file.size)
+            check_file(self._stored_path(file), file.size)
         except CorruptFileError:
             return False
         return True
@@ -374,7 +417,7 @@ class DirectButler(Butler):
         for ref in refs:
             _, file = self._resolve(ref, None, None, {})
             try:
-                check_file(self.root / file.path, file.size, file.checksum)
+                check_file(self._stored_path(file), file.size, file.checksum)
             except CorruptFileError as exc:
                 problems.append((ref, str(exc)))
         return problems

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -217,6 +217,17 @@ def _as_wcs(wcs: Any) -> WCS | None:
     raise StorageClassError(f"Image.wcs must be an astropy.wcs.WCS or None, got {wcs!r}.")
 
 
+def _is_lazy_array(obj: Any) -> bool:
+    """A dask array (what ``get(..., parameters={"lazy": True})`` gives): computed on demand,
+    so it is kept as it is rather than turned into a numpy array (which would read it all)."""
+    return type(obj).__module__.startswith("dask.")
+
+
+def _as_array(obj: Any) -> npt.NDArray[Any]:
+    # A dask array is typed as the numpy array it stands for: it has the same interface.
+    return cast("npt.NDArray[Any]", obj) if _is_lazy_array(obj) else np.asarray(obj)
+
+
 def _as_variance(
     variance: Any, uncertainty: Any, shape: tuple[int, ...], dtype: np.dtype[Any]
 ) -> npt.NDArray[np.floating[Any]]:
@@ -227,7 +238,7 @@ def _as_variance(
     if variance is None:
         float_dtype = np.float64 if dtype == np.float64 else np.float32
         return np.full(shape, np.nan, dtype=float_dtype)
-    var = np.asarray(variance)
+    var = _as_array(variance)
     if var.shape != shape:
         raise StorageClassError(f"variance has shape {var.shape}, the image has shape {shape}.")
     if var.dtype.kind != "f":
@@ -255,9 +266,13 @@ def _uncertainty_to_variance(uncertainty: Any) -> npt.NDArray[Any]:
 def _as_mask(mask: Any, shape: tuple[int, ...], bad_bit: int) -> npt.NDArray[np.int32]:
     if mask is None:
         return np.zeros(shape, dtype=np.int32)
-    arr = np.asarray(mask)
+    arr = _as_array(mask)
     if arr.shape != shape:
         raise StorageClassError(f"mask has shape {arr.shape}, the image has shape {shape}.")
+    if _is_lazy_array(arr):
+        if arr.dtype != np.int32:
+            raise StorageClassError(f"a lazy mask must hold int32 bit planes, not {arr.dtype}.")
+        return arr
     if arr.dtype == np.bool_:
         # A boolean mask (CCDData's convention) says "bad" and nothing more.
         return np.where(arr, np.int32(1 << bad_bit), np.int32(0)).astype(np.int32)
@@ -337,7 +352,7 @@ class Image(NDSlicingMixin, NDData):  # type: ignore[misc]  # astropy is untyped
             if unit is None:
                 unit = data.unit
             data = data.to_value(unit)
-        arr = np.asarray(data)
+        arr = _as_array(data)
         if arr.ndim != 2:
             raise StorageClassError(f"Image data must be 2-D, got shape {arr.shape}.")
         if arr.dtype.kind not in "iuf":
@@ -353,7 +368,7 @@ class Image(NDSlicingMixin, NDData):  # type: ignore[misc]  # astropy is untyped
             raise TypeError("Give either header or meta (they are the same thing), not both.")
         planes = _check_planes(DEFAULT_MASK_PLANES if mask_planes is None else mask_planes)
         var = _as_variance(variance, uncertainty, arr.shape, arr.dtype)
-        if mask is not None and np.asarray(mask).dtype == np.bool_ and "BAD" not in planes:
+        if mask is not None and _as_array(mask).dtype == np.bool_ and "BAD" not in planes:
             # A boolean mask means "bad"; give it a plane so mask_of("BAD") finds it.
             planes["BAD"] = min(set(range(_MAX_MASK_BIT + 1)) - set(planes.values()))
         int_mask = _as_mask(mask, arr.shape, planes.get("BAD", 0))
@@ -372,8 +387,9 @@ class Image(NDSlicingMixin, NDData):  # type: ignore[misc]  # astropy is untyped
 
     @property
     def variance(self) -> npt.NDArray[Any]:
-        """Per-pixel variance (the array of the ``VarianceUncertainty`` in ``uncertainty``)."""
-        return np.asarray(self.uncertainty.array)
+        """Per-pixel variance (the array of the ``VarianceUncertainty`` in ``uncertainty``;
+        a dask array for a lazily read image)."""
+        return _as_array(self.uncertainty.array)
 
     @variance.setter
     def variance(self, value: Any) -> None:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +49,12 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
-from butler.errors import CorruptFileError, StorageClassError, UnsupportedParameterError
+from butler.errors import (
+    ButlerError,
+    CorruptFileError,
+    StorageClassError,
+    UnsupportedParameterError,
+)
 from butler.formatters.base import FileIndex, Formatter
 from butler.formatters.fits_index import (
     apply_scaling,
@@ -65,7 +72,7 @@ from butler.formatters.fits_index import (
 from butler.formatters.planes import common_mask, estimate_variance, to_variance
 from butler.formatters.sky import parse_sky, sky_box
 from butler.image import DEFAULT_MASK_PLANES, Box, Image, as_box
-from butler.io.source import ByteRange, ByteSource, merge_ranges
+from butler.io.source import ByteRange, ByteSource, LocalFileSource, merge_ranges
 
 __all__ = ["CompressedFitsImageFormatter", "FitsImageFormatter"]
 
@@ -555,7 +562,7 @@ class FitsImageFormatter(Formatter):
     components: ClassVar[frozenset[str]] = frozenset(
         {"image", "variance", "mask", "wcs", "metadata", "obsinfo"}
     )
-    parameters: ClassVar[frozenset[str]] = frozenset({"bbox", "sky"})
+    parameters: ClassVar[frozenset[str]] = frozenset({"bbox", "sky", "hdu", "lazy"})
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -623,9 +630,40 @@ class FitsImageFormatter(Formatter):
             )
         region = parse_sky(params["sky"]) if params.get("sky") is not None else None
         idx = ensure_index(source, index)
+        if params.get("hdu") is not None:
+            if region is not None:
+                raise UnsupportedParameterError(
+                    "parameter 'sky' reads the dataset's image; with 'hdu' give a pixel 'bbox'"
+                )
+            hdu = select_hdu(idx, params["hdu"], source.name)
+            return read_extension(source, hdu, component, params)
         if component == "obsinfo":
             return self._obsinfo(source, idx)
         layout = _Layout.of(idx, source.name)
+        if _is_lazy(params):
+            if region is not None:
+                raise UnsupportedParameterError(
+                    "parameter 'sky' is not supported with 'lazy'; give a pixel 'bbox' (or "
+                    "slice the lazy image)"
+                )
+            return self._read_lazy(source, layout, component, params)
+        try:
+            return self._read_planes(source, layout, component, params, region)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, see below
+            if not _out_of_memory(exc):
+                raise
+        # Explained out here: inside the handler, the traceback would still hold the arrays
+        # already read, and the explanation itself could not be allocated.
+        raise MemoryError(_too_large(source.name, layout))
+
+    def _read_planes(
+        self,
+        source: ByteSource,
+        layout: _Layout,
+        component: str | None,
+        params: Mapping[str, Any],
+        region: Any,
+    ) -> Any:
         where = f"{source.name}: HDU {layout.image['index']}"
 
         known: dict[str, fits.Header] = {}
@@ -673,7 +711,7 @@ class FitsImageFormatter(Formatter):
         headers.update(known)
 
         if component == "metadata":
-            return _metadata_header(headers["metadata"])
+            return self._metadata(source, layout, headers)
         wcs = None
         unit = None
         if "image" in headers:
@@ -699,7 +737,118 @@ class FitsImageFormatter(Formatter):
             mask_planes=planes,
             wcs=wcs,
             unit=unit,
-            header=_metadata_header(headers["metadata"]),
+            header=self._metadata(source, layout, headers),
+        )
+
+    @staticmethod
+    def _metadata(
+        source: ByteSource, layout: _Layout, headers: Mapping[str, fits.Header]
+    ) -> fits.Header:
+        """The observation metadata: the metadata HDU's header, with its structural cards
+        dropped. A tile-compressed metadata HDU is described by the image header astropy
+        reconstructs from it (not the binary table's ZIMAGE/TFORM cards); a PRIMARY HDU
+        that holds nothing but comments (fpack's, say) gives way to the image's header,
+        which is where such files keep the observation (not in the LSST layout, whose
+        PRIMARY is the metadata even when it is empty)."""
+        header = headers["metadata"]
+        hdu = layout.primary
+        if hdu["kind"] == "compimage":
+            return image_header(hdu, header)
+        if hdu is not layout.image and not layout.mask_is_lsst and _only_structure(header):
+            image_hdr = headers.get("image")
+            if image_hdr is None:
+                image_hdr = read_header(source, layout.image)
+            return image_header(layout.image, image_hdr)
+        return _metadata_header(header)
+
+    def _read_lazy(
+        self,
+        source: ByteSource,
+        layout: _Layout,
+        component: str | None,
+        params: Mapping[str, Any],
+    ) -> Any:
+        """The Image (or a component) with dask arrays as planes: headers are read now,
+        pixels chunk by chunk when computed (see :func:`lazy_plane`)."""
+        import dask.array as da
+
+        box = (
+            as_box(params["bbox"], layout.shape)
+            if params.get("bbox") is not None
+            else Box(0, 0, *layout.shape[::-1])
+        )
+        if component in ("metadata", "wcs"):
+            return self._read_planes(source, layout, component, params, None)
+        arrays: dict[str, Any] = {}
+        for plane, hdu in (
+            ("image", layout.image),
+            ("mask", layout.mask),
+            ("variance", layout.variance),
+        ):
+            if hdu is not None and component in (None, plane, "variance"):
+                arrays[plane] = lazy_plane(source, hdu, layout.shape, box)
+        if component == "image":
+            return arrays["image"]
+        variance = self._lazy_variance(layout, arrays, box)
+        if component == "variance":
+            return variance
+        stored_mask = arrays.get("mask")
+        mask_header = (
+            read_header(source, layout.mask)
+            if layout.mask is not None and layout.mask_is_lsst
+            else None
+        )
+        if stored_mask is None:
+            mask, planes = da.zeros(box.shape, dtype=np.int32, chunks=arrays["image"].chunks), None
+        else:
+            _, planes = self._mask(layout, np.zeros((1, 1), np.int32), mask_header, box)
+
+            def to_mask(block: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+                return self._mask(layout, block, mask_header, box)[0]
+
+            mask = stored_mask.map_blocks(to_mask, dtype=np.int32)
+        if component == "mask":
+            return mask
+        request = _Request(headers={"metadata": layout.primary, "image": layout.image})
+        if layout.primary is layout.image:
+            del request.headers["image"]  # a single-HDU file: one header for both
+        headers = request.run(source)[0]
+        headers.setdefault("image", headers["metadata"])
+        img_header = image_header(layout.image, headers["image"])
+        where = f"{source.name}: HDU {layout.image['index']}"
+        wcs = wcs_from_header(img_header, where)
+        if wcs is not None and params.get("bbox") is not None:
+            wcs = _shift_wcs(wcs, box)
+        unit = _parse_unit((layout.raw or {}).get("unit") or img_header.get("BUNIT"), where)
+        return Image(
+            arrays["image"],
+            variance=variance,
+            mask=mask,
+            mask_planes=planes,
+            wcs=wcs,
+            unit=unit,
+            header=self._metadata(source, layout, headers),
+        )
+
+    @staticmethod
+    def _lazy_variance(layout: _Layout, arrays: Mapping[str, Any], box: Box) -> Any:
+        import dask.array as da
+
+        stored = arrays.get("variance")
+        kind = layout.variance_kind
+        if stored is not None:
+            dtype = to_variance(np.zeros(0, stored.dtype), kind).dtype
+            return stored.map_blocks(lambda block: to_variance(block, kind), dtype=dtype)
+        raw = layout.raw or {}
+        image = arrays["image"]
+        if raw.get("gain") is not None:
+            gain, noise, bias = raw["gain"], raw.get("read_noise"), float(raw.get("bias") or 0)
+            dtype = estimate_variance(np.zeros(0, image.dtype), gain, noise, bias).dtype
+            return image.map_blocks(
+                lambda block: estimate_variance(block, gain, noise, bias), dtype=dtype
+            )
+        return da.full(  # type: ignore[no-untyped-call]
+            box.shape, np.nan, dtype=np.float32, chunks=image.chunks
         )
 
     @staticmethod
@@ -760,6 +909,241 @@ class FitsImageFormatter(Formatter):
         image = _Layout.of(index, source.name).image["index"]
         unit = next((u for u in units if u.layout.image.hdu == image), units[0])
         return unit.observation.to_dict()
+
+
+# ----------------------------------------------------------------------------------------
+# Any HDU, lazy planes, reads too large for memory
+
+
+def describe_hdus(index: Mapping[str, Any]) -> str:
+    return ", ".join(f"{h['index']}:{h['name'] or '?'}({h['kind']})" for h in index["hdus"])
+
+
+def select_hdu(index: Mapping[str, Any], selector: Any, name: str) -> Mapping[str, Any]:
+    """The HDU a ``hdu`` parameter names: a position, an EXTNAME or ``(EXTNAME, EXTVER)``."""
+    hdus = index["hdus"]
+    found: Mapping[str, Any] | None = None
+    if isinstance(selector, int | np.integer) and not isinstance(selector, bool):
+        found = hdus[int(selector)] if 0 <= int(selector) < len(hdus) else None
+    elif isinstance(selector, str):
+        found = find_hdu(index, selector.strip())
+    elif (
+        isinstance(selector, tuple)
+        and len(selector) == 2
+        and isinstance(selector[0], str)
+        and isinstance(selector[1], int)
+    ):
+        found = find_hdu(index, selector[0].strip(), ver=selector[1])
+    else:
+        raise UnsupportedParameterError(
+            f"parameter 'hdu' is an HDU position (int), an EXTNAME (str) or (EXTNAME, EXTVER); "
+            f"got {selector!r}"
+        )
+    if found is None:
+        raise UnsupportedParameterError(
+            f"{name}: no HDU {selector!r}; the file's HDUs are {describe_hdus(index)}"
+        )
+    return found
+
+
+def read_extension(
+    source: ByteSource,
+    hdu: Mapping[str, Any],
+    component: str | None,
+    params: Mapping[str, Any],
+) -> Any:
+    """One HDU of a FITS file, whatever the dataset's storage class: a table extension as an
+    astropy ``Table``, an image extension as a (scaled) array, its header as ``metadata``.
+    Only that HDU's bytes are read (located by the offset index)."""
+    where = f"{source.name}: HDU {hdu['index']} ({hdu['name'] or 'unnamed'})"
+    if component == "metadata":
+        return image_header(hdu, read_header(source, hdu))
+    if component is not None:
+        raise UnsupportedParameterError(
+            f"with parameter 'hdu' the only component is 'metadata' (the HDU's header), "
+            f"not {component!r}"
+        )
+    if hdu["kind"] in ("bintable", "table"):
+        if params.get("bbox") is not None or _is_lazy(params):
+            raise UnsupportedParameterError(
+                f"{where} is a table: 'bbox' and 'lazy' apply to images (use 'columns')"
+            )
+        from butler.formatters.fits_table import read_table_hdu
+
+        return read_table_hdu(source, hdu, params.get("columns"))
+    if not is_image_hdu(hdu):
+        raise UnsupportedParameterError(
+            f"{where} holds no pixels and no table (a {hdu['kind']} HDU with shape "
+            f"{hdu.get('shape')}); read its header with the 'metadata' component"
+        )
+    if hdu["kind"] != "compimage" and len(hdu["shape"]) != 2 and params.get("bbox") is None:
+        # A cube (or a 1-D spectrum): all of its data bytes, scaled; no bbox, not lazy.
+        if _is_lazy(params):
+            raise UnsupportedParameterError(f"{where} has shape {hdu['shape']}; 'lazy' is 2-D")
+        size = math.prod(hdu["shape"]) * np.dtype(hdu["dtype"]).itemsize
+        return decode_image(source.read(int(hdu["data_offset"]), size), hdu, hdu["shape"])
+    shape = _two_d(hdu["shape"], where)
+    box = (
+        as_box(params["bbox"], shape) if params.get("bbox") is not None else Box(0, 0, *shape[::-1])
+    )
+    if _is_lazy(params):
+        return lazy_plane(source, hdu, shape, box)
+    try:
+        return read_box(source, hdu, shape, box)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, see below
+        if not _out_of_memory(exc):
+            raise
+    raise MemoryError(_too_large(where, None, hdu))
+
+
+def read_box(
+    source: ByteSource, hdu: Mapping[str, Any], shape: tuple[int, int], box: Box
+) -> npt.NDArray[Any]:
+    """The scaled pixels of ``box`` in one image HDU (plain or tile-compressed)."""
+    request = _Request()
+    request.planes["pixels"] = _pixels(hdu, shape, box)
+    pixels: npt.NDArray[Any] = request.run(source)[1]["pixels"]
+    return pixels
+
+
+def _is_lazy(params: Mapping[str, Any]) -> bool:
+    lazy = params.get("lazy", False)
+    if not isinstance(lazy, bool | np.bool_):
+        raise UnsupportedParameterError(f"parameter 'lazy' is True or False, not {lazy!r}")
+    return bool(lazy)
+
+
+def _only_structure(header: fits.Header) -> bool:
+    """True for a header with nothing but structure and commentary (an empty PRIMARY)."""
+    return all(_STRUCTURAL.match(key) or key in ("COMMENT", "HISTORY", "") for key in header)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """True for a MemoryError, or an error caused by one: a remote read that runs out of
+    memory in the event loop may surface as the HTTP client's payload error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _scaled_dtype(hdu: Mapping[str, Any]) -> np.dtype[Any]:
+    """The dtype of an image HDU's pixels once BSCALE/BZERO/BLANK are applied."""
+    return apply_scaling(np.zeros(0, np.dtype(hdu["dtype"])), hdu).dtype
+
+
+def _plane_bytes(hdu: Mapping[str, Any]) -> int:
+    return int(math.prod(hdu["shape"])) * _scaled_dtype(hdu).itemsize
+
+
+def _too_large(name: str, layout: _Layout | None, hdu: Mapping[str, Any] | None = None) -> str:
+    """What a MemoryError means for a whole-dataset read, and what to do instead."""
+    if layout is not None:
+        # get() makes all three planes, whether the file stores them or not.
+        pixels = math.prod(layout.shape)
+        variance = (
+            to_variance(np.zeros(0, _scaled_dtype(layout.variance)), layout.variance_kind)
+            if layout.variance is not None
+            else np.zeros(0, np.float32)
+        )
+        per_pixel = _scaled_dtype(layout.image).itemsize + variance.itemsize + 4
+        size, shape = pixels * per_pixel, list(layout.shape)
+    else:
+        assert hdu is not None
+        size, shape = _plane_bytes(hdu), list(hdu["shape"])
+    return (
+        f"{name}: not enough memory to read it whole: the pixels are {shape} and need "
+        f"{size / 2**20:.1f} MiB ({size} bytes) in memory. Read it lazily, chunk by chunk "
+        "(parameters={'lazy': True}: the planes are dask arrays), or a part of it "
+        "(parameters={'bbox': Box(x0, y0, x1, y1)} or {'sky': ...})"
+    )
+
+
+# Pixels a lazy plane reads per chunk: small enough that a few chunks in flight (dask runs
+# one per core) stay far below memory, big enough that a remote chunk is one fair request.
+LAZY_CHUNK_BYTES = 16 * 2**20
+
+
+def lazy_plane(source: ByteSource, hdu: Mapping[str, Any], shape: tuple[int, int], box: Box) -> Any:
+    """A dask array of ``box`` of one image HDU, read in bands of rows when computed.
+
+    A band of an uncompressed HDU in a local file is memory-mapped for just as long as it
+    is scaled (unmapped after, so resident memory stays at a few bands however large the
+    file); a remote file's band is one ranged read, as a cutout. Tile-compressed HDUs are
+    read by whole tile rows. BSCALE/BZERO/BLANK apply per band, as :func:`decode_image`.
+    """
+    import dask.array as da
+    from dask.delayed import delayed
+
+    out_dtype = _scaled_dtype(hdu)
+    rows = max(1, LAZY_CHUNK_BYTES // max(1, box.width * out_dtype.itemsize))
+    if hdu["kind"] == "compimage":
+        tile_rows = int(hdu["tile_shape"][-2])
+        rows = max(tile_rows, rows // tile_rows * tile_rows)
+    local = source.path if isinstance(source, LocalFileSource) else None
+    bands = []
+    for y0 in range(box.y0, box.y1, rows):
+        band = Box(box.x0, y0, box.width, min(box.y1, y0 + rows) - y0)
+        read = delayed(_read_band, pure=True)(local, source, hdu, shape, band)
+        bands.append(
+            da.from_delayed(read, shape=band.shape, dtype=out_dtype)  # type: ignore[no-untyped-call]
+        )
+    if not bands:
+        return da.zeros(box.shape, dtype=out_dtype)
+    return da.concatenate(bands, axis=0)  # type: ignore[no-untyped-call]
+
+
+def _check_loop_free(source: ByteSource) -> None:
+    """Refuse to wait for a remote band while the event loop that would fetch it is itself
+    waiting for this computation (``.compute()`` called inside an AsyncButler's loop): that
+    would hang for ever. The loop thread is then blocked inside dask's scheduler."""
+    loop_thread = getattr(source, "_loop_thread", None)
+    if loop_thread is None or loop_thread == threading.get_ident():
+        return  # no loop, or the source's own check applies (it raises a clear error)
+    frame = sys._current_frames().get(loop_thread)
+    while frame is not None:
+        if "dask" in Path(frame.f_code.co_filename).parts:
+            raise ButlerError(
+                f"{source.name}: a lazy remote image is being computed inside the event loop "
+                "that fetches its bytes, which would wait for ever; compute it in a thread "
+                "(await asyncio.to_thread(array.compute)) or use the synchronous Butler"
+            )
+        frame = frame.f_back
+
+
+def _read_band(
+    local: Path | None,
+    source: ByteSource,
+    hdu: Mapping[str, Any],
+    shape: tuple[int, int],
+    band: Box,
+) -> npt.NDArray[Any]:
+    if local is None:
+        _check_loop_free(source)
+        return read_box(source, hdu, shape, band)
+    if hdu["kind"] == "compimage":
+        # The butler closed its source when the read returned; a band opens its own.
+        own = LocalFileSource(local)
+        try:
+            return read_box(own, hdu, shape, band)
+        finally:
+            own.close()
+    stored = np.dtype(hdu["dtype"])
+    mapped = np.memmap(
+        local,
+        dtype=stored,
+        mode="r",
+        offset=int(hdu["data_offset"]) + band.y0 * shape[1] * stored.itemsize,
+        shape=(band.height, shape[1]),
+    )
+    # apply_scaling copies; dropping the last reference to the map unmaps it right away.
+    pixels = apply_scaling(mapped[:, band.x0 : band.x1], hdu)
+    del mapped
+    return pixels
 
 
 def _shift_wcs(wcs: WCS, box: Box) -> WCS:

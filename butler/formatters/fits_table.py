@@ -28,7 +28,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from butler.errors import CorruptFileError, StorageClassError, UnsupportedParameterError
 from butler.formatters.base import FileIndex, Formatter
-from butler.formatters.fits_index import ensure_index, index_fits, padded
+from butler.formatters.fits_index import ensure_index, index_fits, padded, read_header
 from butler.io.source import ByteSource
 
 __all__ = ["FitsTableFormatter"]
@@ -48,7 +48,9 @@ class FitsTableFormatter(Formatter):
     name: ClassVar[str] = "fits-table"
     storage_class: ClassVar[str] = "Table"
     extension: ClassVar[str] = ".fits"
-    parameters: ClassVar[frozenset[str]] = frozenset({"columns"})
+    components: ClassVar[frozenset[str]] = frozenset({"metadata"})
+    # bbox and lazy apply to an image extension chosen with hdu.
+    parameters: ClassVar[frozenset[str]] = frozenset({"columns", "hdu", "bbox", "lazy"})
 
     def write(self, obj: Any, path: Path) -> None:
         if not isinstance(obj, Table):
@@ -93,44 +95,23 @@ class FitsTableFormatter(Formatter):
         parameters: Mapping[str, Any] | None = None,
     ) -> Any:
         self.check_request(component, parameters)
+        params = parameters or {}
         idx = ensure_index(source, index)
+        if params.get("hdu") is not None:
+            # Any extension of the file: another table, an image (an array), a header.
+            from butler.formatters.fits_image import read_extension, select_hdu
+
+            chosen = select_hdu(idx, params["hdu"], source.name)
+            return read_extension(source, chosen, component, params)
         hdu = self._table_hdu(idx, source.name)
-        columns = (parameters or {}).get("columns")
-        header, data = source.read_ranges(
-            [
-                (int(hdu["header_offset"]), int(hdu["header_size"])),
-                (int(hdu["data_offset"]), int(hdu["data_size"])),
-            ]
-        )
-        pad = b"\0" * (padded(len(data)) - len(data))
-        stream = io.BytesIO(_empty_primary() + header + data + pad)
-        try:
-            with warnings.catch_warnings():
-                # Real-world headers provoke "fixed" warnings; the values are what we want.
-                warnings.simplefilter("ignore", VerifyWarning)
-                table = Table.read(
-                    stream,
-                    format="fits",
-                    hdu=1,
-                    character_as_bytes=False,
-                    memmap=False,
-                    # Time columns come back as Time (as written), not as raw jd1/jd2 pairs.
-                    astropy_native=True,
-                )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CorruptFileError(
-                f"{source.name}: astropy cannot read table HDU {hdu['index']}: {exc}"
-            ) from exc
-        for name in table.colnames:
-            col = table[name]
-            # FITS is big-endian; hand back native arrays, as the parquet formatter does.
-            if isinstance(col, Column) and not col.dtype.isnative:
-                table.replace_column(name, col.astype(col.dtype.newbyteorder("=")), copy=False)
-        if columns is None:
-            return table
-        # Checked against the table, not the FITS columns: a mixin column (Time, SkyCoord)
-        # may be stored as several FITS columns but is asked for by its table name.
-        return table[self._column_names(columns, table.colnames, source.name)]
+        if params.get("bbox") is not None or params.get("lazy"):
+            raise UnsupportedParameterError(
+                f"{source.name}: 'bbox' and 'lazy' read an image extension chosen with 'hdu'; "
+                "a table is read whole or by 'columns'"
+            )
+        if component == "metadata":
+            return read_header(source, hdu)
+        return read_table_hdu(source, hdu, params.get("columns"))
 
     @staticmethod
     def _column_names(columns: Any, available: Sequence[str], name: str) -> list[str]:
@@ -147,3 +128,44 @@ class FitsTableFormatter(Formatter):
                 f"{', '.join(available)}."
             )
         return list(columns)
+
+
+def read_table_hdu(source: ByteSource, hdu: Mapping[str, Any], columns: Any = None) -> Table:
+    """One table HDU as an astropy ``Table``: its header and data (heap included) in one
+    ``read_ranges`` call, then the ``columns`` asked for."""
+    header, data = source.read_ranges(
+        [
+            (int(hdu["header_offset"]), int(hdu["header_size"])),
+            (int(hdu["data_offset"]), int(hdu["data_size"])),
+        ]
+    )
+    pad = b"\0" * (padded(len(data)) - len(data))
+    stream = io.BytesIO(_empty_primary() + header + data + pad)
+    try:
+        with warnings.catch_warnings():
+            # Real-world headers provoke "fixed" warnings; the values are what we want.
+            warnings.simplefilter("ignore", VerifyWarning)
+            table = Table.read(
+                stream,
+                format="fits",
+                hdu=1,
+                character_as_bytes=False,
+                memmap=False,
+                # Time columns come back as Time (as written), not as raw jd1/jd2 pairs.
+                astropy_native=True,
+            )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(
+            f"{source.name}: astropy cannot read table HDU {hdu['index']}: {exc}"
+        ) from exc
+    for name in table.colnames:
+        col = table[name]
+        # FITS is big-endian; hand back native arrays, as the parquet formatter does.
+        if isinstance(col, Column) and not col.dtype.isnative:
+            table.replace_column(name, col.astype(col.dtype.newbyteorder("=")), copy=False)
+    if columns is None:
+        return table
+    # Checked against the table, not the FITS columns: a mixin column (Time, SkyCoord)
+    # may be stored as several FITS columns but is asked for by its table name.
+    selected: Table = table[FitsTableFormatter._column_names(columns, table.colnames, source.name)]
+    return selected

@@ -95,6 +95,9 @@ class LocalFileSource(ByteSource):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        # Set before the open that may fail: __del__ (and close) of a source whose file was
+        # missing then has nothing to close instead of raising AttributeError at exit.
+        self._fd = -1
         self._fd = os.open(self.path, os.O_RDONLY)
         super().__init__(os.fstat(self._fd).st_size, str(self.path))
 
@@ -113,7 +116,8 @@ class LocalFileSource(ByteSource):
             self._fd = -1
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_fd", -1) >= 0:  # absent if __init__ failed before setting it
+            self.close()
 
 
 class RangeFile(io.RawIOBase):

@@ -9,12 +9,15 @@ Writes: ``put`` writes the file locally with the dataset type's formatter, uploa
 server's staging area (hashed on both ends) and commits. Inside ``async with
 butler.transaction()`` uploads accumulate and one commit makes them all visible at once;
 errors about data IDs or conflicts are raised by that commit, at the end of the block.
+Until then the transaction reads its own writes from the local copies of what it uploaded
+(:class:`RemoteTransaction`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import shutil
 import sqlite3
 import tempfile
@@ -31,20 +34,23 @@ from butler.butler import (
     IOStats,
     QuerySummary,
     as_collection_list,
-    memmap_hdu,
+    map_hdu,
+    memmap_entry,
 )
 from butler.datastore import sha256_file
 from butler.errors import (
     AmbiguousDatasetError,
     ButlerError,
+    CollectionNotFoundError,
     CorruptFileError,
     DatasetNotFoundError,
     ReadOnlyRepositoryError,
     StorageClassError,
     TransactionError,
 )
+from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
-from butler.io.source import RangeFile
+from butler.io.source import ByteSource, LocalFileSource, RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
 from butler.remote.client import API, ClientSettings, RepositoryClient, data_id_json
@@ -56,13 +62,67 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+@dataclass(frozen=True)
+class PendingPut:
+    """A dataset put inside an open transaction: its ref, its file record, and the local
+    copy of the bytes that were uploaded (what reads inside the transaction use)."""
+
+    ref: DatasetRef
+    data_id: dict[str, Any]
+    """The data ID as the put gave it (the server expands it at the commit)."""
+    file: FileInfo
+    local: Path
+
+    def matches(self, parent: str, given: Mapping[str, Any]) -> bool:
+        """Whether a read of ``parent`` with data ID ``given`` names this dataset: every
+        required dimension given the same value (values the put did not give, or that a
+        read names only through implied dimensions, are not matched here)."""
+        if self.ref.dataset_type.name != parent:
+            return False
+        required = self.ref.dataset_type.dimensions
+        if any(d not in given or d not in self.data_id for d in required):
+            return False
+        return all(str(given[k]) == str(self.data_id[k]) for k in given.keys() & self.data_id)
+
+
 @dataclass
 class RemoteTransaction:
-    """Operations waiting for one commit, and the server-side transaction of their uploads."""
+    """Operations waiting for one commit, and the server-side transaction of their uploads.
+
+    Reads inside the transaction see its own writes from the client side: each put keeps
+    the file it uploaded (in ``workdir``, removed when the transaction ends) and its file
+    record in ``pending``, and datasets it removes are in ``removed``. The server's staged
+    uploads are never read back: they stay invisible to everyone (this client included)
+    until the commit, and the bytes read are exactly those uploaded (same checksum).
+    """
 
     operations: list[dict[str, Any]] = field(default_factory=list)
     server_id: str | None = None
     workdir: Path | None = None
+    pending: dict[uuid.UUID, PendingPut] = field(default_factory=dict)
+    removed: set[uuid.UUID] = field(default_factory=set)
+
+    def rollback_to(self, mark: int) -> None:
+        """Undo a nested block: drop its operations and what reads saw of them."""
+        for op in self.operations[mark:]:
+            if op["op"] == "put":
+                dropped = self.pending.pop(uuid.UUID(op["id"]), None)
+                if dropped is not None:
+                    dropped.local.unlink(missing_ok=True)
+            elif op["op"] == "remove":
+                self.removed.difference_update(uuid.UUID(r["id"]) for r in op["refs"])
+        del self.operations[mark:]
+        # A removal kept by the outer block must stay hidden even if the inner one repeated it.
+        for op in self.operations:
+            if op["op"] == "remove":
+                self.removed.update(uuid.UUID(r["id"]) for r in op["refs"])
+
+    def pending_local(self, file: FileInfo) -> Path | None:
+        """The local copy of a file this transaction put (None for any other file)."""
+        pending = self.pending.get(file.dataset_id)
+        if pending is None or pending.file.checksum != file.checksum:
+            return None
+        return pending.local
 
 
 class CacheFullError(ButlerError, OSError):
@@ -74,6 +134,10 @@ class CacheFullError(ButlerError, OSError):
 _CURRENT_TXN: contextvars.ContextVar[RemoteTransaction | None] = contextvars.ContextVar(
     "butler_remote_transaction", default=None
 )
+
+
+# One ranged read of a remote memmap's HDU bytes: memory stays at a band, not the HDU.
+_HDU_BAND = 8 * 2**20
 
 
 def _collection_params(collections: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -180,7 +244,112 @@ class AsyncButler:
         collections: Collections = None,
         **kwargs: Any,
     ) -> tuple[DatasetRef, FileInfo]:
-        """The dataset's ref (with its component) and its file record, in one request."""
+        """The dataset's ref (with its component) and its file record, in one request.
+
+        Inside a transaction, its own writes count: a dataset it put is found (by ref, or
+        by data ID in its place in the collection search order) and one it removed is not.
+        """
+        txn = _CURRENT_TXN.get()
+        if txn is not None and (txn.pending or txn.removed):
+            own = await self._own_write(txn, dataset_type_or_ref, data_id, collections, kwargs)
+            if own is not None:
+                return own
+        ref, file = await self._resolve_committed(
+            dataset_type_or_ref, data_id, collections=collections, **kwargs
+        )
+        if txn is not None and ref.id in txn.removed:
+            raise DatasetNotFoundError(f"{ref!r} was removed in this transaction")
+        return ref, file
+
+    async def _own_write(
+        self,
+        txn: RemoteTransaction,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None,
+        collections: Collections,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[DatasetRef, FileInfo] | None:
+        """A dataset put in this transaction that a read names (None: ask the server)."""
+        if isinstance(dataset_type_or_ref, DatasetRef):
+            ref = dataset_type_or_ref
+            if ref.id in txn.removed:
+                raise DatasetNotFoundError(f"{ref!r} was removed in this transaction")
+            pending = txn.pending.get(ref.id)
+            return None if pending is None else (ref, pending.file)
+        name = (
+            dataset_type_or_ref.name
+            if isinstance(dataset_type_or_ref, DatasetType)
+            else dataset_type_or_ref
+        )
+        parent, component = split_component(name)
+        given = _plain({**dict(data_id or {}), **kwargs})
+        matches = {
+            p.ref.run: p
+            for p in txn.pending.values()
+            if p.ref.id not in txn.removed and p.matches(parent, given)
+        }
+        if not matches:
+            return None
+        search = as_collection_list(collections) or self.collections
+        if search is None:
+            # No search path: the match must be unique among all runs, committed or not
+            # (several committed ones: the server's AmbiguousDatasetError says so).
+            committed = await self.resolve_committed_or_none(parent, given, None)
+            if committed is not None or len(matches) > 1:
+                runs = sorted({*matches, *([committed.run] if committed else [])})
+                raise AmbiguousDatasetError(
+                    f"{parent!r} {given!r} exists in several runs ({', '.join(runs)}); "
+                    "pass collections=..."
+                )
+            pending = next(iter(matches.values()))
+            return pending.ref.make_component_ref(component), pending.file
+        runs, known = await self._search_order(search)
+        for position, run in enumerate(runs):
+            if run in matches:
+                # Find-first: a committed dataset in a RUN searched before this one wins.
+                earlier = [r for r in runs[:position] if r in known]
+                if earlier:
+                    committed_ref = await self.resolve_committed_or_none(name, given, earlier)
+                    if committed_ref is not None:
+                        return None  # the server's answer (asked again by the caller)
+                pending = matches[run]
+                return pending.ref.make_component_ref(component), pending.file
+        return None
+
+    async def resolve_committed_or_none(
+        self, name: str, given: Mapping[str, Any], collections: Sequence[str] | None
+    ) -> DatasetRef | None:
+        """A committed, not since removed, dataset the server finds (None if none)."""
+        txn = _CURRENT_TXN.get()
+        try:
+            ref, _ = await self._resolve_committed(name, given, collections=collections)
+        except DatasetNotFoundError:
+            return None
+        return None if txn is not None and ref.id in txn.removed else ref
+
+    async def _search_order(self, search: Sequence[str]) -> tuple[list[str], set[str]]:
+        """The RUNs ``search`` names, in search order, and those the server knows (a RUN
+        that only this transaction's puts create is searched in its place, as named)."""
+        runs: list[str] = []
+        known: set[str] = set()
+        for name in search:
+            try:
+                flat = list((await self.client.get_json(f"collections/{name}"))["runs"])
+                known.update(flat)
+            except CollectionNotFoundError:
+                flat = [name]
+            runs += [r for r in flat if r not in runs]
+        return runs, known
+
+    async def _resolve_committed(
+        self,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> tuple[DatasetRef, FileInfo]:
+        """The server's answer to :meth:`resolve` (committed datasets only)."""
         if isinstance(dataset_type_or_ref, DatasetRef):
             ref = dataset_type_or_ref
             found = await self.client.get_json(f"datasets/{ref.id}")
@@ -231,8 +400,17 @@ class AsyncButler:
             await self.resolve(dataset_type_or_ref, data_id, collections=collections, **kwargs)
         )[1]
 
-    def byte_source(self, file: FileInfo) -> HttpByteSource:
+    def byte_source(self, file: FileInfo) -> ByteSource:
+        own = self._own_file(file)
+        if own is not None:
+            return LocalFileSource(own)
         return HttpByteSource(self.client, file, asyncio.get_running_loop())
+
+    @staticmethod
+    def _own_file(file: FileInfo) -> Path | None:
+        """The local copy of a file the current transaction put and has not committed."""
+        txn = _CURRENT_TXN.get()
+        return txn.pending_local(file) if txn is not None else None
 
     async def get(
         self,
@@ -301,6 +479,9 @@ class AsyncButler:
         return await self.local_file(file)
 
     async def local_file(self, file: FileInfo) -> Path:
+        own = self._own_file(file)
+        if own is not None:
+            return own  # put in the current transaction: valid until it ends
         cache = self.file_cache()
         try:
             cached = await asyncio.to_thread(cache.path, file.checksum)
@@ -331,6 +512,9 @@ class AsyncButler:
             ) from None
 
     def file_url(self, file: FileInfo) -> str:
+        own = self._own_file(file)
+        if own is not None:
+            return own.as_uri()  # not on the server before the commit
         return self.client.url("files/" + file.path)
 
     async def get_uri(
@@ -367,15 +551,66 @@ class AsyncButler:
         dataset_type_or_ref: DatasetLike,
         data_id: Mapping[str, Any] | None = None,
         *,
-        hdu: str | int = "IMAGE",
+        hdu: str | int | None = None,
+        raw: bool = False,
         collections: Collections = None,
         **kwargs: Any,
     ) -> np.memmap[Any, Any]:
-        """Download once into the client cache, then memory-map one HDU's pixels."""
+        """Fetch one HDU's data bytes once into the client cache, then memory-map them.
+
+        ``hdu`` and ``raw`` as :meth:`butler.butler.Butler.memmap` (default: the HDU that
+        ``get()`` reads; scaled data refused unless ``raw=True``)."""
         _, file = await self.resolve(
             dataset_type_or_ref, data_id, collections=collections, **kwargs
         )
-        return memmap_hdu(await self.local_file(file), file, hdu)
+        entry = memmap_entry(file, hdu, raw)
+        return map_hdu(await self.local_hdu(file, entry), entry, 0)
+
+    async def local_hdu(self, file: FileInfo, entry: Mapping[str, Any]) -> Path:
+        """Only the data bytes of one HDU, fetched by ranged reads (in bands, so memory
+        stays small) into the client cache once; the path of that cache file.
+
+        A part of a file has no checksum of its own to verify; each band's length is
+        checked, and the cache key names the file's checksum and the byte range."""
+        import numpy as np
+
+        offset = int(entry["data_offset"])
+        length = math.prod(entry["shape"]) * np.dtype(entry["dtype"]).itemsize
+        key = f"{file.checksum}#bytes={offset}-{offset + length - 1}"
+        cache = self.file_cache()
+        try:
+            cached = await asyncio.to_thread(cache.path, key)
+            if cached is not None:
+                return cached
+            workdir = Path(tempfile.mkdtemp(prefix="download-", dir=cache.directory))
+            try:
+                partial = workdir / f"{Path(file.path).name}.hdu{entry['index']}"
+                await self._fetch_to_file(file, offset, length, partial)
+                return await asyncio.to_thread(cache.add, key, partial)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+        except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, ButlerError) or not is_disk_full(exc):
+                raise
+            free = shutil.disk_usage(cache.directory).free
+            raise CacheFullError(
+                f"the file cache at {cache.directory} is full ({exc}): HDU {entry['index']} "
+                f"of {file.path} needs {length} bytes (twice that while it is stored) and "
+                f"{free} bytes are free. Free some space, or give the butler a cache with "
+                "room (cache_dir=, or $BUTLER_CACHE_DIR)"
+            ) from None
+
+    async def _fetch_to_file(self, file: FileInfo, offset: int, length: int, out: Path) -> None:
+        with out.open("wb") as handle:
+            for start in range(offset, offset + length, _HDU_BAND):
+                size = min(_HDU_BAND, offset + length - start)
+                (chunk,) = await self.client.fetch_ranges(file.path, [(start, size)])
+                if len(chunk) != size:
+                    raise CorruptFileError(
+                        f"{self.url}files/{file.path}: asked for bytes {start}+{size}, "
+                        f"got {len(chunk)}; the file changed or the server is wrong"
+                    )
+                await asyncio.to_thread(handle.write, chunk)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -533,7 +768,11 @@ class AsyncButler:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """Everything inside commits at once, or (on an exception) not at all."""
+        """Everything inside commits at once, or (on an exception) not at all.
+
+        Reads inside see the transaction's own writes, from the client side (see
+        :class:`RemoteTransaction`); other clients see nothing until the commit.
+        """
         self._check_writeable()
         outer = _CURRENT_TXN.get()
         if outer is not None:
@@ -541,7 +780,7 @@ class AsyncButler:
             try:
                 yield
             except BaseException:
-                del outer.operations[mark:]
+                outer.rollback_to(mark)
                 raise
             return
         txn = RemoteTransaction()
@@ -672,7 +911,13 @@ class AsyncButler:
             await self.client.upload(
                 f"transactions/{txn.server_id}/uploads/{dataset_id}", local, checksum
             )
-            local.unlink()
+            if outer is None:
+                local.unlink()
+            else:
+                # Kept (until the transaction ends) for reads inside the transaction.
+                pending = await self._pending_put(
+                    dataset_id, resolved, given, run, formatter, local, checksum
+                )
             txn.operations.append(
                 {
                     "op": "put",
@@ -686,6 +931,7 @@ class AsyncButler:
             if outer is None:
                 results = await self._commit(txn)
                 return DatasetRef.from_dict(results[-1]["ref"])
+            txn.pending[dataset_id] = pending
         except BaseException:
             if outer is None:
                 await asyncio.shield(self._abort(txn))
@@ -694,8 +940,37 @@ class AsyncButler:
             if outer is None and txn.workdir is not None:
                 shutil.rmtree(txn.workdir, ignore_errors=True)
         # Queued in a transaction: the data ID is checked and expanded by the commit.
-        required = tuple(d for d in resolved.dimensions if d in given)
-        return DatasetRef(dataset_id, resolved, DataCoordinate(given, required), run)
+        return pending.ref
+
+    async def _pending_put(
+        self,
+        dataset_id: uuid.UUID,
+        dataset_type: DatasetType,
+        given: dict[str, Any],
+        run: str,
+        formatter: Formatter,
+        local: Path,
+        checksum: str,
+    ) -> PendingPut:
+        """What reads inside the transaction see of a queued put: the uploaded file's local
+        copy and the file record the commit will give it (the same index and checksum)."""
+        index = await asyncio.to_thread(validate_file, formatter, local)
+        size = await asyncio.to_thread(lambda: local.stat().st_size)
+        origin = self.formatters.origin(formatter.name)
+        if origin is not None:
+            index = {**index, ORIGIN_KEY: origin}
+        required = tuple(d for d in dataset_type.dimensions if d in given)
+        ref = DatasetRef(dataset_id, dataset_type, DataCoordinate(given, required), run)
+        file = FileInfo(
+            dataset_id=dataset_id,
+            path=local.name,
+            size=size,
+            checksum=checksum,
+            formatter=formatter.name,
+            storage_class=dataset_type.storage_class,
+            index=index,
+        )
+        return PendingPut(ref, dict(given), file, local)
 
     async def remove(
         self,
@@ -712,6 +987,9 @@ class AsyncButler:
         else:
             ref_list = list(refs)
         result = await self._operate({"op": "remove", "refs": [r.to_dict() for r in ref_list]})
+        txn = _CURRENT_TXN.get()
+        if result is None and txn is not None:
+            txn.removed.update(r.id for r in ref_list)  # queued: hidden from reads at once
         return int(result["removed"]) if result else len(ref_list)
 
 

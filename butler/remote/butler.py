@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from butler.butler import Butler, Collections, DatasetLike, QuerySummary
 from butler.errors import ButlerError
 from butler.formatters.registry import FormatterRegistry
-from butler.io.source import ByteSource
+from butler.io.source import ByteSource, LocalFileSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from butler.remote.async_butler import _CURRENT_TXN, AsyncButler, RemoteTransaction
 from butler.remote.cache import DEFAULT_SIZE_LIMIT
@@ -140,7 +140,16 @@ class RemoteButler(Butler):
             self.remote.resolve(dataset_type_or_ref, data_id, collections=collections, **kwargs)
         )
 
+    def _own_file(self, file: FileInfo) -> Path | None:
+        """The local copy of a file this thread's open transaction put (read your own
+        writes: see :class:`~butler.remote.async_butler.RemoteTransaction`)."""
+        txn: RemoteTransaction | None = getattr(self._local, "txn", None)
+        return txn.pending_local(file) if txn is not None else None
+
     def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
+        own = self._own_file(file)
+        if own is not None:
+            return LocalFileSource(own)
         return HttpByteSource(self.remote.client, file, self._io.loop)
 
     def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
@@ -148,6 +157,15 @@ class RemoteButler(Butler):
 
     def _file_present(self, file: FileInfo) -> bool:
         return True  # the server only lists datasets whose files it serves
+
+    def _local_hdu(
+        self, ref: DatasetRef, file: FileInfo, entry: Mapping[str, Any]
+    ) -> tuple[Path, int]:
+        own = self._own_file(file)
+        if own is not None:  # put in this thread's open transaction: the whole file is here
+            return own, int(entry["data_offset"])
+        # Only the HDU's data bytes are fetched (and cached): they start the cached file.
+        return self._run(self.remote.local_hdu(file, entry)), 0
 
     def get_uri(
         self,
@@ -158,7 +176,8 @@ class RemoteButler(Butler):
         **kwargs: Any,
     ) -> str:
         _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self.remote.file_url(file)
+        own = self._own_file(file)
+        return own.as_uri() if own is not None else self.remote.file_url(file)
 
     # -- registry-like ---------------------------------------------------------------------
 
@@ -280,6 +299,15 @@ class RemoteButler(Butler):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """Everything inside commits at once (one request), or on an exception not at all.
+
+        Reads inside see the transaction's own writes, from the client side: a dataset put
+        is read from the local copy of the bytes it uploaded (``get``, ``open``,
+        ``get_local_path``, ``exists``, by ref or by a data ID giving its required
+        dimensions), and a dataset removed is not found. Queries list committed datasets
+        only. Nothing is visible to other clients until the commit; a client killed before
+        it leaves only staged uploads, which the server drops when they expire.
+        """
         self.remote._check_writeable()
         outer: RemoteTransaction | None = getattr(self._local, "txn", None)
         if outer is not None:
@@ -287,7 +315,7 @@ class RemoteButler(Butler):
             try:
                 yield
             except BaseException:
-                del outer.operations[mark:]
+                outer.rollback_to(mark)
                 raise
             return
         txn = RemoteTransaction()
