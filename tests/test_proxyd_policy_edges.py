@@ -4,13 +4,14 @@ survived the rest of the suite."""
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import itertools
 
 import pytest
 
 from butler.http.bundle import BundleEntry
-from butler.http.conditional import EntityTag
+from butler.http.conditional import EntityTag, parse_etag_list, parse_http_date
 from butler.http.ranges import (
     ByteRange,
     ContentRange,
@@ -254,3 +255,61 @@ def test_header_values_with_cr_lf_or_nul_are_refused(bad: str) -> None:
     )
     assert isinstance(refused, Refusal)
     assert refused.status == 400
+
+
+# -- conditional fields ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ['"abc', '"a", "b', 'W/"x'])
+def test_an_unterminated_entity_tag_makes_the_list_invalid(value: str) -> None:
+    assert parse_etag_list(value) is None
+
+
+def test_two_digit_years_are_read_against_the_given_now() -> None:
+    """RFC 9110 §5.6.7: an RFC 850 year more than 50 years ahead is in the past century,
+    judged from "now" — the caller's when given, so the answer does not drift with the
+    clock."""
+    rfc850 = "Sunday, 06-Nov-94 08:49:37 GMT"
+    in_2100 = calendar.timegm((2100, 1, 1, 0, 0, 0))
+    assert parse_http_date(rfc850, now=in_2100) == calendar.timegm((2094, 11, 6, 8, 49, 37))
+    in_2026 = calendar.timegm((2026, 12, 6, 0, 0, 0))
+    assert parse_http_date(rfc850, now=in_2026) == calendar.timegm((1994, 11, 6, 8, 49, 37))
+
+
+# -- what refusals quote of a hostile request ----------------------------------------------------
+
+LONG = "\x01" * 100  # no token: quoted with repr, and cut
+
+
+def refusal_of(method: str, target: str, headers: list[tuple[str, str]]) -> Refusal:
+    refused = route(
+        method, target, headers, {"o": "http://127.0.0.1:1/"}, RequestLimits(), signing_params=()
+    )
+    assert isinstance(refused, Refusal)
+    return refused
+
+
+def test_refusals_quote_at_most_a_bounded_prefix_of_what_was_sent() -> None:
+    """An error echoes part of a hostile name so a person can see what was wrong, but never
+    all of it: 32 characters of a method, 64 of a field or upstream name."""
+    method = "M" * 40
+    assert repr(method[:32]) in refusal_of(method, "/o/x", []).message
+    assert repr(method[:33]) not in refusal_of(method, "/o/x", []).message
+    bad_field = refusal_of("GET", "/o/x", [(LONG, "v")])
+    assert bad_field.message == f"malformed request header field {LONG[:64]!r}"
+    big_field = refusal_of("GET", "/o/x", [(LONG, "v" * 9000)])
+    assert f"request header field {LONG[:64]!r} is " in big_field.message
+    assert repr(LONG[:65]) not in big_field.message
+    upstream = "!" * 100  # allowed in a path, not in an upstream's name: quoted with repr
+    unknown = refusal_of("GET", f"/{upstream}/x", [])
+    assert unknown.status == 404
+    assert f"no upstream named {upstream[:64]!r};" in unknown.message
+
+
+def test_a_target_of_exactly_the_limit_is_accepted() -> None:
+    limits = RequestLimits(max_url_bytes=20)
+    at = "/o/" + "a" * 17  # 20 bytes
+    assert isinstance(route("GET", at, [], {"o": "http://h/"}, limits, signing_params=()), Route)
+    over = route("GET", at + "a", [], {"o": "http://h/"}, limits, signing_params=())
+    assert isinstance(over, Refusal)
+    assert over.status == 414
