@@ -98,6 +98,20 @@ def test_parquet_columns_read_only_their_chunks(butler: Butler) -> None:
     assert butler.io_stats.bytes_read < size / 2
 
 
+def test_parquet_table_metadata_reads_only_the_footer(butler: Butler) -> None:
+    """A Table's ``metadata`` component: its ``meta`` keywords (what a FITS table keeps in
+    its header), from the Parquet footer alone."""
+    table = Table({"id": np.arange(50_000), "flux": np.linspace(0.0, 1.0, 50_000)})
+    table.meta.update({"TELESCOP": "Subaru", "EXPTIME": 30.0, "HISTORY": ["made", "here"]})
+    butler.put(table, "src", HSC, visit=102, detector=1)
+    info = butler.get_file_info("src", HSC, visit=102, detector=1)
+    butler.io_stats.reset()
+    meta = butler.get("src.metadata", HSC, visit=102, detector=1)
+    assert meta == {"TELESCOP": "Subaru", "EXPTIME": 30.0, "HISTORY": ["made", "here"]}
+    assert butler.io_stats.bytes_read == info.index["footer_size"] + 8
+    assert butler.io_stats.bytes_read < info.size / 20
+
+
 @pytest.mark.parametrize("sample", real_images(), ids=lambda s: s.label)
 def test_real_telescope_images_round_trip(butler: Butler, sample) -> None:
     butler.insert_dimension_records("instrument", {"name": sample.instrument}, skip_existing=True)

@@ -322,11 +322,14 @@ def _row_bytes(table: Table) -> int:
 
 
 class ParquetFormatter(Formatter):
-    """``astropy.table.Table`` <-> Parquet; parameter ``columns`` reads only those columns."""
+    """``astropy.table.Table`` <-> Parquet; parameter ``columns`` reads only those columns,
+    component ``metadata`` only the footer: the table's ``meta`` (the keywords a FITS table
+    keeps in its header), as a dict."""
 
     name: ClassVar[str] = "parquet"
     storage_class: ClassVar[str] = "Table"
     extension: ClassVar[str] = ".parq"
+    components: ClassVar[frozenset[str]] = frozenset({"metadata"})
     parameters: ClassVar[frozenset[str]] = frozenset({"columns"})
     compression: ClassVar[str] = "zstd"
 
@@ -371,6 +374,11 @@ class ParquetFormatter(Formatter):
         parameters: Mapping[str, Any] | None = None,
     ) -> Any:
         self.check_request(component, parameters)
+        if component == "metadata":
+            footer_offset, footer_size = self._footer_location(source, index)
+            md = _parse_footer(source.read(footer_offset, footer_size + 8), source.name)
+            meta = _table_meta(md.schema.to_arrow_schema(), source.name).get("meta") or {}
+            return dict(meta)
         columns = (parameters or {}).get("columns")
         if columns is None:
             raw = source.read(0, source.size)
