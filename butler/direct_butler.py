@@ -22,7 +22,6 @@ from butler.datastore import (
 from butler.errors import (
     AmbiguousDatasetError,
     ButlerError,
-    ConflictingDefinitionError,
     CorruptFileError,
     DatasetNotFoundError,
     ReadOnlyRepositoryError,
@@ -225,12 +224,7 @@ class DirectButler(Butler):
 
     def _check_run(self, run: str) -> None:
         """Refuse a ``run`` that could never be written to (a bad name, a CHAINED one)."""
-        Registry._check_collection_name(run)
-        kind = self.registry.collection_type(run, missing_ok=True)
-        if kind not in (None, "RUN"):
-            raise ConflictingDefinitionError(
-                f"cannot write to run {run!r}: that collection exists and is {kind}"
-            )
+        Registry.check_writable_run(run, self.registry.collection_type(run, missing_ok=True))
 
     def _staging(self) -> Staging:
         assert self._txn is not None

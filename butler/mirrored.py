@@ -25,6 +25,7 @@ from butler.errors import (
 )
 from butler.io.source import ByteSource
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+from butler.registry import Registry
 
 _NOT_LOCAL = (DatasetNotFoundError, CollectionNotFoundError, DatasetTypeNotFoundError)
 
@@ -51,6 +52,10 @@ class MirroredButler(Butler):
         **remote_options: Any,
     ) -> None:
         super().__init__(path, writeable, run, collections)
+        if run is not None:
+            # Refused now, as a local butler refuses it; the rest of what a remote open
+            # checks (a read-only server, a CHAINED name) waits for the first remote use.
+            Registry._check_collection_name(run)
         self.url = str(path)
         self.mirror_root = Path(mirror).absolute()
         self.local = DirectButler(self.mirror_root, collections=collections)

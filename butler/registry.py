@@ -715,6 +715,16 @@ class Registry:
         if not name or name.strip() != name or "\x00" in name or name in (".", ".."):
             raise ConflictingDefinitionError(f"invalid collection name {name!r}")
 
+    @staticmethod
+    def check_writable_run(name: str, existing_type: str | None) -> None:
+        """Refuse ``name`` as a RUN to write to: a bad name, or a collection of that name
+        that is not a RUN (``existing_type``: its type, None if it does not exist)."""
+        Registry._check_collection_name(name)
+        if existing_type not in (None, "RUN"):
+            raise ConflictingDefinitionError(
+                f"cannot write to run {name!r}: that collection exists and is {existing_type}"
+            )
+
     def collection_type(self, name: str, *, missing_ok: bool = False) -> str | None:
         rows = self._query("SELECT type FROM collection WHERE name = ?", (name,))
         if rows:

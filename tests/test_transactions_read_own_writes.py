@@ -3,6 +3,7 @@ nobody else before the commit, and leave no collection, dataset or file behind w
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import json
@@ -22,7 +23,15 @@ import pytest
 from servers import WRITE_TOKEN, ButlerServer
 
 from butler import Butler, CorruptFileError, DatasetNotFoundError
+from butler.butler import QuerySummary
 from butler.direct_butler import DirectButler
+from butler.errors import (
+    ConflictingDefinitionError,
+    DataIdError,
+    DatasetTypeNotFoundError,
+    InvalidQueryError,
+    QuerySyntaxError,
+)
 from butler.image import Image
 from butler.remote.async_butler import AsyncButler
 
@@ -300,8 +309,10 @@ def test_a_remote_transaction_reads_what_it_put_before_the_commit(
             assert sha256(path) == staged_info.checksum
             with butler.open(flux) as f:
                 assert f.read() == path.read_bytes()
-            # Nobody else sees it: another client, or the repository itself.
-            with Butler(server.url, collections="txn") as other:
+            # Nobody else sees it: another client (not even the RUN, which the commit
+            # creates), or the repository itself.
+            with Butler(server.url) as other:
+                assert "txn" not in [c["name"] for c in other.query_collections()]
                 assert other.find_dataset("summary", HSC, visit=100, detector=0) is None
             with DirectButler(repo_path) as local:
                 assert local.registry.count_datasets() == 0
@@ -317,8 +328,7 @@ def test_a_remote_transaction_reads_what_it_put_before_the_commit(
 async def test_an_async_transaction_reads_what_it_put(server: ButlerServer) -> None:
     array = np.arange(6, dtype=np.float64)
     async with AsyncButler(server.url, run="txn", token=WRITE_TOKEN) as butler:
-        await butler.register_run("txn")
-        async with butler.transaction():
+        async with butler.transaction():  # "txn" is created by this commit
             ref = await butler.put(array, "flux", HSC, visit=100, detector=0)
             np.testing.assert_array_equal(await butler.get(ref), array)
             got = await butler.get("flux", HSC, visit=100, detector=0)
@@ -376,7 +386,8 @@ def test_remote_rollbacks_and_removals_are_seen_at_once(server: ButlerServer) ->
 # -- remote: killed at any point -----------------------------------------------------------
 
 # A client that SIGKILLs itself inside a remote transaction: after its uploads, or in the
-# middle of one (half the body sent).
+# middle of one (half the body sent). BUTLER_TEST_OPEN_WITH says how it names its RUN:
+# opened with run=, or opened writeable and naming it in each put.
 KILLED_CLIENT = textwrap.dedent(
     """
     import os, signal, sys
@@ -401,10 +412,14 @@ KILLED_CLIENT = textwrap.dedent(
                 pass
         RepositoryClient.upload = upload
 
-    with Butler(url, writeable=True, token=token) as butler, butler.transaction():
+    if os.environ["BUTLER_TEST_OPEN_WITH"] == "run":
+        butler, put_run = Butler(url, run="killed", token=token), None
+    else:
+        butler, put_run = Butler(url, writeable=True, token=token), "killed"
+    with butler, butler.transaction():
         for visit in (100, 101, 102):
             butler.put(np.zeros(50_000), "flux", instrument="HSC", visit=visit, detector=0,
-                       run="killed")
+                       run=put_run)
             if point == "uploaded" and visit == 101:
                 die()
     print("finished without dying", file=sys.stderr)
@@ -428,16 +443,20 @@ def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
     return True
 
 
+@pytest.mark.parametrize("open_with", ["run", "writeable"])
 @pytest.mark.parametrize("point", ["uploaded", "mid-upload"])
 def test_a_killed_remote_client_leaves_nothing_behind(
-    repo_path: Path, expiring_server: ButlerServer, point: str
+    repo_path: Path, expiring_server: ButlerServer, point: str, open_with: str
 ) -> None:
+    """Opened with ``run="killed"`` (or naming it in its puts), killed before its commit:
+    no RUN "killed" on the server, no dataset, no file, no staged upload."""
     server = expiring_server
     with Butler(repo_path) as local:
         collections = local.query_collections()
+    assert "killed" not in [c["name"] for c in collections]
     result = subprocess.run(  # noqa: S603 - our interpreter, fixed argv
         [sys.executable, "-c", KILLED_CLIENT, server.url, WRITE_TOKEN],
-        env={**os.environ, "BUTLER_TEST_KILL_AT": point},
+        env={**os.environ, "BUTLER_TEST_KILL_AT": point, "BUTLER_TEST_OPEN_WITH": open_with},
         capture_output=True,
         text=True,
         timeout=120,
@@ -457,6 +476,7 @@ def test_a_killed_remote_client_leaves_nothing_behind(
     with Butler(server.url) as remote:
         assert remote.query_collections() == collections
     with DirectButler(repo_path) as local:
+        assert local.registry.collection_type("killed", missing_ok=True) is None
         assert local.registry.count_datasets() == 0
     assert repo_files(repo_path) == []
 
@@ -544,3 +564,116 @@ def test_a_mirrored_butler_reads_its_transaction_s_writes(
             assert butler.get("summary", HSC, visit=100, detector=0) == {"v": 1}
             assert butler.get(ref) == {"v": 1}
         assert butler.get("summary", HSC, visit=100, detector=0) == {"v": 1}
+
+
+# -- remote: the RUN a butler is opened with is created by its first write ----------------
+
+
+def collection_names(butler: Butler) -> list[str]:
+    return [c["name"] for c in butler.query_collections()]
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_a_run_not_yet_written_reads_as_an_empty_run(
+    repo_path: Path, server: ButlerServer, where: str
+) -> None:
+    """Locally and remotely alike: until the first write, the butler's own RUN is searched
+    as an empty RUN in its place (no CollectionNotFoundError), and reads create nothing."""
+    with Butler(repo_path, run="first") as first:
+        first.put({"run": "first"}, "summary", HSC, visit=100, detector=0)
+    target = str(repo_path) if where == "local" else server.url
+    options: dict[str, Any] = {} if where == "local" else {"token": WRITE_TOKEN}
+    with Butler(target, run="later", **options) as butler:
+        assert collection_names(butler) == ["first"]
+        with pytest.raises(DatasetNotFoundError, match="later"):
+            butler.get("summary", HSC, visit=100, detector=0)
+        assert butler.find_dataset("summary", HSC, visit=100, detector=0) is None
+        assert not butler.exists("summary", HSC, visit=100, detector=0)
+        assert butler.query_datasets("summary") == []
+        assert butler.query_summary("summary") == QuerySummary(count=0, size=0)
+        assert butler.query_data_ids(["visit"], dataset_type="summary") == []
+        assert butler.query_dimension_values("visit", dataset_type="summary") == []
+        # Searched in its place, before or after another RUN: find-first sees "first"'s.
+        both = ["later", "first"]
+        assert butler.get("summary", HSC, visit=100, detector=0, collections=both) == {
+            "run": "first"
+        }
+        assert [r.run for r in butler.query_datasets("summary", collections=both)] == ["first"]
+        values = butler.query_dimension_values("visit", dataset_type="summary", collections=both)
+        assert values == [100]
+        # Bad requests fail as they do over any collection, not as an empty answer.
+        with pytest.raises(DatasetTypeNotFoundError, match="'nope'"):
+            butler.get("nope", HSC, visit=100, detector=0)
+        with pytest.raises(DatasetTypeNotFoundError, match="'nope'"):
+            butler.query_datasets("nope")
+        with pytest.raises(QuerySyntaxError):
+            butler.query_datasets("summary", where="visit > 100 AND (band = 'r'")
+        with pytest.raises(InvalidQueryError, match="does not apply"):
+            butler.query_summary("summary", where="tract = 1")
+        with pytest.raises(DataIdError):
+            butler.get("summary", HSC, visit=100)
+        assert collection_names(butler) == ["first"]  # no read created it
+        # The first write creates it, and reads find what it wrote.
+        ref = butler.put({"run": "later"}, "summary", HSC, visit=101, detector=0)
+        assert collection_names(butler) == ["first", "later"]
+        assert butler.get("summary", HSC, visit=101, detector=0) == {"run": "later"}
+        assert butler.exists(ref)
+        assert [r.id for r in butler.query_datasets("summary")] == [ref.id]
+    with DirectButler(repo_path) as local:
+        assert local.registry.collection_type("later") == "RUN"
+
+
+async def test_an_async_butler_reads_its_run_not_yet_written_as_empty(
+    repo_path: Path, server: ButlerServer
+) -> None:
+    async with AsyncButler(server.url, run="later", token=WRITE_TOKEN) as butler:
+        with pytest.raises(DatasetNotFoundError, match="later"):
+            await butler.get("summary", HSC, visit=100, detector=0)
+        assert not await butler.exists("summary", HSC, visit=100, detector=0)
+        assert await butler.query_datasets("summary") == []
+        assert await butler.query_summary("summary") == QuerySummary(count=0, size=0)
+        assert await butler.query_data_ids(["visit"], dataset_type="summary") == []
+        assert await butler.dimension_values("visit", dataset_type="summary") == []
+        with DirectButler(repo_path) as local:
+            assert local.registry.collection_type("later", missing_ok=True) is None
+        await butler.put({"v": 1}, "summary", HSC, visit=100, detector=0)
+        assert await butler.get("summary", HSC, visit=100, detector=0) == {"v": 1}
+        assert len(await butler.query_datasets("summary")) == 1
+    with DirectButler(repo_path) as local:
+        assert local.registry.collection_type("later") == "RUN"
+
+
+@pytest.mark.parametrize("name", ["chain", " padded", "."])
+def test_a_run_that_cannot_be_written_is_refused_at_open_as_locally(
+    repo_path: Path, server: ButlerServer, tmp_path: Path, name: str
+) -> None:
+    """A CHAINED collection or a bad name: the same error, class and message, when a local,
+    remote, async or mirrored butler opens with it; and nothing is written."""
+    with Butler(repo_path, run="first") as first:
+        first.put({"v": 1}, "summary", HSC, visit=100, detector=0)
+        first.set_collection_chain("chain", ["first"])
+    with Butler(repo_path) as local:
+        before = local.query_collections()
+    with pytest.raises(ConflictingDefinitionError) as local_error:
+        Butler(repo_path, run=name)
+    with pytest.raises(ConflictingDefinitionError) as remote_error:
+        Butler(server.url, run=name, token=WRITE_TOKEN)
+    assert str(remote_error.value) == str(local_error.value)
+    assert repr(name) in str(local_error.value)
+
+    async def open_async() -> None:
+        async with AsyncButler(server.url, run=name, token=WRITE_TOKEN):
+            pass
+
+    with pytest.raises(ConflictingDefinitionError) as async_error:
+        asyncio.run(open_async())
+    assert str(async_error.value) == str(local_error.value)
+    Butler.create(tmp_path / "mirror").close()
+    with (
+        pytest.raises(ConflictingDefinitionError) as mirrored_error,
+        Butler(server.url, mirror=tmp_path / "mirror", run=name, token=WRITE_TOKEN) as butler,
+    ):
+        butler.get("summary", HSC, visit=100, detector=0, collections="first")
+    assert str(mirrored_error.value) == str(local_error.value)
+    with Butler(repo_path) as local:
+        assert local.query_collections() == before

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from butler.butler import (
     Collections,
@@ -43,6 +44,7 @@ from butler.errors import (
     ButlerError,
     CollectionNotFoundError,
     CorruptFileError,
+    DataIdError,
     DatasetNotFoundError,
     ReadOnlyRepositoryError,
     StorageClassError,
@@ -52,6 +54,7 @@ from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource, RangeFile
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
+from butler.registry import Registry
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
 from butler.remote.client import API, ClientSettings, RepositoryClient, data_id_json
 from butler.remote.limits import Pages, is_disk_full
@@ -144,6 +147,11 @@ def _collection_params(collections: Sequence[str] | None) -> list[tuple[str, str
     return [("collections", c) for c in collections or []]
 
 
+def _collection_path(name: str) -> str:
+    """The API path of collection ``name`` (``?``, ``#``, ``%`` in a name stay in the path)."""
+    return "collections/" + quote(name, safe="/")
+
+
 class AsyncButler:
     """Awaitable butler over ``http(s)://`` (a ``butler serve`` server or a proxy of one)."""
 
@@ -165,8 +173,14 @@ class AsyncButler:
             url, token=token, token_file=token_file, max_connections=max_connections
         )
         self.client = RepositoryClient(self.settings)
+        if run is not None:
+            # Refused before any request, as a local butler refuses it.
+            Registry._check_collection_name(run)
         self.writeable = writeable or run is not None
         self.run = run
+        # The RUN is created by the first write that commits (never by opening): until it
+        # exists, reads search it as an empty RUN. Once seen, it is not asked about again.
+        self._run_exists = False
         self.collections = as_collection_list(collections) or ([run] if run else None)
         self.formatters = formatters or default_registry()
         self.io_stats = IOStats()
@@ -182,6 +196,11 @@ class AsyncButler:
         return self.settings.url
 
     async def __aenter__(self) -> AsyncButler:
+        try:
+            await self.check_run()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -232,7 +251,43 @@ class AsyncButler:
         return list((await self.client.get_json("collections"))["collections"])
 
     async def get_collection_chain(self, name: str) -> list[str]:
-        return list((await self.client.get_json(f"collections/{name}"))["children"])
+        return list((await self.client.get_json(_collection_path(name)))["children"])
+
+    async def _collection(self, name: str) -> dict[str, Any] | None:
+        """The server's record of collection ``name`` (type, children, runs); None if none."""
+        try:
+            return dict(await self.client.get_json(_collection_path(name)))
+        except CollectionNotFoundError:
+            return None
+
+    async def check_run(self) -> None:
+        """Refuse a ``run`` that could never be written to, as a local butler does when it
+        opens: a read-only server, or a collection of that name that is not a RUN. The RUN
+        is not created here: the first committed write creates it (inside that commit), so
+        a client that never commits leaves nothing on the server."""
+        if self.run is None:
+            return
+        if (await self.info()).get("read_only"):
+            raise ReadOnlyRepositoryError(
+                f"{self.url} is served read-only: it cannot be opened with run={self.run!r} "
+                "(to write to it); open it without run= to read"
+            )
+        found = await self._collection(self.run)
+        Registry.check_writable_run(self.run, None if found is None else str(found["type"]))
+        self._run_exists = found is not None
+
+    async def _searched(self, search: Sequence[str] | None) -> list[str] | None:
+        """``search`` as the server is asked it: without this butler's own RUN while that
+        does not exist yet (it is an empty RUN, so searching it finds nothing and leaves the
+        order of the others as it is). ``[]``: nothing is left to search. ``None``: all."""
+        if search is None:
+            return None
+        if self.run is None or self.run not in search or self._run_exists:
+            return list(search)
+        self._run_exists = await self._collection(self.run) is not None
+        if self._run_exists:
+            return list(search)
+        return [name for name in search if name != self.run]
 
     # -- finding and reading --------------------------------------------------------------
 
@@ -333,11 +388,10 @@ class AsyncButler:
         runs: list[str] = []
         known: set[str] = set()
         for name in search:
-            try:
-                flat = list((await self.client.get_json(f"collections/{name}"))["runs"])
+            found = await self._collection(name)
+            flat = [name] if found is None else list(found["runs"])
+            if found is not None:
                 known.update(flat)
-            except CollectionNotFoundError:
-                flat = [name]
             runs += [r for r in flat if r not in runs]
         return runs, known
 
@@ -363,8 +417,12 @@ class AsyncButler:
         parent, component = split_component(name)
         given = {**dict(data_id or {}), **kwargs}
         search = as_collection_list(collections) or self.collections
+        searched = await self._searched(search)
+        if search and not searched:  # only this butler's own RUN, not created yet
+            await self._check_find(parent, given)
+            raise DatasetNotFoundError.for_search(name, given, search)
         params = [("dataset_type", parent), ("data_id", data_id_json(given))]
-        params += _collection_params(search)
+        params += _collection_params(searched)
         try:
             found = await self.client.get_json("find", params)
         except DatasetNotFoundError as exc:
@@ -374,6 +432,20 @@ class AsyncButler:
             raise
         ref = DatasetRef.from_dict(found["ref"]).make_component_ref(component)
         return ref, FileInfo.from_dict(found["file"])
+
+    async def _check_find(self, parent: str, given: Mapping[str, Any]) -> None:
+        """Fail as the server's find would for a bad dataset type or data ID, when the
+        answer (not found) is known without asking it."""
+        dataset_type = await self.get_dataset_type(parent)
+        # The server checks the data ID's keys and values as in any query of the type...
+        await self._check_query({"dataset_type": parent, "data_id": _plain(given)})
+        # ...and a find needs every required dimension (the message is the server's).
+        missing = [d for d in dataset_type.dimensions if given.get(d) is None]
+        if missing:
+            raise DataIdError(
+                f"data ID {dict(given)} for {parent!r} lacks {missing} "
+                f"(required: {', '.join(dataset_type.dimensions)})"
+            )
 
     async def find_dataset(
         self,
@@ -627,15 +699,18 @@ class AsyncButler:
         **data_id: Any,
     ) -> list[tuple[DatasetRef, FileInfo]]:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
-        search = as_collection_list(collections) or self.collections
+        searched = await self._searched(as_collection_list(collections) or self.collections)
         body = {
             "dataset_type": split_component(name)[0],
-            "collections": search,
+            "collections": searched,
             "where": where,
             "bind": _plain(bind or {}),
             "data_id": _plain(data_id),
             "find_first": find_first,
         }
+        if searched == []:  # only this butler's own RUN, not created yet: empty
+            await self._check_query(body)
+            return []
         rows: list[Any] = []
         pages = Pages(self.client.url(f"{API}/datasets/query"), offset)
         await self.info()  # the server's page size
@@ -652,6 +727,13 @@ class AsyncButler:
             if (limit is not None and len(rows) >= limit) or not pages.follow(page, new, size):
                 break
         return [(DatasetRef.from_dict(r["ref"]), FileInfo.from_dict(r["file"])) for r in rows]
+
+    async def _check_query(self, query: Mapping[str, Any]) -> None:
+        """Have the server check a dataset query answered empty without asking it (its
+        dataset type, where expression, bind values and data ID), so that it fails as it
+        would over any collection: the same query over all RUNs, one row, not used."""
+        check = {**query, "collections": None, "find_first": False, "limit": 1, "offset": 0}
+        await self.client.post_json("datasets/query", check)
 
     async def query_datasets(
         self,
@@ -688,8 +770,14 @@ class AsyncButler:
             ("data_id", data_id_json(data_id)),
         ]
         if dataset_type:
+            searched = await self._searched(as_collection_list(collections) or self.collections)
+            if searched == []:  # only this butler's own RUN, not created yet: no datasets
+                # Checked by the server as ever (the dataset type, then the rest without it).
+                await self.get_dataset_type(dataset_type)
+                await self.client.paginate("data-ids", "data_ids", params, 1)
+                return []
             params.append(("dataset_type", dataset_type))
-            params += _collection_params(as_collection_list(collections) or self.collections)
+            params += _collection_params(searched)
         rows = await self.client.paginate("data-ids", "data_ids", params, limit)
         return [DataCoordinate.from_dict(r) for r in rows]
 
@@ -730,8 +818,14 @@ class AsyncButler:
             ("limit", str(limit)),
         ]
         if dataset_type:
+            searched = await self._searched(as_collection_list(collections) or self.collections)
+            if searched == []:  # only this butler's own RUN, not created yet: no datasets
+                # Checked by the server as ever (the dataset type, then the rest without it).
+                await self.get_dataset_type(dataset_type)
+                await self.client.get_json(f"dimensions/{element}/values", params)
+                return []
             params.append(("dataset_type", dataset_type))
-            params += _collection_params(as_collection_list(collections) or self.collections)
+            params += _collection_params(searched)
         data = await self.client.get_json(f"dimensions/{element}/values", params)
         return list(data["values"])
 
@@ -747,13 +841,20 @@ class AsyncButler:
     ) -> QuerySummary:
         """Count and total bytes of a dataset query, computed by the server."""
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        searched = await self._searched(as_collection_list(collections) or self.collections)
+        if searched == []:  # only this butler's own RUN, not created yet: empty
+            query = {"dataset_type": split_component(name)[0], "where": where}
+            await self._check_query(
+                {**query, "bind": _plain(bind or {}), "data_id": _plain(data_id)}
+            )
+            return QuerySummary(count=0, size=0)
         params = [
             ("dataset_type", split_component(name)[0]),
             ("where", where),
             ("bind", data_id_json(bind or {})),
             ("data_id", data_id_json(data_id)),
             ("find_first", "true" if find_first else "false"),
-            *_collection_params(as_collection_list(collections) or self.collections),
+            *_collection_params(searched),
         ]
         data = await self.client.get_json("datasets/summary", params)
         return QuerySummary(count=int(data["count"]), size=int(data["size"]))
@@ -811,7 +912,14 @@ class AsyncButler:
                 )
             finally:
                 txn.server_id = None  # the server discards it either way
+        if any(self._creates_own_run(op) for op in txn.operations):
+            self._run_exists = True  # committed: no need to ask the server again
         return list(result["results"])
+
+    def _creates_own_run(self, op: Mapping[str, Any]) -> bool:
+        """Whether a committed operation made this butler's own RUN exist."""
+        created = {"put": op.get("run"), "register_run": op.get("name")}.get(op["op"])
+        return self.run is not None and created == self.run
 
     async def _abort(self, txn: RemoteTransaction) -> None:
         if txn.server_id is not None:

@@ -80,7 +80,6 @@ class RemoteButler(Butler):
         formatters: FormatterRegistry | None = None,
     ) -> None:
         super().__init__(path, writeable, run, collections)
-        self._io = _LoopThread()
         self.remote = AsyncButler(
             str(path),
             writeable,
@@ -95,11 +94,13 @@ class RemoteButler(Butler):
         )
         self.formatters = self.remote.formatters
         self._local = threading.local()
+        # Started once the arguments are accepted (a bad URL or run name leaves no thread).
+        self._io = _LoopThread()
         try:
             self._run(self.remote.info())
-            if run is not None:
-                # Like a local butler: the RUN to write to exists from the start.
-                self._run(self.remote.register_run(run))
+            # Like a local butler: ``run`` is checked now and created by the first write
+            # that commits; until then reads search it as an empty RUN.
+            self._run(self.remote.check_run())
         except BaseException:
             self.close()
             raise
