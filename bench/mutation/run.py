@@ -362,11 +362,13 @@ def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Sur
     session = session_file(module, ".sqlite")
     if fresh and session.exists():
         session.unlink()
+    # Written anew every time: a resumed or rechecked session runs the target's tests as
+    # they are now, in this tree.
+    config = session_config(module, target, tree)
     if not session.exists():
-        config = session_config(module, target, tree)
         cosmic_ray(tree, "init", str(config), str(session))
         print(f"{module}: {skip_inert_mutants(session, tree)} mutants skipped", flush=True)
-    cosmic_ray(tree, "exec", str(session_file(module, ".toml")), str(session))
+    cosmic_ray(tree, "exec", str(config), str(session))
     return list(survivors(session, module, tree))
 
 
