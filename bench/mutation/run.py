@@ -250,8 +250,9 @@ def tree_of(target: str) -> Path:
 def copy_tree(tree: Path, worktree: bool) -> None:
     """The committed tree (``git archive HEAD``), or with ``worktree`` the work tree as it
     is now (uncommitted changes too, without caches), in ``tree``."""
-    if tree.exists():
-        shutil.rmtree(tree)
+    for old in (tree, tree.with_name(tree.name + ".pristine")):
+        if old.exists():
+            shutil.rmtree(old)
     if not worktree:
         tree.mkdir(parents=True)
         archive = subprocess.run(
@@ -358,7 +359,19 @@ def known_equivalents() -> set[tuple[str, str, str]]:
     return {(e["module"], e["code"].strip(), e["mutant"].strip()) for e in entries}
 
 
+def restore_module(module: str, tree: Path) -> None:
+    """Put the module back as it was copied: cosmic-ray undoes each mutation after its test
+    run, but a run killed in between leaves the mutant on disk."""
+    pristine = tree.with_name(tree.name + ".pristine") / module
+    if pristine.exists():
+        shutil.copyfile(pristine, tree / module)
+    else:
+        pristine.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tree / module, pristine)
+
+
 def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Survivor]:
+    restore_module(module, tree)
     session = session_file(module, ".sqlite")
     if fresh and session.exists():
         session.unlink()
