@@ -115,6 +115,8 @@ def test_auth_decisions_cannot_be_changed_once_cached() -> None:
 @pytest.mark.parametrize(
     ("status", "outcome"),
     [
+        (199, AuthOutcome.DENIED),  # informational, no final answer: never an allowance
+        (200, AuthOutcome.ALLOWED),
         (299, AuthOutcome.ALLOWED),  # the last 2xx: the stored version, confirmed
         (300, AuthOutcome.DENIED),  # Multiple Choices is no 2xx: forwarded, never served
         (499, AuthOutcome.DENIED),  # a client error, not an outage: forwarded

@@ -437,6 +437,8 @@ def main() -> int:
             session = session_file(module, ".sqlite")
             if args.recheck and session.exists():
                 print(f"{module}: {forget_survivors(session)} survivors to run again")
+                # Filters added since the session began apply to those it runs again.
+                print(f"{module}: {skip_inert_mutants(session, tree)} of them skipped")
             found = run_module(module, target, tree, fresh=not keep)
             left = [s for s in found if s.signature not in equivalent]
             print(f"{module}: {len(found)} survivors, {len(found) - len(left)} equivalent")
