@@ -57,7 +57,7 @@ class MirroredButler(Butler):
             # checks (a read-only server, a CHAINED name) waits for the first remote use.
             Registry._check_collection_name(run)
         self.url = str(path)
-        self.mirror_root = Path(mirror).absolute()
+        self.mirror_root = Path(mirror).expanduser().absolute()
         self.local = DirectButler(self.mirror_root, collections=collections)
         self.formatters = self.local.formatters
         self.universe = self.local.universe

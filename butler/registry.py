@@ -556,7 +556,8 @@ class Registry:
                     shown = ", ".join(f"{k}={v!r}" for k, v in keys.items())
                     raise DataIdError(
                         f"no {dim} record for {shown}; add it first with "
-                        f"insert_dimension_records({dim!r}, {{...}})"
+                        f"insert_dimension_records({dim!r}, {{...}}) in Python or "
+                        f"`butler insert-dimension-records REPO {dim} FILE.yaml`"
                     )
                 raise DataIdError(f"no {dim} record for {dim}={values[dim]!r}")
             for implied in universe[dim].implies:
@@ -645,7 +646,8 @@ class Registry:
             raise DatasetTypeNotFoundError(
                 f"dataset type {name!r} is not registered in this repository "
                 f"(registered: {', '.join(known) or 'none'}); register it with "
-                "register_dataset_type(name, dimensions, storage_class)"
+                "register_dataset_type(name, dimensions, storage_class) in Python or "
+                "`butler register-dataset-type REPO NAME STORAGE_CLASS DIMENSION...`"
             )
         row = rows[0]
         dims = tuple(json.loads(row["dimensions"]))

@@ -21,10 +21,10 @@ from butler.cli.completion import (
     complete_where,
     completion_command,
 )
+from butler.cli.main import UserPath, parse_pairs
 from butler.cli.main import handle_errors as handle_butler_errors
-from butler.cli.main import parse_pairs
+from butler.cli.output import chosen_format, format_option, human_size, print_rows
 from butler.remote.limits import is_disk_full
-from mirror.plan import human_size
 from mirror.pull import PullRequest, PullSummary, pull
 from mirror.state import MirrorState
 
@@ -76,6 +76,46 @@ def _interruptible(dest: Path) -> Iterator[None]:
         sys.exit(130)
 
 
+def _progress_columns() -> list[Any]:
+    """The bars' columns: the datasets task counted in datasets, the bytes task in bytes (one
+    set of columns for both used to show ``3/3 bytes`` and ``211 bytes/s`` for datasets)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.text import Text
+
+    class ForTasks(ProgressColumn):
+        """``column`` on the tasks counting bytes (``of_bytes``) or the others."""
+
+        def __init__(self, column: ProgressColumn, of_bytes: bool) -> None:
+            super().__init__()
+            self.column, self.of_bytes = column, of_bytes
+
+        def render(self, task: Task) -> Any:
+            if (task.description == "bytes") != self.of_bytes:
+                return Text("")
+            return self.column.render(task)
+
+    return [
+        TextColumn("[bold]{task.description:>8}"),
+        BarColumn(),
+        ForTasks(MofNCompleteColumn(), of_bytes=False),
+        ForTasks(TextColumn("datasets"), of_bytes=False),
+        TaskProgressColumn(),
+        ForTasks(DownloadColumn(binary_units=True), of_bytes=True),
+        ForTasks(TransferSpeedColumn(), of_bytes=True),
+        TimeRemainingColumn(),
+    ]
+
+
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Progress | None]:
     if not enabled:
@@ -83,29 +123,10 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
         return
     # Imported here: scripts and --quiet pulls show no bars, and rich costs a start ~50 ms.
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import Progress
 
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description:>8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
+    with Progress(*_progress_columns(), console=console, transient=False) as progress:
         yield progress
 
 
@@ -171,7 +192,7 @@ common_options = [
     click.option("--via", "via", help="Pull through this proxy URL for the source."),
     click.option(
         "--token-file",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=UserPath(exists=True, dir_okay=False, path_type=Path),
         help="File holding the bearer token (default: $BUTLER_TOKEN).",
     ),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars or plan."),
@@ -184,7 +205,7 @@ common_options = [
 @click.option(
     "--dest",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=UserPath(file_okay=False, path_type=Path),
     help="Mirror directory (created if missing).",
 )
 @_with(pull_options)
@@ -230,7 +251,7 @@ def pull_command(
 
 
 @main.command()
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @_with(common_options)
 @handle_errors
 def update(
@@ -270,7 +291,7 @@ def update(
 
 
 @main.command()
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def status(dest: Path, as_json: bool) -> None:
@@ -315,28 +336,36 @@ def status(dest: Path, as_json: bool) -> None:
 
 
 @main.command("ls")
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--dataset-type", "dataset_types", multiple=True, shell_complete=complete_dataset_types
 )
 @click.option("--where", default="", shell_complete=complete_where)
+@format_option
 @handle_errors
-def list_datasets(dest: Path, dataset_types: tuple[str, ...], where: str) -> None:
+def list_datasets(
+    dest: Path, dataset_types: tuple[str, ...], where: str, output_format: str, as_json: bool
+) -> None:
     """List the datasets in a mirror."""
     from butler.direct_butler import DirectButler
 
+    rows: list[dict[str, Any]] = []
     with DirectButler(dest) as butler:
         names = list(dataset_types) or [t.name for t in butler.dataset_types()]
         for name in names:
             for ref, file in butler.query_datasets_with_files(name, where=where, find_first=False):
                 data_id = ", ".join(f"{k}={v}" for k, v in ref.data_id.required.items())
-                click.echo(f"{name:<20} {data_id:<50} {ref.run:<24} {human_size(file.size):>10}")
+                rows.append({"type": name, "data_id": data_id, "run": ref.run, "size": file.size})
+    output_format = chosen_format(output_format, as_json)
+    if output_format == "table":  # sizes for humans; JSON and CSV keep the byte counts
+        rows = [{**row, "size": human_size(row["size"])} for row in rows]
+    print_rows(rows, output_format, "datasets", header=False)  # one line per dataset
 
 
 @main.command()
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--repair", is_flag=True, help="Fetch missing or corrupt files from the source.")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--token-file", type=UserPath(exists=True, dir_okay=False, path_type=Path))
 @handle_errors
 def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
     """Re-hash every file of the mirror; with --repair, re-fetch the bad ones."""
@@ -359,7 +388,7 @@ def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
 
 
 @main.command()
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--where",
     default="",
@@ -387,7 +416,7 @@ def prune(
 
 
 @main.command()
-@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8642, show_default=True, type=click.IntRange(0, 65535))
 @handle_errors

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from butler.refs import DatasetRef, FileInfo
+from butler.units import human_size
 
 SPACE_MARGIN = 64 * 2**20
 """Room kept free beyond the downloads (registry growth, filesystem slack)."""
@@ -88,14 +89,6 @@ def make_plan(
                 plan.partial_ids.add(item.ref.id)
                 plan.resumable_bytes += min(partial_sizes[item.ref.id], item.file.size)
     return plan
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def describe_plan(plan: Plan) -> str:

@@ -28,9 +28,10 @@ from butler.direct_butler import DirectButler, IngestEntry
 from butler.errors import ButlerError, RepositoryConfigError
 from butler.remote.limits import is_disk_full
 from butler.repo_config import CONFIG_NAME, check_new_repo_root
+from butler.units import human_size
 from butler.universe import safe_dump_yaml
 from mirror.http import HttpFetcher
-from mirror.plan import Item, Plan, describe_plan, human_size, make_plan
+from mirror.plan import Item, Plan, describe_plan, make_plan
 from mirror.source import HttpSource, Source
 from mirror.state import MirrorState
 from mirror.transfer import (

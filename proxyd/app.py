@@ -17,8 +17,9 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 from aiohttp.web_runner import GracefulExit
 
+from proxyd import status
 from proxyd.fastlane import FastLane, in_process
-from proxyd.metrics import CONTENT_TYPE_LATEST
+from proxyd.metrics import CONTENT_TYPE_LATEST, SAMPLE_SECONDS
 from proxyd.server import STATE, ProxyState, handle
 from proxyd.settings import ConfigError, ProxySettings
 from proxyd.store import StoreWriteError, check_writable
@@ -44,6 +45,31 @@ def _render_metrics(state: ProxyState) -> bytes:
     state.metrics.cache_size.set(state.store.volume())
     state.metrics.coalesced_waits.inc(0)
     return state.metrics.render()
+
+
+async def status_view(request: web.Request) -> web.Response:
+    """The operator's page (:mod:`proxyd.status`): the /metrics counters, workers' included,
+    with the ring of samples drawn as charts."""
+    state = request.app[STATE]
+    volume, problem = await _settled(state)
+    problems = [p for p in (state.store_health.problem, problem) if p is not None]
+    page = status.render(
+        status.collect(
+            state.metrics, volume, state.settings.cache_size, state.settings.upstreams, problems
+        )
+    )
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def _settled(state: ProxyState) -> tuple[int, str | None]:
+    """Bring the workers' counts in and settle them (as a /metrics scrape does); the cache's
+    size, or 0 and why it could not be read."""
+    await asyncio.gather(*(link.flush() for link in state.workers))
+    state.metrics.settle()  # in the loop, whose counts they are
+    try:
+        return await asyncio.to_thread(state.store.volume), None
+    except (OSError, sqlite3.Error) as exc:
+        return 0, f"cannot read the cache's size: {exc}"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -95,11 +121,22 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
                 state.metrics.evictions.inc(removed)
                 log.info("evicted %d cache entries", removed)
 
-    task = asyncio.create_task(loop())
+    async def sampling() -> None:
+        """Every SAMPLE_SECONDS, the counters into the ring the status page draws."""
+        while True:
+            volume, _ = await _settled(state)  # a size it cannot read: /status says why
+            state.metrics.sample(volume)
+            await asyncio.sleep(SAMPLE_SECONDS)
+
+    tasks = [asyncio.create_task(loop())]
+    if state.settings.metrics:
+        tasks.append(asyncio.create_task(sampling()))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await state.close()
 
 
@@ -131,6 +168,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     app[STATE] = ProxyState(settings)
     if settings.metrics:
         app.router.add_get("/metrics", metrics_view)
+        app.router.add_get("/status", status_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_evictor)

@@ -125,8 +125,17 @@ def serve(
 
 
 def _store(settings: ProxySettings) -> Any:
-    from proxyd.store import BlockStore
+    from proxyd.store import BlockStore, is_cache_directory
 
+    # Opening a store creates one: a mistyped directory would silently become an empty cache.
+    if not is_cache_directory(settings.cache_dir):
+        click.echo(
+            f"proxyd: {settings.cache_dir} is not a proxyd cache directory (no blocks/cache.db "
+            "in it); give the cache_dir of the proxy (--cache-dir or --config), which "
+            "`proxyd serve` creates when it starts",
+            err=True,
+        )
+        sys.exit(2)
     return BlockStore(
         settings.cache_dir,
         settings.cache_size,
@@ -142,16 +151,25 @@ def _store(settings: ProxySettings) -> Any:
 def stats(
     config_file: Path | None, cache_dir: Path | None, block_size: str | None, as_json: bool
 ) -> None:
-    """Cache size, objects, blocks, pinned bytes, and the settings in force."""
+    """Cache size, objects, blocks, pinned bytes, and the settings of the proxy that last
+    opened the cache directory (it records them there when it starts)."""
+    from butler.cli.output import human_size
+    from proxyd.store import recorded_settings
+
     settings = _load(config_file, cache_dir=cache_dir, block_size=block_size)
     store = _store(settings)
     try:
         figures = store.stats()
     finally:
         store.close()
+    proxy = recorded_settings(settings.cache_dir) or {}
+    limit = proxy.get("cache_size", settings.cache_size)
     data = {
         "cache_dir": str(settings.cache_dir),
-        "cache_limit": settings.cache_size,
+        "cache_limit": limit,
+        "block_size": proxy.get("block_size"),
+        "upstreams": proxy.get("upstreams"),
+        "proxy_pid": proxy.get("pid"),
         "volume": figures.volume,
         "pinned_volume": figures.pinned_volume,
         "objects": figures.objects,
@@ -160,11 +178,17 @@ def stats(
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(describe(settings))
+    if proxy:
+        where = settings.cache_dir
+        click.echo(f"settings of the proxy that last opened {where} (pid {proxy.get('pid')}):")
+        click.echo(str(proxy.get("description", "")))
+    else:
+        click.echo(f"no proxy has recorded its settings in {settings.cache_dir}; this command's:")
+        click.echo(describe(settings))
     click.echo(
-        f"cache: {format_size(figures.volume)} of {format_size(settings.cache_size)} "
+        f"cache: {human_size(figures.volume)} of {human_size(limit)} "
         f"({figures.objects} objects, {figures.blocks} blocks, "
-        f"{format_size(figures.pinned_volume)} pinned)"
+        f"{human_size(figures.pinned_volume)} pinned)"
     )
 
 

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Sample"]
+
+SAMPLE_SECONDS = 10.0
+"""How often the main process records a :class:`Sample` for the status page (``/status``)."""
+SAMPLES_KEPT = 360
+"""Samples kept in memory: an hour at one per ``SAMPLE_SECONDS``."""
+TOP_OBJECTS_KEPT = 1000
+"""Targets whose requests are counted for the status page's top objects; past this many the
+least requested are dropped (so a scan of unique URLs cannot grow the table without bound)."""
+TARGET_CHARS = 300
+"""Longer request targets are cut to this for the top-objects table."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The cumulative counters at one moment: the status page draws differences of these."""
+
+    at: float
+    """Wall-clock time (seconds since the epoch)."""
+    hits: float
+    misses: float
+    partial_hits: float
+    bytes_from_cache: float
+    bytes_to_clients: float
+    cache_bytes: int
 
 
 class Metrics:
@@ -27,6 +54,10 @@ class Metrics:
         self._pending_handovers: dict[str, int] = {}
         self._pending_received = 0
         self._pending_logged = 0
+        self._pending_objects: dict[str, list[int]] = {}
+        self.top_objects: dict[str, list[int]] = {}
+        """Request target -> [requests, body bytes sent], for the status page (main process)."""
+        self.samples: deque[Sample] = deque(maxlen=SAMPLES_KEPT)
         # Together these two say when the access log is complete (tests wait for that
         # instead of for the log to stop growing): every request counted as received gets
         # one line, so when the lines written equal the requests received, each request
@@ -119,6 +150,20 @@ class Metrics:
         self._pending_from_cache += from_cache
         self._pending_to_clients += from_cache + from_origin
 
+    def count_object(self, target: str, sent: int) -> None:
+        """One answered request for ``target`` that sent ``sent`` body bytes (top objects).
+        Event loop only; unsettled targets are capped too, new ones past the cap not counted.
+        The query is left out: it may carry a signature or token (the page is for operators,
+        not for handing out signed URLs), and the path names the object."""
+        target = target.partition("?")[0][:TARGET_CHARS]
+        counts = self._pending_objects.get(target)
+        if counts is None:
+            if len(self._pending_objects) >= TOP_OBJECTS_KEPT:
+                return
+            counts = self._pending_objects[target] = [0, 0]
+        counts[0] += 1
+        counts[1] += sent
+
     def count_received(self) -> None:
         """One request that will get an access-log line has arrived (see count_request)."""
         self._pending_received += 1
@@ -142,7 +187,9 @@ class Metrics:
             "handovers": self._pending_handovers,
             "received": self._pending_received,
             "logged": self._pending_logged,
+            "objects": self._pending_objects,
         }
+        self._pending_objects = {}
         self._pending_requests, self._pending_handovers = {}, {}
         self._pending_from_cache = self._pending_to_clients = 0
         self._pending_received = self._pending_logged = 0
@@ -158,6 +205,10 @@ class Metrics:
             self._pending_handovers[reason] = self._pending_handovers.get(reason, 0) + int(n)
         self._pending_received += int(counts["received"])
         self._pending_logged += int(counts["logged"])
+        for target, (n, sent) in counts.get("objects", {}).items():
+            mine = self._pending_objects.setdefault(str(target)[:TARGET_CHARS], [0, 0])
+            mine[0] += int(n)
+            mine[1] += int(sent)
 
     def settle(self) -> None:
         """Move the counts of :meth:`count_request` into the Prometheus counters."""
@@ -183,6 +234,37 @@ class Metrics:
         self.requests_received.inc(self._pending_received)
         self.access_log_lines.inc(self._pending_logged)
         self._pending_received = self._pending_logged = 0
+        self._settle_objects()
+
+    def _settle_objects(self) -> None:
+        pending, self._pending_objects = self._pending_objects, {}
+        top = self.top_objects
+        for target, (n, sent) in pending.items():
+            mine = top.setdefault(target, [0, 0])
+            mine[0] += n
+            mine[1] += sent
+        if len(top) > TOP_OBJECTS_KEPT:
+            # Keep the most requested half: room for new targets without re-sorting often.
+            kept = sorted(top.items(), key=lambda item: item[1][0], reverse=True)
+            self.top_objects = dict(kept[: TOP_OBJECTS_KEPT // 2])
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A metric's current value as /metrics shows it (0 when it has none yet)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def sample(self, cache_bytes: int, at: float | None = None) -> Sample:
+        """Record the counters now in the ring of samples (call :meth:`settle` first)."""
+        sample = Sample(
+            at=time.time() if at is None else at,
+            hits=self.value("proxyd_cache_hits_total"),
+            misses=self.value("proxyd_cache_misses_total"),
+            partial_hits=self.value("proxyd_cache_partial_hits_total"),
+            bytes_from_cache=self.value("proxyd_bytes_from_cache_total"),
+            bytes_to_clients=self.value("proxyd_bytes_to_clients_total"),
+            cache_bytes=cache_bytes,
+        )
+        self.samples.append(sample)
+        return sample
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

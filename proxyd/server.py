@@ -62,7 +62,14 @@ from proxyd.policy.requests import (
 )
 from proxyd.sendfile import FileSender
 from proxyd.settings import ProxySettings
-from proxyd.store import BlockFile, BlockStore, ObjectMeta, StoreWriteError
+from proxyd.store import (
+    BlockFile,
+    BlockStore,
+    ObjectMeta,
+    StoreWriteError,
+    record_settings,
+    settings_record,
+)
 from proxyd.upstream import UpstreamClients, UpstreamError
 
 if TYPE_CHECKING:
@@ -199,6 +206,7 @@ class ProxyState:
             settings.evict_low_watermark,
             settings.evict_high_watermark,
         )
+        record_settings(settings.cache_dir, settings_record(settings))  # for `proxyd stats`
         self.upstreams = UpstreamClients(settings, self.metrics)
         self.store_health = StoreHealth(self.metrics)
         self.inflight = InflightRegistry()
@@ -278,6 +286,8 @@ def account(
 ) -> None:
     """Count one answered request in the metrics and write its access-log line."""
     state.metrics.count_request(method, status, served.cache, served.from_cache, served.from_origin)
+    if status < 400:  # the top objects are what clients got, not what they probed for
+        state.metrics.count_object(target, served.from_cache + served.from_origin)
     state.access_log.request(
         client,
         method,

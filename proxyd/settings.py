@@ -29,6 +29,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from butler.units import human_size as format_size  # one style of sizes everywhere
+
 __all__ = [
     "ENV_CONFIG_FILE",
     "ENV_PREFIX",
@@ -703,17 +705,6 @@ def _check_consistency(s: ProxySettings, sources: Mapping[str, str]) -> None:
 
 
 # -- presentation ---------------------------------------------------------------------------
-
-
-def format_size(n: int) -> str:
-    """A byte count for humans: exact binary units when they fit (``1 MiB``), else one
-    decimal (``1.5 GiB``), else bytes."""
-    for unit, factor in (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", GiB), ("MiB", MiB)):
-        if n >= factor:
-            return f"{n // factor} {unit}" if n % factor == 0 else f"{n / factor:.1f} {unit}"
-    if n >= KiB:
-        return f"{n // KiB} KiB" if n % KiB == 0 else f"{n / KiB:.1f} KiB"
-    return f"{n} B"
 
 
 def _seconds(x: float) -> str:

@@ -40,12 +40,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import diskcache
 
 from proxyd.changes import ChangeMarker
 from proxyd.policy.freshness import StoredMeta
+
+if TYPE_CHECKING:
+    from proxyd.settings import ProxySettings
 
 DIGEST_SIZE = 16
 SUB_BLOCK = 64 * 1024
@@ -90,6 +93,53 @@ def check_writable(directory: Path) -> None:
         raise StoreWriteError(
             f"the cache directory {directory} is not writable ({exc.strerror or exc})"
         ) from None
+
+
+SETTINGS_RECORD = "proxyd-settings.json"
+"""What the proxy that last opened a cache directory ran with (``proxyd stats`` shows it:
+the command's own settings are defaults and flags, not the running proxy's)."""
+
+
+def is_cache_directory(directory: Path) -> bool:
+    """Whether a proxy has set up ``directory`` (its evictable store's database is there)."""
+    return (Path(directory) / "blocks" / "cache.db").is_file()
+
+
+def record_settings(directory: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as the settings in force (atomically: a reader sees the old or the new
+    one whole). Only informative, so a failure to write it stops nothing."""
+    target = Path(directory) / SETTINGS_RECORD
+    try:
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".settings-", suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out, indent=2)
+        os.replace(temp, target)
+    except OSError:
+        return
+
+
+def settings_record(settings: ProxySettings) -> dict[str, Any]:
+    """The facts about a running proxy that ``proxyd stats`` shows beside the cache's."""
+    from proxyd.settings import describe
+
+    return {
+        "pid": os.getpid(),
+        "started": time.time(),
+        "listen": settings.listen,
+        "cache_size": settings.cache_size,
+        "block_size": settings.block_size,
+        "upstreams": dict(settings.upstreams),
+        "description": describe(settings),
+    }
+
+
+def recorded_settings(directory: Path) -> dict[str, Any] | None:
+    """The record of :func:`record_settings`, or None (none written, or unreadable)."""
+    try:
+        data = json.loads((Path(directory) / SETTINGS_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _digest(data: bytes | memoryview) -> bytes:
@@ -846,9 +896,11 @@ class BlockStore:
                 if isinstance(raw_key, str):
                     blocks += raw_key.startswith("block:")
                     objects += raw_key.startswith("meta:")
+        pinned_entries = any(True for _ in self._pinned.iterkeys())
         return StoreStats(
             volume=int(self._cache.volume()),
-            pinned_volume=int(self._pinned.volume()),
+            # An empty store's volume is its SQLite file's pages (~28 KiB): not pinned data.
+            pinned_volume=int(self._pinned.volume()) if pinned_entries else 0,
             objects=objects,
             blocks=blocks,
             evictions=self.evictions,

@@ -125,7 +125,7 @@ def test_not_enough_space_is_refused_before_anything_moves(
 ) -> None:
     monkeypatch.setattr("mirror.pull.free_bytes", lambda _: 1024)
     dest = tmp_path / "full-disk"
-    with pytest.raises(NotEnoughSpaceError, match="not enough space.*1.0 KiB is free"):
+    with pytest.raises(NotEnoughSpaceError, match="not enough space.*1 KiB is free"):
         pull(PullRequest(server.url, dest, ["flux"], ["raw"]), echo=lambda _: None)
     assert not (dest / "registry.sqlite3").exists()
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -184,3 +185,57 @@ def test_completion_scripts(cli: click.Group, prog: str) -> None:
     assert f"complete --no-files --command {prog}" in fish.output
     bad = runner.invoke(cli, ["completion", "tcsh"])
     assert bad.exit_code == 2
+
+
+def _interactive_bash(tmp_path: Path, prog: str) -> Any:
+    """A real interactive bash in a pty, with the default COMP_WORDBREAKS (':' included)
+    and ``prog``'s completion script loaded as the README says (eval of its output)."""
+    import pexpect
+
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "PS1": "READY> ",
+        "INPUTRC": str(tmp_path / "inputrc"),
+        "TERM": "dumb",
+    }
+    # One TAB lists every candidate at once, without asking or paging.
+    (tmp_path / "inputrc").write_text(
+        "set show-all-if-ambiguous on\nset completion-query-items 1000\nset page-completions off\n"
+    )
+    bash = pexpect.spawn(
+        "bash",
+        ["--norc", "--noprofile", "-i"],
+        env=env,
+        cwd=str(tmp_path),
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 300),
+    )
+    bash.expect_exact("READY> ")
+    show_breaks = "printf 'breaks[%s]\\n' \"$COMP_WORDBREAKS\""
+    bash.sendline(f'eval "$({prog} completion bash)"; {show_breaks}')
+    bash.expect(r"breaks\[([^%]*)\]\r\n")
+    assert ":" in bash.match.group(1)  # the default: bash splits words at ':'
+    bash.expect_exact("READY> ")
+    return bash
+
+
+def test_real_bash_completes_after_a_url(repo_server: ButlerServer, tmp_path: Path) -> None:
+    """Issue 19: with bash's default COMP_WORDBREAKS, `mirror pull http://host:port/
+    --dataset-type <TAB>` offered nothing, as bash had cut the URL into five words."""
+    assert ":" in repo_server.url
+    token_file = tmp_path / "token"
+    token_file.write_text(READ_TOKEN)
+    bash = _interactive_bash(tmp_path, "mirror")
+    try:
+        bash.send(f"mirror pull {repo_server.url} --token-file token --dest m --dataset-type \t")
+        bash.expect(r"deepCoadd\s+summary")
+        # Unique candidate: bash completes the word itself on the line.
+        bash.send("\x15")  # ^U: clear the line
+        bash.send(f"mirror pull {repo_server.url} --token-file token --dataset-type s\t")
+        bash.expect_exact("--dataset-type summary ")
+        bash.send("\x15")
+    finally:
+        bash.sendline("exit")
+        bash.close(force=True)

@@ -3,7 +3,8 @@
 Callbacks find the repository named earlier on the same command line (``REPO``,
 ``SOURCE``, ``--proxy`` + ``--upstream``, or a mirror's ``DEST``) and offer its dataset
 types, collections, dimensions and values, from the shared completion cache.
-``butler completion bash|zsh|fish`` prints the script click generates for a program.
+``butler completion bash|zsh|fish`` prints the script click generates for a program, with
+its bash function made to see URLs whole (see ``BASH_SOURCE``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem, get_completion_class
+from click.shell_completion import BashComplete, CompletionItem, get_completion_class
 
 if TYPE_CHECKING:
     # Imported where a completion runs: every command's start-up imports this module, and
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
 SHELLS = ("bash", "zsh", "fish")
+TOKEN_FILE_META_KEY = "butler.token_file"  # noqa: S105 - a dictionary key, not a secret
+"""Where ``butler``'s ``--token-file`` leaves its value in ``click.Context.meta`` (the option
+is not passed to each command function; see ``butler.cli.repository``)."""
 
 
 def _token(params: dict[str, Any]) -> str | None:
@@ -64,6 +68,8 @@ def given_params(ctx: click.Context) -> dict[str, Any]:
 def repository_target(ctx: click.Context) -> tuple[str, str | None] | None:
     """(repository path or URL, token) named earlier on the command line, if any."""
     params = given_params(ctx)
+    if not params.get("token_file") and ctx.meta.get(TOKEN_FILE_META_KEY):
+        params["token_file"] = ctx.meta[TOKEN_FILE_META_KEY]
     token = _token(params)
     for name in ("repo", "source"):
         if params.get(name):
@@ -174,9 +180,67 @@ def complete_data_id(
         return _items([f"{key}={v}" for v in values], incomplete)
 
 
+# Click's bash function hands click ``COMP_WORDS``, which bash split at every character of
+# ``COMP_WORDBREAKS`` - ':' included by default - so ``http://host:8642/`` reached click as
+# five words and every completion after a URL was lost. This function hands click the line
+# up to the cursor instead (click splits it as a shell does), with COMP_CWORD -1 (the last
+# word is the one completed; click indexes from the end) or, after whitespace, past the
+# end (a new, empty word). Bash then replaces only the part of the word after its last
+# break character, so that part of the word typed so far is taken off each candidate, as
+# bash-completion's __ltrim_colon_completions does.
+BASH_SOURCE = """\
+%(complete_func)s() {
+    local IFS=$'\\n'
+    local response
+    local line=${COMP_LINE:0:COMP_POINT}
+    local cword=-1
+    if [[ -z ${COMP_WORDS[COMP_CWORD]} && ${line: -1} == [[:space:]] ]]; then
+        cword=1000000
+    fi
+    local word=${line##*[[:space:]]}
+    local cur=${COMP_WORDS[COMP_CWORD]}
+    local typed=
+    if [[ $word == *"$cur" ]]; then
+        typed=${word%%"$cur"}
+    fi
+
+    response=$(env COMP_WORDS="$line" COMP_CWORD=$cword %(complete_var)s=bash_complete $1)
+
+    for completion in $response; do
+        IFS=',' read type value <<< "$completion"
+
+        if [[ $type == 'dir' ]]; then
+            COMPREPLY=()
+            compopt -o dirnames
+        elif [[ $type == 'file' ]]; then
+            COMPREPLY=()
+            compopt -o default
+        elif [[ $type == 'plain' ]]; then
+            COMPREPLY+=("${value#"$typed"}")
+        fi
+    done
+
+    return 0
+}
+
+%(complete_func)s_setup() {
+    complete -o nosort -F %(complete_func)s %(prog_name)s
+}
+
+%(complete_func)s_setup;
+"""
+
+
+class UrlAwareBashComplete(BashComplete):
+    """Click's bash completion with the function above."""
+
+    source_template = BASH_SOURCE
+
+
 def completion_script(cli: click.Command, prog_name: str, shell: str) -> str:
-    """The script that makes ``shell`` complete ``prog_name`` (click's own source)."""
-    cls = get_completion_class(shell)
+    """The script that makes ``shell`` complete ``prog_name`` (click's own source, with the
+    bash function of ``BASH_SOURCE``)."""
+    cls = UrlAwareBashComplete if shell == "bash" else get_completion_class(shell)
     if cls is None:
         raise click.BadParameter(f"no completion for {shell!r}; choose from {', '.join(SHELLS)}")
     complete_var = "_{}_COMPLETE".format(prog_name.replace("-", "_").upper())

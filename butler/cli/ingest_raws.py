@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from butler.butler import Butler
+from butler.cli.repository import Repository, RepositoryParamType, local_only
 from butler.direct_butler import DirectButler
 from butler.errors import ButlerError
 
@@ -21,7 +21,7 @@ _WARNING = "WARNING"
 
 
 @click.command("ingest-raws")
-@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo", type=RepositoryParamType())
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--instrument",
@@ -40,7 +40,7 @@ _WARNING = "WARNING"
 @click.option("--fail-fast", is_flag=True, help="Stop at the first file that fails.")
 @click.option("--list-translators", is_flag=True, help="List the installed translators and exit.")
 def ingest_raws_command(
-    repo: Path,
+    repo: Repository,
     paths: tuple[Path, ...],
     instrument: str,
     transfer: str,
@@ -77,10 +77,11 @@ def ingest_raws_command(
             # One line per fact left null or taken from a fallback key, naming the file.
             click.echo(f"{click.style(f'{_WARNING:>8}', fg='yellow')} {outcome.path}: {warning}")
 
+    # Raw files go into the repository's own storage (copied, linked or left in place),
+    # which a server cannot take: checked before any file is read.
+    root = local_only(repo, "ingest-raws", "raw files are copied or linked into its storage")
     try:
-        with Butler(repo, writeable=True) as butler:
-            if not isinstance(butler, DirectButler):
-                raise click.UsageError("ingest-raws writes to a local repository path")
+        with DirectButler(root, writeable=True) as butler:
             outcomes = ingest_raws(
                 butler, list(paths), options, translators=translators, report=report
             )

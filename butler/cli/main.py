@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,9 +22,21 @@ from butler.cli.completion import (
     complete_where,
     completion_command,
 )
+from butler.cli.output import chosen_format, format_option, human_size, print_rows
+from butler.cli.repository import Repository, local_only, open_repository, repo_argument
 from butler.errors import ButlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserPath(click.Path):
+    """A path option or argument with a leading ``~`` expanded (the shell leaves it in
+    ``--dest=~/mirror`` and in quotes)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = os.path.expanduser(value)
+        return super().convert(value, param, ctx)
 
 
 def handle_errors(func: F) -> F:
@@ -64,28 +77,16 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _print_rows(rows: Iterable[Mapping[str, Any]], as_json: bool, title: str = "") -> None:
-    rows = list(rows)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-        return
-    if not rows:
-        click.echo(f"No {title or 'results'}.")
-        return
-    # Imported here: most commands print no table, and rich costs each start ~50 ms.
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    table = RichTable(title=title or None)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console(soft_wrap=True).print(table)
+def _print_rows(rows: Iterable[Mapping[str, Any]], output_format: str, title: str = "") -> None:
+    """A listing in the chosen format; in a table, byte counts (``size``) for humans."""
+    if output_format == "table":
+        rows = [
+            {k: human_size(v) if k == "size" and isinstance(v, int) else v for k, v in r.items()}
+            for r in rows
+        ]
+    print_rows(rows, output_format, title)
 
 
-repo_argument = click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
 where_option = click.option(
     "--where",
     default="",
@@ -112,16 +113,17 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=UserPath(path_type=Path))
 @click.option("--name", help="Repository name (default: the directory name).")
 @click.option(
     "--universe",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=UserPath(exists=True, dir_okay=False, path_type=Path),
     help="Dimension universe YAML (default: the LSST-like universe in config/).",
 )
 @handle_errors
 def create(path: Path, name: str | None, universe: Path | None) -> None:
     """Create an empty repository at PATH."""
+    local_only(path, "create", "a server serves a repository created on its own disk")
     with Butler.create(path, name=name, universe=universe) as butler:
         click.echo(f"Created repository {butler.config.name!r} at {butler.root}")
 
@@ -130,9 +132,9 @@ def create(path: Path, name: str | None, universe: Path | None) -> None:
 @repo_argument
 @json_option
 @handle_errors
-def info(repo: Path, as_json: bool) -> None:
+def info(repo: Repository, as_json: bool) -> None:
     """Show a repository's name, format, dataset types and collections."""
-    with Butler(repo) as butler:
+    with open_repository(repo) as butler:
         data = butler.info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -150,10 +152,14 @@ def info(repo: Path, as_json: bool) -> None:
 @click.option("--formatter", help="Formatter name (default: the storage class's).")
 @handle_errors
 def register_dataset_type(
-    repo: Path, name: str, storage_class: str, dimensions: tuple[str, ...], formatter: str | None
+    repo: Repository,
+    name: str,
+    storage_class: str,
+    dimensions: tuple[str, ...],
+    formatter: str | None,
 ) -> None:
     """Register dataset type NAME with STORAGE_CLASS and DIMENSIONS."""
-    with Butler(repo, writeable=True) as butler:
+    with open_repository(repo, writeable=True) as butler:
         dataset_type = butler.register_dataset_type(name, dimensions, storage_class, formatter)
     click.echo(
         f"{dataset_type.name}: {', '.join(dataset_type.dimensions)} -> {dataset_type.storage_class}"
@@ -167,7 +173,7 @@ def register_dataset_type(
 @click.option("--skip-existing", is_flag=True, help="Ignore records that exist already.")
 @handle_errors
 def insert_dimension_records(
-    repo: Path, element: str, records_file: Any, skip_existing: bool
+    repo: Repository, element: str, records_file: Any, skip_existing: bool
 ) -> None:
     """Insert ELEMENT records from a YAML or JSON list of mappings ('-' for stdin)."""
     try:
@@ -178,7 +184,7 @@ def insert_dimension_records(
         records = [records]
     if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
         raise click.BadParameter("expected a list of mappings", param_hint="RECORDS_FILE")
-    with Butler(repo, writeable=True) as butler:
+    with open_repository(repo, writeable=True) as butler:
         added = butler.insert_dimension_records(element, *records, skip_existing=skip_existing)
     click.echo(f"Inserted {added} {element} record(s).")
 
@@ -187,7 +193,7 @@ def insert_dimension_records(
 @repo_argument
 @dataset_type_argument
 @click.argument(
-    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "files", nargs=-1, required=True, type=UserPath(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option("--run", required=True, help="RUN collection to add the datasets to.")
 @click.option(
@@ -202,7 +208,7 @@ def insert_dimension_records(
 @click.option("--transfer", type=click.Choice(["copy", "move", "hardlink"]), default="copy")
 @handle_errors
 def ingest(
-    repo: Path,
+    repo: Repository,
     dataset_type: str,
     files: tuple[Path, ...],
     run: str,
@@ -213,7 +219,12 @@ def ingest(
     values = parse_pairs(data_id, "--data-id")
     if len(files) > 1:
         raise click.UsageError("give one file per data ID (several files would share it)")
-    with Butler(repo, run=run) as butler, butler.transaction():
+    # A server takes datasets through put() only: ingesting copies a file into the
+    # repository's own storage, which only a process on that machine can do.
+    path_ = local_only(
+        repo, "ingest", "it copies FILES into the repository's storage; run it where that is"
+    )
+    with Butler(path_, run=run) as butler, butler.transaction():
         for path in files:
             ref = butler.ingest(path, dataset_type, values, transfer=transfer)
             click.echo(f"Ingested {path} as {ref!r}")
@@ -229,20 +240,21 @@ def ingest(
 @click.option(
     "--all-runs", "find_all", is_flag=True, help="Show every match, not the first per data ID."
 )
-@json_option
+@format_option
 @handle_errors
 def query_datasets(
-    repo: Path,
+    repo: Repository,
     dataset_type: str,
     collections: tuple[str, ...],
     where: str,
     bind: tuple[str, ...],
     limit: int | None,
     find_all: bool,
+    output_format: str,
     as_json: bool,
 ) -> None:
     """List datasets of DATASET_TYPE matching --where."""
-    with Butler(repo) as butler:
+    with open_repository(repo) as butler:
         rows = butler.query_datasets_with_files(
             dataset_type,
             collections or None,
@@ -263,7 +275,7 @@ def query_datasets(
             }
             for ref, file in rows
         ),
-        as_json,
+        chosen_format(output_format, as_json),
         f"{dataset_type} datasets",
     )
 
@@ -280,20 +292,21 @@ def query_datasets(
 )
 @collections_option
 @click.option("--limit", type=int)
-@json_option
+@format_option
 @handle_errors
 def query_data_ids(
-    repo: Path,
+    repo: Repository,
     dimensions: tuple[str, ...],
     where: str,
     bind: tuple[str, ...],
     dataset_type: str | None,
     collections: tuple[str, ...],
     limit: int | None,
+    output_format: str,
     as_json: bool,
 ) -> None:
     """List distinct data IDs over DIMENSIONS."""
-    with Butler(repo) as butler:
+    with open_repository(repo) as butler:
         ids = butler.query_data_ids(
             dimensions,
             where,
@@ -302,7 +315,7 @@ def query_data_ids(
             collections=collections or None,
             limit=limit,
         )
-    _print_rows((dict(i) for i in ids), as_json, "data IDs")
+    _print_rows((dict(i) for i in ids), chosen_format(output_format, as_json), "data IDs")
 
 
 @main.command("query-dimension-records")
@@ -311,39 +324,45 @@ def query_data_ids(
 @where_option
 @bind_option
 @click.option("--limit", type=int)
-@json_option
+@format_option
 @handle_errors
 def query_dimension_records(
-    repo: Path, element: str, where: str, bind: tuple[str, ...], limit: int | None, as_json: bool
+    repo: Repository,
+    element: str,
+    where: str,
+    bind: tuple[str, ...],
+    limit: int | None,
+    output_format: str,
+    as_json: bool,
 ) -> None:
     """List the records of a dimension ELEMENT (visit, detector, ...)."""
-    with Butler(repo) as butler:
+    with open_repository(repo) as butler:
         records = butler.query_dimension_records(
             element, where, parse_pairs(bind, "--bind"), limit=limit
         )
-    _print_rows(records, as_json, f"{element} records")
+    _print_rows(records, chosen_format(output_format, as_json), f"{element} records")
 
 
 @main.command("query-collections")
 @repo_argument
-@json_option
+@format_option
 @handle_errors
-def query_collections(repo: Path, as_json: bool) -> None:
+def query_collections(repo: Repository, output_format: str, as_json: bool) -> None:
     """List collections (RUN and CHAINED)."""
-    with Butler(repo) as butler:
+    with open_repository(repo) as butler:
         rows = butler.query_collections()
     for row in rows:
         row["children"] = ", ".join(row["children"])
-    _print_rows(rows, as_json, "collections")
+    _print_rows(rows, chosen_format(output_format, as_json), "collections")
 
 
 @main.command("query-dataset-types")
 @repo_argument
-@json_option
+@format_option
 @handle_errors
-def query_dataset_types(repo: Path, as_json: bool) -> None:
+def query_dataset_types(repo: Repository, output_format: str, as_json: bool) -> None:
     """List registered dataset types."""
-    with Butler(repo) as butler:
+    with open_repository(repo) as butler:
         rows = [
             {
                 "name": t.name,
@@ -353,7 +372,7 @@ def query_dataset_types(repo: Path, as_json: bool) -> None:
             }
             for t in butler.dataset_types()
         ]
-    _print_rows(rows, as_json, "dataset types")
+    _print_rows(rows, chosen_format(output_format, as_json), "dataset types")
 
 
 @main.command("set-chain")
@@ -361,9 +380,9 @@ def query_dataset_types(repo: Path, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("children", nargs=-1, required=True)
 @handle_errors
-def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
+def set_chain(repo: Repository, name: str, children: tuple[str, ...]) -> None:
     """Make NAME a CHAINED collection searching CHILDREN in order."""
-    with Butler(repo, writeable=True) as butler:
+    with open_repository(repo, writeable=True) as butler:
         butler.set_collection_chain(name, children)
     click.echo(f"{name} -> {', '.join(children)}")
 
@@ -377,7 +396,7 @@ def set_chain(repo: Path, name: str, children: tuple[str, ...]) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def remove(
-    repo: Path,
+    repo: Repository,
     dataset_type: str,
     collections: tuple[str, ...],
     where: str,
@@ -385,7 +404,7 @@ def remove(
     yes: bool,
 ) -> None:
     """Remove the datasets of DATASET_TYPE matching --where (one transaction)."""
-    with Butler(repo, writeable=True) as butler:
+    with open_repository(repo, writeable=True) as butler:
         refs = butler.query_datasets(
             dataset_type,
             collections or None,
@@ -405,9 +424,14 @@ def remove(
 @main.command()
 @repo_argument
 @handle_errors
-def verify(repo: Path) -> None:
+def verify(repo: Repository) -> None:
     """Re-hash every file against its recorded size and checksum."""
-    with Butler(repo) as butler:
+    # Verifying re-reads every file where it is stored; over HTTP that would download the
+    # whole repository (a mirror verifies its own copies: `mirror verify`).
+    path_ = local_only(
+        repo, "verify", "it re-hashes the files on disk; run it where the repository is stored"
+    )
+    with Butler(path_) as butler:
         problems = butler.verify()
     for ref, problem in problems:
         click.echo(f"BAD {ref!r}: {problem}", err=True)
@@ -417,13 +441,13 @@ def verify(repo: Path) -> None:
 
 
 @main.command()
-@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8642, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--tokens",
     "tokens_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=UserPath(exists=True, dir_okay=False, path_type=Path),
     help="YAML file of bearer tokens with read/write scopes (writes need one).",
 )
 @click.option("--read-only", is_flag=True, help="Refuse every write.")
@@ -522,7 +546,7 @@ def serve(
 @main.command()
 @click.option(
     "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=UserPath(file_okay=False, path_type=Path),
     default=Path("demo-work"),
     show_default=True,
     help="Directory for the sample repository (replaced).",

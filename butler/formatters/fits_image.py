@@ -73,6 +73,7 @@ from butler.formatters.planes import common_mask, estimate_variance, to_variance
 from butler.formatters.sky import parse_sky, sky_box
 from butler.image import DEFAULT_MASK_PLANES, Box, Image, as_box
 from butler.io.source import ByteRange, ByteSource, LocalFileSource, merge_ranges
+from butler.units import human_size
 
 __all__ = ["CompressedFitsImageFormatter", "FitsImageFormatter"]
 
@@ -1057,9 +1058,9 @@ def _too_large(name: str, layout: _Layout | None, hdu: Mapping[str, Any] | None 
         size, shape = _plane_bytes(hdu), list(hdu["shape"])
     return (
         f"{name}: not enough memory to read it whole: the pixels are {shape} and need "
-        f"{size / 2**20:.1f} MiB ({size} bytes) in memory. Read it lazily, chunk by chunk "
+        f"{human_size(size)} ({size} bytes) in memory. Read it lazily, chunk by chunk "
         "(parameters={'lazy': True}: the planes are dask arrays), or a part of it "
-        "(parameters={'bbox': Box(x0, y0, x1, y1)} or {'sky': ...})"
+        "(parameters={'bbox': Box(x0, y0, width, height)} or {'sky': ...})"
     )
 
 

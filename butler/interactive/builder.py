@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from butler.errors import InvalidQueryError
-from butler.interactive.display import QueryView, human_size, render_html, render_text
+from butler.interactive.display import QueryView, render_html, render_text
 from butler.interactive.expression import (
     ConstraintValue,
     compose,
@@ -24,6 +24,7 @@ from butler.interactive.expression import (
 from butler.interactive.signature import where_doc, where_signature
 from butler.interactive.value_cache import ValueCache, cache_key
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+from butler.units import human_size
 
 if TYPE_CHECKING:
     from butler.butler import Butler, QuerySummary

@@ -184,7 +184,7 @@ class AsyncButler:
         self.collections = as_collection_list(collections) or ([run] if run else None)
         self.formatters = formatters or default_registry()
         self.io_stats = IOStats()
-        self._cache_dir = Path(cache_dir) if cache_dir else None
+        self._cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._cache_size = cache_size
         self._cache: FileCache | None = None
         self._info: dict[str, Any] | None = None

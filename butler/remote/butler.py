@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,10 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
+        if threading.current_thread() is self._thread:
+            # Collected on its own thread: stop after this callback, nothing to wait for.
+            self.loop.call_soon(self.loop.stop)
+            return
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
@@ -60,6 +65,14 @@ async def _in_transaction(coro: Coroutine[Any, Any, T], txn: RemoteTransaction |
         return await coro
     finally:
         _CURRENT_TXN.reset(token)
+
+
+def _shutdown(io: _LoopThread, remote: AsyncButler) -> None:
+    """Close the session and the cache, then stop the I/O thread (``close`` and the
+    finalizer that runs it when a butler nobody closed is collected or at exit)."""
+    with contextlib.suppress(Exception):
+        io.run(remote.close())
+    io.stop()
 
 
 class RemoteButler(Butler):
@@ -96,6 +109,9 @@ class RemoteButler(Butler):
         self._local = threading.local()
         # Started once the arguments are accepted (a bad URL or run name leaves no thread).
         self._io = _LoopThread()
+        # Closed when collected or at interpreter exit if the caller never closes it (holds
+        # no reference to ``self``, so it does not keep the butler alive).
+        self._finalizer = weakref.finalize(self, _shutdown, self._io, self.remote)
         try:
             self._run(self.remote.info())
             # Like a local butler: ``run`` is checked now and created by the first write
@@ -121,9 +137,8 @@ class RemoteButler(Butler):
         return f"Butler({self.url!r}, {mode}, run={self.run!r}, collections={self.collections!r})"
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._io.run(self.remote.close())
-        self._io.stop()
+        """Close the connections and the cache; ``with Butler(url) as butler:`` does it."""
+        self._finalizer()
 
     def info(self) -> dict[str, Any]:
         return self._run(self.remote.info())

@@ -9,9 +9,11 @@ failures become :class:`~butler.errors.RemoteUnavailableError` naming the server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +22,23 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from butler.errors import CorruptFileError, RemoteUnavailableError
+from butler.errors import ButlerError, CorruptFileError, RemoteUnavailableError
 from butler.http.errors import raise_for_error
 from butler.http.ranges import parse_content_range
 from butler.io.source import ByteRange, merge_ranges
 from butler.remote.limits import Pages
 
 API = "api/v1"
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ButlerError(
+            f"cannot read the token file {path}: {exc.strerror or exc}; pass token_file= "
+            "(Python) or --token-file (command line) a file holding the bearer token"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -56,10 +68,64 @@ class ClientSettings:
         **options: Any,
     ) -> ClientSettings:
         if token is None and token_file is not None:
-            token = Path(token_file).read_text().strip()
+            token = _read_token_file(Path(token_file).expanduser())
         if token is None:
             token = os.environ.get("BUTLER_TOKEN") or None
         return cls(url=url.rstrip("/") + "/", token=token, **options)
+
+
+def _abandon_session(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    """Close a session its owner never closed (called by a finalizer: no awaiting here).
+
+    On a loop running in another thread (a sync butler's I/O thread) it is closed there;
+    otherwise its connections are closed at once, without the closing handshake that
+    ``await session.close()`` would wait for (there may be no loop left to wait on).
+    """
+    if session.closed:
+        return
+    with contextlib.suppress(Exception):
+        if loop.is_running() and not _in_thread_of(loop):
+            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
+            return
+    connector = session.connector
+    session.detach()
+    if connector is not None:
+        with contextlib.suppress(Exception):
+            # aiohttp's synchronous part of ``connector.close()``: marks it closed (so it
+            # does not warn) and closes the transports (the loop, if it runs again,
+            # finishes closing the sockets).
+            connector._close()
+
+
+async def _closed_with_loop(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Suspended while ``session`` lives. When its event loop ends first (``asyncio.run``
+    closes suspended async generators then), it closes the session on that loop, cleanly:
+    an async client a script never closed leaves no connection open behind it."""
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def _in_thread_of(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class _Counts:
+    """Connections opened and requests sent by one client's sessions."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+
+    async def count_connection(self, *_: Any) -> None:
+        self.connections += 1
+
+    async def count_request(self, *_: Any) -> None:
+        self.requests += 1
 
 
 class RepositoryClient:
@@ -69,9 +135,20 @@ class RepositoryClient:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._session_lock = asyncio.Lock()
-        self.connections_opened = 0
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._keeper: AsyncGenerator[None, None] | None = None
+        # Counted by the session's trace callbacks; kept apart from ``self`` so that the
+        # session (held by the finalizer) does not keep this client alive.
+        self._counts = _Counts()
+
+    @property
+    def connections_opened(self) -> int:
         """TCP connections opened so far (requests beyond that reused a kept-alive one)."""
-        self.requests_sent = 0
+        return self._counts.connections
+
+    @property
+    def requests_sent(self) -> int:
+        return self._counts.requests
 
     @property
     def base_url(self) -> str:
@@ -88,8 +165,8 @@ class RepositoryClient:
                     if self.settings.token:
                         headers["Authorization"] = f"Bearer {self.settings.token}"
                     trace = aiohttp.TraceConfig()
-                    trace.on_connection_create_end.append(self._count_connection)
-                    trace.on_request_start.append(self._count_request)
+                    trace.on_connection_create_end.append(self._counts.count_connection)
+                    trace.on_request_start.append(self._counts.count_request)
                     self._session = aiohttp.ClientSession(
                         headers=headers,
                         trace_configs=[trace],
@@ -103,15 +180,24 @@ class RepositoryClient:
                         ),
                         raise_for_status=False,
                     )
+                    # A client nobody closed still closes its connections when it is
+                    # collected or the interpreter exits (no "Unclosed client session").
+                    if self._finalizer is not None:  # the last session was closed already
+                        self._finalizer.detach()
+                    self._finalizer = weakref.finalize(
+                        self, _abandon_session, self._session, asyncio.get_running_loop()
+                    )
+                    self._keeper = _closed_with_loop(self._session)
+                    await anext(self._keeper)
         return self._session
 
-    async def _count_connection(self, *_: Any) -> None:
-        self.connections_opened += 1
-
-    async def _count_request(self, *_: Any) -> None:
-        self.requests_sent += 1
-
     async def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._keeper is not None:
+            keeper, self._keeper = self._keeper, None
+            await keeper.aclose()  # closes the session
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import resource
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -36,7 +38,7 @@ log = logging.getLogger("butler.server")
 TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/healthz", f"{API}/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", f"{API}/openapi.json"})
 """The only paths readable without a token under ``--read-access token`` (exact matches)."""
 
 
@@ -167,7 +169,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             request,
             401,
             "InvalidToken",
-            "the bearer token is not valid for this repository; check --token-file",
+            "the bearer token is not valid for this repository; check the token given "
+            "(token=/token_file= in Python, --token-file or BUTLER_TOKEN for a command)",
         )
     needs_token = write or (settings.read_access == "token" and not public)
     if needs_token and principal is None:
@@ -176,7 +179,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return _auth_error(request, 403, "WritesDisabled", message)
         message = (
             f"this repository requires a bearer token with the {needed!r} scope for "
-            f"{'writes' if write else 'reads'}; pass token=... (or --token-file)"
+            f"{'writes' if write else 'reads'}; give one (token=/token_file= in Python, "
+            "--token-file or BUTLER_TOKEN for a command)"
         )
         return _auth_error(request, 401, "AuthenticationRequired", message)
     if needs_token and principal is not None and needed not in principal.scopes:
@@ -269,7 +273,76 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.cleanup_ctx.append(_expire_transactions)
     app.on_cleanup.append(_close_pool)
     add_routes(app)
+    app.router.add_get("/", landing_page)
     return app
+
+
+_LINKS = {"api": f"{API}/", "openapi": f"{API}/openapi.json", "health": "/healthz"}
+
+
+async def landing_page(request: web.Request) -> web.Response:
+    """``GET /``: what this server is and where its API is described (HTML for browsers,
+    JSON when ``Accept`` prefers it). The repository's name and dataset types are shown
+    only to a client that may read it: with ``--read-access token``, anonymous visitors
+    get the links alone."""
+    settings = request.app[SETTINGS]
+    may_read = settings.read_access == "public" or request["principal"] != "anonymous"
+    body: dict[str, Any] = {"service": "butler serve", "links": dict(_LINKS)}
+    if may_read:
+        name, types = await request.app[POOL].read(
+            lambda b: (b.config.name, sorted(t.name for t in b.dataset_types()))
+        )
+        body.update(repository=name, dataset_types=types)
+    else:
+        body["note"] = "this repository needs a bearer token with the 'read' scope"
+    headers = {"Cache-Control": "no-store", "Vary": "Accept, Authorization"}
+    if _prefers_json(request.headers.get("Accept", "")):
+        return web.json_response(body, headers=headers)
+    return web.Response(text=_landing_html(body), content_type="text/html", headers=headers)
+
+
+def _prefers_json(accept: str) -> bool:
+    """Whether ``Accept`` ranks JSON above HTML (a browser sends text/html first)."""
+    ranks: dict[str, float] = {}
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                with contextlib.suppress(ValueError):
+                    quality = float(value)
+        ranks[media.strip().lower()] = quality
+    json_rank = ranks.get("application/json", 0.0)
+    return json_rank > 0 and json_rank >= ranks.get("text/html", 0.0)
+
+
+def _landing_html(body: dict[str, Any]) -> str:
+    from html import escape
+
+    name = body.get("repository")
+    title = escape(f"butler repository {name}" if name is not None else "butler serve")
+    links = "".join(
+        # Relative links: they still work behind a proxy that serves this under a prefix.
+        f'<li><a href="{escape(href.lstrip("/"))}">{escape(href)}</a> ({label})</li>'
+        for href, label in (
+            (_LINKS["openapi"], "the API, described in OpenAPI 3"),
+            (_LINKS["api"], "repository information"),
+            (_LINKS["health"], "health check"),
+        )
+    )
+    if "dataset_types" in body:
+        types = "".join(f"<li>{escape(t)}</li>" for t in body["dataset_types"])
+        types = types or "<li>(none)</li>"
+        content = f"<h2>Dataset types</h2><ul>{types}</ul>"
+    else:
+        content = f"<p>{escape(body['note'])}.</p>"
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"</head><body><h1>{title}</h1>{content}<h2>API</h2><ul>{links}</ul>"
+        "<p>Read it in Python with <code>Butler(&quot;&lt;this URL&gt;&quot;)</code>.</p>"
+        "</body></html>\n"
+    )
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -337,7 +410,11 @@ class _Runner(web.AppRunner):
         return server
 
 
-async def _run(app: web.Application, settings: ServerSettings) -> None:
+async def _run(
+    app: web.Application,
+    settings: ServerSettings,
+    print_url: Callable[[str], None] | None = None,
+) -> None:
     runner = _Runner(
         app,
         settings.max_connections or default_max_connections(),
@@ -350,7 +427,19 @@ async def _run(app: web.Application, settings: ServerSettings) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Said first and alone (no "Serving ..." line before it), as a command error.
+            raise ButlerError(
+                f"cannot listen on {settings.host}:{settings.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}; "
+                "stop what uses that port or choose another with --port"
+            ) from exc
+        if print_url:
+            # Announced once listening: the real port when --port 0 asked for any.
+            host, port = runner.addresses[0][:2]
+            print_url(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -364,7 +453,4 @@ def serve(settings: ServerSettings, *, print_url: Callable[[str], None] | None =
     """Run the server until interrupted (SIGINT/SIGTERM shut it down cleanly)."""
     app = create_app(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    url = f"http://{settings.host}:{settings.port}/"
-    if print_url:
-        print_url(url)
-    asyncio.run(_run(app, settings))
+    asyncio.run(_run(app, settings, print_url))

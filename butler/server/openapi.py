@@ -586,6 +586,37 @@ def build_openapi() -> dict[str, Any]:
                 },
             },
         },
+        "/": {
+            "get": {
+                "summary": "Landing page: the repository's name and dataset types (only to "
+                "readers: with --read-access token, without a token the links alone) and "
+                "links to this document and /healthz; HTML, or JSON when Accept asks for it",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["service", "links"],
+                                    "properties": {
+                                        "service": {"type": "string"},
+                                        "links": {"type": "object"},
+                                        "repository": {"type": "string"},
+                                        "dataset_types": {
+                                            "type": "array",
+                                            "items": {"type": "string"},
+                                        },
+                                        "note": {"type": "string"},
+                                    },
+                                }
+                            },
+                        },
+                    }
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness and registry latency",
