@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import shutil
 import sqlite3
 import subprocess
@@ -370,26 +371,30 @@ def restore_module(module: str, tree: Path) -> None:
         shutil.copyfile(tree / module, pristine)
 
 
+def module_digest(module: str, tree: Path) -> str:
+    return hashlib.sha256((tree / module).read_bytes()).hexdigest()
+
+
 def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Survivor]:
     restore_module(module, tree)
     session = session_file(module, ".sqlite")
+    digest = session_file(module, ".sha256")
     if fresh and session.exists():
         session.unlink()
+    if session.exists() and digest.exists() and digest.read_text() != module_digest(module, tree):
+        sys.exit(
+            f"{module} has changed since its session began: its mutants no longer match the "
+            "code; run the target again without --resume/--recheck"
+        )
     # Written anew every time: a resumed or rechecked session runs the target's tests as
     # they are now, in this tree.
     config = session_config(module, target, tree)
     if not session.exists():
         cosmic_ray(tree, "init", str(config), str(session))
+        digest.write_text(module_digest(module, tree))
         print(f"{module}: {skip_inert_mutants(session, tree)} mutants skipped", flush=True)
     cosmic_ray(tree, "exec", str(config), str(session))
     return list(survivors(session, module, tree))
-
-
-def refresh_tests(tree: Path) -> None:
-    """The work tree's tests (new ones written to kill survivors) into a kept tree, whose
-    modules stay as they were mutated."""
-    shutil.rmtree(tree / "tests")
-    shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def forget_survivors(session: Path) -> int:
@@ -425,11 +430,10 @@ def main() -> int:
     unexplained: list[Survivor] = []
     for name in args.targets or list(TARGETS):
         target, tree = TARGETS[name], tree_of(name)
-        keep = args.resume or args.recheck
-        if not (keep and tree.exists()):
+        # --resume continues in the kept tree; --recheck takes the code and tests as they are
+        # now (the mutated modules must not have changed since their sessions began).
+        if args.recheck or not (args.resume and tree.exists()):
             copy_tree(tree, args.worktree)
-        if args.recheck:
-            refresh_tests(tree)
         check_baseline(target, tree)
         for module in target.modules:
             if args.module and module != args.module:
@@ -439,7 +443,7 @@ def main() -> int:
                 print(f"{module}: {forget_survivors(session)} survivors to run again")
                 # Filters added since the session began apply to those it runs again.
                 print(f"{module}: {skip_inert_mutants(session, tree)} of them skipped")
-            found = run_module(module, target, tree, fresh=not keep)
+            found = run_module(module, target, tree, fresh=not (args.resume or args.recheck))
             left = [s for s in found if s.signature not in equivalent]
             print(f"{module}: {len(found)} survivors, {len(found) - len(left)} equivalent")
             unexplained += left
