@@ -76,6 +76,7 @@ TARGETS: dict[str, Target] = {
         modules=("butler/http/ranges.py", "butler/http/conditional.py", "butler/http/bundle.py"),
         tests=(
             "tests/test_http_ranges.py",
+            "tests/test_proxyd_policy_edges.py",
             "tests/test_http_bundle.py",
             "tests/test_server_files.py",
         ),
