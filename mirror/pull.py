@@ -105,7 +105,7 @@ def open_source(source: str, via: str | None, token: str | None) -> Source:
     target = via or source
     if is_remote_uri(target):
         return HttpSource(target, token)
-    path = Path(target)
+    path = Path(target).expanduser()
     if not path.is_dir():
         raise RepositoryConfigError(f"source {target} is neither an http(s) URL nor a directory")
     return DirectButler(path)

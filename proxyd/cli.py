@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from butler.cli.output import chosen_format, format_option, print_rows
 from proxyd.settings import ConfigError, ProxySettings, describe, format_size, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -195,26 +196,47 @@ def stats(
 @main.command("ls")
 @settings_options
 @click.option("--prefix", default="", help="Only keys starting with this (an upstream URL).")
+@format_option
 def list_objects(
-    config_file: Path | None, cache_dir: Path | None, block_size: str | None, prefix: str
+    config_file: Path | None,
+    cache_dir: Path | None,
+    block_size: str | None,
+    prefix: str,
+    output_format: str,
+    as_json: bool,
 ) -> None:
-    """List cached objects with how many of their blocks are present."""
+    """List cached objects with how many of their blocks are present.
+
+    The table has no header and one object a line (blocks present/total, size, "pinned",
+    key), whole however long; json and csv give every field, sizes in bytes."""
     from proxyd.store import describe_meta
 
     settings = _load(config_file, cache_dir=cache_dir, block_size=block_size)
     store = _store(settings)
+    rows = []
     try:
         for meta in sorted(store.objects(), key=lambda m: m.key):
             if not meta.key.startswith(prefix):
                 continue
             count = meta.block_count(settings.block_size)
             present = store.has_blocks(meta.version(settings.block_size), range(count))
-            row = describe_meta(meta, settings.block_size, present)
-            size = "?" if row["size"] is None else format_size(row["size"])
-            pin = " pinned" if row["pinned"] else ""
-            click.echo(f"{row['blocks']:>11} blocks {size:>10}{pin}  {row['key']}")
+            rows.append(describe_meta(meta, settings.block_size, present))
     finally:
         store.close()
+    chosen = chosen_format(output_format, as_json)
+    if chosen != "table":
+        print_rows(rows, chosen, "cached objects")
+        return
+    lines = [
+        {
+            "blocks": row["blocks"],
+            "size": "?" if row["size"] is None else format_size(row["size"]),
+            "pinned": "pinned" if row["pinned"] else "",
+            "key": row["key"],
+        }
+        for row in rows
+    ]
+    print_rows(lines, "table", "cached objects", header=False)
 
 
 def _key_for(settings: ProxySettings, target: str) -> str:

@@ -201,6 +201,17 @@ def test_admin_commands_stats_ls_purge_warm(
         assert row.endswith(f"{origin.url}sub/w{i}.bin")
     only = proxyd_cli("ls", *cache, "--prefix", f"{origin.url}sub/w1")
     assert len(only.stdout.splitlines()) == 1
+    # json and csv: every field, whole, sizes in bytes (for scripts).
+    listed = json.loads(proxyd_cli("ls", *cache, "--format", "json").stdout)
+    assert [(r["key"], r["blocks"], r["size"], r["pinned"]) for r in listed] == [
+        (f"{origin.url}sub/w{i}.bin", "6/6", SIZE + i, False) for i in range(3)
+    ]
+    csv_lines = proxyd_cli("ls", *cache, "--format", "csv").stdout.splitlines()
+    assert csv_lines[0] == "key,url,size,etag,blocks,pinned"
+    assert len(csv_lines) == 4
+    assert csv_lines[1].startswith(f"{origin.url}sub/w0.bin,")
+    nothing = proxyd_cli("ls", *cache, "--prefix", "http://nowhere/")
+    assert nothing.stdout.strip() == "No cached objects."
 
     # purge: one object by proxy path, then a prefix, then everything.
     purged = proxyd_cli("purge", *cache, *upstreams, "/o/sub/w0.bin")

@@ -245,6 +245,12 @@ def test_commands_expand_tilde_in_paths(repo: Path, home: Path) -> None:
     status = run_command("mirror", "status", "~/mirror", home=home)
     assert "does not exist" not in status.stderr
     assert status.returncode == 0, status.stderr
+    # A local repository as the source of a pull, and the destination, both under ~.
+    args = ["pull", "~/mirror", "--dest", "~/copy", "--dataset-type", "summary"]
+    pulled = run_command("mirror", *args, "--collections", "sample", "--quiet", home=home)
+    assert pulled.returncode == 0, pulled.stderr
+    with Butler(home / "copy", collections="sample") as copy:
+        assert copy.get("summary", **DATA_ID) == VALUE
 
 
 # -- a busy port ----------------------------------------------------------------------------
