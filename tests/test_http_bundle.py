@@ -63,3 +63,19 @@ def test_requests_name_between_one_and_max_files_paths() -> None:
     for body in ({"paths": "a"}, {"paths": [1]}, ["a"], {"files": ["a"]}):
         with pytest.raises(ValueError, match='must be {"paths"'):
             parse_request(body)
+
+
+def test_a_bundle_asks_for_at_most_64_files() -> None:
+    """The limit the server's info offers and the README states (64 files per bundle)."""
+    assert parse_request({"paths": [f"f{i}" for i in range(64)]}) == [f"f{i}" for i in range(64)]
+    with pytest.raises(ValueError, match="at most 64 files, not 65"):
+        parse_request({"paths": [f"f{i}" for i in range(65)]})
+
+
+def test_a_header_line_may_be_4096_bytes_newline_included() -> None:
+    overhead = len(BundleEntry("", 0).encode())
+    longest = BundleEntry("p" * (4096 - overhead), 0).encode()
+    assert len(longest) == 4096
+    assert BundleEntry.decode(longest) == BundleEntry("p" * (4096 - overhead), 0)
+    with pytest.raises(ValueError, match="longer than 4096 bytes"):
+        BundleEntry("p" * (4097 - overhead), 0).encode()

@@ -278,6 +278,39 @@ def test_two_digit_years_are_read_against_the_given_now() -> None:
     assert parse_http_date(rfc850, now=in_2026) == calendar.timegm((1994, 11, 6, 8, 49, 37))
 
 
+@pytest.mark.parametrize(("yy", "year"), [("76", 2076), ("77", 1977)])
+def test_a_two_digit_year_exactly_50_years_ahead_is_still_ahead(yy: str, year: int) -> None:
+    """ "More than 50 years in the future" is the past century: 2076 seen from 2026 is 50
+    years ahead (kept), 2077 is more (read as 1977)."""
+    in_2026 = calendar.timegm((2026, 12, 6, 0, 0, 0))
+    parsed = parse_http_date(f"Friday, 06-Nov-{yy} 08:49:37 GMT", now=in_2026)
+    assert parsed == calendar.timegm((year, 11, 6, 8, 49, 37))
+
+
+def test_a_leap_second_is_a_date_and_61_is_not() -> None:
+    """RFC 9110 §5.6.7's time-of-day allows second 60 (a leap second), nothing beyond."""
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:60 GMT") == calendar.timegm(
+        (1994, 11, 6, 8, 50, 0)
+    )
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:61 GMT") is None
+    assert parse_http_date("Sun, 06 Nov 1994 24:00:00 GMT") is None
+    assert parse_http_date("Sun, 06 Nov 1994 08:60:00 GMT") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "tags"),
+    [
+        ('"a"', ("a",)),
+        ('"a",W/"b"', ("a", "b")),
+        ('"",  "c" ,', ("", "c")),
+    ],
+)
+def test_entity_tag_lists_read_every_tag(value: str, tags: tuple[str, ...]) -> None:
+    parsed = parse_etag_list(value)
+    assert isinstance(parsed, tuple)
+    assert tuple(t.opaque for t in parsed) == tags
+
+
 # -- what refusals quote of a hostile request ----------------------------------------------------
 
 LONG = "\x01" * 100  # no token: quoted with repr, and cut
