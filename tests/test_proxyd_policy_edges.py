@@ -262,8 +262,10 @@ def test_header_values_with_cr_lf_or_nul_are_refused(bad: str) -> None:
 # -- conditional fields ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ['"abc', '"a", "b', 'W/"x'])
+@pytest.mark.parametrize("value", ['"abc', '"a", "b', 'W/"x', ',"a', "W/", '"a", W/', 'a"b"'])
 def test_an_unterminated_entity_tag_makes_the_list_invalid(value: str) -> None:
+    """Unterminated, cut after ``W/``, or not starting with a quote: the list is invalid
+    (and is never scanned again from its start)."""
     assert parse_etag_list(value) is None
 
 
