@@ -575,12 +575,12 @@ class AsyncButler:
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, ButlerError) or not is_disk_full(exc):
                 raise
-            free = shutil.disk_usage(cache.directory).free
-            raise CacheFullError(
-                f"the file cache at {cache.directory} is full ({exc}): {file.path} needs "
-                f"{file.size} bytes (twice that while it is stored) and {free} bytes are "
-                "free. Free some space, or give the butler a cache with room (cache_dir=, or "
-                "$BUTLER_CACHE_DIR); get() and open() read parts of files without the cache"
+            raise _cache_full(
+                cache.directory,
+                exc,
+                file.path,
+                file.size,
+                "; get() and open() read parts of files without the cache",
             ) from None
 
     def file_url(self, file: FileInfo) -> str:
@@ -664,12 +664,8 @@ class AsyncButler:
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, ButlerError) or not is_disk_full(exc):
                 raise
-            free = shutil.disk_usage(cache.directory).free
-            raise CacheFullError(
-                f"the file cache at {cache.directory} is full ({exc}): HDU {entry['index']} "
-                f"of {file.path} needs {length} bytes (twice that while it is stored) and "
-                f"{free} bytes are free. Free some space, or give the butler a cache with "
-                "room (cache_dir=, or $BUTLER_CACHE_DIR)"
+            raise _cache_full(
+                cache.directory, exc, f"HDU {entry['index']} of {file.path}", length
             ) from None
 
     async def _fetch_to_file(self, file: FileInfo, offset: int, length: int, out: Path) -> None:
@@ -1107,3 +1103,15 @@ def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
         k: (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v)
         for k, v in mapping.items()
     }
+
+
+def _cache_full(
+    directory: Path, exc: BaseException, what: str, needed: int, advice: str = ""
+) -> CacheFullError:
+    """The error for a download the local file cache has no room for."""
+    free = shutil.disk_usage(directory).free
+    return CacheFullError(
+        f"the file cache at {directory} is full ({exc}): {what} needs {needed} bytes (twice "
+        f"that while it is stored) and {free} bytes are free. Free some space, or give the "
+        f"butler a cache with room (cache_dir=, or $BUTLER_CACHE_DIR){advice}"
+    )
