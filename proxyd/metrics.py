@@ -252,9 +252,9 @@ class Metrics:
         """A metric's current value as /metrics shows it (0 when it has none yet)."""
         return self.registry.get_sample_value(name, labels) or 0.0
 
-    def sample(self, cache_bytes: int, at: float | None = None) -> Sample:
-        """Record the counters now in the ring of samples (call :meth:`settle` first)."""
-        sample = Sample(
+    def current(self, cache_bytes: int, at: float | None = None) -> Sample:
+        """The counters now, as a sample (call :meth:`settle` first)."""
+        return Sample(
             at=time.time() if at is None else at,
             hits=self.value("proxyd_cache_hits_total"),
             misses=self.value("proxyd_cache_misses_total"),
@@ -263,6 +263,10 @@ class Metrics:
             bytes_to_clients=self.value("proxyd_bytes_to_clients_total"),
             cache_bytes=cache_bytes,
         )
+
+    def sample(self, cache_bytes: int, at: float | None = None) -> Sample:
+        """Record the counters now in the ring of samples (call :meth:`settle` first)."""
+        sample = self.current(cache_bytes, at)
         self.samples.append(sample)
         return sample
 

@@ -60,15 +60,7 @@ def collect(
     """What the page shows, read from ``metrics`` (settled by the caller). The current
     counters are the last point of the charts; the samples before it come from the ring
     (:meth:`~proxyd.metrics.Metrics.sample`), oldest first."""
-    now = Sample(
-        at=time.time(),
-        hits=metrics.value("proxyd_cache_hits_total"),
-        misses=metrics.value("proxyd_cache_misses_total"),
-        partial_hits=metrics.value("proxyd_cache_partial_hits_total"),
-        bytes_from_cache=metrics.value("proxyd_bytes_from_cache_total"),
-        bytes_to_clients=metrics.value("proxyd_bytes_to_clients_total"),
-        cache_bytes=cache_bytes,
-    )
+    now = metrics.current(cache_bytes)
     rows = []
     for name, url in sorted(upstreams.items()):
         count = metrics.value("proxyd_upstream_latency_seconds_count", {"upstream": name})
