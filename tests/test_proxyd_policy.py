@@ -646,11 +646,14 @@ FRESH = {"Cache-Control": "max-age=100", "ETag": '"v1"'}
         (FRESH, "max-age=0", 10, Outcome.REVALIDATE),  # §5.2.1.1
         (FRESH, "max-age=5", 10, Outcome.REVALIDATE),
         (FRESH, "max-age=50", 10, Outcome.FRESH_HIT),
+        (FRESH, "max-age=10", 10, Outcome.FRESH_HIT),  # an age equal to max-age is accepted
         (FRESH, "min-fresh=95", 10, Outcome.REVALIDATE),  # §5.2.1.3
         (FRESH, "min-fresh=50", 10, Outcome.FRESH_HIT),
+        (FRESH, "min-fresh=90", 10, Outcome.FRESH_HIT),  # fresh for exactly 90 s more: enough
         (FRESH, "max-stale", 10_000, Outcome.STALE_HIT),  # §5.2.1.2
         (FRESH, "max-stale=50", 140, Outcome.STALE_HIT),
         (FRESH, "max-stale=50", 160, Outcome.REVALIDATE),
+        (FRESH, "max-stale=50", 150, Outcome.STALE_HIT),  # stale by exactly 50 s: accepted
         (FRESH, "only-if-cached", 10, Outcome.FRESH_HIT),
         (FRESH, "only-if-cached", 500, Outcome.ONLY_IF_CACHED),  # §5.2.1.7
         (FRESH, "only-if-cached, max-stale", 500, Outcome.STALE_HIT),

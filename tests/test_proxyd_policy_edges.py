@@ -32,7 +32,13 @@ from proxyd.policy.access import (
     interpret_auth_response,
 )
 from proxyd.policy.blocks import BlockRun, FetchResult
-from proxyd.policy.freshness import CacheControl, CacheRequest, Decision, StoredMeta
+from proxyd.policy.freshness import (
+    CacheControl,
+    CacheRequest,
+    Decision,
+    StoredMeta,
+    parse_cache_control,
+)
 from proxyd.policy.keys import credential_fingerprint, split_signing_params
 from proxyd.policy.requests import Refusal, RequestLimits, Route, route
 
@@ -350,3 +356,35 @@ def test_a_target_of_exactly_the_limit_is_accepted() -> None:
     over = route("GET", at + "a", [], {"o": "http://h/"}, limits, signing_params=())
     assert isinstance(over, Refusal)
     assert over.status == 414
+
+
+# -- freshness at the edges of its numbers -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("max-age=2147483647", 2**31 - 1),
+        ("max-age=2147483648", 2**31),
+        ("max-age=99999999999", 2**31),  # 11 digits: capped at 2^31 (RFC 9111 §1.2.2)
+        ("max-age=999999999999999999999", 2**31),
+    ],
+)
+def test_delta_seconds_are_capped_at_2_to_the_31(value: str, seconds: int) -> None:
+    assert parse_cache_control(value).max_age == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "max_age", "fields"),
+    [
+        ('private="a\\"b", max-age=5', 5, ('a"b',)),  # an escaped quote inside the value
+        ('private="x,y", max-age=7', 7, ("x", "y")),  # a comma inside the quoted value
+        ('private="ends with \\\\", max-age=9', 9, ("ends with \\",)),
+    ],
+)
+def test_quoted_directive_values_do_not_swallow_what_follows(
+    value: str, max_age: int, fields: tuple[str, ...]
+) -> None:
+    parsed = parse_cache_control(value)
+    assert parsed.max_age == max_age
+    assert parsed.private_fields == fields
