@@ -34,6 +34,7 @@ from butler.io.source import ByteSource
 __all__ = [
     "MAX_ALIAS_NODES",
     "MAX_NESTING",
+    "nests_deeper_than",
     "JsonFormatter",
     "YamlFormatter",
     "load_json_mapping",
@@ -118,10 +119,13 @@ def to_builtin(
 
 
 def _too_deep(value: Any) -> bool:
-    """True if lists and dicts nest more than :data:`MAX_NESTING` deep in ``value``.
+    """True if lists and dicts nest more than :data:`MAX_NESTING` deep in ``value``."""
+    return nests_deeper_than(value, MAX_NESTING)
 
-    Iterative, so it measures any depth a parser managed to build.
-    """
+
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """True if lists and dicts nest more than ``limit`` levels deep in ``value`` (parsed JSON
+    or YAML). Iterative, so it measures any depth a parser managed to build."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -132,7 +136,7 @@ def _too_deep(value: Any) -> bool:
             children = item
         else:
             continue
-        if depth >= MAX_NESTING:
+        if depth >= limit:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from butler.errors import BadRequestError
+from butler.formatters.structured import nests_deeper_than
 
 MAX_DEPTH = 32
 """Nesting of JSON arrays and objects accepted in a request (real requests use about 5)."""
@@ -43,14 +44,8 @@ def too_deep(what: str) -> str:
 
 def check_depth(value: Any, what: str) -> None:
     """A 400 if ``value`` nests lists and dicts more than :data:`MAX_DEPTH` deep."""
-    pending: list[tuple[Any, int]] = [(value, 0)]
-    while pending:  # iterative: a deep value must not exhaust the stack here either
-        item, depth = pending.pop()
-        if isinstance(item, dict | list):
-            if depth >= MAX_DEPTH:
-                raise BadRequestError(too_deep(what))
-            children = item.values() if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children)
+    if nests_deeper_than(value, MAX_DEPTH):
+        raise BadRequestError(too_deep(what))
 
 
 def _type_name(value: Any) -> str:
