@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import weakref
@@ -70,8 +71,10 @@ async def _in_transaction(coro: Coroutine[Any, Any, T], txn: RemoteTransaction |
 def _shutdown(io: _LoopThread, remote: AsyncButler) -> None:
     """Close the session and the cache, then stop the I/O thread (``close`` and the
     finalizer that runs it when a butler nobody closed is collected or at exit)."""
-    with contextlib.suppress(Exception):
+    try:
         io.run(remote.close())
+    except Exception:  # noqa: BLE001 - the thread must stop anyway; say what went wrong
+        logging.getLogger("butler").warning("closing %s failed", remote.url, exc_info=True)
     io.stop()
 
 
