@@ -212,8 +212,12 @@ def test_a_full_cache_passes_responses_through(origin: NginxOrigin, tmp_path: Pa
             assert all(r.body == objects[name] for name, r in results)
             # The responses are over: the origin has logged what it sent for them.
             sent = sum(e["body_bytes_sent"] for e in origin.access_log(mark))
-            # Each object came from the origin at least once, and about once.
-            assert 32 * size <= sent <= 32 * (size + 64 * 1024)
+            # Each object came from the origin at least once, and about once. A cache this
+            # much smaller than what passes through evicts blocks between a fetch storing
+            # them and the response reading them back, and such a block is fetched again:
+            # a few of those are allowed (CI saw two in one run), a block fetched again and
+            # again is not.
+            assert 32 * size <= sent <= 32 * size + 4 * (size + 64 * 1024)
             # Asked again: still whole and exact (some from the cache, the rest passed).
             again = [(name, proxy.get(f"/o/{name}")) for name in names]
             assert all(r.status == 200 and r.body == objects[name] for name, r in again)
