@@ -309,6 +309,7 @@ def cosmic_ray(tree: Path, *args: str) -> None:
 
 @dataclass(frozen=True)
 class Survivor:
+    job_id: str
     module: str
     operator: str
     line: int
@@ -344,7 +345,12 @@ def survivors(session: Path, module: str, tree: Path) -> Iterator[Survivor]:
             for mutation in item.mutations:
                 line = mutation.start_pos[0]
                 yield Survivor(
-                    module, mutation.operator_name, line, lines[line - 1], result.diff or ""
+                    item.job_id,
+                    module,
+                    mutation.operator_name,
+                    line,
+                    lines[line - 1],
+                    result.diff or "",
                 )
 
 
@@ -398,10 +404,15 @@ def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Sur
     return list(survivors(session, module, tree))
 
 
-def forget_survivors(session: Path) -> int:
-    """Mark the session's survivors to be run again; returns how many."""
+def forget_survivors(
+    session: Path, module: str, tree: Path, equivalent: set[tuple[str, str, str]]
+) -> int:
+    """Mark the session's survivors not listed as equivalent to be run again; returns how
+    many. (An equivalent mutant survives any test: running it again only costs time.)"""
+    again = [s.job_id for s in survivors(session, module, tree) if s.signature not in equivalent]
     with sqlite3.connect(session) as db:
-        return db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+        db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in again])
+    return len(again)
 
 
 def main() -> int:
@@ -441,7 +452,8 @@ def main() -> int:
                 continue
             session = session_file(module, ".sqlite")
             if args.recheck and session.exists():
-                print(f"{module}: {forget_survivors(session)} survivors to run again")
+                again = forget_survivors(session, module, tree, equivalent)
+                print(f"{module}: {again} survivors to run again")
                 # Filters added since the session began apply to those it runs again.
                 print(f"{module}: {skip_inert_mutants(session, tree)} of them skipped")
             found = run_module(module, target, tree, fresh=not (args.resume or args.recheck))
