@@ -7,6 +7,8 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import itertools
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -388,3 +390,64 @@ def test_quoted_directive_values_do_not_swallow_what_follows(
     parsed = parse_cache_control(value)
     assert parsed.max_age == max_age
     assert parsed.private_fields == fields
+
+
+def test_names_that_are_tokens_are_shown_as_sent_up_to_their_bound() -> None:
+    """A method of 32 token characters is shown whole and unquoted, one of 33 is cut and
+    quoted; field and upstream names that are tokens are shown unquoted, 64 characters."""
+    assert refusal_of("M" * 32, "/o/x", []).message.startswith(f"method {'M' * 32} is not")
+    assert refusal_of("M" * 33, "/o/x", []).message.startswith(f"method {'M' * 32!r} is not")
+    name = "X-" + "f" * 98
+    big_field = refusal_of("GET", "/o/x", [(name, "v" * 9000)])
+    assert big_field.message.startswith(f"request header field {name[:64]} is ")
+    upstream = "u" * 100
+    unknown = refusal_of("GET", f"/{upstream}/x", [])
+    assert f"no upstream named {upstream[:64]};" in unknown.message
+
+
+def test_header_fields_of_exactly_the_limits_are_accepted() -> None:
+    """A field of max_header_bytes (name, ": ", value, CRLF) and fields totalling
+    max_headers_total_bytes pass; one byte more is a 431."""
+    limits = RequestLimits(max_header_bytes=100, max_headers_total_bytes=250)
+
+    def answer(headers: list[tuple[str, str]]) -> Route | Refusal:
+        return route("GET", "/o/x", headers, {"o": "http://h/"}, limits, signing_params=())
+
+    field = ("X-A", "v" * (100 - 3 - 4))  # 100 bytes on the wire
+    assert isinstance(answer([field]), Route)
+    refused = answer([("X-A", "v" * (100 - 3 - 3))])
+    assert isinstance(refused, Refusal)
+    assert refused.status == 431
+    # 100 + 100 + 50 = 250 in all
+    fields = [field, ("X-B", field[1]), ("X-C", "w" * (50 - 3 - 4))]
+    assert isinstance(answer(fields), Route)
+    over = answer([*fields[:2], ("X-C", "w" * (50 - 3 - 3))])
+    assert isinstance(over, Refusal)
+    assert over.status == 431
+    assert "total 251 bytes" in over.message
+
+
+def test_the_default_request_limits_are_the_documented_ones() -> None:
+    """RequestLimits() (what the policy uses when no settings are given) holds the values
+    docs/security.md and the commented config/proxyd.toml promise."""
+    root = Path(__file__).resolve().parents[1]
+    row = next(
+        line
+        for line in (root / "docs" / "security.md").read_text().splitlines()
+        if line.startswith("|") and "`max_header_bytes`, `max_headers_total_bytes`" in line
+    )
+    documented = [int(v) for v in row.rstrip(" |").rsplit("|", 1)[1].split(",")]
+    config = tomllib.loads((root / "config" / "proxyd.toml").read_text())
+    flat = {k: v for table in config.values() if isinstance(table, dict) for k, v in table.items()}
+    flat.update({k: v for k, v in config.items() if not isinstance(v, dict)})
+    defaults = RequestLimits()
+    names = ("max_header_bytes", "max_headers_total_bytes", "max_url_bytes")
+    values = [getattr(defaults, name) for name in names]
+    assert values == documented
+    assert values == [flat[name] for name in names]
+
+
+def test_a_tag_followed_by_one_space_then_a_comma_is_read() -> None:
+    parsed = parse_etag_list('"a" ,"b"')
+    assert isinstance(parsed, tuple)
+    assert [t.opaque for t in parsed] == ["a", "b"]
