@@ -84,6 +84,7 @@ TARGETS: dict[str, Target] = {
     "fits-index": Target(
         modules=("butler/formatters/fits_index.py",),
         tests=(
+            "tests/test_fits_index_edges.py",
             "tests/test_fits_partial.py",
             "tests/test_hardening_formats.py",
             "tests/test_formatters.py",
