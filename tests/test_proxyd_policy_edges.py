@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import email.utils
 import itertools
 import tomllib
 from pathlib import Path
@@ -38,11 +39,16 @@ from proxyd.policy.freshness import (
     CacheControl,
     CacheRequest,
     Decision,
+    Outcome,
     StoredMeta,
+    after_revalidation,
+    freshness_lifetime,
+    invalidation_targets,
     parse_cache_control,
 )
 from proxyd.policy.keys import credential_fingerprint, split_signing_params
 from proxyd.policy.requests import Refusal, RequestLimits, Route, route
+from proxyd.settings import ProxySettings
 
 SIGNING = ("X-Amz-*",)
 
@@ -451,3 +457,115 @@ def test_a_tag_followed_by_one_space_then_a_comma_is_read() -> None:
     parsed = parse_etag_list('"a" ,"b"')
     assert isinstance(parsed, tuple)
     assert [t.opaque for t in parsed] == ["a", "b"]
+
+
+# -- freshness: the RFC's lists and the defaults of stored metadata -----------------------------
+
+T0 = 1_700_000_000.0
+RFC9110_HEURISTICALLY_CACHEABLE = {200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501}
+"""RFC 9110 §15.1, as the RFC lists them (not taken from the code under test)."""
+
+
+def http_date(when: float) -> str:
+    return email.utils.formatdate(when, usegmt=True)
+
+
+def test_heuristic_freshness_applies_to_exactly_the_rfcs_statuses() -> None:
+    headers = [("Date", http_date(T0)), ("Last-Modified", http_date(T0 - 1000))]
+    settings = ProxySettings()
+    fresh_for = {
+        status
+        for status in range(100, 600)
+        if freshness_lifetime(headers, T0, settings, status=status) > 0
+    }
+    assert fresh_for == RFC9110_HEURISTICALLY_CACHEABLE
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (500, Outcome.STALE_ON_ERROR),
+        (501, Outcome.REPLACE),
+        (502, Outcome.STALE_ON_ERROR),
+        (503, Outcome.STALE_ON_ERROR),
+        (504, Outcome.STALE_ON_ERROR),
+        (505, Outcome.REPLACE),
+    ],
+)
+def test_stale_if_error_covers_500_502_503_504_only(status: int, outcome: Outcome) -> None:
+    """RFC 5861 §4: an "error" is 500, 502, 503 or 504."""
+    stored = StoredMeta.from_response(
+        200,
+        [("Cache-Control", "max-age=10, stale-if-error=600"), ("ETag", '"a"')],
+        request_time=T0,
+        response_time=T0,
+    )
+    later = T0 + 20
+    decision = after_revalidation(
+        stored,
+        status,
+        [],
+        request=CacheRequest.from_headers("GET", []),
+        request_time=later,
+        response_time=later,
+        now=later,
+        settings=ProxySettings(),
+    )
+    assert decision.outcome is outcome
+
+
+def test_directives_separated_by_a_bare_comma_are_all_read() -> None:
+    parsed = parse_cache_control("no-store,max-age=5,s-maxage=7")
+    assert parsed.no_store
+    assert parsed.max_age == 5
+    assert parsed.s_maxage == 7
+
+
+@pytest.mark.parametrize(("request_cc", "store"), [("", True), ("no-store", False)])
+def test_a_304_for_another_version_is_a_miss_that_stores_unless_the_request_says_no(
+    request_cc: str, store: bool
+) -> None:
+    stored = StoredMeta.from_response(
+        200, [("ETag", '"a"'), ("Cache-Control", "max-age=0")], request_time=T0, response_time=T0
+    )
+    headers = [("Cache-Control", request_cc)] if request_cc else []
+    decision = after_revalidation(
+        stored,
+        304,
+        [("ETag", '"b"')],
+        request=CacheRequest.from_headers("GET", headers),
+        request_time=T0 + 1,
+        response_time=T0 + 1,
+        now=T0 + 1,
+        settings=ProxySettings(),
+    )
+    assert decision.outcome is Outcome.MISS
+    assert decision.store is store
+
+
+def test_stored_metadata_by_default_is_public_and_aged_by_the_round_trip() -> None:
+    """The constructor's defaults: no Age field (age_value 0), no authorization needed."""
+    meta = StoredMeta(headers=(("Date", http_date(T0)),), request_time=T0 - 3, response_time=T0)
+    assert meta.requires_authorization is False
+    # RFC 9111 §4.2.3: apparent age 0 (Date = receipt); the 3 s round trip is the age.
+    assert meta.current_age(T0) == pytest.approx(3.0)
+    made = StoredMeta.from_response(200, [], request_time=T0, response_time=T0)
+    assert made.requires_authorization is False
+
+
+def test_a_fresh_response_is_not_stale_at_all() -> None:
+    meta = StoredMeta.from_response(
+        200, [("Cache-Control", "max-age=100")], request_time=T0, response_time=T0
+    )
+    settings = ProxySettings()
+    assert meta.staleness(T0 + 10, settings) == 0.0
+    assert meta.staleness(T0 + 150, settings) == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize(("status", "invalidates"), [(200, True), (399, True), (400, False)])
+def test_only_non_error_answers_to_unsafe_methods_invalidate(
+    status: int, invalidates: bool
+) -> None:
+    url = "http://origin.example/o/x"
+    expected = (url,) if invalidates else ()
+    assert invalidation_targets("POST", status, url, []) == expected
