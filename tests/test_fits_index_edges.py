@@ -17,7 +17,7 @@ from astropy.io import fits
 from real_data import fits_test_file
 
 from butler.errors import CorruptFileError
-from butler.formatters.fits_index import decode_image, index_fits, padded
+from butler.formatters.fits_index import decode_image, index_fits, is_image_hdu, padded
 
 
 def hdu_of(path: Path, position: int = 0) -> dict[str, Any]:
@@ -206,3 +206,31 @@ def test_tiles_default_to_one_row_when_ztile_cards_are_left_out(
     hdu = hdu_of(path, 1)
     assert hdu["tile_shape"] == [1, 40]  # numpy order: one row of 40 per tile
     assert hdu["shape"] == [30, 40]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_unsigned_pixels_written_by_astropy_decode_unsigned(tmp_path: Path, dtype: Any) -> None:
+    """Pseudo-unsigned integers: BZERO 2^15, 2^31 or 2^63 over signed storage."""
+    info = np.iinfo(dtype)
+    data = np.array([[0, 1, info.max // 2], [info.max // 2 + 1, info.max - 1, info.max]], dtype)
+    path = tmp_path / "unsigned.fits"
+    fits.PrimaryHDU(data).writeto(path)
+    assert fits.getheader(path)["BZERO"] == 2 ** (info.bits - 1)
+    ours = decoded(path)
+    assert_same_pixels(ours, fits.getdata(path))
+    assert ours.dtype == dtype
+    np.testing.assert_array_equal(ours, data)
+
+
+def test_an_image_with_an_empty_axis_is_not_an_image_to_read(tmp_path: Path) -> None:
+    path = tmp_path / "empty-axis.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((0, 5), np.float32), name="EMPTY")]
+    ).writeto(path)
+    hdu = hdu_of(path, 1)
+    assert hdu["kind"] == "image"
+    assert hdu["shape"] == [0, 5]
+    assert not is_image_hdu(hdu)
+    pixels = fits.PrimaryHDU(np.ones((2, 5), np.float32))
+    pixels.writeto(tmp_path / "pixels.fits")
+    assert is_image_hdu(hdu_of(tmp_path / "pixels.fits"))
