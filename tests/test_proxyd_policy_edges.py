@@ -42,6 +42,7 @@ from proxyd.policy.freshness import (
     Outcome,
     StoredMeta,
     after_revalidation,
+    current_age,
     freshness_lifetime,
     invalidation_targets,
     parse_cache_control,
@@ -562,10 +563,56 @@ def test_a_fresh_response_is_not_stale_at_all() -> None:
     assert meta.staleness(T0 + 150, settings) == pytest.approx(50.0)
 
 
-@pytest.mark.parametrize(("status", "invalidates"), [(200, True), (399, True), (400, False)])
+@pytest.mark.parametrize(
+    ("status", "invalidates"), [(199, False), (200, True), (399, True), (400, False)]
+)
 def test_only_non_error_answers_to_unsafe_methods_invalidate(
     status: int, invalidates: bool
 ) -> None:
     url = "http://origin.example/o/x"
     expected = (url,) if invalidates else ()
     assert invalidation_targets("POST", status, url, []) == expected
+
+
+def test_quoted_directive_values_after_spaces_escapes_and_junk_are_read() -> None:
+    # Space between "=" and the quoted string: still the quoted string.
+    assert parse_cache_control('no-cache= "Set-Cookie, X-A"').no_cache_fields == (
+        "set-cookie",
+        "x-a",
+    )
+    # Junk after the closing quote is skipped up to the next comma, not past it.
+    assert parse_cache_control('private="X-A"junk,max-age=5').max_age == 5
+    assert parse_cache_control('private="X-A"x,max-age=6').max_age == 6
+    # A backslash as the very last character is kept, not read past the end.
+    assert parse_cache_control('private="X-A\\').private_fields == ("x-a\\",)
+
+
+@pytest.mark.parametrize(("request_cc", "store"), [("", True), ("no-store", False)])
+def test_a_new_answer_to_a_revalidation_is_stored_unless_the_request_says_no(
+    request_cc: str, store: bool
+) -> None:
+    stored = StoredMeta.from_response(
+        200, [("ETag", '"a"'), ("Cache-Control", "max-age=0")], request_time=T0, response_time=T0
+    )
+    headers = [("Cache-Control", request_cc)] if request_cc else []
+    decision = after_revalidation(
+        stored,
+        200,
+        [("ETag", '"b"')],
+        request=CacheRequest.from_headers("GET", headers),
+        request_time=T0 + 1,
+        response_time=T0 + 1,
+        now=T0 + 1,
+        settings=ProxySettings(),
+    )
+    assert decision.outcome is Outcome.REPLACE
+    assert decision.store is store
+
+
+def test_a_clock_stepped_back_never_makes_an_age_negative() -> None:
+    """Date ahead of the receipt, and the response received "before" the request was sent
+    (the system clock stepped back in between): the age is 0, not negative."""
+    age = current_age(
+        age_value=0, date_value=T0 + 10, request_time=T0 + 5, response_time=T0, now=T0
+    )
+    assert age == 0.0
