@@ -18,8 +18,10 @@ How these tests were shown to fail (each run against site.cfg edited one line at
 child fetches each object; test_roundrobin_config_fails_the_once_per_node_assertion keeps
 this proof in the suite); ``hash-type map-based`` fails "the survivors' objects did not move"
 after the kill; without ``option redispatch`` three reads get 503 from HAProxy (the requests
-sent to the dead node before it is marked down). The origin-once assertion holds even with
-roundrobin: the parent tier coalesces the children's fetches, which is what it is for.
+sent to the dead node before it is marked down); with ``stale_if_error = "0"`` in the child
+file, expired content is a 502 when the parent is down instead of STALE. The origin-once
+assertion holds even with roundrobin: the parent tier coalesces the children's fetches,
+which is what it is for.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 import pytest
 from fixtures_nginx import write_object
 from haproxy import haproxy_binary
-from nginx import NginxOrigin
+from nginx import Location, NginxOrigin
 from proxies import Proxy, age_file, wait_until
 from tiers import (
     BACKEND,
@@ -60,6 +62,7 @@ OBJECTS = {
     f"run1/calexp/visit{100 + i}/calexp_{i:02d}.fits": 2 * MiB + i * 131_071 for i in range(8)
 }
 """Object path -> size: 2 to 2.9 MiB, none a whole number of blocks (a short last block)."""
+EXPIRING = "/expiring/"
 REQUEST_TIMEOUT = 60.0
 """Per request; a read of 3 MiB on loopback takes milliseconds, this only bounds a hang."""
 
@@ -182,7 +185,12 @@ def _haproxy_installed() -> None:
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
-    with NginxOrigin(tmp_path / "origin-root", tmp_path / "origin") as started:
+    """The far repository. /expiring/NAME serves NAME stale at once (max-age=0): a cache
+    must ask upstream before reusing it, and may serve it stale when upstream is down."""
+    expiring = Location(EXPIRING, headers={"Cache-Control": "max-age=0"})
+    with NginxOrigin(
+        tmp_path / "origin-root", tmp_path / "origin", locations=[expiring]
+    ) as started:
         yield started
 
 
@@ -272,7 +280,7 @@ def test_killed_child_objects_still_served_without_origin(
     stayed = set(objects) - moved
     origin_mark, parent_mark = origin.mark(), len(fills(site.parent, 0))
 
-    site.kill_child(victim)
+    site.kill(victim)
 
     # At once, before the health check has noticed: the killed node refuses connections and
     # HAProxy retries those requests on another node.
@@ -326,6 +334,38 @@ def test_killed_child_objects_still_served_without_origin(
     assert node_of(settled) == final
     assert {r.cache for r in settled} == {"HIT"}
     assert fills(site.parent, parent_mark) == []
+    assert origin.access_log(origin_mark) == []
+
+
+def test_parent_down_children_serve_what_they_hold(
+    site: Site, origin: NginxOrigin, objects: dict[str, bytes]
+) -> None:
+    """The parent (or the link to it) down: what the children hold is still served, fresh
+    as it is and expired content marked stale (stale_if_error); what they do not hold gets
+    the child's 502, not retried by HAProxy on another child (which would fail the same)."""
+    assert site.haproxy is not None
+    read_everything(site.url, objects)
+    names = list(objects)
+    expiring = {EXPIRING.strip("/") + "/" + name: objects[name] for name in names[:2]}
+    for name, data in expiring.items():
+        status, headers, body = _get(site.url, name)
+        assert (status, headers.get("X-Cache"), body == data) == (200, "MISS", True)
+    unread = "run1/calexp/visit200/calexp_unread.fits"
+    write_object(origin.root_dir, unread, MiB, seed=99)
+    origin_mark = origin.mark()
+
+    site.kill("parent")
+
+    reads = read_everything(site.url, objects, seed=4)
+    assert_all_served(reads, objects, CLIENTS)
+    assert {r.cache for r in reads} == {"HIT"}
+    for name, data in expiring.items():
+        status, headers, body = _get(site.url, name)
+        assert (status, headers.get("X-Cache"), body == data) == (200, "STALE", True)
+    status, headers, _ = _get(site.url, unread)
+    assert status == 502
+    assert headers.get(NODE_HEADER) in site.children  # a child's answer, not HAProxy's
+    assert redispatched(site.haproxy.log_text()) == 0
     assert origin.access_log(origin_mark) == []
 
 

@@ -185,10 +185,12 @@ class Site:
         assert self.haproxy is not None
         return f"{self.haproxy.url}{UPSTREAM}/"
 
-    def kill_child(self, name: str) -> None:
-        """SIGKILL the node's whole process group (its fast-lane workers too), as a host
-        crash would take it down; no clean shutdown, no goodbye to HAProxy."""
-        proxy = self.children[name]
+    def kill(self, name: str) -> None:
+        """SIGKILL node ``name`` (a child's name, or "parent"): its whole process group, its
+        fast-lane workers too, as a host crash would take it down; no clean shutdown, no
+        goodbye to HAProxy."""
+        proxy = self.parent if name == "parent" else self.children[name]
+        assert proxy is not None, "the site is not started"
         process = proxy.process
         assert process is not None, f"{name} is not running"
         with contextlib.suppress(ProcessLookupError):
