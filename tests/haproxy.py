@@ -78,6 +78,11 @@ class HAProxy:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None, "haproxy is not running"
+        return self.process.pid
+
+    @property
     def stats_socket(self) -> Path:
         return self.workdir / "admin.sock"
 
