@@ -197,3 +197,9 @@ class Site:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         proxy.process = None
+
+    def restart(self, name: str) -> None:
+        """Start a killed child again: same port, same cache directory (what survived)."""
+        proxy = self.children[name]
+        assert proxy.process is None, f"{name} is still running"
+        proxy.start()
