@@ -104,7 +104,7 @@ class Site:
         if not 1 <= count <= len(listed):
             raise ValueError(f"site.cfg lists {len(listed)} children; asked for {count}")
         for name, address in listed[count:]:  # benchmarks with fewer nodes: drop the rest
-            text = re.sub(rf"^\s*server {name} {re.escape(address)}\n", "", text, flags=re.M)
+            text = re.sub(rf"^\s*server {name} {re.escape(address)}( .*)?\n", "", text, flags=re.M)
         self.cfg_text = text
         self.child_names = [name for name, _ in listed[:count]]
         self.parent: Proxy | None = None
