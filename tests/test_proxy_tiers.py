@@ -64,7 +64,8 @@ CLIENTS = 16
 OBJECTS = {
     f"run1/calexp/visit{100 + i}/calexp_{i:02d}.fits": 2 * MiB + i * 131_071 for i in range(8)
 }
-"""Object path -> size: 2 to 2.9 MiB, none a whole number of blocks (a short last block)."""
+"""Object path -> size: 2 to 2.9 MiB; all but the first end in a short last block (1 MiB
+blocks), and the first is exactly two blocks."""
 EXPIRING = "/expiring/"
 REQUEST_TIMEOUT = 60.0
 """Per request; a read of 3 MiB on loopback takes milliseconds, this only bounds a hang."""
