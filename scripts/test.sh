@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, type checks and pytest, in a fresh virtual environment.
-# Installs Debian's nginx (the independent origin the proxy tests use) when it is missing.
+# Installs Debian's nginx (the independent origin the proxy tests use) and HAProxy (the load
+# balancer of the site deployment, tests/test_proxy_tiers.py) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
@@ -9,6 +10,15 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
     else
         echo "nginx is missing; install it (apt-get install nginx-light) for the proxy tests" >&2
+    fi
+fi
+# Debian's HAProxy balances the proxyd nodes of the site deployment (config/haproxy/site.cfg).
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+    else
+        echo "haproxy is missing; install it (apt-get install haproxy) for the proxy tier tests" >&2
     fi
 fi
 # Debian's chromium drives proxyd's /status page headless (tests/test_proxyd_status.py):
