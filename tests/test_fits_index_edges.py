@@ -66,7 +66,7 @@ def test_int8_pixels_written_by_astropy_decode_signed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ours, data)
 
 
-@pytest.mark.parametrize(("bscale", "bzero"), [(2.0, 0.0), (2.0, 10.0), (0.5, -3.0)])
+@pytest.mark.parametrize(("bscale", "bzero"), [(2.0, 0.0), (2.0, 1.0), (2.0, 10.0), (0.5, -3.0)])
 def test_images_astropy_scales_decode_as_astropy_reads_them(
     tmp_path: Path, bscale: float, bzero: float
 ) -> None:
@@ -219,6 +219,7 @@ def test_unsigned_pixels_written_by_astropy_decode_unsigned(tmp_path: Path, dtyp
     ours = decoded(path)
     assert_same_pixels(ours, fits.getdata(path))
     assert ours.dtype == dtype
+    assert "blank" not in hdu_of(path)  # BZERO is not a BLANK
     np.testing.assert_array_equal(ours, data)
 
 
@@ -234,3 +235,39 @@ def test_an_image_with_an_empty_axis_is_not_an_image_to_read(tmp_path: Path) -> 
     pixels = fits.PrimaryHDU(np.ones((2, 5), np.float32))
     pixels.writeto(tmp_path / "pixels.fits")
     assert is_image_hdu(hdu_of(tmp_path / "pixels.fits"))
+
+
+def test_an_extension_without_extver_is_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "extver.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.ImageHDU(np.ones((2, 2), np.float32), name="SCI")]
+    ).writeto(path)
+    assert "EXTVER" not in fits.getheader(path, 1)
+    hdu = hdu_of(path, 1)
+    assert (hdu["name"], hdu["ver"]) == ("SCI", 1)
+    # An EXTVER that is not an integer counts as absent.
+    with fits.open(path, mode="update") as hdul:
+        hdul[1].header["EXTVER"] = "two"
+    assert hdu_of(path, 1)["ver"] == 1
+
+
+def test_all_999_compression_parameters_are_read(tmp_path: Path) -> None:
+    """ZNAMEn/ZVALn go up to n = 999 (an 8-character keyword): every one is kept, and no
+    more."""
+    data = np.arange(16 * 8, dtype=np.int32).reshape(8, 16)
+    made = tmp_path / "made.fits"
+    fits.CompImageHDU(data, compression_type="RICE_1").writeto(made)
+    with fits.open(made, disable_image_compression=True) as hdul:
+        header = hdul[1].header
+        existing = sum(1 for k in header if k.startswith("ZNAME"))
+        for i in range(existing + 1, 1000):
+            header[f"ZNAME{i}"] = f"P{i}"
+            header[f"ZVAL{i}"] = i
+        # Not a FITS keyword (9 characters): a HIERARCH card is no 1000th parameter.
+        header["HIERARCH ZNAME1000"] = "P1000"
+        header["HIERARCH ZVAL1000"] = 1000
+        path = tmp_path / "many.fits"
+        hdul.writeto(path)
+    settings = hdu_of(path, 1)["zsettings"]
+    assert len(settings) == 999
+    assert settings["P999"] == 999
