@@ -169,6 +169,8 @@ class Probed:
 # never stored (policy.freshness.headers_to_store drops them), so no other client ever gets
 # them from the cache; the client whose request fetched the object still does.
 _PERSONAL = ("set-cookie", "set-cookie2", "authentication-info")
+# Statuses whose responses have no content (RFC 9110 §15.3.5, §15.4.5): no Content-Length.
+_NO_CONTENT = frozenset({204, 304})
 
 
 STORE_RETRY_SECONDS = 30.0
@@ -815,9 +817,7 @@ async def _probe_task(
                 storable = freshness.storable(
                     "GET", target.credential is not None, upstream.status, upstream.headers
                 )
-                result = blocks.interpret_fetch_response(
-                    run_plan, upstream.status, upstream.headers
-                )
+                result = _fetch_result(run_plan, upstream.status, upstream.headers, storable)
                 reason: str | None = None
                 if isinstance(result, str):
                     reason = result
@@ -836,6 +836,11 @@ async def _probe_task(
                     reason = "a range past the end"
                 elif not storable or result.size is None:
                     reason = "not storable in a shared cache"
+                elif upstream.status not in (200, 206) and not _reusable(
+                    upstream, settings, response_time
+                ):
+                    # A 404 with neither freshness nor a validator could never be reused.
+                    reason = f"a {upstream.status} that could never be reused"
                 elif not blocks.cacheable_in_blocks(
                     upstream.headers.get("ETag"),
                     upstream.headers.get("Last-Modified"),
@@ -959,6 +964,38 @@ async def _revalidated(
         return True
     await _forget(state, target.cache_key)  # a new response (stored or not) replaces it
     return False
+
+
+def _reusable(
+    upstream: aiohttp.ClientResponse, settings: ProxySettings, response_time: float
+) -> bool:
+    """Whether a response could ever answer a later request: fresh for a while, or with a
+    validator to revalidate it by."""
+    headers = upstream.headers
+    if "ETag" in headers or "Last-Modified" in headers:
+        return True
+    lifetime = freshness.freshness_lifetime(
+        headers, response_time, settings, status=upstream.status
+    )
+    return lifetime > 0
+
+
+def _fetch_result(
+    run_plan: blocks.BlockRun, status: int, headers: Any, storable: bool
+) -> blocks.FetchResult | str:
+    """:func:`proxyd.policy.blocks.interpret_fetch_response`, and for a storable answer of
+    another status (a 301, 404, 410, 500... with freshness: RFC 9111 §3 stores any final
+    status the rules allow) its whole body as the object: it is answered from the cache
+    with its own status, without ranges (a range applies to a 200's representation)."""
+    if status in (200, 206, 416) or not storable:
+        return blocks.interpret_fetch_response(run_plan, status, headers)
+    if status in (204, 205):
+        return blocks.FetchResult(status, 0, None)  # no content, whatever framing says
+    length = field_value(headers, "Content-Length")
+    if length is None or not length.strip().isdigit():
+        return f"a {status} without Content-Length"
+    size = int(length.strip())
+    return blocks.FetchResult(status, size, ByteRange(0, size - 1) if size else None)
 
 
 async def _lend(entry: _Probe, upstream: aiohttp.ClientResponse, reason: str) -> None:
@@ -1115,7 +1152,10 @@ async def respond_from_blocks(
         None if modified_ts is None else float(modified_ts),
     )
     served.cache = served.cache or "HIT"  # no fetch so far: what follows is from the cache
-    if precondition is not None:
+    # A stored 301, 404, 500... is replayed with its status; conditions and ranges apply to
+    # a 200's representation only (RFC 9110 §13.2.1, §14.2).
+    status = meta.stored.status
+    if precondition is not None and status == 200:
         headers[CACHE_HEADER] = served.cache
         for name in ("Content-Type", "Content-Encoding", "Content-Disposition"):
             headers.popall(name, None)
@@ -1128,6 +1168,7 @@ async def respond_from_blocks(
     if_range = field_value(request.headers, "If-Range")
     if (
         range_value
+        and status == 200
         and request.method == "GET"
         and (
             if_range is None
@@ -1145,8 +1186,9 @@ async def respond_from_blocks(
 
     content_type = meta.stored.field("Content-Type") or "application/octet-stream"
     if ranges is None:
-        response = web.StreamResponse(status=200, headers=headers)
-        response.content_length = size
+        response = web.StreamResponse(status=status, headers=headers)
+        if status not in _NO_CONTENT:
+            response.content_length = size
         parts: list[tuple[bytes, ByteRange]] = [(b"", ByteRange(0, size - 1))] if size else []
         closing = b""
     elif len(ranges) == 1:
