@@ -10,6 +10,12 @@ Per GET/HEAD request:
    flight from the coalesced fetch (:mod:`proxyd.inflight`), the rest fetched with one
    upstream range request per contiguous run, streamed to the client as they arrive.
 
+A miss (or a revalidation) costs the origin one request: the client's own, with its
+end-to-end fields, the range widened to whole blocks (none for a whole-object GET) and, to
+revalidate, the stored validators (:func:`probe`). Its answer fills the cache when it may
+be stored; otherwise it is relayed to that client, cut to what it asked for
+(:mod:`proxyd.policy.relay`). Requests that joined it and cannot use it ask for themselves.
+
 Unsafe methods, uncacheable responses and requests with ``no-store`` pass through
 uncached; a successful unsafe request invalidates what it touched (RFC 9111 §4.4).
 """
