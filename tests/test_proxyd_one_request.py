@@ -248,3 +248,31 @@ def test_a_revalidation_is_one_request_and_a_new_version_is_served_from_it(
     again = proxy.get("o/s.bin", {"Range": "bytes=3000-3099"})
     assert (again.body, again.header("X-Cache")) == (new[3000:], "REVALIDATED")
     assert len(recording.requests_for("/s.bin")) == 4
+
+
+def test_requests_that_joined_a_fetch_not_stored_ask_for_themselves_once(
+    recording: RecordingOrigin, proxy: Proxy
+) -> None:
+    """Eight clients at once for an object the origin says not to store: the first one's
+    request is the fetch they all wait for; its answer is relayed to it, and each of the
+    seven others (possibly other users) sends its own request, once: 8 in all, not 9."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxies import wait_until
+
+    data = pattern(BLOCK + 999)
+    recording.put("/crowd.bin", data)
+    recording.headers_for["/crowd.bin"] = {"Cache-Control": "no-store"}
+    recording.hang = True  # the first request waits until all have joined it
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(proxy.get, "o/crowd.bin") for _ in range(8)]
+        wait_until(
+            lambda: proxy.metric_sum("proxyd_coalesced_waits_total") >= 7,
+            timeout=20,
+            what="seven requests joined the first one's fetch",
+        )
+        assert len(recording.requests_for("/crowd.bin")) == 1
+        recording.hang = False
+        answers = [f.result(timeout=30) for f in futures]
+    assert [(a.status, a.body) for a in answers] == [(200, data)] * 8
+    assert len(recording.requests_for("/crowd.bin")) == 8
