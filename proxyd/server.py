@@ -56,7 +56,7 @@ from butler.http.ranges import (
 from proxyd.accesslog import AccessLog
 from proxyd.inflight import BlockRun, InflightRegistry, RunFailedError
 from proxyd.metrics import Metrics
-from proxyd.policy import access, blocks, field_value, freshness
+from proxyd.policy import Headers, access, blocks, field_value, freshness
 from proxyd.policy.keys import cache_key
 from proxyd.policy.relay import RelayPlan, relay_plan
 from proxyd.policy.requests import (
@@ -987,7 +987,7 @@ def _reusable(
 
 
 def _fetch_result(
-    run_plan: blocks.BlockRun, status: int, headers: Any, storable: bool
+    run_plan: blocks.BlockRun, status: int, headers: Headers, storable: bool
 ) -> blocks.FetchResult | str:
     """:func:`proxyd.policy.blocks.interpret_fetch_response`, and for a storable answer of
     another status (a 301, 404, 410, 500... with freshness: RFC 9111 §3 stores any final
