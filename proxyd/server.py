@@ -60,6 +60,7 @@ from proxyd.policy import Headers, access, blocks, field_value, freshness
 from proxyd.policy.keys import cache_key
 from proxyd.policy.relay import RelayPlan, relay_plan
 from proxyd.policy.requests import (
+    HOP_BY_HOP_FIELDS,
     Refusal,
     RequestLimits,
     Route,
@@ -894,8 +895,21 @@ async def _probe_task(
                     run.claims = entry.waiting  # handed to the waiting requests with the answer
                     state.inflight.register(run)
                     skip = first * bs - received.start if upstream.status == 206 else 0
+                # Fields not stored but meant for this client all the same: cookies, and
+                # those a qualified no-cache="..." or private="..." names (RFC 9111
+                # §5.2.2.4, §5.2.2.7 restrict what the cache keeps, not what the origin
+                # told the client it answered).
+                withheld = (
+                    {
+                        *_PERSONAL,
+                        *stored.cache_control.no_cache_fields,
+                        *stored.cache_control.private_fields,
+                    }
+                    - _NOT_REPLAYED
+                    - HOP_BY_HOP_FIELDS
+                )  # framing stays proxyd's own
                 personal = tuple(
-                    (k, v) for k, v in upstream.headers.items() if k.lower() in _PERSONAL
+                    (k, v) for k, v in upstream.headers.items() if k.lower() in withheld
                 )
                 # The answer is out and the metadata stored: from now on requests find the
                 # object in the store (and its blocks in flight), not this probe. Leaving it

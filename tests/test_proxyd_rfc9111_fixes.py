@@ -148,3 +148,25 @@ async def test_responses_of_other_statuses_are_stored_and_replayed_with_their_st
         # Neither fresh nor with a validator: never stored, the origin answers each time.
         await asyncio.to_thread(get, "/plain404")
         assert scripted.count["/plain404"] == 2
+
+
+@pytest.mark.parametrize("directive", ["no-cache", "private"])
+async def test_fields_a_qualified_directive_keeps_out_of_the_cache_reach_the_first_client(
+    scripted: ScriptedOrigin, tmp_path: Path, directive: str
+) -> None:
+    headers = {
+        "Cache-Control": f'{directive}="X-Secret", max-age=600',
+        "X-Secret": "for the first client",
+        "X-Public": "for everyone",
+    }
+    scripted.answers = {"/q": (200, headers, b"payload\n")}
+    with running(Proxy({"o": scripted.url}, tmp_path / "proxy")) as proxy:
+        first = await asyncio.to_thread(request, proxy.url, "o/q", {})
+        assert (first.status, first.body, first.header("X-Cache")) == (200, b"payload\n", "MISS")
+        assert first.header("X-Secret") == "for the first client"
+        assert first.header("X-Public") == "for everyone"
+        hit = await asyncio.to_thread(request, proxy.url, "o/q", {})
+        assert (hit.body, hit.header("X-Cache")) == (b"payload\n", "HIT")
+        assert hit.header("X-Secret") is None  # never stored (RFC 9111 §5.2.2.4, §5.2.2.7)
+        assert hit.header("X-Public") == "for everyone"
+        assert scripted.count["/q"] == 1
