@@ -170,3 +170,32 @@ async def test_fields_a_qualified_directive_keeps_out_of_the_cache_reach_the_fir
         assert hit.header("X-Secret") is None  # never stored (RFC 9111 §5.2.2.4, §5.2.2.7)
         assert hit.header("X-Public") == "for everyone"
         assert scripted.count["/q"] == 1
+
+
+# -- an origin that does not speak HTTP ---------------------------------------------------------
+
+
+async def test_a_malformed_answer_from_the_origin_is_a_502_not_a_500(tmp_path: Path) -> None:
+    """The suite's origin once answered with a body longer than its Content-Length, whose
+    tail became the next "status line": aiohttp refuses it, and proxyd answered 500 with a
+    traceback in its log. It is the origin's fault: 502, naming the upstream."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"b06a4c96-fd4e not a status line\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        upstream = f"http://127.0.0.1:{port}/"
+        with running(Proxy({"o": upstream}, tmp_path / "proxy")) as proxy:
+            for path in ("o/a", "o/b"):
+                got = await asyncio.to_thread(request, proxy.url, path, {})
+                assert got.status == 502
+                assert b"'o' sent a malformed response" in got.body
+            assert "Traceback" not in proxy.log_text()
+    finally:
+        server.close()
+        await server.wait_closed()
