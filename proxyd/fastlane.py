@@ -98,7 +98,8 @@ def _hot(meta: ObjectMeta, state: ProxyState) -> _Hot:
     fields += [("Accept-Ranges", "bytes"), (CACHE_HEADER, "HIT")]
     block = _field_block(fields)
     size = meta.size or 0
-    if block is None or size <= 0:
+    # Only 200s: a stored 301, 404... is answered with its own status by the full handler.
+    if block is None or size <= 0 or stored.status != 200:
         return _Hot(stored, -math.inf, "", 0, b"", b"", 0.0, True)
     return _Hot(
         stored,

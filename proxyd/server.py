@@ -10,6 +10,12 @@ Per GET/HEAD request:
    flight from the coalesced fetch (:mod:`proxyd.inflight`), the rest fetched with one
    upstream range request per contiguous run, streamed to the client as they arrive.
 
+A miss (or a revalidation) costs the origin one request: the client's own, with its
+end-to-end fields, the range widened to whole blocks (none for a whole-object GET) and, to
+revalidate, the stored validators (:func:`probe`). Its answer fills the cache when it may
+be stored; otherwise it is relayed to that client, cut to what it asked for
+(:mod:`proxyd.policy.relay`). Requests that joined it and cannot use it ask for themselves.
+
 Unsafe methods, uncacheable responses and requests with ``no-store`` pass through
 uncached; a successful unsafe request invalidates what it touched (RFC 9111 §4.4).
 """
@@ -50,9 +56,11 @@ from butler.http.ranges import (
 from proxyd.accesslog import AccessLog
 from proxyd.inflight import BlockRun, InflightRegistry, RunFailedError
 from proxyd.metrics import Metrics
-from proxyd.policy import access, blocks, field_value, freshness
+from proxyd.policy import Headers, access, blocks, field_value, freshness
 from proxyd.policy.keys import cache_key
+from proxyd.policy.relay import RelayPlan, relay_plan
 from proxyd.policy.requests import (
+    HOP_BY_HOP_FIELDS,
     Refusal,
     RequestLimits,
     Route,
@@ -113,8 +121,24 @@ class Served:
 
 
 @dataclass
+class Relay:
+    """The open upstream answer to a first fetch that is not stored, lent to the request that
+    made it (issue 22: the origin is asked once per miss). The fetch task keeps the upstream
+    connection until ``done`` is set."""
+
+    upstream: aiohttp.ClientResponse
+    done: asyncio.Event
+
+
+@dataclass
 class Uncacheable:
     reason: str
+    relay: Relay | None = None
+    """The answer itself, for the request whose headers it was sent with (None when there is
+    no answer to lend: the cache cannot store, or the fetch was made for another request)."""
+    origin_error: int | None = None
+    """The status of an origin error (5xx) answering a revalidation: a stored object may
+    then be served stale instead (stale-if-error)."""
 
 
 @dataclass
@@ -127,6 +151,9 @@ class _Probe:
     each of them (:meth:`proxyd.inflight.BlockRun.claim`), which each one releases."""
     key: tuple[str, str | None] = ("", None)
     """Its key in ``ProxyState.probes``: (cache key, credential fingerprint)."""
+    originator_gone: bool = False
+    """The request whose fields were sent went away before the answer: nobody will take an
+    uncacheable answer from the fetch task (see Relay)."""
 
 
 @dataclass
@@ -139,12 +166,18 @@ class Probed:
     personal: tuple[tuple[str, str], ...] = ()
     """Fields of the origin's answer meant for the client whose request was forwarded
     (Set-Cookie...): never stored, given to that request only (see probe())."""
+    revalidated: bool = False
+    """The stored object was confirmed by a 304 (its metadata freshened)."""
+    stale: bool = False
+    """The origin failed to revalidate it: the stored object is served stale."""
 
 
 # Fields of a response meant for the one client whose request the origin answered. They are
 # never stored (policy.freshness.headers_to_store drops them), so no other client ever gets
 # them from the cache; the client whose request fetched the object still does.
 _PERSONAL = ("set-cookie", "set-cookie2", "authentication-info")
+# Statuses whose responses have no content (RFC 9110 §15.3.5, §15.4.5): no Content-Length.
+_NO_CONTENT = frozenset({204, 304})
 
 
 STORE_RETRY_SECONDS = 30.0
@@ -364,24 +397,54 @@ async def forward_uncached(
             request.method, upstream.status, target.upstream_url, upstream.headers
         ):
             await _forget(state, cache_key(url, state.settings.signing_params))
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=_headers(forward_response_headers(upstream.headers)),
-        )
-        if upstream.content_length is not None and request.method != "HEAD":
-            response.content_length = upstream.content_length
-        response.headers[CACHE_HEADER] = "PASS"
-        await response.prepare(request)
-        try:
-            if request.method != "HEAD":
-                async for chunk in upstream.content.iter_chunked(CHUNK):
-                    served.from_origin += len(chunk)
-                    state.metrics.bytes_from_origin.labels(target.upstream).inc(len(chunk))
+        return await _pass_on(request, state, target, served, upstream, None)
+
+
+async def _pass_on(
+    request: web.Request,
+    state: ProxyState,
+    target: Route,
+    served: Served,
+    upstream: aiohttp.ClientResponse,
+    plan: RelayPlan | None,
+) -> web.StreamResponse:
+    """Stream an upstream answer to the client: as it is (``plan`` None), or cut back to what
+    the client asked for (:func:`proxyd.policy.relay.relay_plan`)."""
+    status = upstream.status if plan is None else plan.status
+    drop = () if plan is None else ("content-range",)
+    response = web.StreamResponse(
+        status=status,
+        reason=upstream.reason if status == upstream.status else None,
+        headers=_headers(forward_response_headers(upstream.headers), drop=drop),
+    )
+    if plan is not None and plan.content_range is not None:
+        response.headers["Content-Range"] = plan.content_range
+    with_body = request.method != "HEAD" and (plan is None or plan.body)
+    length = upstream.content_length if plan is None or plan.length is None else plan.length
+    if length is not None and (with_body or plan is not None):
+        response.content_length = length
+    response.headers[CACHE_HEADER] = "PASS"
+    await response.prepare(request)
+    skip = 0 if plan is None else plan.skip
+    left = None if plan is None else plan.length
+    counter = state.metrics.bytes_from_origin.labels(target.upstream)
+    try:
+        if with_body:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                served.from_origin += len(chunk)
+                counter.inc(len(chunk))
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                if left is not None:
+                    chunk, left = chunk[:left], left - min(left, len(chunk))
+                if chunk:
                     await _write(response, chunk, state)
-            await response.write_eof()
-        except (TimeoutError, ConnectionError) as exc:
-            _drop_client(request, state, target, exc)
+                if left == 0:
+                    break
+        await response.write_eof()
+    except (TimeoutError, ConnectionError) as exc:
+        _drop_client(request, state, target, exc)
     return response
 
 
@@ -435,13 +498,27 @@ async def serve_cacheable(
         if verdict.access is access.Access.SERVE:
             served.cache = "HIT" if decision.outcome is Outcome.FRESH_HIT else "STALE"
             return await respond_from_blocks(request, state, target, meta, served, stale=False)
-    if meta is not None and decision.outcome is not Outcome.MISS:
-        # Revalidate (stale, no-cache...) or ask the origin to vouch for this client: the
-        # same conditional request, sent with the client's own credentials.
+    revalidating = None
+    if (
+        meta is not None
+        and decision.outcome is Outcome.REVALIDATE
+        and target.credential is None
+        and not meta.stored.requires_authorization
+    ):
+        # Revalidate with the client's own request plus the stored validators: one request,
+        # whose answer (a 304, or the new version) serves this client (issue 22).
+        revalidating, meta = (meta, creq), None
+    elif meta is not None and decision.outcome is not Outcome.MISS:
+        # Ask the origin to vouch for this client (credentials): a conditional request
+        # with the client's own credentials.
         checked = await check_with_origin(request, state, target, meta, creq, served)
         if isinstance(checked, web.StreamResponse):
             return checked
         meta, stale = checked
+    if decision.outcome is Outcome.MISS:
+        # Stored, but not for this request (another variant of a Vary, or stale with no
+        # validator to revalidate with): fetched anew, and the answer replaces it.
+        meta = None
     fetching = None
     personal: tuple[tuple[str, str], ...] = ()
     if meta is None and not state.store_health.may_try():
@@ -449,11 +526,20 @@ async def serve_cacheable(
         served.cache = "PASS"
         return await forward_uncached(request, state, target, served)
     if meta is None:
-        probed = await probe(request, state, target, served)
+        try:
+            probed = await probe(request, state, target, served, revalidating)
+        except UpstreamError:
+            if revalidating is None:
+                raise
+            checked = _serve_despite_origin(state, target, revalidating[0], creq, served, None)
+            if isinstance(checked, web.StreamResponse):
+                return checked
+            probed = Probed(checked[0], None, stale=True)
         if isinstance(probed, web.StreamResponse):
             return probed
         meta, fetching, personal = probed.meta, probed.run, probed.personal
-        served.cache = "MISS"
+        stale = probed.stale
+        served.cache = "STALE" if stale else "REVALIDATED" if probed.revalidated else "MISS"
     try:
         return await respond_from_blocks(
             request, state, target, meta, served, stale=stale, fetching=fetching, extra=personal
@@ -589,7 +675,11 @@ async def _put_meta(state: ProxyState, meta: ObjectMeta) -> bool:
 
 
 async def probe(
-    request: web.Request, state: ProxyState, target: Route, served: Served
+    request: web.Request,
+    state: ProxyState,
+    target: Route,
+    served: Served,
+    revalidating: tuple[ObjectMeta, freshness.CacheRequest] | None = None,
 ) -> Probed | web.StreamResponse:
     """Learn an object's size and validators with its first block-aligned range request;
     concurrent requests for the same object (and the same credentials) share it.
@@ -602,7 +692,7 @@ async def probe(
     if entry is None:
         entry = _Probe(asyncio.get_running_loop().create_future(), key=probe_key)
         state.probes[probe_key] = entry
-        task = asyncio.create_task(_probe_task(request, state, target, entry))
+        task = asyncio.create_task(_probe_task(request, state, target, entry, revalidating))
         task.add_done_callback(lambda _: _end_probe(state, entry))
     else:
         state.inflight.coalesced += 1
@@ -618,10 +708,13 @@ async def probe(
     except BaseException:
         if not future.done():
             entry.waiting -= 1
+            entry.originator_gone |= originator
         elif counted and not future.cancelled() and future.exception() is None:
             answer = future.result()
             if isinstance(answer, Probed) and answer.run is not None:
                 answer.run.release()
+            if originator and isinstance(answer, Uncacheable) and answer.relay is not None:
+                answer.relay.done.set()
         raise
     if isinstance(result, Probed) and result.run is not None and not counted:
         result.run.claim()
@@ -631,8 +724,52 @@ async def probe(
         result = Probed(result.meta, result.run)
     if isinstance(result, Uncacheable):
         served.cache = "PASS"
+        if originator and result.relay is not None:
+            # The origin's answer to this very request: relay it, do not ask again.
+            relay = result.relay
+            try:
+                if result.origin_error is not None and revalidating is not None:
+                    stale = _stale_instead(state, target, revalidating, served, result.origin_error)
+                    if stale is not None:
+                        return stale
+                plan = relay_plan(
+                    request.method,
+                    field_value(request.headers, "Range"),
+                    relay.upstream.status,
+                    relay.upstream.headers,
+                    max_ranges=state.settings.max_ranges,
+                )
+                if plan is not None:
+                    return await _pass_on(request, state, target, served, relay.upstream, plan)
+            finally:
+                relay.done.set()
+        return await forward_uncached(request, state, target, served)
+    if not originator and not freshness.vary_matches(result.meta.stored, request.headers):
+        # The fetch this request joined was negotiated for another request's fields.
+        if result.run is not None:
+            result.run.release()
+        served.cache = "PASS"
         return await forward_uncached(request, state, target, served)
     return result
+
+
+def _stale_instead(
+    state: ProxyState,
+    target: Route,
+    revalidating: tuple[ObjectMeta, freshness.CacheRequest],
+    served: Served,
+    status: int,
+) -> Probed | web.StreamResponse | None:
+    """The stored object to serve stale when the origin answered a revalidation with an
+    error (or a denial to send), None when the rules say the origin's answer is relayed."""
+    meta, creq = revalidating
+    try:
+        checked = _serve_despite_origin(state, target, meta, creq, served, status)
+    except UpstreamError:
+        return None
+    if isinstance(checked, web.StreamResponse):
+        return checked
+    return Probed(checked[0], None, stale=True)
 
 
 async def _probe_task(
@@ -640,6 +777,7 @@ async def _probe_task(
     state: ProxyState,
     target: Route,
     entry: _Probe,
+    revalidating: tuple[ObjectMeta, freshness.CacheRequest] | None = None,
 ) -> None:
     settings = state.settings
     future = entry.future
@@ -653,50 +791,72 @@ async def _probe_task(
     run_plan = blocks.initial_fetch(
         specs if isinstance(specs, tuple) else None, settings.block_size, settings.max_fetch_bytes
     )
-    first_attempt_done = False
+    several_ranges = isinstance(specs, tuple) and len(specs) > 1
+    # The client's own request (its end-to-end fields: content negotiation, cookies,
+    # conditionals...), with the range widened to whole blocks and the identity coding,
+    # which is what the blocks hold. Its answer is the client's, stored or not.
+    # A revalidation replaces the client's own conditions with the stored validators.
+    replaced = _REPLACED_ON_FILL | (_CONDITIONS if revalidating is not None else frozenset())
+    sent = [
+        *((k, v) for k, v in forward_request_headers(request.headers) if k.lower() not in replaced),
+        *(revalidating[0].stored.conditional_headers() if revalidating is not None else ()),
+        ("Range", run_plan.range_header),
+        ("Accept-Encoding", "identity"),
+    ]
+    if request.method == "GET" and field_value(request.headers, "Range") is None:
+        # The client wants the whole object: ask for it as the client did. A range of the
+        # first max_fetch_bytes would make a longer object that may not be stored cost the
+        # origin a second request for the rest; the whole answer is stored as it streams
+        # (at most the read-ahead in front of the readers: see _pump).
+        del sent[-2]
+    retried = False
     try:
         while True:
-            sent = [
-                *_credential_headers(request),
-                ("Range", run_plan.range_header),
-                ("Accept-Encoding", "identity"),
-            ]
             request_time = time.time()
             async with state.upstreams.request(
                 target.upstream, "GET", target.upstream_url, sent
             ) as upstream:
                 response_time = time.time()
-                result = blocks.interpret_fetch_response(
-                    run_plan, upstream.status, upstream.headers
-                )
-                if (
-                    not first_attempt_done
-                    and isinstance(result, blocks.FetchResult)
-                    and result.status == 416
+                if revalidating is not None and await _revalidated(
+                    state, target, entry, upstream, revalidating, request_time, response_time
                 ):
-                    # The client's first range starts past the end: the 416 gives the size
-                    # but no validators nor other metadata of the object. Ask for block 0
-                    # instead; the cache then answers the client's ranges itself (a 416 of
-                    # its own, or the parts that do exist) like any other request.
-                    first_attempt_done = True
-                    run_plan = blocks.initial_fetch(
-                        (RangeSpec(first=0, last=0),), settings.block_size, settings.max_fetch_bytes
-                    )
-                    continue
+                    return
                 storable = freshness.storable(
                     "GET", target.credential is not None, upstream.status, upstream.headers
                 )
-                if isinstance(result, str) or not storable or result.size is None:
-                    reason = result if isinstance(result, str) else "not storable in a shared cache"
-                    future.set_result(Uncacheable(reason))
-                    return
-                if not blocks.cacheable_in_blocks(
+                result = _fetch_result(run_plan, upstream.status, upstream.headers, storable)
+                reason: str | None = None
+                if isinstance(result, str):
+                    reason = result
+                elif result.status == 416 and not retried and several_ranges:
+                    # Only the client's first range was asked for, and it starts past the
+                    # end; the others may not. Ask for block 0 (the 416 gave the size but
+                    # no metadata); the cache then answers the client's ranges itself.
+                    retried = True
+                    run_plan = blocks.initial_fetch(
+                        (RangeSpec(first=0, last=0),), settings.block_size, settings.max_fetch_bytes
+                    )
+                    sent = [*(f for f in sent if f[0] != "Range"), ("Range", run_plan.range_header)]
+                    continue
+                elif result.status == 416:
+                    # The client's one range starts past the end: the 416 is its answer.
+                    reason = "a range past the end"
+                elif not storable or result.size is None:
+                    reason = "not storable in a shared cache"
+                elif upstream.status not in (200, 206) and not _reusable(
+                    upstream, settings, response_time
+                ):
+                    # A 404 with neither freshness nor a validator could never be reused.
+                    reason = f"a {upstream.status} that could never be reused"
+                elif not blocks.cacheable_in_blocks(
                     upstream.headers.get("ETag"),
                     upstream.headers.get("Last-Modified"),
                     result.size,
                     settings.block_size,
                 ):
-                    future.set_result(Uncacheable("no validator to keep its blocks consistent"))
+                    reason = "no validator to keep its blocks consistent"
+                if reason is not None or isinstance(result, str) or result.size is None:
+                    await _lend(entry, upstream, reason or "not storable")
                     return
                 stored = freshness.StoredMeta.from_response(
                     upstream.status,
@@ -711,7 +871,7 @@ async def _probe_task(
                 )
                 meta = ObjectMeta(target.cache_key, target.upstream_url, stored)
                 if not await _put_meta(state, meta):
-                    future.set_result(Uncacheable("the cache cannot store"))
+                    await _lend(entry, upstream, "the cache cannot store")
                     return
                 if target.credential is not None:
                     state.auth_cache.put(
@@ -735,8 +895,21 @@ async def _probe_task(
                     run.claims = entry.waiting  # handed to the waiting requests with the answer
                     state.inflight.register(run)
                     skip = first * bs - received.start if upstream.status == 206 else 0
+                # Fields not stored but meant for this client all the same: cookies, and
+                # those a qualified no-cache="..." or private="..." names (RFC 9111
+                # §5.2.2.4, §5.2.2.7 restrict what the cache keeps, not what the origin
+                # told the client it answered).
+                withheld = (
+                    {
+                        *_PERSONAL,
+                        *stored.cache_control.no_cache_fields,
+                        *stored.cache_control.private_fields,
+                    }
+                    - _NOT_REPLAYED
+                    - HOP_BY_HOP_FIELDS
+                )  # framing stays proxyd's own
                 personal = tuple(
-                    (k, v) for k, v in upstream.headers.items() if k.lower() in _PERSONAL
+                    (k, v) for k, v in upstream.headers.items() if k.lower() in withheld
                 )
                 # The answer is out and the metadata stored: from now on requests find the
                 # object in the store (and its blocks in flight), not this probe. Leaving it
@@ -758,6 +931,103 @@ async def _probe_task(
         # Mark the exception retrieved: waiters may all have gone away.
         if future.done() and not future.cancelled():
             future.exception()
+
+
+# Fields of the client's request that a first fetch sets itself (see _probe_task).
+_REPLACED_ON_FILL = frozenset({"range", "accept-encoding"})
+_CONDITIONS = frozenset(
+    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"}
+)
+
+
+async def _revalidated(
+    state: ProxyState,
+    target: Route,
+    entry: _Probe,
+    upstream: aiohttp.ClientResponse,
+    revalidating: tuple[ObjectMeta, freshness.CacheRequest],
+    request_time: float,
+    response_time: float,
+) -> bool:
+    """Settle the answer to a revalidation that is not a new response to store: a 304 (the
+    stored object, freshened), an origin error (stale-if-error decides), a 304 about
+    something else (the request is sent again as is). True when settled; False for a new
+    response, which the caller stores as for any miss, after the old one is forgotten."""
+    meta, creq = revalidating
+    status = upstream.status
+    if status == 304:
+        outcome = freshness.after_revalidation(
+            meta.stored,
+            status,
+            upstream.headers,
+            request=creq,
+            request_time=request_time,
+            response_time=response_time,
+            now=time.time(),
+            settings=state.settings,
+        )
+        if outcome.outcome is Outcome.NOT_MODIFIED and outcome.updated is not None:
+            fresh = ObjectMeta(meta.key, meta.url, outcome.updated, meta.pinned)
+            await _put_meta(state, fresh)  # if it cannot be stored, this response still uses it
+            _end_probe(state, entry)
+            entry.future.set_result(Probed(fresh, None, revalidated=True))
+        else:
+            entry.future.set_result(Uncacheable("a 304 that does not select the stored object"))
+        return True
+    if status in freshness.ERROR_STATUSES:
+        if entry.originator_gone:
+            entry.future.set_result(Uncacheable("origin error", origin_error=status))
+            return True
+        relay = Relay(upstream, asyncio.Event())
+        entry.future.set_result(Uncacheable("origin error", relay, origin_error=status))
+        await relay.done.wait()
+        return True
+    await _forget(state, target.cache_key)  # a new response (stored or not) replaces it
+    return False
+
+
+def _reusable(
+    upstream: aiohttp.ClientResponse, settings: ProxySettings, response_time: float
+) -> bool:
+    """Whether a response could ever answer a later request: fresh for a while, or with a
+    validator to revalidate it by."""
+    headers = upstream.headers
+    if "ETag" in headers or "Last-Modified" in headers:
+        return True
+    lifetime = freshness.freshness_lifetime(
+        headers, response_time, settings, status=upstream.status
+    )
+    return lifetime > 0
+
+
+def _fetch_result(
+    run_plan: blocks.BlockRun, status: int, headers: Headers, storable: bool
+) -> blocks.FetchResult | str:
+    """:func:`proxyd.policy.blocks.interpret_fetch_response`, and for a storable answer of
+    another status (a 301, 404, 410, 500... with freshness: RFC 9111 §3 stores any final
+    status the rules allow) its whole body as the object: it is answered from the cache
+    with its own status, without ranges (a range applies to a 200's representation)."""
+    if status in (200, 206, 416) or not storable:
+        return blocks.interpret_fetch_response(run_plan, status, headers)
+    if status in (204, 205):
+        return blocks.FetchResult(status, 0, None)  # no content, whatever framing says
+    length = field_value(headers, "Content-Length")
+    if length is None or not length.strip().isdigit():
+        return f"a {status} without Content-Length"
+    size = int(length.strip())
+    return blocks.FetchResult(status, size, ByteRange(0, size - 1) if size else None)
+
+
+async def _lend(entry: _Probe, upstream: aiohttp.ClientResponse, reason: str) -> None:
+    """Hand an answer that is not stored to the request it was sent for, and keep the
+    upstream connection open until that request has relayed it. Requests that joined the
+    fetch get the reason only: they send their own requests."""
+    if entry.originator_gone:
+        entry.future.set_result(Uncacheable(reason))
+        return
+    relay = Relay(upstream, asyncio.Event())
+    entry.future.set_result(Uncacheable(reason, relay))
+    await relay.done.wait()
 
 
 def _end_probe(state: ProxyState, entry: _Probe) -> None:
@@ -902,7 +1172,10 @@ async def respond_from_blocks(
         None if modified_ts is None else float(modified_ts),
     )
     served.cache = served.cache or "HIT"  # no fetch so far: what follows is from the cache
-    if precondition is not None:
+    # A stored 301, 404, 500... is replayed with its status; conditions and ranges apply to
+    # a 200's representation only (RFC 9110 §13.2.1, §14.2).
+    status = meta.stored.status
+    if precondition is not None and status == 200:
         headers[CACHE_HEADER] = served.cache
         for name in ("Content-Type", "Content-Encoding", "Content-Disposition"):
             headers.popall(name, None)
@@ -915,6 +1188,7 @@ async def respond_from_blocks(
     if_range = field_value(request.headers, "If-Range")
     if (
         range_value
+        and status == 200
         and request.method == "GET"
         and (
             if_range is None
@@ -932,8 +1206,9 @@ async def respond_from_blocks(
 
     content_type = meta.stored.field("Content-Type") or "application/octet-stream"
     if ranges is None:
-        response = web.StreamResponse(status=200, headers=headers)
-        response.content_length = size
+        response = web.StreamResponse(status=status, headers=headers)
+        if status not in _NO_CONTENT:
+            response.content_length = size
         parts: list[tuple[bytes, ByteRange]] = [(b"", ByteRange(0, size - 1))] if size else []
         closing = b""
     elif len(ranges) == 1:

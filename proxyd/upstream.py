@@ -92,6 +92,13 @@ class UpstreamClients:
             raise UpstreamUnavailable(
                 upstream, f"upstream {upstream!r} is unreachable: {exc}"
             ) from exc
+        except aiohttp.ClientResponseError as exc:
+            # Not HTTP (a bad status line, a body longer than its Content-Length spilling
+            # into the next response...): the origin's fault, a 502 that says so, not a 500.
+            self.metrics.errors.labels("upstream_malformed").inc()
+            raise UpstreamError(
+                upstream, f"upstream {upstream!r} sent a malformed response: {exc.message}"
+            ) from exc
 
     async def close(self) -> None:
         for session in self._sessions.values():

@@ -36,6 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from butler.http.conditional import EntityTag, parse_http_date, weak_match
 from butler.http.ranges import parse_content_range
 from proxyd.policy import HeaderPairs, Headers, field_value, field_values, header_pairs
+from proxyd.policy.cdn import cdn_cache_control
 from proxyd.policy.requests import CACHEABLE_METHODS, strip_hop_by_hop
 
 if TYPE_CHECKING:
@@ -286,6 +287,11 @@ def parse_cache_control(value: str | Iterable[str] | None) -> CacheControl:
 
 
 def _cache_control(headers: Headers) -> CacheControl:
+    """A response's directives: its valid CDN-Cache-Control if it has one (RFC 9213: a
+    site cache obeys it instead of Cache-Control), else its Cache-Control."""
+    cdn = cdn_cache_control(headers)
+    if cdn is not None:
+        return parse_cache_control(cdn)
     return parse_cache_control(field_values(headers, "Cache-Control"))
 
 
@@ -469,9 +475,12 @@ def age_field(age: float) -> str:
 
 def _age_value(headers: Headers) -> int:
     values = field_values(headers, "Age")
-    # §5.1: a list or an invalid value is ignored; the corrected age from the response delay
-    # and the Date still applies.
-    value = None if len(values) != 1 else _delta_seconds(values[0].strip(" \t"))
+    # §5.1: Age is a singleton; of a list (on one line or several) the first member is
+    # used, as the suite expects and other caches do: "7200, 0" is old, and reading it as
+    # no Age at all would serve a stale response as fresh. An invalid value is ignored; the
+    # corrected age from the response delay and the Date still applies.
+    first = values[0].split(",")[0] if values else None
+    value = None if first is None else _delta_seconds(first.strip(" \t"))
     return 0 if value is None else value
 
 

@@ -1,0 +1,50 @@
+"""proxyd.policy.relay: how the one upstream answer of a miss that is not stored is cut back
+to what the client asked for (issue 22). Pure: no servers."""
+
+from __future__ import annotations
+
+from proxyd.policy.relay import RelayPlan, relay_plan
+
+
+def test_statuses_other_than_206_are_relayed_as_they_are() -> None:
+    assert relay_plan("GET", None, 200, {}) == RelayPlan(200)
+    assert relay_plan("GET", "bytes=5-9", 200, {}) == RelayPlan(200)  # Range ignored: allowed
+    assert relay_plan("GET", None, 304, {}) == RelayPlan(304)
+    assert relay_plan("HEAD", None, 404, {}) == RelayPlan(404, body=False)
+    unsatisfied = {"Content-Range": "bytes */10"}
+    assert relay_plan("GET", "bytes=20-", 416, unsatisfied) == RelayPlan(416, "bytes */10")
+
+
+def test_a_206_of_the_whole_object_answers_a_plain_get_as_a_200() -> None:
+    whole = {"Content-Range": "bytes 0-9/10"}
+    assert relay_plan("GET", None, 206, whole) == RelayPlan(200, length=10)
+    # Only the start of a longer object: it cannot answer a request for all of it.
+    assert relay_plan("GET", None, 206, {"Content-Range": "bytes 0-9/100"}) is None
+
+
+def test_a_head_gets_the_length_of_the_whole_object() -> None:
+    part = {"Content-Range": "bytes 0-65535/1000000"}
+    assert relay_plan("HEAD", None, 206, part) == RelayPlan(200, length=1000000, body=False)
+
+
+def test_a_single_range_is_cut_out_of_the_block_aligned_answer() -> None:
+    block = {"Content-Range": "bytes 65536-131071/200000"}
+    plan = relay_plan("GET", "bytes=70000-70999", 206, block)
+    assert plan == RelayPlan(206, "bytes 70000-70999/200000", skip=70000 - 65536, length=1000)
+    # A suffix range, resolved against the size the answer gives.
+    tail = {"Content-Range": "bytes 0-99/100"}
+    assert relay_plan("GET", "bytes=-10", 206, tail) == RelayPlan(
+        206, "bytes 90-99/100", skip=90, length=10
+    )
+
+
+def test_what_the_answer_cannot_give_is_sent_again_as_it_is() -> None:
+    block = {"Content-Range": "bytes 0-65535/200000"}
+    assert relay_plan("GET", "bytes=65000-70000", 206, block) is None  # past the answer
+    assert relay_plan("GET", "bytes=0-9,100-109", 206, block) is None  # several ranges
+    assert relay_plan("GET", None, 206, {"Content-Range": "bytes 0-9/*"}) is None
+    assert relay_plan("GET", None, 206, {}) is None
+    # An invalid Range is ignored: the whole object, when the answer holds all of it.
+    whole = {"Content-Range": "bytes 0-99/100"}
+    assert relay_plan("GET", "bytes=x", 206, whole) == RelayPlan(200, length=100)
+    assert relay_plan("GET", "bytes=x", 206, block) is None
