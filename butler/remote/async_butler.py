@@ -1,7 +1,9 @@
 """``AsyncButler``: the butler API as coroutines, over a repository server.
 
-Every method of :class:`~butler.butler.Butler` has an awaitable twin here; the sync
-:class:`~butler.remote.butler.RemoteButler` runs these same coroutines on a private event loop.
+It is a :class:`~butler.reading.Reader` (the read path, written once, over this class's
+primitives) with the remote registry's queries and the writes, all coroutines; the blocking
+:class:`~butler.remote.butler.RemoteButler` runs these same coroutines on a private event loop
+(its methods are their blocking twins, not a second copy).
 All requests share one aiohttp session with a bounded connection pool, so
 ``asyncio.gather`` of hundreds of ``get`` calls reuses a few connections.
 
@@ -17,27 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import math
 import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from butler.butler import (
-    Collections,
-    DatasetLike,
-    IOStats,
-    QuerySummary,
-    as_collection_list,
-    map_hdu,
-    memmap_entry,
-)
+from butler.butler import QuerySummary
 from butler.datastore import sha256_file
 from butler.errors import (
     AmbiguousDatasetError,
@@ -52,17 +47,18 @@ from butler.errors import (
 )
 from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
-from butler.io.source import ByteSource, LocalFileSource, RangeFile
+from butler.io.source import ByteSource, LocalFileSource
+from butler.reading import Collections, DatasetLike, IOStats, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
 from butler.remote.client import API, ClientSettings, RepositoryClient, data_id_json
+from butler.remote.io_thread import CALLER
 from butler.remote.limits import Pages, is_disk_full
 from butler.remote.source import HttpByteSource
 from butler.universe import DimensionUniverse
 
-if TYPE_CHECKING:
-    import numpy as np
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,6 +135,9 @@ _CURRENT_TXN: contextvars.ContextVar[RemoteTransaction | None] = contextvars.Con
 )
 
 
+MAX_VALUES = 10_000
+"""Distinct values one completion query returns at most (the server's largest page)."""
+
 # One ranged read of a remote memmap's HDU bytes: memory stays at a band, not the HDU.
 _HDU_BAND = 8 * 2**20
 
@@ -152,7 +151,7 @@ def _collection_path(name: str) -> str:
     return "collections/" + quote(name, safe="/")
 
 
-class AsyncButler:
+class AsyncButler(Reader):
     """Awaitable butler over ``http(s)://`` (a ``butler serve`` server or a proxy of one)."""
 
     def __init__(
@@ -293,6 +292,7 @@ class AsyncButler:
 
     async def resolve(
         self,
+        /,
         dataset_type_or_ref: DatasetLike,
         data_id: Mapping[str, Any] | None = None,
         *,
@@ -447,32 +447,9 @@ class AsyncButler:
                 f"(required: {', '.join(dataset_type.dimensions)})"
             )
 
-    async def find_dataset(
-        self,
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> DatasetRef | None:
-        try:
-            return (await self.resolve(dataset_type, data_id, collections=collections, **kwargs))[0]
-        except DatasetNotFoundError:
-            return None
+    # -- the read path's primitives (the read path itself: butler.reading.Reader) ---------
 
-    async def get_file_info(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> FileInfo:
-        return (
-            await self.resolve(dataset_type_or_ref, data_id, collections=collections, **kwargs)
-        )[1]
-
-    def byte_source(self, file: FileInfo) -> ByteSource:
+    async def byte_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
         own = self._own_file(file)
         if own is not None:
             return LocalFileSource(own)
@@ -484,73 +461,27 @@ class AsyncButler:
         txn = _CURRENT_TXN.get()
         return txn.pending_local(file) if txn is not None else None
 
-    async def get(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        parameters: Mapping[str, Any] | None = None,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Read a dataset or a part of it; only the bytes the read needs are fetched."""
-        ref, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return await self.read_file(ref, file, parameters)
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        # Formatters are synchronous: in another thread, fetching through this loop (the
+        # thread of a blocking caller waiting for this read, else a worker thread).
+        in_context = functools.partial(contextvars.copy_context().run, work)
+        return await asyncio.get_running_loop().run_in_executor(CALLER.get(), in_context)
 
-    async def read_file(
-        self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
-    ) -> Any:
-        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
-        formatter.check_request(ref.component, parameters)
-        source = self.byte_source(file)
-        try:
-            # Formatters are synchronous; they run in a thread and fetch through the loop.
-            return await asyncio.to_thread(
-                formatter.read,
-                source,
-                file.index,
-                component=ref.component,
-                parameters=parameters or {},
-            )
-        finally:
-            self.io_stats.add(source)
-
-    async def exists(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> bool:
-        try:
-            await self.resolve(dataset_type_or_ref, data_id, collections=collections, **kwargs)
-        except DatasetNotFoundError:
-            return False
-        return True
+    async def file_present(self, ref: DatasetRef, file: FileInfo) -> bool:
+        """Whether the server serves the file (a HEAD request): a registered dataset whose
+        file is gone from the server's disk does not exist, as for a local butler."""
+        own = self._own_file(file)
+        if own is not None:
+            return own.exists()
+        return await self.client.file_served(file.path)
 
     def file_cache(self) -> FileCache:
         if self._cache is None:
             self._cache = FileCache(self._cache_dir, self._cache_size)
         return self._cache
 
-    async def get_local_path(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Download the file once into the client cache, verified; its path there."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return await self.local_file(file)
-
-    async def local_file(self, file: FileInfo) -> Path:
+    async def local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
+        """The file downloaded once into the client cache, verified; its path there."""
         own = self._own_file(file)
         if own is not None:
             return own  # put in the current transaction: valid until it ends
@@ -583,69 +514,27 @@ class AsyncButler:
                 "; get() and open() read parts of files without the cache",
             ) from None
 
-    def file_url(self, file: FileInfo) -> str:
+    async def file_uri(self, ref: DatasetRef, file: FileInfo) -> str:
+        """The ``http(s)://`` URL of the dataset's file on the server."""
         own = self._own_file(file)
         if own is not None:
             return own.as_uri()  # not on the server before the commit
         return self.client.url("files/" + file.path)
 
-    async def get_uri(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> str:
-        """The ``http(s)://`` URL of the dataset's file on the server."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return self.file_url(file)
-
-    async def open(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        read_ahead: int = 64 * 1024,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> RangeFile:
-        """A lazily range-reading file object; read it from a thread (it blocks on the loop)."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return self.byte_source(file).open(read_ahead=read_ahead)
-
-    async def memmap(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        hdu: str | int | None = None,
-        raw: bool = False,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> np.memmap[Any, Any]:
-        """Fetch one HDU's data bytes once into the client cache, then memory-map them.
-
-        ``hdu`` and ``raw`` as :meth:`butler.butler.Butler.memmap` (default: the HDU that
-        ``get()`` reads; scaled data refused unless ``raw=True``)."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        entry = memmap_entry(file, hdu, raw)
-        return map_hdu(await self.local_hdu(file, entry), entry, 0)
-
-    async def local_hdu(self, file: FileInfo, entry: Mapping[str, Any]) -> Path:
+    async def local_hdu(
+        self, ref: DatasetRef, file: FileInfo, entry: Mapping[str, Any]
+    ) -> tuple[Path, int]:
         """Only the data bytes of one HDU, fetched by ranged reads (in bands, so memory
-        stays small) into the client cache once; the path of that cache file.
+        stays small) into the client cache once; the path of that cache file (where the
+        bytes start at 0).
 
         A part of a file has no checksum of its own to verify; each band's length is
         checked, and the cache key names the file's checksum and the byte range."""
         import numpy as np
 
+        own = self._own_file(file)
+        if own is not None:  # put in the open transaction: the whole file is here
+            return own, int(entry["data_offset"])
         offset = int(entry["data_offset"])
         length = math.prod(entry["shape"]) * np.dtype(entry["dtype"]).itemsize
         key = f"{file.checksum}#bytes={offset}-{offset + length - 1}"
@@ -653,12 +542,12 @@ class AsyncButler:
         try:
             cached = await asyncio.to_thread(cache.path, key)
             if cached is not None:
-                return cached
+                return cached, 0
             workdir = Path(tempfile.mkdtemp(prefix="download-", dir=cache.directory))
             try:
                 partial = workdir / f"{Path(file.path).name}.hdu{entry['index']}"
                 await self._fetch_to_file(file, offset, length, partial)
-                return await asyncio.to_thread(cache.add, key, partial)
+                return await asyncio.to_thread(cache.add, key, partial), 0
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         except (OSError, sqlite3.Error) as exc:
@@ -684,6 +573,7 @@ class AsyncButler:
 
     async def query_datasets_with_files(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -733,6 +623,7 @@ class AsyncButler:
 
     async def query_datasets(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -749,6 +640,7 @@ class AsyncButler:
 
     async def query_data_ids(
         self,
+        /,
         dimensions: str | Sequence[str],
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -756,8 +648,11 @@ class AsyncButler:
         dataset_type: str | None = None,
         collections: Collections = None,
         limit: int | None = None,
+        offset: int = 0,
         **data_id: Any,
     ) -> list[DataCoordinate]:
+        if offset:
+            raise ButlerError("offset is not supported for remote data ID queries; use limit")
         dims = [dimensions] if isinstance(dimensions, str) else list(dimensions)
         params = [("dimensions", d) for d in dims]
         params += [
@@ -779,6 +674,7 @@ class AsyncButler:
 
     async def query_dimension_records(
         self,
+        /,
         element: str,
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -795,6 +691,7 @@ class AsyncButler:
 
     async def dimension_values(
         self,
+        /,
         element: str,
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -825,8 +722,32 @@ class AsyncButler:
         data = await self.client.get_json(f"dimensions/{element}/values", params)
         return list(data["values"])
 
+    async def query_dimension_values(
+        self,
+        /,
+        dimension: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        **data_id: Any,
+    ) -> list[Any]:
+        """Sorted distinct values of one dimension: :meth:`dimension_values`, as many as
+        the server gives in one answer."""
+        return await self.dimension_values(
+            dimension,
+            where,
+            bind,
+            dataset_type=dataset_type,
+            collections=collections,
+            limit=MAX_VALUES,
+            **data_id,
+        )
+
     async def query_summary(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -978,6 +899,7 @@ class AsyncButler:
 
     async def put(
         self,
+        /,
         obj: Any,
         dataset_type: str | DatasetType,
         data_id: Mapping[str, Any] | None = None,
@@ -1078,6 +1000,7 @@ class AsyncButler:
 
     async def remove(
         self,
+        /,
         refs: DatasetRef | Iterable[DatasetRef] | str,
         data_id: Mapping[str, Any] | None = None,
         *,

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,13 +204,15 @@ class RepositoryClient:
 
     @asynccontextmanager
     async def request(
-        self, method: str, path: str, **kwargs: Any
+        self, method: str, path: str, *, passing: Collection[int] = (), **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request; an error status raises (the server's own class), but for those in
+        ``passing``, which the caller reads as an answer."""
         url = path if path.startswith(("http://", "https://")) else self.url(path)
         session = await self.session()
         try:
             async with session.request(method, url, **kwargs) as response:
-                if response.status >= 400:
+                if response.status >= 400 and response.status not in passing:
                     raise_for_error(response.status, await response.read(), url)
                 yield response
         except aiohttp.ClientConnectionError as exc:
@@ -301,6 +303,11 @@ class RepositoryClient:
                 raise CorruptFileError(f"{url}: 206 without a usable Content-Range")
             body = await response.read()
             return _assign_parts([(content_range.start, body)], batch, url)
+
+    async def file_served(self, file_path: str) -> bool:
+        """Whether the server serves a file now (a HEAD request: no bytes move)."""
+        async with self.request("HEAD", "files/" + file_path, passing=(404, 410)) as response:
+            return response.status < 400
 
     async def download(self, file_path: str, destination: Path) -> str:
         """Stream a whole file to ``destination``; returns its ``sha256:`` checksum."""
