@@ -18,6 +18,7 @@ from butler.mirrored import MirroredButler
 from butler.reading import Reader
 from butler.remote.async_butler import AsyncButler
 from butler.remote.butler import RemoteButler
+from mirror.source import HttpSource
 
 HSC = {"instrument": "HSC"}
 LOCAL_ONLY = ("ingest", "ingest_many", "verify")
@@ -154,3 +155,26 @@ def tmp_mirror(repo_path: Path) -> Path:
             pass
     return mirror
 
+
+def _collection_requests(server: ButlerServer, since: int) -> list[str]:
+    return [
+        e["target"]
+        for e in server.access_log()[since:]
+        if e["target"].startswith("/api/v1/collections/")
+    ]
+
+
+def test_the_remote_butler_and_the_mirror_ask_the_same_requests(server: ButlerServer) -> None:
+    """One API client: a name that needs quoting is quoted the same way by both."""
+    mark = server.mark()
+    with Butler(server.url) as remote:
+        assert remote.get_collection_chain(ODD_CHAIN) == ["run1"]
+    asked_by_butler = _collection_requests(server, mark)
+    mark = server.mark()
+    source = HttpSource(server.url)
+    try:
+        assert source.get_collection_chain(ODD_CHAIN) == ["run1"]
+    finally:
+        source.close()
+    asked_by_mirror = _collection_requests(server, mark)
+    assert asked_by_butler == asked_by_mirror == ["/api/v1/collections/u/me/chain%20%231%25%3F"]

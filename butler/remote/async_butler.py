@@ -30,7 +30,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from butler.butler import QuerySummary
 from butler.datastore import sha256_file
@@ -51,10 +50,18 @@ from butler.io.source import ByteSource, LocalFileSource
 from butler.reading import Collections, DatasetLike, IOStats, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
+from butler.remote.api import (
+    RepositoryAPI,
+    constraint_params,
+    dataset_query,
+    name_segment,
+    plain,
+    plain_json,
+)
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
-from butler.remote.client import API, ClientSettings, RepositoryClient, data_id_json
+from butler.remote.client import ClientSettings, RepositoryClient
 from butler.remote.io_thread import CALLER
-from butler.remote.limits import Pages, is_disk_full
+from butler.remote.limits import is_disk_full
 from butler.remote.source import HttpByteSource
 from butler.universe import DimensionUniverse
 
@@ -146,11 +153,6 @@ def _collection_params(collections: Sequence[str] | None) -> list[tuple[str, str
     return [("collections", c) for c in collections or []]
 
 
-def _collection_path(name: str) -> str:
-    """The API path of collection ``name`` (``?``, ``#``, ``%`` in a name stay in the path)."""
-    return "collections/" + quote(name, safe="/")
-
-
 class AsyncButler(Reader):
     """Awaitable butler over ``http(s)://`` (a ``butler serve`` server or a proxy of one)."""
 
@@ -172,6 +174,7 @@ class AsyncButler(Reader):
             url, token=token, token_file=token_file, max_connections=max_connections
         )
         self.client = RepositoryClient(self.settings)
+        self.api = RepositoryAPI(self.client, self.settings.url)
         if run is not None:
             # Refused before any request, as a local butler refuses it.
             Registry._check_collection_name(run)
@@ -215,16 +218,15 @@ class AsyncButler(Reader):
 
     async def info(self) -> dict[str, Any]:
         if self._info is None:
-            info = await self.client.get_json("")
+            info = await self.api.info()
             self._info = info
             self._universe = DimensionUniverse(info["universe"], source=self.url)
+            # (The API took the server's largest page from it.)
             max_ranges = int(info.get("max_ranges") or self.settings.max_ranges)
-            # Servers that do not say (older ones) get the default page size.
-            page_size = int(info.get("max_page_size") or self.settings.page_size)
-            if (max_ranges, page_size) != (self.settings.max_ranges, self.settings.page_size):
+            if max_ranges != self.settings.max_ranges:
                 from dataclasses import replace
 
-                self.settings = replace(self.settings, max_ranges=max_ranges, page_size=page_size)
+                self.settings = replace(self.settings, max_ranges=max_ranges)
                 self.client.settings = self.settings
         return dict(self._info)
 
@@ -238,24 +240,23 @@ class AsyncButler(Reader):
         parent, _ = split_component(name)
         cached = self._dataset_types.get(parent)
         if cached is None:
-            cached = DatasetType.from_dict(await self.client.get_json(f"dataset-types/{parent}"))
+            cached = await self.api.dataset_type(parent)
             self._dataset_types[parent] = cached
         return cached
 
     async def dataset_types(self) -> list[DatasetType]:
-        data = await self.client.get_json("dataset-types")
-        return [DatasetType.from_dict(d) for d in data["dataset_types"]]
+        return await self.api.dataset_types()
 
     async def query_collections(self) -> list[dict[str, Any]]:
-        return list((await self.client.get_json("collections"))["collections"])
+        return await self.api.collections()
 
     async def get_collection_chain(self, name: str) -> list[str]:
-        return list((await self.client.get_json(_collection_path(name)))["children"])
+        return await self.api.collection_chain(name)
 
     async def _collection(self, name: str) -> dict[str, Any] | None:
         """The server's record of collection ``name`` (type, children, runs); None if none."""
         try:
-            return dict(await self.client.get_json(_collection_path(name)))
+            return await self.api.collection(name)
         except CollectionNotFoundError:
             return None
 
@@ -337,7 +338,7 @@ class AsyncButler(Reader):
             else dataset_type_or_ref
         )
         parent, component = split_component(name)
-        given = _plain({**dict(data_id or {}), **kwargs})
+        given = plain({**dict(data_id or {}), **kwargs})
         matches = {
             p.ref.run: p
             for p in txn.pending.values()
@@ -421,7 +422,7 @@ class AsyncButler(Reader):
         if search and not searched:  # only this butler's own RUN, not created yet
             await self._check_find(parent, given)
             raise DatasetNotFoundError.for_search(name, given, search)
-        params = [("dataset_type", parent), ("data_id", data_id_json(given))]
+        params = [("dataset_type", parent), ("data_id", plain_json(given))]
         params += _collection_params(searched)
         try:
             found = await self.client.get_json("find", params)
@@ -438,7 +439,7 @@ class AsyncButler(Reader):
         answer (not found) is known without asking it."""
         dataset_type = await self.get_dataset_type(parent)
         # The server checks the data ID's keys and values as in any query of the type...
-        await self._check_query({"dataset_type": parent, "data_id": _plain(given)})
+        await self._check_query({"dataset_type": parent, "data_id": plain(given)})
         # ...and a find needs every required dimension (the message is the server's).
         missing = [d for d in dataset_type.dimensions if given.get(d) is None]
         if missing:
@@ -586,33 +587,14 @@ class AsyncButler(Reader):
     ) -> list[tuple[DatasetRef, FileInfo]]:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
         searched = await self._searched(as_collection_list(collections) or self.collections)
-        body = {
-            "dataset_type": split_component(name)[0],
-            "collections": searched,
-            "where": where,
-            "bind": _plain(bind or {}),
-            "data_id": _plain(data_id),
-            "find_first": find_first,
-        }
+        body = dataset_query(
+            split_component(name)[0], searched, where, bind, data_id, find_first=find_first
+        )
         if searched == []:  # only this butler's own RUN, not created yet: empty
             await self._check_query(body)
             return []
-        rows: list[Any] = []
-        pages = Pages(self.client.url(f"{API}/datasets/query"), offset)
         await self.info()  # the server's page size
-        # POST keeps long where expressions out of URLs.
-        while True:
-            size = self.settings.page_size
-            if limit is not None:
-                size = min(size, limit - len(rows))
-            page = await self.client.post_json(
-                "datasets/query", {**body, "limit": size, "offset": pages.offset}
-            )
-            new = pages.rows_of(page, "datasets")
-            rows.extend(new)
-            if (limit is not None and len(rows) >= limit) or not pages.follow(page, new, size):
-                break
-        return [(DatasetRef.from_dict(r["ref"]), FileInfo.from_dict(r["file"])) for r in rows]
+        return await self.api.datasets(body, limit=limit, offset=offset)
 
     async def _check_query(self, query: Mapping[str, Any]) -> None:
         """Have the server check a dataset query answered empty without asking it (its
@@ -655,21 +637,17 @@ class AsyncButler(Reader):
             raise ButlerError("offset is not supported for remote data ID queries; use limit")
         dims = [dimensions] if isinstance(dimensions, str) else list(dimensions)
         params = [("dimensions", d) for d in dims]
-        params += [
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
-        ]
+        params += constraint_params(where, bind, data_id)
         if dataset_type:
             searched = await self._searched(as_collection_list(collections) or self.collections)
             if searched == []:  # only this butler's own RUN, not created yet: no datasets
                 # Checked by the server as ever (the dataset type, then the rest without it).
                 await self.get_dataset_type(dataset_type)
-                await self.client.paginate("data-ids", "data_ids", params, 1)
+                await self.api.paged("data-ids", "data_ids", params=params, limit=1)
                 return []
             params.append(("dataset_type", dataset_type))
             params += _collection_params(searched)
-        rows = await self.client.paginate("data-ids", "data_ids", params, limit)
+        rows = await self.api.paged("data-ids", "data_ids", params=params, limit=limit)
         return [DataCoordinate.from_dict(r) for r in rows]
 
     async def query_dimension_records(
@@ -682,12 +660,7 @@ class AsyncButler(Reader):
         limit: int | None = None,
         **data_id: Any,
     ) -> list[dict[str, Any]]:
-        params = [
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
-        ]
-        return await self.client.paginate(f"dimensions/{element}/records", "records", params, limit)
+        return await self.api.dimension_records(element, where, bind, data_id, limit=limit)
 
     async def dimension_values(
         self,
@@ -703,10 +676,9 @@ class AsyncButler(Reader):
         **data_id: Any,
     ) -> list[Any]:
         """Distinct values of one dimension given constraints (what completion offers)."""
+        path = f"dimensions/{name_segment(element)}/values"
         params = [
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
+            *constraint_params(where, bind, data_id),
             ("prefix", prefix),
             ("limit", str(limit)),
         ]
@@ -715,11 +687,11 @@ class AsyncButler(Reader):
             if searched == []:  # only this butler's own RUN, not created yet: no datasets
                 # Checked by the server as ever (the dataset type, then the rest without it).
                 await self.get_dataset_type(dataset_type)
-                await self.client.get_json(f"dimensions/{element}/values", params)
+                await self.client.get_json(path, params)
                 return []
             params.append(("dataset_type", dataset_type))
             params += _collection_params(searched)
-        data = await self.client.get_json(f"dimensions/{element}/values", params)
+        data = await self.client.get_json(path, params)
         return list(data["values"])
 
     async def query_dimension_values(
@@ -760,16 +732,13 @@ class AsyncButler(Reader):
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
         searched = await self._searched(as_collection_list(collections) or self.collections)
         if searched == []:  # only this butler's own RUN, not created yet: empty
-            query = {"dataset_type": split_component(name)[0], "where": where}
             await self._check_query(
-                {**query, "bind": _plain(bind or {}), "data_id": _plain(data_id)}
+                dataset_query(split_component(name)[0], None, where, bind, data_id)
             )
             return QuerySummary(count=0, size=0)
         params = [
             ("dataset_type", split_component(name)[0]),
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
+            *constraint_params(where, bind, data_id),
             ("find_first", "true" if find_first else "false"),
             *_collection_params(searched),
         ]
@@ -891,7 +860,7 @@ class AsyncButler(Reader):
             {
                 "op": "insert_dimension_records",
                 "element": element,
-                "records": [_plain(r) for r in records],
+                "records": [plain(r) for r in records],
                 "skip_existing": skip_existing,
             }
         )
@@ -922,7 +891,7 @@ class AsyncButler(Reader):
         sc = self.formatters.storage_class(resolved.storage_class)
         obj = sc.validate(obj)
         formatter = self.formatters.formatter(resolved.formatter or sc.default_formatter)
-        given = _plain({**dict(data_id or {}), **data_id_kwargs})
+        given = plain({**dict(data_id or {}), **data_id_kwargs})
         outer = _CURRENT_TXN.get()
         txn = outer or RemoteTransaction()
         try:
@@ -1018,14 +987,6 @@ class AsyncButler(Reader):
         if result is None and txn is not None:
             txn.removed.update(r.id for r in ref_list)  # queued: hidden from reads at once
         return int(result["removed"]) if result else len(ref_list)
-
-
-def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-ready copy: numpy scalars become Python numbers."""
-    return {
-        k: (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v)
-        for k, v in mapping.items()
-    }
 
 
 def _cache_full(
