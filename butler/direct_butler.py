@@ -32,7 +32,7 @@ from butler.errors import (
 from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource
-from butler.reading import Collections, DatasetLike, IOStats, Reader, as_collection_list
+from butler.reading import Collections, IOStats, Lookup, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
 from butler.repo_config import RepoConfig, load_repo_config, new_repository_layout, repo_info
@@ -104,16 +104,10 @@ class _LocalReader(Reader):
         self.formatters = formatters
         self.io_stats = IOStats()
 
-    async def resolve(
-        self,
-        /,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> tuple[DatasetRef, FileInfo]:
-        return self.butler._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
+        return self.butler._resolve(
+            lookup.target, lookup.data_id, lookup.collections, lookup.kwargs
+        )
 
     async def byte_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
         path = self.butler._stored_path(file)

@@ -24,23 +24,13 @@ from butler.errors import (
     RemoteUnavailableError,
 )
 from butler.io.source import ByteSource
-from butler.reading import Collections, DatasetLike, IOStats, Reader
+from butler.reading import Collections, IOStats, Lookup, Reader
 from butler.refs import DatasetRef, FileInfo
 from butler.registry import Registry
 
 T = TypeVar("T")
 
 _NOT_LOCAL = (DatasetNotFoundError, CollectionNotFoundError, DatasetTypeNotFoundError)
-
-
-def _describe(
-    dataset_type_or_ref: DatasetLike, data_id: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
-) -> str:
-    if isinstance(dataset_type_or_ref, DatasetRef):
-        return repr(dataset_type_or_ref)
-    name = getattr(dataset_type_or_ref, "name", dataset_type_or_ref)
-    values = ", ".join(f"{k}={v!r}" for k, v in {**dict(data_id or {}), **kwargs}.items())
-    return f"dataset {name!r} {{{values}}}"
 
 
 class MirroredButler(Butler):
@@ -149,31 +139,18 @@ class _MirrorReader(Reader):
         in_mirror = ref.id in local.registry.existing_ids([ref.id])
         return local if in_mirror else self.butler.remote()
 
-    async def resolve(
-        self,
-        /,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> tuple[DatasetRef, FileInfo]:
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
         butler = self.butler
         try:
-            return butler.local.resolve(
-                dataset_type_or_ref, data_id, collections=collections, **kwargs
-            )
+            return butler.local._read(lambda reader: reader.locate(lookup))
         except _NOT_LOCAL as local_miss:
             try:
-                remote = butler.remote()
-                return remote.resolve(
-                    dataset_type_or_ref, data_id, collections=collections, **kwargs
-                )
+                return butler.remote()._read(lambda reader: reader.locate(lookup))
             except RemoteUnavailableError as exc:
                 raise DatasetNotFoundError(
-                    f"{_describe(dataset_type_or_ref, data_id, kwargs)} is not in the mirror "
-                    f"{butler.mirror_root} ({local_miss}), and the remote repository "
-                    f"{butler.url} cannot be reached ({exc})."
+                    f"{lookup.describe()} is not in the mirror {butler.mirror_root} "
+                    f"({local_miss}), and the remote repository {butler.url} cannot be "
+                    f"reached ({exc})."
                 ) from exc
 
     async def byte_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,6 +58,29 @@ class IOStats:
         self.requests += source.requests
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """A dataset a read names: a ref, or a dataset type (``"calexp.metadata"`` names a
+    component) with data ID values, searched in ``collections`` (None: the butler's)."""
+
+    target: DatasetLike
+    data_id: Mapping[str, Any] | None = None
+    collections: Collections = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The data ID values given, as one mapping."""
+        return {**dict(self.data_id or {}), **self.kwargs}
+
+    def describe(self) -> str:
+        if isinstance(self.target, DatasetRef):
+            return repr(self.target)
+        name = self.target.name if isinstance(self.target, DatasetType) else self.target
+        values = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"dataset {name!r} {{{values}}}"
+
+
 class Reader(ABC):
     """Reading datasets, as coroutines over a backend's primitives (the abstract methods).
 
@@ -72,15 +95,7 @@ class Reader(ABC):
     # -- primitives -----------------------------------------------------------------------
 
     @abstractmethod
-    async def resolve(
-        self,
-        /,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> tuple[DatasetRef, FileInfo]:
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
         """The dataset (with its component, if one was named) and its file record; raises
         ``DatasetNotFoundError`` if it is not in the collections searched."""
 
@@ -113,6 +128,19 @@ class Reader(ABC):
         return work()
 
     # -- the read path --------------------------------------------------------------------
+
+    async def resolve(
+        self,
+        /,
+        dataset_type_or_ref: DatasetLike,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> tuple[DatasetRef, FileInfo]:
+        """The dataset's ref (with its component) and its file record; raises
+        ``DatasetNotFoundError`` if it is not in the collections searched."""
+        return await self.locate(Lookup(dataset_type_or_ref, data_id, collections, kwargs))
 
     async def find_dataset(
         self,

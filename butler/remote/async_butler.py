@@ -47,7 +47,7 @@ from butler.errors import (
 from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource
-from butler.reading import Collections, DatasetLike, IOStats, Reader, as_collection_list
+from butler.reading import Collections, DatasetLike, IOStats, Lookup, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
 from butler.remote.api import (
@@ -291,15 +291,7 @@ class AsyncButler(Reader):
 
     # -- finding and reading --------------------------------------------------------------
 
-    async def resolve(
-        self,
-        /,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> tuple[DatasetRef, FileInfo]:
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
         """The dataset's ref (with its component) and its file record, in one request.
 
         Inside a transaction, its own writes count: a dataset it put is found (by ref, or
@@ -307,11 +299,13 @@ class AsyncButler(Reader):
         """
         txn = _CURRENT_TXN.get()
         if txn is not None and (txn.pending or txn.removed):
-            own = await self._own_write(txn, dataset_type_or_ref, data_id, collections, kwargs)
+            own = await self._own_write(
+                txn, lookup.target, lookup.data_id, lookup.collections, lookup.kwargs
+            )
             if own is not None:
                 return own
         ref, file = await self._resolve_committed(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
+            lookup.target, lookup.data_id, collections=lookup.collections, **lookup.kwargs
         )
         if txn is not None and ref.id in txn.removed:
             raise DatasetNotFoundError(f"{ref!r} was removed in this transaction")
