@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from butler.butler import Butler, IOStats
+    from butler.butler import Butler
     from butler.direct_butler import DirectButler
     from butler.errors import (
         AmbiguousDatasetError,
@@ -35,13 +35,14 @@ if TYPE_CHECKING:
     from butler.formatters.base import Formatter, StorageClass
     from butler.formatters.registry import register_formatter, register_storage_class
     from butler.image import Box, Image
+    from butler.reading import IOStats
     from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 
 # Names are imported on first use: ``import butler.http.ranges`` (proxyd) must not load
 # astropy, numpy and the registry, which would cost every proxy ~50 MB of memory.
 _EXPORTS: dict[str, str] = {
     "Butler": "butler.butler",
-    "IOStats": "butler.butler",
+    "IOStats": "butler.reading",
     "DirectButler": "butler.direct_butler",
     "AmbiguousDatasetError": "butler.errors",
     "ButlerError": "butler.errors",

@@ -1,54 +1,71 @@
-"""``Butler``: one interface over a local repository and a remote one.
+"""``Butler``: one interface over a local repository, a remote one, and a mirror of one.
 
-``Butler(path_or_url, ...)`` returns a :class:`~butler.direct_butler.DirectButler` for a local
-path and a :class:`~butler.remote.butler.RemoteButler` for an ``http(s)://`` URL (a repository
-server or a caching proxy in front of one). Reading is implemented once, here, on top of four
-backend primitives: find a dataset and its file record, open a byte source on the file, give
-a local path for it, check it is present. Everything else is declared here (the interface
-both backends implement, which is why its bodies only raise) and implemented by each backend.
+``Butler(path_or_url, ...)`` returns the backend its argument names: a
+:class:`~butler.direct_butler.DirectButler` for a local path, a
+:class:`~butler.remote.butler.RemoteButler` for an ``http(s)://`` URL (a repository server or
+a caching proxy in front of one), a :class:`~butler.mirrored.MirroredButler` with ``mirror=``.
+
+What a backend can do is what its class declares. :class:`Butler` is what every backend does:
+read, query, write (puts, removals, registrations, transactions; a remote one through its
+server). Only a local repository ingests files and verifies them (``DirectButler.ingest``,
+``ingest_many``, ``verify``: they work on the repository's own storage). A method a backend
+lacks is absent: a type checker flags the call, ``dir()`` does not list it, and using it
+raises ``AttributeError`` at once, saying what to use instead.
+
+Reading is written once, as the coroutines of :class:`~butler.reading.Reader`; a butler's
+read methods are their blocking twins (:func:`~butler.blocking.blocking`), run by the
+backend's :meth:`Butler._read`.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from abc import ABCMeta, abstractmethod
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
 
-from butler.errors import DatasetNotFoundError
-from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry
-from butler.io.source import ByteSource, RangeFile
+from butler.blocking import blocking
+from butler.formatters.registry import FormatterRegistry
+from butler.reading import (
+    Collections,
+    DatasetLike,
+    IOStats,
+    Reader,
+    as_collection_list,
+)
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
 from butler.universe import DimensionUniverse
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from butler.direct_butler import DirectButler
     from butler.interactive.factory import QueryFactory
 
-DatasetLike = str | DatasetType | DatasetRef
-Collections = str | Sequence[str] | None
+__all__ = [
+    "Butler",
+    "Collections",
+    "DatasetLike",
+    "IOStats",
+    "QuerySummary",
+    "as_collection_list",
+    "is_remote_uri",
+]
 
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
-@dataclass
-class IOStats:
-    """Bytes and read requests that this butler's reads have made (for checks and tests)."""
-
-    bytes_read: int = 0
-    requests: int = 0
-
-    def reset(self) -> None:
-        self.bytes_read = 0
-        self.requests = 0
-
-    def add(self, source: ByteSource) -> None:
-        self.bytes_read += source.bytes_read
-        self.requests += source.requests
+if TYPE_CHECKING:
+    # ``Butler(...)`` builds a concrete backend (_ButlerFactory), which a type checker cannot
+    # see: to it the interface's methods are plain, or every ``Butler(path)`` would be
+    # flagged as instantiating an abstract class. At run time they are abstract: a backend
+    # lacking one cannot be instantiated.
+    def abstract(method: F) -> F:
+        return method
+else:
+    abstract = abstractmethod
 
 
 @dataclass(frozen=True)
@@ -64,82 +81,32 @@ def is_remote_uri(path: object) -> bool:
     return isinstance(path, str) and path.startswith(("http://", "https://"))
 
 
-def as_collection_list(collections: Collections) -> list[str] | None:
-    if collections is None:
-        return None
-    if isinstance(collections, str):
-        return [collections]
-    return list(collections)
+class _Absent:
+    """A method that a backend lacks: reading it raises ``AttributeError`` saying why."""
 
+    def __init__(self, why: str) -> None:
+        self.why = why
+        self.name = ""
 
-def memmap_entry(file: FileInfo, hdu: str | int | None, raw: bool = False) -> dict[str, Any]:
-    """The offset-index entry of the HDU :meth:`Butler.memmap` maps, once it is sure that the
-    map gives what ``get()`` gives.
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-    ``hdu=None`` is the HDU holding the pixels ``get()`` reads (``IMAGE`` in the LSST
-    layout, the ingest-recorded one for raws, else ``SCI`` or the first HDU with pixels).
-    A map holds the stored values: for data with BZERO/BSCALE (unsigned integers stored as
-    BZERO = 32768 too) or an integer BLANK they differ from ``get()``'s, so they are refused
-    unless ``raw=True`` asks for the stored values.
-    """
-    from butler.errors import UnsupportedParameterError
-    from butler.formatters.fits_image import _Layout, describe_hdus, select_hdu
-
-    if file.index.get("format") != "fits" or not file.index.get("hdus"):
-        raise UnsupportedParameterError(
-            f"{file.path} is not a FITS file with an offset index; memmap maps FITS image "
-            "HDUs (use get_local_path() and numpy.memmap/numpy.load for other files)"
+    def __get__(self, obj: object, owner: type | None = None) -> NoReturn:
+        backend = owner.__name__ if owner is not None else type(obj).__name__
+        raise AttributeError(
+            f"{backend} has no {self.name}(): it {self.why}, so only a local repository has "
+            "it. Open the repository by its path on the machine that holds it (Butler(path), "
+            "or the butler command there); a remote one takes put().",
+            name=self.name,
+            obj=obj,
         )
-    if hdu is None:
-        entry = dict(_Layout.of(file.index, file.path).image)
-    else:
-        entry = dict(select_hdu(file.index, hdu, file.path))
-    where = f"HDU {entry['index']} ({entry['name'] or 'unnamed'}) of {file.path}"
-    if entry.get("kind") not in ("image", "primary") or not entry.get("shape"):
-        raise UnsupportedParameterError(
-            f"{where} is a {entry.get('kind')} HDU without plain pixels; only uncompressed "
-            f"image HDUs can be memory-mapped (the file's HDUs: {describe_hdus(file.index)}). "
-            "Read it with get(..., parameters={'hdu': ...}), lazily with {'lazy': True}"
-        )
-    scaling = {
-        key.upper(): entry[key]
-        for key in ("bscale", "bzero", "blank")
-        if key in entry and not (key == "blank" and entry["dtype"].lstrip("<>=").startswith("f"))
-    }
-    if scaling and not raw:
-        cards = ", ".join(f"{k} = {v}" for k, v in scaling.items())
-        raise UnsupportedParameterError(
-            f"{where} is stored scaled ({cards}): a memory map would give the stored integers, "
-            "not the values get() gives (value = BZERO + BSCALE * stored, BLANK -> NaN). Pass "
-            "raw=True to map the stored values and apply BZERO/BSCALE yourself, or read "
-            "the scaled values lazily without loading them: "
-            "get(..., parameters={'lazy': True})"
-        )
-    return entry
 
 
-def map_hdu(path: Path, entry: Mapping[str, Any], offset: int) -> np.memmap[Any, Any]:
-    """A read-only map of an HDU's pixels, found at ``offset`` in the file at ``path``."""
-    import numpy as np  # here: numpy costs a command-line tool's start ~0.07 s
-
-    return np.memmap(
-        path,
-        dtype=np.dtype(entry["dtype"]),
-        mode="r",
-        offset=offset,
-        shape=tuple(entry["shape"]),
-    )
+def _static(obj: object, name: str) -> object:
+    return inspect.getattr_static(obj, name, None)
 
 
-def memmap_hdu(
-    path: Path, file: FileInfo, hdu: str | int | None, raw: bool = False
-) -> np.memmap[Any, Any]:
-    """Map exactly one uncompressed FITS image HDU of a local file, using its offset index."""
-    entry = memmap_entry(file, hdu, raw)
-    return map_hdu(path, entry, int(entry["data_offset"]))
-
-
-class _ButlerFactory(type):
+class _ButlerFactory(ABCMeta):
     """``Butler(...)`` picks the backend from its first argument (path or URL)."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -170,8 +137,6 @@ class Butler(metaclass=_ButlerFactory):
     """
 
     universe: DimensionUniverse
-    formatters: FormatterRegistry
-    io_stats: IOStats
     run: str | None
     collections: list[str] | None
     writeable: bool
@@ -188,7 +153,6 @@ class Butler(metaclass=_ButlerFactory):
         self.writeable = writeable or run is not None
         self.run = run
         self.collections = as_collection_list(collections) or ([run] if run else None)
-        self.io_stats = IOStats()
 
     @functools.cached_property
     def query(self) -> QueryFactory:
@@ -220,276 +184,75 @@ class Butler(metaclass=_ButlerFactory):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- backend primitives ---------------------------------------------------------------
+    # -- reading: the read path of the backend's reader ------------------------------------
 
-    def _resolve(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None,
-        collections: Collections,
-        kwargs: Mapping[str, Any],
-    ) -> tuple[DatasetRef, FileInfo]:
-        """The dataset (with its component, if one was named) and its file record."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _resolve")
+    @property
+    @abstract
+    def _reader(self) -> Reader:
+        """The coroutines this butler's read methods run (see :mod:`butler.reading`)."""
 
-    def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
-        """Random access to the dataset's file."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _open_source")
+    @abstract
+    def _read(self, call: Callable[[Reader], Coroutine[Any, Any, T]]) -> T:
+        """Run ``call(self._reader)`` (a coroutine of the reader) to its end."""
 
-    def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
-        """A complete, verified local copy (or the file itself) of the dataset's file."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _local_file")
+    @property
+    def formatters(self) -> FormatterRegistry:
+        return self._reader.formatters
 
-    def _file_present(self, file: FileInfo) -> bool:
-        """Whether the file of a registered dataset can be read."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _file_present")
+    @property
+    def io_stats(self) -> IOStats:
+        """Bytes and requests this butler's reads have made."""
+        return self._reader.io_stats
 
-    def _local_hdu(
-        self, ref: DatasetRef, file: FileInfo, entry: Mapping[str, Any]
-    ) -> tuple[Path, int]:
-        """A local file holding the data bytes of one HDU, and where they start in it: the
-        whole file here; a remote butler overrides it to fetch just those bytes."""
-        return self._local_file(ref, file), int(entry["data_offset"])
+    resolve = blocking(Reader.resolve)
+    find_dataset = blocking(Reader.find_dataset)
+    get_file_info = blocking(Reader.get_file_info)
+    get = blocking(Reader.get)
+    read_file = blocking(Reader.read_file)
+    open = blocking(Reader.open)
+    exists = blocking(Reader.exists)
+    get_local_path = blocking(Reader.get_local_path)
+    get_uri = blocking(Reader.get_uri)
+    memmap = blocking(Reader.memmap)
 
-    # -- reading (shared by every backend) ------------------------------------------------
+    # What only a local repository does: absent on every other backend, so that using one
+    # fails at once with an AttributeError that says why and what to do. (Runtime only: to
+    # a type checker they are not there at all; and not ``__getattr__``, which would make
+    # IPython's completion refuse to look into butlers.)
+    if not TYPE_CHECKING:
+        ingest = _Absent("copies or links an existing file into the repository's own storage")
+        ingest_many = _Absent("copies or links files into the repository's own storage")
+        verify = _Absent("re-hashes the files in the repository's own storage")
 
-    def resolve(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> tuple[DatasetRef, FileInfo]:
-        """The dataset's ref and its file record; raises ``DatasetNotFoundError`` if absent."""
-        return self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
+    def __dir__(self) -> list[str]:
+        return [n for n in super().__dir__() if not isinstance(_static(self, n), _Absent)]
 
-    def find_dataset(
-        self,
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> DatasetRef | None:
-        """The ref of a dataset, or None if it is not in the collections searched."""
-        try:
-            return self._resolve(dataset_type, data_id, collections, kwargs)[0]
-        except DatasetNotFoundError:
-            return None
+    # -- the registry: every backend answers these ----------------------------------------
 
-    def get_file_info(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> FileInfo:
-        """Size, checksum, format and offset index of a dataset's file."""
-        return self._resolve(dataset_type_or_ref, data_id, collections, kwargs)[1]
-
-    def get(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        parameters: Mapping[str, Any] | None = None,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Read a dataset (or a component: ``"calexp.metadata"``), or part of it.
-
-        ``parameters`` select a part (``{"bbox": Box(...)}`` for images, ``{"columns": [...]}``
-        for tables) and only the bytes needed are read.
-        """
-        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self.read_file(ref, file, parameters)
-
-    def read_file(
-        self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
-    ) -> Any:
-        """Read a resolved dataset through its formatter (only the bytes the request needs)."""
-        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
-        formatter.check_request(ref.component, parameters)
-        source = self._open_source(ref, file)
-        try:
-            return formatter.read(
-                source, file.index, component=ref.component, parameters=parameters or {}
-            )
-        finally:
-            self.io_stats.add(source)
-            source.close()
-
-    def open(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        read_ahead: int = 64 * 1024,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> RangeFile:
-        """A seekable binary file object over the dataset's file that reads lazily.
-
-        Hand it to astropy.io.fits or pyarrow: only the bytes they ask for are read
-        (plus ``read_ahead`` bytes per miss, to keep small reads from becoming requests).
-        """
-        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self._open_source(ref, file).open(read_ahead=read_ahead)
-
-    def exists(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> bool:
-        """True if the dataset is registered and its file can be read."""
-        try:
-            _, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        except DatasetNotFoundError:
-            return False
-        return self._file_present(file)
-
-    def get_local_path(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> Path:
-        """A local path of the dataset's file, for memory-mapping or external tools.
-
-        Local repositories give the file itself; remote ones download it once into the
-        client cache and verify its checksum first.
-        """
-        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        return self._local_file(ref, file)
-
-    def get_uri(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> str:
-        """Where the dataset's file lives (``file://`` or ``http(s)://``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement get_uri")
-
-    def memmap(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        hdu: str | int | None = None,
-        raw: bool = False,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> np.memmap[Any, Any]:
-        """Memory-map exactly one uncompressed FITS HDU's pixels (read-only, no copy).
-
-        ``hdu`` (EXTNAME or position) defaults to the HDU whose pixels ``get()`` reads.
-        Scaled data (BZERO/BSCALE, integer BLANK) is refused unless ``raw=True``: a map
-        holds stored values, and memmap never gives numbers that differ from ``get()``'s.
-        A remote butler fetches only that HDU's data bytes into its local cache.
-        """
-        ref, file = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        entry = memmap_entry(file, hdu, raw)
-        path, offset = self._local_hdu(ref, file, entry)
-        return map_hdu(path, entry, offset)
-
-    # -- the rest of the interface --------------------------------------------------------
-
+    @abstract
     def close(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} does not implement close")
+        """Release what the butler holds (connections, files); ``with`` does it."""
 
+    @abstract
     def info(self) -> dict[str, Any]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement info")
+        """The repository's name, format, dataset types, collections..."""
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """All puts, removes and registrations inside happen together or not at all."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement transaction")
+    @abstract
+    def get_dataset_type(self, name: str) -> DatasetType: ...
 
-    def register_dataset_type(
-        self,
-        name: str,
-        dimensions: Iterable[str],
-        storage_class: str,
-        formatter: str | None = None,
-    ) -> DatasetType:
-        raise NotImplementedError(f"{type(self).__name__} does not implement register_dataset_type")
+    @abstract
+    def dataset_types(self) -> list[DatasetType]: ...
 
-    def get_dataset_type(self, name: str) -> DatasetType:
-        raise NotImplementedError(f"{type(self).__name__} does not implement get_dataset_type")
+    @abstract
+    def get_collection_chain(self, name: str) -> list[str]: ...
 
-    def dataset_types(self) -> list[DatasetType]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement dataset_types")
+    @abstract
+    def query_collections(self) -> list[dict[str, Any]]: ...
 
-    def register_run(self, name: str, doc: str = "") -> bool:
-        raise NotImplementedError(f"{type(self).__name__} does not implement register_run")
-
-    def set_collection_chain(self, name: str, children: Sequence[str], doc: str = "") -> None:
-        raise NotImplementedError(f"{type(self).__name__} does not implement set_collection_chain")
-
-    def get_collection_chain(self, name: str) -> list[str]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement get_collection_chain")
-
-    def query_collections(self) -> list[dict[str, Any]]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement query_collections")
-
-    def insert_dimension_records(
-        self, element: str, *records: Mapping[str, Any], skip_existing: bool = False
-    ) -> int:
-        raise NotImplementedError(
-            f"{type(self).__name__} does not implement insert_dimension_records"
-        )
-
-    def put(
-        self,
-        obj: Any,
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        run: str | None = None,
-        **data_id_kwargs: Any,
-    ) -> DatasetRef:
-        raise NotImplementedError(f"{type(self).__name__} does not implement put")
-
-    def ingest(
-        self,
-        path: str | os.PathLike[str],
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        run: str | None = None,
-        transfer: str = "copy",
-        dataset_id: uuid.UUID | None = None,
-        checksum: str | None = None,
-        **data_id_kwargs: Any,
-    ) -> DatasetRef:
-        """Add an existing file (already in the dataset type's format) as a dataset."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement ingest")
-
-    def verify(self, refs: Iterable[DatasetRef] | None = None) -> list[tuple[DatasetRef, str]]:
-        """Re-hash files; returns (ref, problem) for each missing or altered one."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement verify")
-
-    def remove(
-        self,
-        refs: DatasetRef | Iterable[DatasetRef] | str,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> int:
-        raise NotImplementedError(f"{type(self).__name__} does not implement remove")
-
+    @abstract
     def query_datasets_with_files(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -501,12 +264,10 @@ class Butler(metaclass=_ButlerFactory):
         **data_id: Any,
     ) -> list[tuple[DatasetRef, FileInfo]]:
         """Like :meth:`query_datasets`, with each dataset's file record."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not implement query_datasets_with_files"
-        )
 
     def query_datasets(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -526,8 +287,10 @@ class Butler(metaclass=_ButlerFactory):
         )
         return [ref for ref, _ in rows]
 
+    @abstract
     def query_data_ids(
         self,
+        /,
         dimensions: str | Sequence[str],
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -537,24 +300,24 @@ class Butler(metaclass=_ButlerFactory):
         limit: int | None = None,
         offset: int = 0,
         **data_id: Any,
-    ) -> list[DataCoordinate]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement query_data_ids")
+    ) -> list[DataCoordinate]: ...
 
+    @abstract
     def query_dimension_records(
         self,
+        /,
         element: str,
         where: str = "",
         bind: Mapping[str, Any] | None = None,
         *,
         limit: int | None = None,
         **data_id: Any,
-    ) -> list[dict[str, Any]]:
-        raise NotImplementedError(
-            f"{type(self).__name__} does not implement query_dimension_records"
-        )
+    ) -> list[dict[str, Any]]: ...
 
+    @abstract
     def query_summary(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -565,10 +328,11 @@ class Butler(metaclass=_ButlerFactory):
     ) -> QuerySummary:
         """How many datasets a :meth:`query_datasets` would return and their total bytes,
         computed where the registry is (a remote repository answers without listing them)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement query_summary")
 
+    @abstract
     def query_dimension_values(
         self,
+        /,
         dimension: str,
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -579,9 +343,6 @@ class Butler(metaclass=_ButlerFactory):
     ) -> list[Any]:
         """Sorted distinct values of one dimension under constraints (only values that have
         datasets of ``dataset_type`` in ``collections``, if given): what completion offers."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not implement query_dimension_values"
-        )
 
     def iter_datasets(self, dataset_types: Iterable[str] | None = None) -> Iterator[DatasetRef]:
         """Every dataset in every RUN, type by type (for verification and copying)."""
@@ -589,3 +350,54 @@ class Butler(metaclass=_ButlerFactory):
         runs = [c["name"] for c in self.query_collections() if c["type"] == "RUN"]
         for name in names:
             yield from self.query_datasets(name, collections=runs, find_first=False)
+
+    # -- writing: every backend writes (a remote one through its server) ------------------
+
+    @abstract
+    def transaction(self) -> AbstractContextManager[None]:
+        """All puts, removes and registrations inside happen together or not at all."""
+
+    @abstract
+    def register_dataset_type(
+        self,
+        name: str,
+        dimensions: Iterable[str],
+        storage_class: str,
+        formatter: str | None = None,
+    ) -> DatasetType: ...
+
+    @abstract
+    def register_run(self, name: str, doc: str = "") -> bool: ...
+
+    @abstract
+    def set_collection_chain(self, name: str, children: Sequence[str], doc: str = "") -> None: ...
+
+    @abstract
+    def insert_dimension_records(
+        self, element: str, *records: Mapping[str, Any], skip_existing: bool = False
+    ) -> int: ...
+
+    @abstract
+    def put(
+        self,
+        /,
+        obj: Any,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        run: str | None = None,
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
+        """Write ``obj`` as a dataset of ``dataset_type`` in ``run`` (default: the butler's)."""
+
+    @abstract
+    def remove(
+        self,
+        /,
+        refs: DatasetRef | Iterable[DatasetRef] | str,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: Collections = None,
+        **kwargs: Any,
+    ) -> int:
+        """Remove datasets (refs, or one named by dataset type and data ID): rows and files."""

@@ -347,7 +347,7 @@ def mirror_pull(url: str, workdir: Path, echo: Echo) -> Path:
 def mirror_offline(dest: Path, echo: Echo) -> None:
     """Read the mirror back with the server stopped."""
     echo("   the server is stopped now; reading the mirror with no network:")
-    with Butler(dest, collections="sample") as offline:
+    with DirectButler(dest, collections="sample") as offline:  # a mirror is a local repository
         refs = offline.query_datasets("image")
         header = offline.get(
             "calexp.metadata", instrument="LSSTCam", visit=2026112700001, detector=0

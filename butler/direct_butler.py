@@ -6,12 +6,13 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from butler.butler import Butler, Collections, DatasetLike, QuerySummary, as_collection_list
+from butler.blocking import run_in_place
+from butler.butler import Butler, QuerySummary
 from butler.datastore import (
     Staging,
     check_file,
@@ -31,10 +32,13 @@ from butler.errors import (
 from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
 from butler.io.source import ByteSource, LocalFileSource
+from butler.reading import Collections, IOStats, Lookup, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
 from butler.repo_config import RepoConfig, load_repo_config, new_repository_layout, repo_info
 from butler.universe import DimensionUniverse
+
+T = TypeVar("T")
 
 TRANSFER_MODES = ("copy", "move", "hardlink", "link", "symlink", "direct")
 
@@ -91,6 +95,45 @@ class IngestEntry:
     """The formatter that built ``index``."""
 
 
+class _LocalReader(Reader):
+    """The read path's primitives on a local repository: the registry finds, the file is
+    read where it lies (or where its open transaction staged it). Nothing here waits."""
+
+    def __init__(self, butler: DirectButler, formatters: FormatterRegistry) -> None:
+        self.butler = butler
+        self.formatters = formatters
+        self.io_stats = IOStats()
+
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
+        return self.butler._resolve(
+            lookup.target, lookup.data_id, lookup.collections, lookup.kwargs
+        )
+
+    async def byte_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
+        path = self.butler._stored_path(file)
+        try:
+            return LocalFileSource(path)
+        except FileNotFoundError:
+            raise CorruptFileError(
+                f"the file of {ref!r} is missing from the datastore ({path})"
+            ) from None
+
+    async def local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
+        # Inside the writing transaction, the staged file: valid until the transaction ends
+        # (a commit renames it into place, so an open descriptor or memory map stays valid).
+        return self.butler._stored_path(file)
+
+    async def file_present(self, ref: DatasetRef, file: FileInfo) -> bool:
+        try:
+            check_file(self.butler._stored_path(file), file.size)
+        except CorruptFileError:
+            return False
+        return True
+
+    async def file_uri(self, ref: DatasetRef, file: FileInfo) -> str:
+        return self.butler._stored_path(file).as_uri()
+
+
 class DirectButler(Butler):
     """The butler on a local repository directory (see :class:`~butler.butler.Butler`)."""
 
@@ -107,7 +150,7 @@ class DirectButler(Butler):
         self.root = Path(path).expanduser().absolute()
         self.config: RepoConfig = load_repo_config(self.root)
         self.universe: DimensionUniverse = self.config.load_universe()
-        self.formatters = formatters or default_registry()
+        self._local_reader = _LocalReader(self, formatters or default_registry())
         self.registry = Registry(self.config.registry_path, self.universe, self.writeable)
         self._txn: _Transaction | None = None
         if os.access(self.root, os.W_OK):
@@ -118,6 +161,13 @@ class DirectButler(Butler):
             # Checked now, created by the first write: a butler opened to write that never
             # commits (its transaction failed or was killed) leaves no empty RUN behind.
             self._check_run(run)
+
+    @property
+    def _reader(self) -> Reader:
+        return self._local_reader
+
+    def _read(self, call: Callable[[Reader], Coroutine[Any, Any, T]]) -> T:
+        return run_in_place(call(self._local_reader))  # local primitives never wait
 
     # -- creation and lifecycle -----------------------------------------------------------
 
@@ -365,39 +415,6 @@ class DirectButler(Butler):
             if staged is not None:
                 return staged
         return self.root / file.path
-
-    def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
-        path = self._stored_path(file)
-        try:
-            return LocalFileSource(path)
-        except FileNotFoundError:
-            raise CorruptFileError(
-                f"the file of {ref!r} is missing from the datastore ({path})"
-            ) from None
-
-    def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
-        # Inside the writing transaction, the staged file: valid until the transaction ends
-        # (a commit renames it into place, so an open descriptor or memory map stays valid).
-        return self._stored_path(file)
-
-    def _file_present(self, file: FileInfo) -> bool:
-        try:
-            check_file(self._stored_path(file), file.size)
-        except CorruptFileError:
-            return False
-        return True
-
-    def get_uri(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> str:
-        return self.get_local_path(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        ).as_uri()
 
     def verify(self, refs: Iterable[DatasetRef] | None = None) -> list[tuple[DatasetRef, str]]:
         """Re-hash files; returns (ref, problem) for each missing or altered one."""

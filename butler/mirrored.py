@@ -10,12 +10,12 @@ reached, else to the mirror; writes go to the remote.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from butler.butler import Butler, Collections, DatasetLike, QuerySummary
+from butler.blocking import forwarded, run_in_place
+from butler.butler import Butler
 from butler.direct_butler import DirectButler
 from butler.errors import (
     CollectionNotFoundError,
@@ -24,23 +24,18 @@ from butler.errors import (
     RemoteUnavailableError,
 )
 from butler.io.source import ByteSource
-from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo
+from butler.reading import Collections, IOStats, Lookup, Reader
+from butler.refs import DatasetRef, FileInfo
 from butler.registry import Registry
+
+T = TypeVar("T")
 
 _NOT_LOCAL = (DatasetNotFoundError, CollectionNotFoundError, DatasetTypeNotFoundError)
 
 
-def _describe(
-    dataset_type_or_ref: DatasetLike, data_id: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
-) -> str:
-    if isinstance(dataset_type_or_ref, DatasetRef):
-        return repr(dataset_type_or_ref)
-    name = getattr(dataset_type_or_ref, "name", dataset_type_or_ref)
-    values = ", ".join(f"{k}={v!r}" for k, v in {**dict(data_id or {}), **kwargs}.items())
-    return f"dataset {name!r} {{{values}}}"
-
-
 class MirroredButler(Butler):
+    """A remote repository read from a local mirror first (see the module)."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -59,10 +54,10 @@ class MirroredButler(Butler):
         self.url = str(path)
         self.mirror_root = Path(mirror).expanduser().absolute()
         self.local = DirectButler(self.mirror_root, collections=collections)
-        self.formatters = self.local.formatters
         self.universe = self.local.universe
         self._options = remote_options
         self._remote: Butler | None = None
+        self._mirror_reader = _MirrorReader(self)
 
     def __repr__(self) -> str:
         return f"Butler({self.url!r}, mirror={str(self.mirror_root)!r})"
@@ -90,206 +85,87 @@ class MirroredButler(Butler):
         remote = self._remote_or_none()
         return {"mirror": self.local.info(), "remote": remote.info() if remote else None}
 
-    # -- reading: mirror first --------------------------------------------------------------
+    # -- reading: mirror first -------------------------------------------------------------
 
-    def _resolve(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None,
-        collections: Collections,
-        kwargs: Mapping[str, Any],
-    ) -> tuple[DatasetRef, FileInfo]:
-        try:
-            return self.local._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        except _NOT_LOCAL as local_miss:
-            try:
-                return self.remote()._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-            except RemoteUnavailableError as exc:
-                raise DatasetNotFoundError(
-                    f"{_describe(dataset_type_or_ref, data_id, kwargs)} is not in the mirror "
-                    f"{self.mirror_root} ({local_miss}), and the remote repository {self.url} "
-                    f"cannot be reached ({exc})."
-                ) from exc
+    @property
+    def _reader(self) -> Reader:
+        return self._mirror_reader
 
-    def _in_mirror(self, ref: DatasetRef) -> bool:
-        return ref.id in self.local.registry.existing_ids([ref.id])
-
-    def _open_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
-        if self._in_mirror(ref):
-            return self.local._open_source(ref, file)
-        return self.remote()._open_source(ref, file)
-
-    def _local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
-        if self._in_mirror(ref):
-            return self.local._local_file(ref, file)
-        return self.remote()._local_file(ref, file)
-
-    def _file_present(self, file: FileInfo) -> bool:
-        if file.dataset_id in self.local.registry.existing_ids([file.dataset_id]):
-            return self.local._file_present(file)
-        return self.remote()._file_present(file)
-
-    def get_uri(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> str:
-        ref, _ = self._resolve(dataset_type_or_ref, data_id, collections, kwargs)
-        owner: Butler = self.local if self._in_mirror(ref) else self.remote()
-        return owner.get_uri(ref)
+    def _read(self, call: Callable[[Reader], Coroutine[Any, Any, T]]) -> T:
+        # In place: the mirror's primitives do not wait, and the remote's run on its own
+        # I/O thread (see _MirrorReader).
+        return run_in_place(call(self._mirror_reader))
 
     # -- queries: the remote when reachable, else the mirror -------------------------------
 
-    def _reader(self) -> Butler:
+    def _query_backend(self) -> Butler:
         return self._remote_or_none() or self.local
 
-    def get_dataset_type(self, name: str) -> DatasetType:
-        return self._reader().get_dataset_type(name)
-
-    def dataset_types(self) -> list[DatasetType]:
-        return self._reader().dataset_types()
-
-    def query_collections(self) -> list[dict[str, Any]]:
-        return self._reader().query_collections()
-
-    def get_collection_chain(self, name: str) -> list[str]:
-        return self._reader().get_collection_chain(name)
-
-    def query_datasets_with_files(
-        self,
-        dataset_type: str | DatasetType,
-        collections: Collections = None,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        find_first: bool = True,
-        limit: int | None = None,
-        offset: int = 0,
-        **data_id: Any,
-    ) -> list[tuple[DatasetRef, FileInfo]]:
-        return self._reader().query_datasets_with_files(
-            dataset_type,
-            collections,
-            where,
-            bind,
-            find_first=find_first,
-            limit=limit,
-            offset=offset,
-            **data_id,
-        )
-
-    def query_data_ids(
-        self,
-        dimensions: str | Sequence[str],
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        dataset_type: str | None = None,
-        collections: Collections = None,
-        limit: int | None = None,
-        offset: int = 0,
-        **data_id: Any,
-    ) -> list[DataCoordinate]:
-        return self._reader().query_data_ids(
-            dimensions,
-            where,
-            bind,
-            dataset_type=dataset_type,
-            collections=collections,
-            limit=limit,
-            offset=offset,
-            **data_id,
-        )
-
-    def query_dimension_records(
-        self,
-        element: str,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        limit: int | None = None,
-        **data_id: Any,
-    ) -> list[dict[str, Any]]:
-        return self._reader().query_dimension_records(element, where, bind, limit=limit, **data_id)
-
-    def query_summary(
-        self,
-        dataset_type: str | DatasetType,
-        collections: Collections = None,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        find_first: bool = True,
-        **data_id: Any,
-    ) -> QuerySummary:
-        return self._reader().query_summary(
-            dataset_type, collections, where, bind, find_first=find_first, **data_id
-        )
-
-    def query_dimension_values(
-        self,
-        dimension: str,
-        where: str = "",
-        bind: Mapping[str, Any] | None = None,
-        *,
-        dataset_type: str | None = None,
-        collections: Collections = None,
-        **data_id: Any,
-    ) -> list[Any]:
-        return self._reader().query_dimension_values(
-            dimension,
-            where,
-            bind,
-            dataset_type=dataset_type,
-            collections=collections,
-            **data_id,
-        )
+    get_dataset_type = forwarded(Butler.get_dataset_type, "_query_backend")
+    dataset_types = forwarded(Butler.dataset_types, "_query_backend")
+    query_collections = forwarded(Butler.query_collections, "_query_backend")
+    get_collection_chain = forwarded(Butler.get_collection_chain, "_query_backend")
+    query_datasets_with_files = forwarded(Butler.query_datasets_with_files, "_query_backend")
+    query_data_ids = forwarded(Butler.query_data_ids, "_query_backend")
+    query_dimension_records = forwarded(Butler.query_dimension_records, "_query_backend")
+    query_summary = forwarded(Butler.query_summary, "_query_backend")
+    query_dimension_values = forwarded(Butler.query_dimension_values, "_query_backend")
 
     # -- writing: the remote --------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self.remote().transaction():
-            yield
+    transaction = forwarded(Butler.transaction, "remote")
+    register_dataset_type = forwarded(Butler.register_dataset_type, "remote")
+    register_run = forwarded(Butler.register_run, "remote")
+    set_collection_chain = forwarded(Butler.set_collection_chain, "remote")
+    insert_dimension_records = forwarded(Butler.insert_dimension_records, "remote")
+    put = forwarded(Butler.put, "remote")
+    remove = forwarded(Butler.remove, "remote")
 
-    def register_dataset_type(
-        self, name: str, dimensions: Iterable[str], storage_class: str, formatter: str | None = None
-    ) -> DatasetType:
-        return self.remote().register_dataset_type(name, dimensions, storage_class, formatter)
 
-    def register_run(self, name: str, doc: str = "") -> bool:
-        return self.remote().register_run(name, doc)
+class _MirrorReader(Reader):
+    """The read path's primitives of a mirrored butler: a dataset the mirror holds is read
+    from it; any other from the remote, connected on first use (its coroutines run on the
+    remote butler's I/O thread, so this reader itself never waits on a loop)."""
 
-    def set_collection_chain(self, name: str, children: Sequence[str], doc: str = "") -> None:
-        self.remote().set_collection_chain(name, children, doc)
+    def __init__(self, butler: MirroredButler) -> None:
+        self.butler = butler
+        self.formatters = butler.local.formatters
+        self.io_stats = IOStats()
 
-    def insert_dimension_records(
-        self, element: str, *records: Mapping[str, Any], skip_existing: bool = False
-    ) -> int:
-        return self.remote().insert_dimension_records(
-            element, *records, skip_existing=skip_existing
-        )
+    def _owner(self, ref: DatasetRef) -> Butler:
+        # Each primitive below runs the owner's own primitive to its end (its coroutine on
+        # its own I/O thread for the remote), so nothing here waits on an event loop.
+        local = self.butler.local
+        in_mirror = ref.id in local.registry.existing_ids([ref.id])
+        return local if in_mirror else self.butler.remote()
 
-    def put(
-        self,
-        obj: Any,
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        run: str | None = None,
-        **data_id_kwargs: Any,
-    ) -> DatasetRef:
-        return self.remote().put(obj, dataset_type, data_id, run=run, **data_id_kwargs)
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
+        butler = self.butler
+        try:
+            return butler.local._read(lambda reader: reader.locate(lookup))
+        except _NOT_LOCAL as local_miss:
+            try:
+                return butler.remote()._read(lambda reader: reader.locate(lookup))
+            except RemoteUnavailableError as exc:
+                raise DatasetNotFoundError(
+                    f"{lookup.describe()} is not in the mirror {butler.mirror_root} "
+                    f"({local_miss}), and the remote repository {butler.url} cannot be "
+                    f"reached ({exc})."
+                ) from exc
 
-    def remove(
-        self,
-        refs: DatasetRef | Iterable[DatasetRef] | str,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> int:
-        return self.remote().remove(refs, data_id, collections=collections, **kwargs)
+    async def byte_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
+        return self._owner(ref)._read(lambda reader: reader.byte_source(ref, file))
+
+    async def local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
+        return self._owner(ref)._read(lambda reader: reader.local_file(ref, file))
+
+    async def local_hdu(
+        self, ref: DatasetRef, file: FileInfo, entry: Mapping[str, Any]
+    ) -> tuple[Path, int]:
+        return self._owner(ref)._read(lambda reader: reader.local_hdu(ref, file, entry))
+
+    async def file_present(self, ref: DatasetRef, file: FileInfo) -> bool:
+        return self._owner(ref)._read(lambda reader: reader.file_present(ref, file))
+
+    async def file_uri(self, ref: DatasetRef, file: FileInfo) -> str:
+        return self._owner(ref)._read(lambda reader: reader.file_uri(ref, file))

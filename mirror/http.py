@@ -50,6 +50,7 @@ from butler.http.bundle import MAX_FILES as MAX_BUNDLE_FILES
 from butler.http.bundle import MAX_HEADER as MAX_BUNDLE_HEADER
 from butler.http.bundle import BundleEntry, BundleFormatError
 from butler.http.conditional import parse_http_date
+from butler.remote.api import header_fields
 from butler.remote.limits import is_disk_full
 from mirror.connections import (
     MAX_REDIRECTS,
@@ -188,9 +189,7 @@ class HttpFetcher:
         self.base_url = base_url.rstrip("/") + "/"
         self.settings = settings
         self._may_exist = None if partials is None else set(partials)
-        self._headers = {"User-Agent": USER_AGENT}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._headers = header_fields(USER_AGENT, token)
         self._threads: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()

@@ -6,13 +6,13 @@ need. A local source is a :class:`~butler.direct_butler.DirectButler`. A server 
 with :class:`HttpSource`, over one blocking keep-alive ``http.client`` connection, like the
 files (:mod:`mirror.http`).
 
-Why not the remote butler: its aiohttp stack costs a process ~0.2-0.3 s to import on the
-bench machine (0.1 s of it for the two TLS contexts aiohttp builds at import, even for
-``http://``), which was a fifth of a pull's start, for a few questions a pull asks in turn.
-What the remote butler does for these questions, this does the same way: the bearer token,
-the server's largest page, errors re-raised as the server's own classes
-(:func:`~butler.http.errors.raise_for_error`), transport failures as
-:class:`~butler.errors.RemoteUnavailableError` naming the server.
+The questions are the remote butler's own: :class:`~butler.remote.api.RepositoryAPI` states
+each request (paths with names quoted the same way, parameters, paging, reading the answers,
+the header fields, the errors for a server out of reach) for both clients; this class is
+only its transport. Why not the remote butler's aiohttp transport: it costs a process
+~0.2-0.3 s to import on the bench machine (0.1 s of it for the two TLS contexts aiohttp
+builds at import, even for ``http://``), which was a fifth of a pull's start, for a few
+questions a pull asks in turn.
 """
 
 from __future__ import annotations
@@ -21,12 +21,21 @@ import http.client
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import quote, urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
+from butler.blocking import run_in_place
 from butler.errors import RemoteUnavailableError, RepositoryConfigError
 from butler.http.errors import raise_for_error
 from butler.refs import DatasetRef, FileInfo
-from butler.remote.limits import Pages
+from butler.remote.api import (
+    API,
+    Params,
+    RepositoryAPI,
+    dataset_query,
+    header_fields,
+    timed_out,
+    unreachable,
+)
 from butler.universe import DimensionUniverse
 from mirror.connections import (
     MAX_REDIRECTS,
@@ -37,10 +46,6 @@ from mirror.connections import (
     UnsupportedURLError,
     redirected_headers,
 )
-
-API = "api/v1/"
-DEFAULT_PAGE_SIZE = 1000
-"""Rows per page from a server that does not say its largest page (an older one)."""
 
 if TYPE_CHECKING:
     from butler.direct_butler import DirectButler
@@ -64,23 +69,23 @@ class HttpSource:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RepositoryConfigError(f"source {url} is not an http(s) URL")
-        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._headers = {**header_fields(USER_AGENT, token), "Accept": "application/json"}
 
         def connected(connection: http.client.HTTPConnection) -> None:
             assert connection.sock is not None
             connection.sock.settimeout(read_timeout)
 
         self._connections = KeptAlive(connect_timeout, connected)
+        self._api = RepositoryAPI(self, self.url)
         try:
+            # Asked directly: the answer's header fields say whether a cache is in between.
             info, headers = self._answer("GET", "")
             self._universe = DimensionUniverse(info["universe"], source=self.url)
         except BaseException:
             self.close()
             raise
         self.info: dict[str, Any] = info
-        self._page_size = int(info.get("max_page_size") or DEFAULT_PAGE_SIZE)
+        self._api.use_info(info)
         self.cache_in_between = bool(headers.get("Via") or headers.get("X-Cache"))
         """Whether a cache answered for the server: it marked its answer with ``Via``
         (RFC 9110 §7.6.3) or ``X-Cache`` (proxyd, and many others)."""
@@ -102,7 +107,7 @@ class HttpSource:
     def close(self) -> None:
         self._connections.close()
 
-    # -- the questions ----------------------------------------------------------------------
+    # -- the questions (butler.remote.api, asked in place: nothing here waits) -------------
 
     def query_datasets_with_files(
         self,
@@ -113,17 +118,8 @@ class HttpSource:
         *,
         find_first: bool = True,
     ) -> list[tuple[DatasetRef, FileInfo]]:
-        # POST, as the remote butler does: it keeps long where expressions out of URLs.
-        body = {
-            "dataset_type": dataset_type,
-            "collections": list(collections) if collections else None,
-            "where": where,
-            "bind": dict(bind or {}),
-            "data_id": {},
-            "find_first": find_first,
-        }
-        rows = self._pages("datasets/query", "datasets", body=body)
-        return [(DatasetRef.from_dict(r["ref"]), FileInfo.from_dict(r["file"])) for r in rows]
+        query = dataset_query(dataset_type, collections or None, where, bind, find_first=find_first)
+        return run_in_place(self._api.datasets(query))
 
     def query_dimension_records(
         self,
@@ -132,44 +128,21 @@ class HttpSource:
         bind: Mapping[str, Any] | None = None,
         **data_id: Any,
     ) -> list[dict[str, Any]]:
-        params = [
-            ("where", where),
-            ("bind", json.dumps(dict(bind or {}))),
-            ("data_id", json.dumps(data_id)),
-        ]
-        return self._pages(f"dimensions/{quote(element, safe='')}/records", "records", params)
+        return run_in_place(self._api.dimension_records(element, where, bind, data_id))
 
     def query_collections(self) -> list[dict[str, Any]]:
-        answer, _ = self._answer("GET", "collections")
-        return list(answer["collections"])
+        return run_in_place(self._api.collections())
 
     def get_collection_chain(self, name: str) -> list[str]:
-        answer, _ = self._answer("GET", f"collections/{quote(name, safe='')}")
-        return list(answer["children"])
+        return run_in_place(self._api.collection_chain(name))
 
-    # -- requests ---------------------------------------------------------------------------
+    # -- the transport of the questions --------------------------------------------------------
 
-    def _pages(
-        self,
-        path: str,
-        key: str,
-        params: Sequence[tuple[str, str]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Any]:
-        """Every row of a paged answer: a POST of ``body``, else a GET with ``params``."""
-        rows: list[Any] = []
-        pages = Pages(self.url + API + path)
-        while True:
-            if body is not None:
-                paged = {**body, "limit": self._page_size, "offset": pages.offset}
-                page, _ = self._answer("POST", path, body=paged)
-            else:
-                paging = [("limit", str(self._page_size)), ("offset", str(pages.offset))]
-                page, _ = self._answer("GET", path, [*params, *paging])
-            new = pages.rows_of(page, key)
-            rows.extend(new)
-            if not pages.follow(page, new, self._page_size):
-                return rows
+    async def get_json(self, path: str, params: Params | None = None) -> Any:
+        return self._answer("GET", path, params or ())[0]
+
+    async def post_json(self, path: str, body: Any) -> Any:
+        return self._answer("POST", path, body=body)[0]
 
     def _answer(
         self,
@@ -216,14 +189,10 @@ class HttpSource:
             raise RemoteUnavailableError(f"{self.url} redirected to {url}") from None
         except TimeoutError as exc:
             self._connections.forget(url)
-            raise RemoteUnavailableError(
-                f"the repository at {self.url} did not answer in time ({method} {url})"
-            ) from exc
+            raise timed_out(self.url, method, url) from exc
         except NETWORK_ERRORS as exc:
             self._connections.forget(url)
-            raise RemoteUnavailableError(
-                f"cannot reach the repository at {self.url}: {exc}"
-            ) from exc
+            raise unreachable(self.url, exc) from exc
         if response.will_close:
             self._connections.forget(url)
         return response.status, response.headers, payload

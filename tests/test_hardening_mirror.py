@@ -22,7 +22,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -473,8 +473,7 @@ async def test_pages_that_end_are_followed_to_their_end(server: ButlerServer) ->
     """The checks leave a real server's pages alone (pages of 8 rows: 8, 8, 4)."""
     async with AsyncButler(server.url, token=READ_TOKEN, collections="raw") as remote:
         await remote.info()
-        remote.settings = replace(remote.settings, page_size=8)
-        remote.client.settings = remote.settings
+        remote.api.page_size = 8
         assert len(await remote.query_datasets("flux")) == DATASETS
         assert len(await remote.query_data_ids(["visit", "detector"], dataset_type="flux")) == (
             DATASETS

@@ -24,6 +24,7 @@ from butler.cli.completion import (
 )
 from butler.cli.output import chosen_format, format_option, human_size, print_rows
 from butler.cli.repository import Repository, local_only, open_repository, repo_argument
+from butler.direct_butler import DirectButler
 from butler.errors import ButlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -224,7 +225,7 @@ def ingest(
     path_ = local_only(
         repo, "ingest", "it copies FILES into the repository's storage; run it where that is"
     )
-    with Butler(path_, run=run) as butler, butler.transaction():
+    with DirectButler(path_, run=run) as butler, butler.transaction():
         for path in files:
             ref = butler.ingest(path, dataset_type, values, transfer=transfer)
             click.echo(f"Ingested {path} as {ref!r}")
@@ -431,7 +432,7 @@ def verify(repo: Repository) -> None:
     path_ = local_only(
         repo, "verify", "it re-hashes the files on disk; run it where the repository is stored"
     )
-    with Butler(path_) as butler:
+    with DirectButler(path_) as butler:
         problems = butler.verify()
     for ref, problem in problems:
         click.echo(f"BAD {ref!r}: {problem}", err=True)

@@ -1,7 +1,9 @@
 """``AsyncButler``: the butler API as coroutines, over a repository server.
 
-Every method of :class:`~butler.butler.Butler` has an awaitable twin here; the sync
-:class:`~butler.remote.butler.RemoteButler` runs these same coroutines on a private event loop.
+It is a :class:`~butler.reading.Reader` (the read path, written once, over this class's
+primitives) with the remote registry's queries and the writes, all coroutines; the blocking
+:class:`~butler.remote.butler.RemoteButler` runs these same coroutines on a private event loop
+(its methods are their blocking twins, not a second copy).
 All requests share one aiohttp session with a bounded connection pool, so
 ``asyncio.gather`` of hundreds of ``get`` calls reuses a few connections.
 
@@ -17,27 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import math
 import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import Any, TypeVar
 
-from butler.butler import (
-    Collections,
-    DatasetLike,
-    IOStats,
-    QuerySummary,
-    as_collection_list,
-    map_hdu,
-    memmap_entry,
-)
+from butler.butler import QuerySummary
 from butler.datastore import sha256_file
 from butler.errors import (
     AmbiguousDatasetError,
@@ -52,17 +46,26 @@ from butler.errors import (
 )
 from butler.formatters.base import Formatter, validate_file
 from butler.formatters.registry import ORIGIN_KEY, FormatterRegistry, default_registry
-from butler.io.source import ByteSource, LocalFileSource, RangeFile
+from butler.io.source import ByteSource, LocalFileSource
+from butler.reading import Collections, DatasetLike, IOStats, Lookup, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
+from butler.remote.api import (
+    RepositoryAPI,
+    constraint_params,
+    dataset_query,
+    name_segment,
+    plain,
+    plain_json,
+)
 from butler.remote.cache import DEFAULT_SIZE_LIMIT, FileCache
-from butler.remote.client import API, ClientSettings, RepositoryClient, data_id_json
-from butler.remote.limits import Pages, is_disk_full
+from butler.remote.client import ClientSettings, RepositoryClient
+from butler.remote.io_thread import CALLER
+from butler.remote.limits import is_disk_full
 from butler.remote.source import HttpByteSource
 from butler.universe import DimensionUniverse
 
-if TYPE_CHECKING:
-    import numpy as np
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ _CURRENT_TXN: contextvars.ContextVar[RemoteTransaction | None] = contextvars.Con
 )
 
 
+MAX_VALUES = 10_000
+"""Distinct values one completion query returns at most (the server's largest page)."""
+
 # One ranged read of a remote memmap's HDU bytes: memory stays at a band, not the HDU.
 _HDU_BAND = 8 * 2**20
 
@@ -147,12 +153,7 @@ def _collection_params(collections: Sequence[str] | None) -> list[tuple[str, str
     return [("collections", c) for c in collections or []]
 
 
-def _collection_path(name: str) -> str:
-    """The API path of collection ``name`` (``?``, ``#``, ``%`` in a name stay in the path)."""
-    return "collections/" + quote(name, safe="/")
-
-
-class AsyncButler:
+class AsyncButler(Reader):
     """Awaitable butler over ``http(s)://`` (a ``butler serve`` server or a proxy of one)."""
 
     def __init__(
@@ -173,6 +174,7 @@ class AsyncButler:
             url, token=token, token_file=token_file, max_connections=max_connections
         )
         self.client = RepositoryClient(self.settings)
+        self.api = RepositoryAPI(self.client, self.settings.url)
         if run is not None:
             # Refused before any request, as a local butler refuses it.
             Registry._check_collection_name(run)
@@ -216,16 +218,15 @@ class AsyncButler:
 
     async def info(self) -> dict[str, Any]:
         if self._info is None:
-            info = await self.client.get_json("")
+            info = await self.api.info()
             self._info = info
             self._universe = DimensionUniverse(info["universe"], source=self.url)
+            # (The API took the server's largest page from it.)
             max_ranges = int(info.get("max_ranges") or self.settings.max_ranges)
-            # Servers that do not say (older ones) get the default page size.
-            page_size = int(info.get("max_page_size") or self.settings.page_size)
-            if (max_ranges, page_size) != (self.settings.max_ranges, self.settings.page_size):
+            if max_ranges != self.settings.max_ranges:
                 from dataclasses import replace
 
-                self.settings = replace(self.settings, max_ranges=max_ranges, page_size=page_size)
+                self.settings = replace(self.settings, max_ranges=max_ranges)
                 self.client.settings = self.settings
         return dict(self._info)
 
@@ -239,24 +240,23 @@ class AsyncButler:
         parent, _ = split_component(name)
         cached = self._dataset_types.get(parent)
         if cached is None:
-            cached = DatasetType.from_dict(await self.client.get_json(f"dataset-types/{parent}"))
+            cached = await self.api.dataset_type(parent)
             self._dataset_types[parent] = cached
         return cached
 
     async def dataset_types(self) -> list[DatasetType]:
-        data = await self.client.get_json("dataset-types")
-        return [DatasetType.from_dict(d) for d in data["dataset_types"]]
+        return await self.api.dataset_types()
 
     async def query_collections(self) -> list[dict[str, Any]]:
-        return list((await self.client.get_json("collections"))["collections"])
+        return await self.api.collections()
 
     async def get_collection_chain(self, name: str) -> list[str]:
-        return list((await self.client.get_json(_collection_path(name)))["children"])
+        return await self.api.collection_chain(name)
 
     async def _collection(self, name: str) -> dict[str, Any] | None:
         """The server's record of collection ``name`` (type, children, runs); None if none."""
         try:
-            return dict(await self.client.get_json(_collection_path(name)))
+            return await self.api.collection(name)
         except CollectionNotFoundError:
             return None
 
@@ -291,14 +291,7 @@ class AsyncButler:
 
     # -- finding and reading --------------------------------------------------------------
 
-    async def resolve(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> tuple[DatasetRef, FileInfo]:
+    async def locate(self, lookup: Lookup) -> tuple[DatasetRef, FileInfo]:
         """The dataset's ref (with its component) and its file record, in one request.
 
         Inside a transaction, its own writes count: a dataset it put is found (by ref, or
@@ -306,11 +299,13 @@ class AsyncButler:
         """
         txn = _CURRENT_TXN.get()
         if txn is not None and (txn.pending or txn.removed):
-            own = await self._own_write(txn, dataset_type_or_ref, data_id, collections, kwargs)
+            own = await self._own_write(
+                txn, lookup.target, lookup.data_id, lookup.collections, lookup.kwargs
+            )
             if own is not None:
                 return own
         ref, file = await self._resolve_committed(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
+            lookup.target, lookup.data_id, collections=lookup.collections, **lookup.kwargs
         )
         if txn is not None and ref.id in txn.removed:
             raise DatasetNotFoundError(f"{ref!r} was removed in this transaction")
@@ -337,7 +332,7 @@ class AsyncButler:
             else dataset_type_or_ref
         )
         parent, component = split_component(name)
-        given = _plain({**dict(data_id or {}), **kwargs})
+        given = plain({**dict(data_id or {}), **kwargs})
         matches = {
             p.ref.run: p
             for p in txn.pending.values()
@@ -421,7 +416,7 @@ class AsyncButler:
         if search and not searched:  # only this butler's own RUN, not created yet
             await self._check_find(parent, given)
             raise DatasetNotFoundError.for_search(name, given, search)
-        params = [("dataset_type", parent), ("data_id", data_id_json(given))]
+        params = [("dataset_type", parent), ("data_id", plain_json(given))]
         params += _collection_params(searched)
         try:
             found = await self.client.get_json("find", params)
@@ -438,7 +433,7 @@ class AsyncButler:
         answer (not found) is known without asking it."""
         dataset_type = await self.get_dataset_type(parent)
         # The server checks the data ID's keys and values as in any query of the type...
-        await self._check_query({"dataset_type": parent, "data_id": _plain(given)})
+        await self._check_query({"dataset_type": parent, "data_id": plain(given)})
         # ...and a find needs every required dimension (the message is the server's).
         missing = [d for d in dataset_type.dimensions if given.get(d) is None]
         if missing:
@@ -447,32 +442,9 @@ class AsyncButler:
                 f"(required: {', '.join(dataset_type.dimensions)})"
             )
 
-    async def find_dataset(
-        self,
-        dataset_type: str | DatasetType,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> DatasetRef | None:
-        try:
-            return (await self.resolve(dataset_type, data_id, collections=collections, **kwargs))[0]
-        except DatasetNotFoundError:
-            return None
+    # -- the read path's primitives (the read path itself: butler.reading.Reader) ---------
 
-    async def get_file_info(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> FileInfo:
-        return (
-            await self.resolve(dataset_type_or_ref, data_id, collections=collections, **kwargs)
-        )[1]
-
-    def byte_source(self, file: FileInfo) -> ByteSource:
+    async def byte_source(self, ref: DatasetRef, file: FileInfo) -> ByteSource:
         own = self._own_file(file)
         if own is not None:
             return LocalFileSource(own)
@@ -484,73 +456,27 @@ class AsyncButler:
         txn = _CURRENT_TXN.get()
         return txn.pending_local(file) if txn is not None else None
 
-    async def get(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        parameters: Mapping[str, Any] | None = None,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Read a dataset or a part of it; only the bytes the read needs are fetched."""
-        ref, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return await self.read_file(ref, file, parameters)
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        # Formatters are synchronous: in another thread, fetching through this loop (the
+        # thread of a blocking caller waiting for this read, else a worker thread).
+        in_context = functools.partial(contextvars.copy_context().run, work)
+        return await asyncio.get_running_loop().run_in_executor(CALLER.get(), in_context)
 
-    async def read_file(
-        self, ref: DatasetRef, file: FileInfo, parameters: Mapping[str, Any] | None = None
-    ) -> Any:
-        formatter = self.formatters.formatter(file.formatter, file.index.get(ORIGIN_KEY))
-        formatter.check_request(ref.component, parameters)
-        source = self.byte_source(file)
-        try:
-            # Formatters are synchronous; they run in a thread and fetch through the loop.
-            return await asyncio.to_thread(
-                formatter.read,
-                source,
-                file.index,
-                component=ref.component,
-                parameters=parameters or {},
-            )
-        finally:
-            self.io_stats.add(source)
-
-    async def exists(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> bool:
-        try:
-            await self.resolve(dataset_type_or_ref, data_id, collections=collections, **kwargs)
-        except DatasetNotFoundError:
-            return False
-        return True
+    async def file_present(self, ref: DatasetRef, file: FileInfo) -> bool:
+        """Whether the server serves the file (a HEAD request): a registered dataset whose
+        file is gone from the server's disk does not exist, as for a local butler."""
+        own = self._own_file(file)
+        if own is not None:
+            return own.exists()
+        return await self.client.file_served(file.path)
 
     def file_cache(self) -> FileCache:
         if self._cache is None:
             self._cache = FileCache(self._cache_dir, self._cache_size)
         return self._cache
 
-    async def get_local_path(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Download the file once into the client cache, verified; its path there."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return await self.local_file(file)
-
-    async def local_file(self, file: FileInfo) -> Path:
+    async def local_file(self, ref: DatasetRef, file: FileInfo) -> Path:
+        """The file downloaded once into the client cache, verified; its path there."""
         own = self._own_file(file)
         if own is not None:
             return own  # put in the current transaction: valid until it ends
@@ -583,69 +509,27 @@ class AsyncButler:
                 "; get() and open() read parts of files without the cache",
             ) from None
 
-    def file_url(self, file: FileInfo) -> str:
+    async def file_uri(self, ref: DatasetRef, file: FileInfo) -> str:
+        """The ``http(s)://`` URL of the dataset's file on the server."""
         own = self._own_file(file)
         if own is not None:
             return own.as_uri()  # not on the server before the commit
         return self.client.url("files/" + file.path)
 
-    async def get_uri(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> str:
-        """The ``http(s)://`` URL of the dataset's file on the server."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return self.file_url(file)
-
-    async def open(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        read_ahead: int = 64 * 1024,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> RangeFile:
-        """A lazily range-reading file object; read it from a thread (it blocks on the loop)."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        return self.byte_source(file).open(read_ahead=read_ahead)
-
-    async def memmap(
-        self,
-        dataset_type_or_ref: DatasetLike,
-        data_id: Mapping[str, Any] | None = None,
-        *,
-        hdu: str | int | None = None,
-        raw: bool = False,
-        collections: Collections = None,
-        **kwargs: Any,
-    ) -> np.memmap[Any, Any]:
-        """Fetch one HDU's data bytes once into the client cache, then memory-map them.
-
-        ``hdu`` and ``raw`` as :meth:`butler.butler.Butler.memmap` (default: the HDU that
-        ``get()`` reads; scaled data refused unless ``raw=True``)."""
-        _, file = await self.resolve(
-            dataset_type_or_ref, data_id, collections=collections, **kwargs
-        )
-        entry = memmap_entry(file, hdu, raw)
-        return map_hdu(await self.local_hdu(file, entry), entry, 0)
-
-    async def local_hdu(self, file: FileInfo, entry: Mapping[str, Any]) -> Path:
+    async def local_hdu(
+        self, ref: DatasetRef, file: FileInfo, entry: Mapping[str, Any]
+    ) -> tuple[Path, int]:
         """Only the data bytes of one HDU, fetched by ranged reads (in bands, so memory
-        stays small) into the client cache once; the path of that cache file.
+        stays small) into the client cache once; the path of that cache file (where the
+        bytes start at 0).
 
         A part of a file has no checksum of its own to verify; each band's length is
         checked, and the cache key names the file's checksum and the byte range."""
         import numpy as np
 
+        own = self._own_file(file)
+        if own is not None:  # put in the open transaction: the whole file is here
+            return own, int(entry["data_offset"])
         offset = int(entry["data_offset"])
         length = math.prod(entry["shape"]) * np.dtype(entry["dtype"]).itemsize
         key = f"{file.checksum}#bytes={offset}-{offset + length - 1}"
@@ -653,12 +537,12 @@ class AsyncButler:
         try:
             cached = await asyncio.to_thread(cache.path, key)
             if cached is not None:
-                return cached
+                return cached, 0
             workdir = Path(tempfile.mkdtemp(prefix="download-", dir=cache.directory))
             try:
                 partial = workdir / f"{Path(file.path).name}.hdu{entry['index']}"
                 await self._fetch_to_file(file, offset, length, partial)
-                return await asyncio.to_thread(cache.add, key, partial)
+                return await asyncio.to_thread(cache.add, key, partial), 0
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         except (OSError, sqlite3.Error) as exc:
@@ -684,6 +568,7 @@ class AsyncButler:
 
     async def query_datasets_with_files(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -696,33 +581,14 @@ class AsyncButler:
     ) -> list[tuple[DatasetRef, FileInfo]]:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
         searched = await self._searched(as_collection_list(collections) or self.collections)
-        body = {
-            "dataset_type": split_component(name)[0],
-            "collections": searched,
-            "where": where,
-            "bind": _plain(bind or {}),
-            "data_id": _plain(data_id),
-            "find_first": find_first,
-        }
+        body = dataset_query(
+            split_component(name)[0], searched, where, bind, data_id, find_first=find_first
+        )
         if searched == []:  # only this butler's own RUN, not created yet: empty
             await self._check_query(body)
             return []
-        rows: list[Any] = []
-        pages = Pages(self.client.url(f"{API}/datasets/query"), offset)
         await self.info()  # the server's page size
-        # POST keeps long where expressions out of URLs.
-        while True:
-            size = self.settings.page_size
-            if limit is not None:
-                size = min(size, limit - len(rows))
-            page = await self.client.post_json(
-                "datasets/query", {**body, "limit": size, "offset": pages.offset}
-            )
-            new = pages.rows_of(page, "datasets")
-            rows.extend(new)
-            if (limit is not None and len(rows) >= limit) or not pages.follow(page, new, size):
-                break
-        return [(DatasetRef.from_dict(r["ref"]), FileInfo.from_dict(r["file"])) for r in rows]
+        return await self.api.datasets(body, limit=limit, offset=offset)
 
     async def _check_query(self, query: Mapping[str, Any]) -> None:
         """Have the server check a dataset query answered empty without asking it (its
@@ -733,6 +599,7 @@ class AsyncButler:
 
     async def query_datasets(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -749,6 +616,7 @@ class AsyncButler:
 
     async def query_data_ids(
         self,
+        /,
         dimensions: str | Sequence[str],
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -756,29 +624,29 @@ class AsyncButler:
         dataset_type: str | None = None,
         collections: Collections = None,
         limit: int | None = None,
+        offset: int = 0,
         **data_id: Any,
     ) -> list[DataCoordinate]:
+        if offset:
+            raise ButlerError("offset is not supported for remote data ID queries; use limit")
         dims = [dimensions] if isinstance(dimensions, str) else list(dimensions)
         params = [("dimensions", d) for d in dims]
-        params += [
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
-        ]
+        params += constraint_params(where, bind, data_id)
         if dataset_type:
             searched = await self._searched(as_collection_list(collections) or self.collections)
             if searched == []:  # only this butler's own RUN, not created yet: no datasets
                 # Checked by the server as ever (the dataset type, then the rest without it).
                 await self.get_dataset_type(dataset_type)
-                await self.client.paginate("data-ids", "data_ids", params, 1)
+                await self.api.paged("data-ids", "data_ids", params=params, limit=1)
                 return []
             params.append(("dataset_type", dataset_type))
             params += _collection_params(searched)
-        rows = await self.client.paginate("data-ids", "data_ids", params, limit)
+        rows = await self.api.paged("data-ids", "data_ids", params=params, limit=limit)
         return [DataCoordinate.from_dict(r) for r in rows]
 
     async def query_dimension_records(
         self,
+        /,
         element: str,
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -786,15 +654,11 @@ class AsyncButler:
         limit: int | None = None,
         **data_id: Any,
     ) -> list[dict[str, Any]]:
-        params = [
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
-        ]
-        return await self.client.paginate(f"dimensions/{element}/records", "records", params, limit)
+        return await self.api.dimension_records(element, where, bind, data_id, limit=limit)
 
     async def dimension_values(
         self,
+        /,
         element: str,
         where: str = "",
         bind: Mapping[str, Any] | None = None,
@@ -806,10 +670,9 @@ class AsyncButler:
         **data_id: Any,
     ) -> list[Any]:
         """Distinct values of one dimension given constraints (what completion offers)."""
+        path = f"dimensions/{name_segment(element)}/values"
         params = [
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
+            *constraint_params(where, bind, data_id),
             ("prefix", prefix),
             ("limit", str(limit)),
         ]
@@ -818,15 +681,39 @@ class AsyncButler:
             if searched == []:  # only this butler's own RUN, not created yet: no datasets
                 # Checked by the server as ever (the dataset type, then the rest without it).
                 await self.get_dataset_type(dataset_type)
-                await self.client.get_json(f"dimensions/{element}/values", params)
+                await self.client.get_json(path, params)
                 return []
             params.append(("dataset_type", dataset_type))
             params += _collection_params(searched)
-        data = await self.client.get_json(f"dimensions/{element}/values", params)
+        data = await self.client.get_json(path, params)
         return list(data["values"])
+
+    async def query_dimension_values(
+        self,
+        /,
+        dimension: str,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        *,
+        dataset_type: str | None = None,
+        collections: Collections = None,
+        **data_id: Any,
+    ) -> list[Any]:
+        """Sorted distinct values of one dimension: :meth:`dimension_values`, as many as
+        the server gives in one answer."""
+        return await self.dimension_values(
+            dimension,
+            where,
+            bind,
+            dataset_type=dataset_type,
+            collections=collections,
+            limit=MAX_VALUES,
+            **data_id,
+        )
 
     async def query_summary(
         self,
+        /,
         dataset_type: str | DatasetType,
         collections: Collections = None,
         where: str = "",
@@ -839,16 +726,13 @@ class AsyncButler:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
         searched = await self._searched(as_collection_list(collections) or self.collections)
         if searched == []:  # only this butler's own RUN, not created yet: empty
-            query = {"dataset_type": split_component(name)[0], "where": where}
             await self._check_query(
-                {**query, "bind": _plain(bind or {}), "data_id": _plain(data_id)}
+                dataset_query(split_component(name)[0], None, where, bind, data_id)
             )
             return QuerySummary(count=0, size=0)
         params = [
             ("dataset_type", split_component(name)[0]),
-            ("where", where),
-            ("bind", data_id_json(bind or {})),
-            ("data_id", data_id_json(data_id)),
+            *constraint_params(where, bind, data_id),
             ("find_first", "true" if find_first else "false"),
             *_collection_params(searched),
         ]
@@ -970,7 +854,7 @@ class AsyncButler:
             {
                 "op": "insert_dimension_records",
                 "element": element,
-                "records": [_plain(r) for r in records],
+                "records": [plain(r) for r in records],
                 "skip_existing": skip_existing,
             }
         )
@@ -978,6 +862,7 @@ class AsyncButler:
 
     async def put(
         self,
+        /,
         obj: Any,
         dataset_type: str | DatasetType,
         data_id: Mapping[str, Any] | None = None,
@@ -1000,7 +885,7 @@ class AsyncButler:
         sc = self.formatters.storage_class(resolved.storage_class)
         obj = sc.validate(obj)
         formatter = self.formatters.formatter(resolved.formatter or sc.default_formatter)
-        given = _plain({**dict(data_id or {}), **data_id_kwargs})
+        given = plain({**dict(data_id or {}), **data_id_kwargs})
         outer = _CURRENT_TXN.get()
         txn = outer or RemoteTransaction()
         try:
@@ -1078,6 +963,7 @@ class AsyncButler:
 
     async def remove(
         self,
+        /,
         refs: DatasetRef | Iterable[DatasetRef] | str,
         data_id: Mapping[str, Any] | None = None,
         *,
@@ -1095,14 +981,6 @@ class AsyncButler:
         if result is None and txn is not None:
             txn.removed.update(r.id for r in ref_list)  # queued: hidden from reads at once
         return int(result["removed"]) if result else len(ref_list)
-
-
-def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-ready copy: numpy scalars become Python numbers."""
-    return {
-        k: (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v)
-        for k, v in mapping.items()
-    }
 
 
 def _cache_full(

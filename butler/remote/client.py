@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from butler.errors import ButlerError, CorruptFileError, RemoteUnavailableError
+from butler.errors import ButlerError, CorruptFileError
 from butler.http.errors import raise_for_error
 from butler.http.ranges import parse_content_range
 from butler.io.source import ByteRange, merge_ranges
-from butler.remote.limits import Pages
+from butler.remote.api import API, Params, header_fields, timed_out, unreachable
 
-API = "api/v1"
+USER_AGENT = "butler-client/1"
 
 
 def _read_token_file(path: Path) -> str:
@@ -53,9 +52,6 @@ class ClientSettings:
     read_timeout: float = 300.0
     max_ranges: int = 200
     """Ranges per request (the server's limit, read from its info)."""
-    page_size: int = 1000
-    """Rows per page of a listing or query (the server's largest page, read from its info):
-    a page is a request, and the server runs the query again for each."""
     range_gap: int = 4096
     """Ranges closer than this are fetched as one, trading a few bytes for fewer parts."""
 
@@ -161,9 +157,7 @@ class RepositoryClient:
         if self._session is None or self._session.closed:
             async with self._session_lock:
                 if self._session is None or self._session.closed:
-                    headers = {"User-Agent": "butler-client/1"}
-                    if self.settings.token:
-                        headers["Authorization"] = f"Bearer {self.settings.token}"
+                    headers = header_fields(USER_AGENT, self.settings.token)
                     trace = aiohttp.TraceConfig()
                     trace.on_connection_create_end.append(self._counts.count_connection)
                     trace.on_request_start.append(self._counts.count_request)
@@ -204,61 +198,41 @@ class RepositoryClient:
 
     @asynccontextmanager
     async def request(
-        self, method: str, path: str, **kwargs: Any
+        self, method: str, path: str, *, passing: Collection[int] = (), **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request; an error status raises (the server's own class), but for those in
+        ``passing``, which the caller reads as an answer."""
         url = path if path.startswith(("http://", "https://")) else self.url(path)
         session = await self.session()
         try:
             async with session.request(method, url, **kwargs) as response:
-                if response.status >= 400:
+                if response.status >= 400 and response.status not in passing:
                     raise_for_error(response.status, await response.read(), url)
                 yield response
         except aiohttp.ClientConnectionError as exc:
-            raise RemoteUnavailableError(
-                f"cannot reach the repository at {self.base_url}: {exc}"
-            ) from exc
+            raise unreachable(self.base_url, exc) from exc
         except TimeoutError as exc:
-            raise RemoteUnavailableError(
-                f"the repository at {self.base_url} did not answer in time ({method} {url})"
-            ) from exc
+            raise timed_out(self.base_url, method, url) from exc
 
-    async def get_json(self, path: str, params: Sequence[tuple[str, str]] | None = None) -> Any:
-        async with self.request("GET", f"{API}/{path}", params=list(params or [])) as response:
+    # -- the API (a transport of butler.remote.api.RepositoryAPI) ----------------------------
+
+    async def get_json(self, path: str, params: Params | None = None) -> Any:
+        async with self.request("GET", API + path, params=list(params or [])) as response:
             return await response.json()
 
     async def post_json(self, path: str, body: Any) -> Any:
-        async with self.request("POST", f"{API}/{path}", json=body) as response:
+        async with self.request("POST", API + path, json=body) as response:
             return await response.json()
 
     async def delete(self, path: str) -> None:
-        async with self.request("DELETE", f"{API}/{path}"):
+        async with self.request("DELETE", API + path):
             pass
 
     async def upload(self, path: str, file: Path, checksum: str) -> Any:
         headers = {"X-Checksum": checksum, "Content-Type": "application/octet-stream"}
         with open(file, "rb") as body:  # noqa: ASYNC230 - aiohttp streams it in its executor
-            async with self.request("PUT", f"{API}/{path}", data=body, headers=headers) as resp:
+            async with self.request("PUT", API + path, data=body, headers=headers) as resp:
                 return await resp.json()
-
-    async def paginate(
-        self, path: str, key: str, params: Sequence[tuple[str, str]], limit: int | None
-    ) -> list[Any]:
-        """Every item of a paginated listing (up to ``limit``)."""
-        items: list[Any] = []
-        pages = Pages(self.url(f"{API}/{path}"))
-        while True:
-            page_size = self.settings.page_size
-            if limit is not None:
-                page_size = min(page_size, limit - len(items))
-            page = await self.get_json(
-                path, [*params, ("limit", str(page_size)), ("offset", str(pages.offset))]
-            )
-            rows = pages.rows_of(page, key)
-            items.extend(rows)
-            if (limit is not None and len(items) >= limit) or not pages.follow(
-                page, rows, page_size
-            ):
-                return items
 
     # -- file bytes -----------------------------------------------------------------------
 
@@ -301,6 +275,11 @@ class RepositoryClient:
                 raise CorruptFileError(f"{url}: 206 without a usable Content-Range")
             body = await response.read()
             return _assign_parts([(content_range.start, body)], batch, url)
+
+    async def file_served(self, file_path: str) -> bool:
+        """Whether the server serves a file now (a HEAD request: no bytes move)."""
+        async with self.request("HEAD", "files/" + file_path, passing=(404, 410)) as response:
+            return response.status < 400
 
     async def download(self, file_path: str, destination: Path) -> str:
         """Stream a whole file to ``destination``; returns its ``sha256:`` checksum."""
@@ -349,8 +328,3 @@ def _assign_parts(
         else:
             raise CorruptFileError(f"{url}: the server did not send bytes {offset}+{length}")
     return result
-
-
-def data_id_json(data_id: Mapping[str, Any]) -> str:
-    """A data ID as JSON, with numpy scalars turned into plain numbers."""
-    return json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in data_id.items()})
