@@ -563,6 +563,9 @@ main.add_command(completion_command("butler"))
 from butler.cli.ingest_raws import ingest_raws_command  # noqa: E402 - needs main defined
 
 main.add_command(ingest_raws_command)
+from butler.cli.migrate import migrate_command  # noqa: E402
+
+main.add_command(migrate_command)
 
 if __name__ == "__main__":
     main()
