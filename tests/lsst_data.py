@@ -10,7 +10,14 @@ from typing import Any
 
 import astropy.table
 import numpy as np
-from lsst.daf.butler import Butler, CollectionType, Config, DatasetRef, DatasetType
+from lsst.daf.butler import (
+    Butler,
+    CollectionType,
+    Config,
+    DataCoordinate,
+    DatasetRef,
+    DatasetType,
+)
 
 LSST_DATA = Path(__file__).with_name("data") / "lsst"
 RUN = "LSSTCam/runs/test"
@@ -103,3 +110,27 @@ def export(repo: LsstRepo, directory: Path, *, records: bool = True) -> Path:
         exporter.saveCollection(CHAIN)
         exporter.saveCollection("tagged")
     return filename
+
+
+def make_zip(repo: LsstRepo, directory: Path, *, records: bool) -> Path:
+    """``Butler.retrieve_artifacts_zip`` of the datasets, with their dimension records or
+    without (as the LSST butler writes it for refs that are expanded or not)."""
+    directory.mkdir(parents=True)
+    refs = list(repo.refs.values())
+    if records:
+        refs = [ref.expanded(repo.butler.registry.expandDataId(ref.dataId)) for ref in refs]
+    else:
+        refs = [
+            DatasetRef(
+                ref.datasetType,
+                DataCoordinate.standardize(
+                    dict(ref.dataId.required), dimensions=ref.datasetType.dimensions
+                ),
+                run=ref.run,
+                id=ref.id,
+            )
+            for ref in refs
+        ]
+        assert not any(ref.dataId.hasRecords() for ref in refs)
+    uri = repo.butler.retrieve_artifacts_zip(refs, str(directory))
+    return Path(uri.ospath)
