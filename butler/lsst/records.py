@@ -87,7 +87,7 @@ def convert_record(
     row = {k: _native_time(v) for k, v in record.items()}
     # What the LSST butler's own import does with files of older universes (its
     # transfers/_yaml.py), for the same results; an unrecorded version is 0.
-    version = version or 0
+    recorded, version = version, version or 0
     if element == "visit" and version < 1:
         row.pop("seeing", None)
         if row.get("day_obs") is None and isinstance(row.get("datetime_begin"), TaiTime):
@@ -125,8 +125,9 @@ def convert_record(
             out[name] = value.hex() if isinstance(value, bytes) else value
         else:
             raise LsstFormatError(
-                f"{here}: no such field in this repository's universe (LSST universe version "
-                f"{version if version is not None else 'unrecorded'}); its fields are "
+                f"{here}: no such field in this repository's universe (the export's LSST "
+                f"universe version: {recorded if recorded is not None else 'unrecorded'}; this "
+                f"butler holds up to {universe.daf_butler_version}); its fields are "
                 f"{', '.join(c for c, _ in universe.table_columns(element))}"
             )
     return out, extra
