@@ -333,3 +333,15 @@ def test_an_export_with_a_pickled_dataset_brings_the_rest_and_says_so(tmp_path: 
         assert skymap["name"] == "discrete/ci_hsc"
         assert len(skymap["hash"]) == 40  # the binary hash, as hex
         assert butler.dataset_types() == []
+
+
+def test_the_butler_command_of_this_environment_is_ours() -> None:
+    # lsst-daf-butler installs a `butler` command too; this project's must be the one on
+    # the environment's path (scripts/test.sh reinstalls it if the LSST one won).
+    script = Path(sys.executable).with_name("butler")
+    assert "butler.cli.main" in script.read_text()
+    out = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0
+    assert "ingest-zip" in out.stdout
