@@ -129,3 +129,28 @@ def test_migrate_refuses_a_url() -> None:
     out = _butler("migrate", "http://127.0.0.1:9/")
     assert out.returncode != 0
     assert "local repository path only" in out.stderr
+
+
+def test_a_migration_stopped_before_its_file_moved_is_finished_by_the_next(
+    old_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import butler.migrate as migrate_module
+
+    def crash(src: object, dst: object) -> None:
+        raise KeyboardInterrupt  # killed after the registry's commit, before the rename
+
+    monkeypatch.setattr(migrate_module.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        upgrade_universe(old_repo)
+    monkeypatch.undo()
+    # The registry is upgraded, the file not yet: the repository still reads as before.
+    assert yaml.safe_load((old_repo / "dimensions.yaml").read_text())["version"] == 1
+    assert (old_repo / "dimensions.yaml.upgrade").is_file()
+    _read_back(old_repo)
+    result = upgrade_universe(old_repo)
+    assert (result.from_version, result.to_version) == (1, 2)
+    assert yaml.safe_load((old_repo / "dimensions.yaml").read_text())["version"] == 2
+    assert not (old_repo / "dimensions.yaml.upgrade").exists()
+    _read_back(old_repo)
+    with Butler(old_repo, writeable=True) as butler:
+        butler.insert_dimension_records("group", {"instrument": "HSC", "name": "g1"})
