@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from butler.errors import InvalidQueryError
 from butler.query import Column
-from butler.universe import DimensionUniverse, ValueKind
+from butler.universe import DimensionUniverse, ValueKind, q
 
 
 class JoinPlan:
@@ -45,17 +45,19 @@ class JoinPlan:
         spec = self.universe[element]
         conditions = []
         for dim in self.universe.required_closure([element]):
+            if dim == element and not spec.has_key:
+                continue  # a relation is identified by the dimensions it requires
             column = spec.key_name if dim == element else dim
             if dim not in self.columns:
                 raise InvalidQueryError(
                     f"{self.what}: cannot join {element!r} records without a value for {dim!r}"
                 )
-            conditions.append(f"{alias}.{column} = {self.columns[dim]}")
+            conditions.append(f"{alias}.{q(column)} = {self.columns[dim]}")
         kind = "LEFT JOIN" if outer else "JOIN"
         self.joins.append(f"{kind} dim_{element} AS {alias} ON " + " AND ".join(conditions))
         self.element_aliases[element] = alias
         for implied in spec.implies:
-            self.provide(implied, f"{alias}.{implied}")
+            self.provide(implied, f"{alias}.{q(implied)}")
         return alias
 
     def ensure_dimension(self, dimension: str) -> str:
@@ -84,6 +86,14 @@ class JoinPlan:
         if name not in self.dimensions:
             raise self._not_applicable(name)
         spec = self.universe[name]
+        if not spec.has_key and field is not None and name in self.element_aliases:
+            # A relation's own record table (queried for its records): its fields only.
+            if field not in spec.fields:
+                raise InvalidQueryError(
+                    f"{self.what}: {name!r} has no record field {field!r}; its fields are "
+                    f"{', '.join(spec.fields)}"
+                )
+            return Column(f"{self.element_aliases[name]}.{q(field)}", spec.fields[field], name)
         if field is None or field == spec.key_name:
             return Column(self.ensure_dimension(name), spec.key_kind, name)
         kind: ValueKind
@@ -99,7 +109,7 @@ class JoinPlan:
             )
         self.ensure_dimension(name)
         alias = self.add_element_table(name, outer=True)
-        return Column(f"{alias}.{field}", kind, f"{name}.{field}")
+        return Column(f"{alias}.{q(field)}", kind, f"{name}.{field}")
 
     def _not_applicable(self, name: str) -> InvalidQueryError:
         return InvalidQueryError(

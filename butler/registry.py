@@ -35,7 +35,9 @@ from butler.errors import (
 from butler.query import compile_where, parse_where
 from butler.query_plan import JoinPlan
 from butler.refs import DataCoordinate, DataIdValue, DatasetRef, DatasetType, FileInfo
-from butler.universe import DimensionUniverse, ValueKind
+from butler.sky_region import bounding_box, region_hex
+from butler.tai import to_tai_ns
+from butler.universe import DimensionUniverse, FieldType, ValueKind, q
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -88,6 +90,39 @@ def _coerce(value: Any, kind: ValueKind, what: str) -> DataIdValue | float | Non
     if not isinstance(value, str):
         raise DataIdError(f"{what} must be a string, got {value!r}")
     return value
+
+
+def _record_row(
+    row: Mapping[str, Any],
+    columns: Mapping[str, ValueKind],
+    types: Mapping[str, FieldType],
+    element: str,
+) -> dict[str, Any]:
+    """A record's column values: each coerced to its type, a region's box computed."""
+    out: dict[str, Any] = {}
+    for column, value in row.items():
+        what = f"{element}.{column}"
+        kind = types.get(column)
+        if value is None or kind is None or kind in ("int", "float", "str"):
+            out[column] = _coerce(value, columns[column], what)
+        elif kind == "bool":
+            if not isinstance(value, bool | int) or value not in (0, 1):
+                raise DataIdError(f"{what} must be true or false, got {value!r}")
+            out[column] = int(value)
+        elif kind == "tai":
+            out[column] = to_tai_ns(value, what)
+        elif kind == "region":
+            out[column] = region_hex(value, what)
+    if out.get("region") is not None:
+        box = bounding_box(out["region"])
+        if box is not None:
+            out.update(
+                region_ra_min=box.ra_min,
+                region_ra_max=box.ra_max,
+                region_dec_min=box.dec_min,
+                region_dec_max=box.dec_max,
+            )
+    return out
 
 
 class Registry:
@@ -168,7 +203,7 @@ class Registry:
                 "REFERENCES collection(name), PRIMARY KEY (parent, position))"
             )
             dim_columns = ", ".join(
-                f"{d} {_SQL_TYPES[universe[d].key_kind]}" for d in universe.names
+                f"{q(d)} {_SQL_TYPES[universe[d].key_kind]}" for d in universe.dimensions
             )
             db.execute(
                 "CREATE TABLE dataset (id TEXT PRIMARY KEY, "
@@ -179,8 +214,8 @@ class Registry:
             )
             # Selective queries filter on one dimension within a dataset type; an index per
             # dimension keeps them index lookups however many datasets the registry holds.
-            for dim in universe.names:
-                db.execute(f"CREATE INDEX dataset_{dim} ON dataset (dataset_type_id, {dim})")
+            for dim in universe.dimensions:
+                db.execute(f"CREATE INDEX dataset_{dim} ON dataset (dataset_type_id, {q(dim)})")
             db.execute("CREATE INDEX dataset_run ON dataset (run)")
             db.execute(
                 "CREATE TABLE file (dataset_id TEXT PRIMARY KEY REFERENCES dataset(id) "
@@ -201,12 +236,12 @@ class Registry:
         element = universe[name]
         columns = universe.table_columns(name)
         required = [d for d in universe.required_closure([name]) if d != name]
-        pk = [*required, element.key_name]
+        pk = [*required, element.key_name] if element.has_key else required
         parts = []
         for column, kind in columns:
             not_null = " NOT NULL" if column in pk else ""
-            parts.append(f"{column} {_SQL_TYPES[kind]}{not_null}")
-        parts.append(f"PRIMARY KEY ({', '.join(pk)})")
+            parts.append(f"{q(column)} {_SQL_TYPES[kind]}{not_null}")
+        parts.append(f"PRIMARY KEY ({', '.join(map(q, pk))})")
         # Foreign keys to the records this one requires or implies, so a data ID can never
         # name a detector of an instrument the registry does not know.
         for dim in [*universe[name].requires, *element.implies]:
@@ -215,7 +250,8 @@ class Registry:
             local = [*target_required, dim]
             remote = [*target_required, target.key_name]
             parts.append(
-                f"FOREIGN KEY ({', '.join(local)}) REFERENCES dim_{dim} ({', '.join(remote)})"
+                f"FOREIGN KEY ({', '.join(map(q, local))}) "
+                f"REFERENCES dim_{dim} ({', '.join(map(q, remote))})"
             )
         return f"CREATE TABLE dim_{name} ({', '.join(parts)})"
 
@@ -304,18 +340,24 @@ class Registry:
         columns = dict(self.universe.table_columns(element))
         spec = self.universe[element]
         pk = [d for d in self.universe.required_closure([element]) if d != element]
-        pk.append(spec.key_name)
+        if spec.has_key:
+            pk.append(spec.key_name)
+        derived = {f for f, t in spec.field_types.items() if t == "bbox"}
         rows = []
         for record in records:
             row = dict(record)
             # Accept the element's own name for its key (``{"detector": 42}``) as well.
             if element in row and spec.key_name not in row:
                 row[spec.key_name] = row.pop(element)
+            # The region's box is computed from the region, never taken as given (a record
+            # copied from another repository carries the box it had there).
+            for name in derived & set(row):
+                del row[name]
             unknown = set(row) - set(columns)
             if unknown:
                 raise DataIdError(
                     f"{element} record has unknown fields {sorted(unknown)}; "
-                    f"its fields are {', '.join(columns)}"
+                    f"its fields are {', '.join(c for c in columns if c not in derived)}"
                 )
             missing = [k for k in pk if row.get(k) is None]
             if missing:
@@ -323,7 +365,7 @@ class Registry:
                     f"{element} record {record!r} lacks its key fields {missing} "
                     f"(a {element} record is identified by {', '.join(pk)})"
                 )
-            rows.append({c: _coerce(v, columns[c], f"{element}.{c}") for c, v in row.items()})
+            rows.append(_record_row(row, columns, spec.field_types, element))
         added = 0
         self._records.clear()
         with self.lock:
@@ -331,7 +373,7 @@ class Registry:
                 names = list(row)
                 sql = (
                     f"INSERT {'OR IGNORE ' if skip_existing else ''}INTO dim_{element} "
-                    f"({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+                    f"({', '.join(map(q, names))}) VALUES ({', '.join('?' for _ in names)})"
                 )
                 try:
                     cursor = self.conn.execute(sql, [row[n] for n in names])
@@ -365,7 +407,7 @@ class Registry:
         cache_key = (element, tuple(params))
         if cache_key in self._records:
             return self._records[cache_key]
-        conditions = [f"{d} = ?" for d in pk] + [f"{spec.key_name} = ?"]
+        conditions = [f"{q(d)} = ?" for d in pk] + [f"{q(spec.key_name)} = ?"]
         rows = self._query(f"SELECT * FROM dim_{element} WHERE {' AND '.join(conditions)}", params)
         record = dict(rows[0]) if rows else None
         if record is not None:
@@ -394,12 +436,17 @@ class Registry:
             f"query of {element} records",
         )
         for dim in required:
-            plan.provide(dim, f"r.{spec.key_name if dim == element else dim}")
+            if dim != element or spec.has_key:
+                plan.provide(dim, f"r.{q(spec.key_name if dim == element else dim)}")
         for dim in spec.implies:
-            plan.provide(dim, f"r.{dim}")
+            plan.provide(dim, f"r.{q(dim)}")
+        if not spec.has_key:
+            plan.element_aliases[element] = "r"
         sql_where, params = self._where(plan, where, bind, data_id)
         sql = f"SELECT r.* FROM dim_{element} AS r {plan.join_sql} WHERE {sql_where}"
-        order = [f"r.{d}" for d in required if d != element] + [f"r.{spec.key_name}"]
+        order = [f"r.{q(d)}" for d in required if d != element]
+        if spec.has_key:
+            order.append(f"r.{q(spec.key_name)}")
         sql += " ORDER BY " + ", ".join(order)
         sql += _limit_sql(limit, offset, params)
         rows = self._query(sql, plan.join_params + params)
@@ -430,7 +477,7 @@ class Registry:
             type_id, _ = self._dataset_type_row(dataset_type.name)
             plan = JoinPlan(self.universe, dataset_type.all_dimensions, "data ID query")
             for dim in dataset_type.all_dimensions:
-                plan.provide(dim, f"d.{dim}")
+                plan.provide(dim, f"d.{q(dim)}")
             base = "dataset AS d"
             base_conditions: list[str] = ["d.dataset_type_id = ?"]
             base_params: list[Any] = [type_id]
@@ -450,16 +497,16 @@ class Registry:
             base = f"dim_{first} AS e_{first}"
             spec = self.universe[first]
             for dim in self.universe.required_closure([first]):
-                plan.provide(dim, f"e_{first}.{spec.key_name if dim == first else dim}")
+                plan.provide(dim, f"e_{first}.{q(spec.key_name if dim == first else dim)}")
             for dim in spec.implies:
-                plan.provide(dim, f"e_{first}.{dim}")
+                plan.provide(dim, f"e_{first}.{q(dim)}")
             plan.element_aliases[first] = f"e_{first}"
             for leaf in rest:
                 alias = f"e_{leaf}"
                 lspec = self.universe[leaf]
                 conditions = []
                 for dim in self.universe.required_closure([leaf]):
-                    column = f"{alias}.{lspec.key_name if dim == leaf else dim}"
+                    column = f"{alias}.{q(lspec.key_name if dim == leaf else dim)}"
                     if dim in plan.columns:
                         conditions.append(f"{column} = {plan.columns[dim]}")
                     else:
@@ -468,16 +515,16 @@ class Registry:
                 plan.joins.append(f"JOIN dim_{leaf} AS {alias} ON {on}")
                 plan.element_aliases[leaf] = alias
                 for dim in lspec.implies:
-                    plan.provide(dim, f"{alias}.{dim}")
+                    plan.provide(dim, f"{alias}.{q(dim)}")
             base_conditions = []
             base_params = []
         sql_where, params = self._where(plan, where, bind, data_id)
         wanted = list(required) + [d for d in implied if d in self.universe.names]
-        select = ", ".join(f"{plan.ensure_dimension(d)} AS {d}" for d in wanted)
+        select = ", ".join(f"{plan.ensure_dimension(d)} AS {q(d)}" for d in wanted)
         where_sql = " AND ".join([*base_conditions, sql_where])
         sql = (
             f"SELECT DISTINCT {select} FROM {base} {plan.join_sql} WHERE {where_sql} "
-            f"ORDER BY {', '.join(required)}"
+            f"ORDER BY {', '.join(map(q, required))}"
         )
         sql += _limit_sql(limit, offset, params)
         rows = self._query(sql, base_params + plan.join_params + params)
@@ -797,7 +844,7 @@ class Registry:
         dataset_type = items[0][0].dataset_type
         type_id, dataset_type = self._dataset_type_row(dataset_type.name)
         dims = list(dataset_type.all_dimensions)
-        columns = ["id", "dataset_type_id", "run", "data_id_key", "ingest_date", *dims]
+        columns = ["id", "dataset_type_id", "run", "data_id_key", "ingest_date", *map(q, dims)]
         now = _now()
         dataset_rows = []
         file_rows = []
@@ -925,7 +972,7 @@ class Registry:
             self.universe, dataset_type.all_dimensions, f"query of {dataset_type.name!r}"
         )
         for dim in dataset_type.all_dimensions:
-            plan.provide(dim, f"d.{dim}")
+            plan.provide(dim, f"d.{q(dim)}")
         sql_where, params = self._where(plan, where, bind, data_id)
         run_marks = ", ".join("?" for _ in runs)
         file_cols = (
@@ -967,7 +1014,7 @@ class Registry:
         dataset_type, select, all_params = self._dataset_select(
             dataset_type, runs, where, bind, data_id, find_first, with_files
         )
-        order = ", ".join(dataset_type.dimensions) or "id"
+        order = ", ".join(map(q, dataset_type.dimensions)) or "id"
         sql = f"{select} ORDER BY {order}"
         sql += _limit_sql(limit, offset, all_params)
         rows = self._query(sql, all_params)

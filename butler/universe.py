@@ -34,8 +34,28 @@ def safe_dump_yaml(data: Any) -> str:
 
 
 ValueKind = Literal["int", "float", "str"]
+FieldType = Literal["int", "float", "str", "bool", "tai", "region", "bbox"]
+"""What a record field holds; its :data:`ValueKind` is how SQL and ``where`` see it."""
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 _KINDS: dict[str, ValueKind] = {"int": "int", "float": "float", "str": "str"}
+# Field types of the file (``bool``) and those ``region``/``timespan`` add, by value kind:
+# a bool is stored 0/1, a TAI time as integer nanoseconds, a region as hex text.
+_FIELD_KINDS: dict[FieldType, ValueKind] = {
+    "int": "int",
+    "float": "float",
+    "str": "str",
+    "bool": "int",
+    "tai": "int",
+    "region": "str",
+    "bbox": "float",
+}
+REGION_FIELDS = ("region", "region_ra_min", "region_ra_max", "region_dec_min", "region_dec_max")
+TIMESPAN_FIELDS = ("timespan_begin", "timespan_end")
+
+
+def q(name: str) -> str:
+    """A validated universe name quoted as an SQL identifier (``group`` is an SQL keyword)."""
+    return f'"{name}"'
 
 
 def default_universe_path() -> Path:
@@ -67,6 +87,17 @@ class DimensionElement:
     implies: tuple[str, ...]
     """Dimensions whose values a record of this one determines (``physical_filter``)."""
     fields: dict[str, ValueKind] = field(default_factory=dict)
+    field_types: dict[str, FieldType] = field(default_factory=dict)
+    """Each field's type, finer than its kind (``bool``, ``tai``, ``region``, ``bbox``)."""
+    alternate_keys: tuple[str, ...] = ()
+    region: bool = False
+    timespan: bool = False
+
+    @property
+    def has_key(self) -> bool:
+        """False for a relation between dimensions (``visit_detector_region``), which is
+        identified by the dimensions it requires and is no dimension of a data ID."""
+        return bool(self.key_name)
 
 
 class DimensionUniverse:
@@ -90,30 +121,67 @@ class DimensionUniverse:
             self.elements[name] = self._parse_element(name, spec or {})
         self._check_references()
         self.names: tuple[str, ...] = self._sorted(self.elements)
+        """Every element, in canonical order."""
+        self.dimensions: tuple[str, ...] = tuple(n for n in self.names if self[n].has_key)
+        """The elements a data ID can name (those with a key of their own)."""
+        daf = config.get("daf_butler") or {}
+        self.daf_butler_version: int | None = (
+            int(daf["version"]) if isinstance(daf, Mapping) and "version" in daf else None
+        )
+        """The LSST butler universe version this one holds without loss (None: unknown)."""
 
     def _parse_element(self, name: str, spec: Mapping[str, Any]) -> DimensionElement:
         where = f"{self.source}: dimension {name!r}"
         _check_identifier(name, where)
-        key = spec.get("key") or {}
-        key_name = str(key.get("name", "id"))
-        _check_identifier(key_name, where)
-        key_kind = _KINDS.get(str(key.get("type", "int")))
-        if key_kind is None or key_kind == "float":
-            raise RepositoryConfigError(f"{where}: key type must be 'int' or 'str'")
-        fields: dict[str, ValueKind] = {}
+        if "key" in spec and spec["key"] is None:
+            key_name = ""  # a relation: identified by the dimensions it requires
+            key_kind: ValueKind = "int"
+            if not spec.get("requires") or spec.get("implies"):
+                raise RepositoryConfigError(
+                    f"{where}: an element without a key must require dimensions and imply none"
+                )
+        else:
+            key = spec.get("key") or {}
+            key_name = str(key.get("name", "id"))
+            _check_identifier(key_name, where)
+            found_kind = _KINDS.get(str(key.get("type", "int")))
+            if found_kind is None or found_kind == "float":
+                raise RepositoryConfigError(f"{where}: key type must be 'int' or 'str'")
+            key_kind = found_kind
+        types: dict[str, FieldType] = {}
         for fname, ftype in (spec.get("fields") or {}).items():
             _check_identifier(fname, where)
-            kind = _KINDS.get(str(ftype))
-            if kind is None:
+            if str(ftype) not in ("int", "float", "str", "bool"):
                 raise RepositoryConfigError(f"{where}: field {fname!r} has unknown type {ftype!r}")
-            fields[fname] = kind
+            types[fname] = ftype
+        region = bool(spec.get("region", False))
+        timespan = bool(spec.get("timespan", False))
+        added: list[tuple[str, FieldType]] = []
+        if region:
+            added += [("region", "region"), *((f, "bbox") for f in REGION_FIELDS[1:])]
+        if timespan:
+            added += [(f, "tai") for f in TIMESPAN_FIELDS]
+        for fname, ftype in added:
+            if fname in types:
+                raise RepositoryConfigError(
+                    f"{where}: field {fname!r} is added by 'region'/'timespan'; do not list it"
+                )
+            types[fname] = ftype
+        alternate = tuple(str(a) for a in spec.get("alternate_keys") or ())
+        for alt in alternate:
+            if alt not in types:
+                raise RepositoryConfigError(f"{where}: alternate key {alt!r} is not a field")
         return DimensionElement(
             name=name,
             key_name=key_name,
             key_kind=key_kind,
             requires=tuple(spec.get("requires") or ()),
             implies=tuple(spec.get("implies") or ()),
-            fields=fields,
+            fields={f: _FIELD_KINDS[t] for f, t in types.items()},
+            field_types=types,
+            alternate_keys=alternate,
+            region=region,
+            timespan=timespan,
         )
 
     def _check_references(self) -> None:
@@ -123,6 +191,11 @@ class DimensionUniverse:
                     raise RepositoryConfigError(
                         f"{self.source}: dimension {element.name!r} refers to unknown "
                         f"dimension {other!r}"
+                    )
+                if not self.elements[other].has_key:
+                    raise RepositoryConfigError(
+                        f"{self.source}: dimension {element.name!r} refers to "
+                        f"{other!r}, which has no key"
                     )
             clash = set(element.fields) & (
                 set(self.required_closure([element.name])) | set(element.implies)
@@ -208,17 +281,18 @@ class DimensionUniverse:
             for dim in self.required_closure([name])
             if dim != name
         ]
-        columns.append((element.key_name, element.key_kind))
+        if element.has_key:
+            columns.append((element.key_name, element.key_kind))
         columns.extend((dim, self.elements[dim].key_kind) for dim in element.implies)
         columns.extend(element.fields.items())
         return columns
 
     def validate_dimensions(self, names: Iterable[str], what: str) -> tuple[str, ...]:
         names = list(names)
-        unknown = [n for n in names if n not in self.elements]
+        unknown = [n for n in names if n not in self.elements or not self[n].has_key]
         if unknown:
             raise RepositoryConfigError(
-                f"{what}: unknown dimensions {unknown}; the universe has {list(self.names)}"
+                f"{what}: unknown dimensions {unknown}; the universe has {list(self.dimensions)}"
             )
         return self.required_closure(names)
 

@@ -34,6 +34,10 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# lsst-daf-butler (a test dependency) installs a `butler` command too: ours must win.
+if ! grep -q "from butler.cli.main import" .venv/bin/butler; then
+    .venv/bin/python -m pip install --quiet --no-deps --force-reinstall -e .
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy (strict)"

@@ -65,7 +65,19 @@ def test_create_lays_out_a_self_describing_repository(tmp_path: Path) -> None:
         "skymap",
         "tract",
         "patch",
+        # The LSST butler's (universe version 8) further elements:
+        "subfilter",
+        "group",
+        "visit_system",
+        "visit_definition",
+        "visit_system_membership",
+        "visit_detector_region",
+        "ssp_hypothesis_table",
+        "ssp_hypothesis_bundle",
+        "ssp_balanced_index",
     }
+    assert universe["version"] == 2
+    assert universe["daf_butler"] == {"namespace": "daf_butler", "version": 8}
     assert universe["elements"]["physical_filter"]["implies"] == ["band"]
     with pytest.raises(RepositoryConfigError, match="already holds"):
         Butler.create(root)

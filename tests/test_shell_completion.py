@@ -60,7 +60,10 @@ def test_dataset_types_and_collections_of_the_repo_on_the_line(
     assert complete(butler_main, "butler", ["remove", repo], "su") == ["summary"]
     args = ["query-datasets", repo, "summary", "--collections"]
     assert complete(butler_main, "butler", args, "") == ["run1"]
-    assert complete(butler_main, "butler", ["query-data-ids", repo], "vi") == ["visit"]
+    assert complete(butler_main, "butler", ["query-data-ids", repo], "vi") == [
+        "visit",
+        "visit_system",
+    ]
 
 
 def test_where_completes_dimensions_of_the_dataset_type(query_repo: Path) -> None:  # noqa: F811

@@ -181,7 +181,7 @@ def _table_meta(schema: pa.Schema, name: str) -> dict[str, Any]:
     """
     raw_meta = (schema.metadata or {}).get(META_KEY)
     if not raw_meta:
-        return {}
+        return _astropy_meta(schema, name)
     meta = load_json_mapping(raw_meta, f"{name}: table metadata {META_KEY.decode()!r}")
     columns = meta.get("columns", {})
     if not isinstance(columns, dict) or not all(isinstance(v, dict) for v in columns.values()):
@@ -190,6 +190,43 @@ def _table_meta(schema: pa.Schema, name: str) -> dict[str, Any]:
             "mapping of column names to mappings; the file is damaged"
         )
     return meta
+
+
+ASTROPY_META_KEY = b"table_meta_yaml"
+
+
+def _astropy_meta(schema: pa.Schema, name: str) -> dict[str, Any]:
+    """Units, descriptions, formats and ``meta`` from the document astropy's own Parquet
+    writer leaves (the LSST butler writes tables that way), in this module's form."""
+    raw = (schema.metadata or {}).get(ASTROPY_META_KEY)
+    if not raw:
+        return {}
+    from astropy.table.meta import get_header_from_yaml
+
+    try:
+        # astropy's reader of its ECSV-style header: a safe YAML loader (plus astropy's
+        # own tags), the same code astropy runs when it reads such a file.
+        header = get_header_from_yaml(raw.decode("utf-8").splitlines())
+        columns: dict[str, Any] = {}
+        for column in header.get("datatype") or []:
+            info = {k: column[k] for k in ("unit", "description", "format") if column.get(k)}
+            if column.get("meta"):
+                info["meta"] = dict(column["meta"])
+            columns[str(column["name"])] = info
+        # The LSST butler stamps its own provenance (LSST.BUTLER.ID, .RUN, .DATAID...) into
+        # the file and takes it out again when it reads; so does this reader (the registry
+        # holds the same facts).
+        meta = {
+            k: v
+            for k, v in dict(header.get("meta") or {}).items()
+            if not str(k).startswith("LSST.BUTLER.")
+        }
+        return {"columns": columns, "meta": meta}
+    except Exception as exc:
+        raise CorruptFileError(
+            f"{name}: its astropy table metadata ({ASTROPY_META_KEY.decode()!r}) cannot be "
+            f"read: {exc}; the file is damaged"
+        ) from exc
 
 
 def arrow_to_table(arrow: pa.Table, name: str = "Parquet file") -> Table:

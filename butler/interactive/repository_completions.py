@@ -85,7 +85,7 @@ class RepositoryCompletions:
                     names.update(dict.fromkeys(known[name].all_dimensions))
             return list(names)
         rows = self._answer(
-            cache_key(self.repository, "universe"), lambda: list(self._open().universe.names)
+            cache_key(self.repository, "universe"), lambda: list(self._open().universe.dimensions)
         )
         return list(rows or [])
 
