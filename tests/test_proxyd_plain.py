@@ -225,3 +225,18 @@ def test_the_recogniser_remembers_a_shape_whatever_its_range() -> None:
     twice = HEAD + b"\r\nRange: bytes=0-1\r\nRange: bytes=5-6"
     assert recogniser(twice) is None
     assert recogniser(twice) is None
+
+
+def test_a_head_of_exactly_the_limit_is_recognised() -> None:
+    head = b"GET /o/x HTTP/1.1\r\nHost: h\r\nRange: bytes=0-9"
+    assert recognise(head, len(head)) == PlainGet("/o/x", "bytes=0-9")
+    assert Recogniser(len(head))(head) == PlainGet("/o/x", "bytes=0-9")
+    assert Recogniser(len(head) - 1)(head) is None
+
+
+def test_the_recogniser_remembers_at_most_memory_shapes() -> None:
+    recogniser = Recogniser(8190, memory=3)
+    heads = [f"GET /o/{i} HTTP/1.1\r\nHost: h".encode() for i in range(10)]
+    for head in heads:
+        assert recogniser(head) is not None
+        assert len(recogniser._shapes) <= 3

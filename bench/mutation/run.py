@@ -61,11 +61,23 @@ TARGETS: dict[str, Target] = {
     "proxyd-policy": Target(
         modules=tuple(
             f"proxyd/policy/{name}.py"
-            for name in ("keys", "access", "requests", "freshness", "blocks", "plain")
+            for name in (
+                "keys",
+                "access",
+                "requests",
+                "freshness",
+                "blocks",
+                "plain",
+                "relay",
+                "cdn",
+            )
         ),
         tests=(
             "tests/test_proxyd_policy.py",
             "tests/test_proxyd_policy_edges.py",
+            "tests/test_proxyd_plain.py",
+            "tests/test_proxyd_relay_plan.py",
+            "tests/test_proxyd_rfc9111_fixes.py",
             "tests/test_proxyd_properties.py",
             "tests/test_hardening_proxy_keys.py",
             "tests/test_proxyd_auth.py",
