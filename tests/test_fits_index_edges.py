@@ -17,7 +17,17 @@ from astropy.io import fits
 from real_data import fits_test_file
 
 from butler.errors import CorruptFileError
-from butler.formatters.fits_index import decode_image, index_fits, is_image_hdu, padded
+from butler.formatters.fits_index import (
+    apply_scaling,
+    decode_image,
+    ensure_index,
+    find_hdu,
+    index_fits,
+    is_image_hdu,
+    padded,
+    parse_tform,
+)
+from butler.io.source import LocalFileSource
 
 
 def hdu_of(path: Path, position: int = 0) -> dict[str, Any]:
@@ -100,14 +110,25 @@ def test_bit_and_byte_columns_have_their_widths(tmp_path: Path) -> None:
         fits.Column(name="bytes", format="3B", array=np.arange(9, dtype=np.uint8).reshape(3, 3)),
         fits.Column(name="one_bit", format="1X", array=np.zeros((3, 1), dtype=bool)),
         fits.Column(name="j", format="J", array=np.arange(3, dtype=np.int32)),
+        fits.Column(name="bits17", format="17X", array=np.zeros((3, 17), dtype=bool)),
+        fits.Column(name="c", format="C", array=np.ones(3, dtype=np.complex64)),
+        fits.Column(name="m", format="M", array=np.ones(3, dtype=np.complex128)),
     ]
     path = tmp_path / "bits.fits"
     fits.BinTableHDU.from_columns(columns).writeto(path)
     hdu = hdu_of(path, 1)
     layout = [(c["name"], c["width"], c["offset"]) for c in hdu["columns"]]
-    # FITS: nX takes ceil(n / 8) bytes, nB n bytes.
-    assert layout == [("flags", 2, 0), ("bytes", 3, 2), ("one_bit", 1, 5), ("j", 4, 6)]
-    assert hdu["naxis1"] == fits.getheader(path, 1)["NAXIS1"] == 10
+    # FITS: nX takes ceil(n / 8) bytes; C is two 4-byte floats, M two 8-byte ones.
+    assert layout == [
+        ("flags", 2, 0),
+        ("bytes", 3, 2),
+        ("one_bit", 1, 5),
+        ("j", 4, 6),
+        ("bits17", 3, 10),
+        ("c", 8, 13),
+        ("m", 16, 21),
+    ]
+    assert hdu["naxis1"] == fits.getheader(path, 1)["NAXIS1"] == 37
 
 
 def test_a_real_ascii_table_lists_its_columns() -> None:
@@ -271,3 +292,210 @@ def test_all_999_compression_parameters_are_read(tmp_path: Path) -> None:
     settings = hdu_of(path, 1)["zsettings"]
     assert len(settings) == 999
     assert settings["P999"] == 999
+
+
+# -- more edges (second mutation pass) -------------------------------------------------------
+
+
+def _minimal(xtension: str | None = None, **cards: Any) -> fits.Header:
+    """A header without data: a primary one, or an extension of type ``xtension``."""
+    first = [("SIMPLE", True)] if xtension is None else [("XTENSION", xtension)]
+    header = fits.Header([*first, ("BITPIX", 8), ("NAXIS", 0)])
+    if xtension is not None:
+        header["PCOUNT"] = 0
+        header["GCOUNT"] = 1
+    for key, value in cards.items():
+        header[key] = value
+    return header
+
+
+@pytest.mark.parametrize(
+    ("tail", "trailing"), [(b"junk" * 25, 100), (b"\0" * 100, None), (b" " * 2880, None)]
+)
+def test_bytes_after_the_last_hdu_are_counted_unless_padding(
+    tmp_path: Path, tail: bytes, trailing: int | None
+) -> None:
+    path = tmp_path / "tail.fits"
+    fits.PrimaryHDU(np.ones((3, 3), np.float32)).writeto(path)
+    path.write_bytes(path.read_bytes() + tail)
+    index = index_fits(path)
+    assert index.get("trailing_bytes") == trailing
+    assert len(index["hdus"]) == 1
+
+
+def test_an_extension_of_an_unknown_type_keeps_its_type(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.fits"
+    path.write_bytes(_file_of(_minimal(EXTEND=True), _minimal("FOREIGN")))
+    assert hdu_of(path, 1)["kind"] == "foreign"
+
+
+def test_an_hdu_is_found_by_name_and_version(tmp_path: Path) -> None:
+    path = tmp_path / "versions.fits"
+    sci = [fits.ImageHDU(np.full((2, 2), v, np.float32), name="SCI", ver=v) for v in (1, 2)]
+    fits.HDUList([fits.PrimaryHDU(), *sci]).writeto(path)
+    index = index_fits(path)
+    found = find_hdu(index, "sci", ver=2)
+    assert found is not None
+    assert found["index"] == 2
+    assert find_hdu(index, "SCI", ver=1)["index"] == 1  # type: ignore[index]
+    assert find_hdu(index, "SCI", ver=3) is None
+
+
+@pytest.mark.parametrize(("extver", "ver"), [(2, 2), (True, 1)])
+def test_extver_is_an_integer_not_a_logical(tmp_path: Path, extver: Any, ver: int) -> None:
+    path = tmp_path / "extver.fits"
+    path.write_bytes(_file_of(_minimal(EXTEND=True), _minimal("IMAGE", EXTNAME="A", EXTVER=extver)))
+    assert hdu_of(path, 1)["ver"] == ver
+
+
+def test_field_counts_are_bounded_by_999(tmp_path: Path) -> None:
+    """TFIELDS (like NAXIS and ZNAXIS) numbers keywords of at most three digits."""
+    forms = {f"TFORM{i}": "1B" for i in range(1, 1000)}
+    table = _minimal("BINTABLE", NAXIS=2, NAXIS1=999, NAXIS2=0, TFIELDS=999, **forms)
+    path = tmp_path / "999.fits"
+    path.write_bytes(_file_of(_minimal(EXTEND=True), table))
+    assert len(hdu_of(path, 1)["columns"]) == 999
+    table["TFIELDS"] = 1000
+    path.write_bytes(_file_of(_minimal(EXTEND=True), table))
+    with pytest.raises(CorruptFileError, match="TFIELDS = 1000 is out of range"):
+        index_fits(path)
+    path.write_bytes(_file_of(_minimal(NAXIS=-1)))
+    with pytest.raises(CorruptFileError, match="NAXIS = -1 is out of range"):
+        index_fits(path)
+
+
+def test_groups_need_at_least_one_axis(tmp_path: Path) -> None:
+    """GROUPS = T with NAXIS = 0 is a plain (empty) primary; with NAXIS = 1 and NAXIS1 = 0
+    it is random groups of parameters only: |BITPIX|/8 * GCOUNT * (PCOUNT + 1) bytes."""
+    path = tmp_path / "groups.fits"
+    path.write_bytes(_file_of(_minimal(GROUPS=True)))
+    assert hdu_of(path)["kind"] == "primary"
+    header = _minimal(GROUPS=True, NAXIS=1, NAXIS1=0, PCOUNT=3, GCOUNT=2)
+    header["BITPIX"] = -32
+    data = np.arange(8, dtype=">f4").tobytes()
+    path.write_bytes(_file_of(header) + data + b"\0" * (2880 - len(data)))
+    hdu = hdu_of(path)
+    assert hdu["kind"] == "groups"
+    assert hdu["data_size"] == 4 * 2 * (3 + 1)
+
+
+def _compressed(tmp_path: Path, rows: int, tile_rows: int) -> Path:
+    data = np.arange(40 * rows, dtype=np.int32).reshape(rows, 40)
+    path = tmp_path / "tiles.fits"
+    fits.CompImageHDU(data, compression_type="RICE_1", tile_shape=(tile_rows, 40)).writeto(path)
+    return path
+
+
+def _patch_card(path: Path, keyword: bytes, value: int) -> None:
+    raw = path.read_bytes()
+    card = raw.index(keyword.ljust(8) + b"=")
+    new = (keyword.ljust(8) + b"= " + str(value).encode().rjust(20)).ljust(80)
+    path.write_bytes(raw[:card] + new + raw[card + 80 :])
+
+
+def test_a_compressed_image_needs_a_table_row_per_tile(tmp_path: Path) -> None:
+    path = _compressed(tmp_path, rows=30, tile_rows=4)  # ceil(30 / 4) = 8 tiles
+    assert fits.getheader(path, 1, disable_image_compression=True)["NAXIS2"] == 8
+    assert hdu_of(path, 1)["tile_shape"] == [4, 40]
+    _patch_card(path, b"NAXIS2", 7)
+    with pytest.raises(CorruptFileError, match="needs 8 tile rows but the table has NAXIS2 = 7"):
+        index_fits(path)
+
+
+def test_a_compressed_image_with_an_empty_axis_is_indexed(tmp_path: Path) -> None:
+    path = _compressed(tmp_path, rows=30, tile_rows=1)
+    _patch_card(path, b"ZNAXIS2", 0)
+    assert hdu_of(path, 1)["shape"] == [0, 40]
+
+
+def _with_compression_cards(tmp_path: Path, **cards: Any) -> Path:
+    made = _compressed(tmp_path, rows=8, tile_rows=1)
+    path = tmp_path / "cards.fits"
+    with fits.open(made, disable_image_compression=True) as hdul:
+        for key, value in cards.items():
+            hdul[1].header[key] = value
+        hdul.writeto(path)
+    return path
+
+
+def test_compression_parameters_stop_at_the_first_gap(tmp_path: Path) -> None:
+    path = _with_compression_cards(tmp_path, ZNAME5="AFTERGAP", ZVAL5=5)
+    settings = hdu_of(path, 1)["zsettings"]
+    assert "AFTERGAP" not in settings
+    assert set(settings) == {"BLOCKSIZE", "BYTEPIX"}
+
+
+def test_a_compression_parameter_that_is_no_number_or_string_is_refused(tmp_path: Path) -> None:
+    path = _with_compression_cards(tmp_path, ZVAL1=complex(1, 2))
+    with pytest.raises(CorruptFileError, match="ZVAL1 .* is not a number or a string"):
+        index_fits(path)
+
+
+def test_an_unscaled_image_records_no_scaling(tmp_path: Path) -> None:
+    path = tmp_path / "plain.fits"
+    fits.PrimaryHDU(np.ones((2, 2), np.int16)).writeto(path)
+    hdu = hdu_of(path)
+    assert not {"bscale", "bzero", "blank"} & set(hdu)
+
+
+def test_scaling_never_writes_into_the_array_it_is_given() -> None:
+    stored = np.ones((2, 2), dtype=np.float32)  # native order: no copy needed to read it
+    scaled = apply_scaling(stored, {"bscale": 2.0, "bzero": 1.0})
+    np.testing.assert_array_equal(scaled, np.full((2, 2), 3.0))
+    np.testing.assert_array_equal(stored, np.ones((2, 2)))
+
+
+def test_a_zero_bscale_gives_bzero_everywhere(tmp_path: Path) -> None:
+    path = tmp_path / "zero-scale.fits"
+    fits.PrimaryHDU(np.arange(6, dtype=np.int16).reshape(2, 3)).writeto(path)
+    with fits.open(path, mode="update", do_not_scale_image_data=True) as hdul:
+        hdul[0].header["BSCALE"] = 0.0
+        hdul[0].header["BZERO"] = 5.0
+    assert_same_pixels(decoded(path), fits.getdata(path))
+    np.testing.assert_array_equal(decoded(path), np.full((2, 3), 5.0))
+
+
+def test_a_recorded_fits_index_is_used_and_anything_else_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "img.fits"
+    fits.PrimaryHDU(np.ones((2, 2), np.float32)).writeto(path)
+    source = LocalFileSource(path)
+    try:
+        recorded = {"format": "fits", "hdus": [{"index": 0, "marker": True}]}
+        assert ensure_index(source, recorded) is recorded
+        for other in (None, {}, {"format": "parquet", "hdus": [{}]}, {"format": "fits"}):
+            rebuilt = ensure_index(source, other)
+            assert rebuilt["hdus"][0]["shape"] == [2, 2]
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("tform", "width", "element"),
+    [("1PJ(5)", 8, "J"), ("PE(3)", 8, "E"), ("1QD(2)", 16, "D"), ("0PB", 0, "B")],
+)
+def test_heap_descriptors_have_their_widths(tform: str, width: int, element: str) -> None:
+    layout = parse_tform(tform)
+    assert (layout["width"], layout["element"]) == (width, element)
+
+
+def test_a_repeated_heap_descriptor_is_refused() -> None:
+    with pytest.raises(ValueError, match="allows 0 or 1"):
+        parse_tform("2PJ(3)")
+
+
+def test_a_real_variable_length_column_reads_its_element_type() -> None:
+    columns = hdu_of(fits_test_file("theap-gap.fits"), 1)["columns"]
+    assert [(c["tform"], c.get("element")) for c in columns] == [("J", None), ("PJ(5)", "J")]
+
+
+def test_at_most_10000_hdus_are_indexed(tmp_path: Path) -> None:
+    """The index holds up to MAX_HDUS (10,000) HDUs; a file with more is refused, not read
+    header after header without end."""
+    primary = _file_of(_minimal(EXTEND=True))
+    extension = _file_of(_minimal("IMAGE"))
+    path = tmp_path / "many.fits"
+    path.write_bytes(primary + extension * 9_999)
+    assert len(index_fits(path)["hdus"]) == 10_000
+    path.write_bytes(primary + extension * 10_000)
+    with pytest.raises(CorruptFileError, match="more than 10000 HDUs"):
+        index_fits(path)
