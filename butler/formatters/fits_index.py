@@ -116,7 +116,13 @@ def parse_tform(tform: str) -> dict[str, Any]:
     out: dict[str, Any] = {"tform": tform.strip(), "code": code, "repeat": repeat}
     if code in "PQ":
         # A heap descriptor: (element count, heap offset), as 32-bit (P) or 64-bit (Q) ints.
-        out["width"] = (8 if code == "P" else 16) * min(repeat, 1)
+        # The standard allows one descriptor per field, or none (FITS 4.0 §7.3.5).
+        if repeat > 1:
+            raise ValueError(
+                f"binary table column format TFORM={tform!r} repeats a heap descriptor "
+                f"{repeat} times; the FITS standard allows 0 or 1"
+            )
+        out["width"] = (8 if code == "P" else 16) * repeat
         out["element"] = rest[:1] if rest else "B"
     elif code == "X":
         out["width"] = -(-repeat // 8)
