@@ -181,7 +181,14 @@ class DafSource:
         except OSError as exc:
             raise LsstFormatError(f"{where}: its file is missing: {exc}") from exc
         daf_type = ref.datasetType
-        storage_class, formatter = our_storage(daf_type.storageClass_name, path, where)
+        try:
+            storage_class, formatter = our_storage(daf_type.storageClass_name, path, where)
+        except LsstFormatError as exc:
+            # The importer's reason, with what to do in a pull's terms.
+            reason = str(exc).rpartition(";")[0] or str(exc)
+            raise LsstFormatError(
+                f"{reason}; leave dataset type {daf_type.name!r} out of --dataset-type"
+            ) from None
         names = [str(n) for n in daf_type.dimensions.names]
         required = required_dimensions(self._universe, names)
         implied = tuple(n for n in self._universe.dimensions if n in names and n not in required)

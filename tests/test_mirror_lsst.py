@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from click.testing import CliRunner, Result
+from lsst.daf.butler import DatasetType as DafDatasetType
 from lsst_data import CHAIN, RUN, VISIT, LsstRepo, make_lsst_repo
 
 from butler import Butler
@@ -239,6 +240,37 @@ def test_update_fetches_only_what_is_new_in_the_lsst_repository(tmp_path: Path) 
             "detector": 11,
             "visit": VISIT,
         }
+
+
+def test_what_cannot_be_carried_over_stops_the_pull_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    repo = make_lsst_repo(tmp_path / "daf")
+    universe = repo.butler.dimensions
+    repo.butler.registry.registerDatasetType(
+        DafDatasetType("pickled", ["visit", "detector"], "NumpyArray", universe=universe)
+    )
+    # NumpyArray's default formatter in the LSST butler writes a pickle.
+    pickled = repo.butler.put(
+        np.arange(3), "pickled", instrument="LSSTCam", visit=VISIT, detector=10
+    )
+    assert repo.butler.getURI(pickled).ospath.endswith(".pickle")
+    dest = tmp_path / "mirror"
+    out = mirror(*pull_args(repo.root, dest, "summary", "pickled"))
+    assert out.exit_code == 1
+    assert "never pickles" in out.output
+    assert "leave dataset type 'pickled' out of --dataset-type" in out.output
+    unknown = mirror(*pull_args(repo.root, dest, "nosuch"))
+    assert unknown.exit_code == 1
+    assert "'nosuch' does not exist" in unknown.output
+    assert not dest.exists()
+    # A TAGGED collection can be queried: its dataset comes in under its RUN; the TAGGED
+    # collection itself has no place here and is not made.
+    tagged = mirror(*pull_args(repo.root, dest, "summary", extra=("--collections", "tagged")))
+    assert tagged.exit_code == 0, tagged.output
+    assert set(mirrored(dest)) == {repo.refs["summary"].id}
+    with Butler(dest) as butler:
+        assert [c["name"] for c in butler.query_collections()] == [RUN]
 
 
 def test_what_is_not_a_repository_is_said_clearly(tmp_path: Path) -> None:
