@@ -30,6 +30,7 @@ from butler.remote.limits import is_disk_full
 from butler.repo_config import CONFIG_NAME, check_new_repo_root
 from butler.units import human_size
 from butler.universe import safe_dump_yaml
+from mirror.daf_source import DafFetcher, DafSource, daf_config
 from mirror.http import HttpFetcher
 from mirror.plan import Item, Plan, describe_plan, make_plan
 from mirror.source import HttpSource, Source
@@ -106,8 +107,16 @@ def open_source(source: str, via: str | None, token: str | None) -> Source:
     if is_remote_uri(target):
         return HttpSource(target, token)
     path = Path(target).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         raise RepositoryConfigError(f"source {target} is neither an http(s) URL nor a directory")
+    config = daf_config(path)
+    if config is not None:
+        return DafSource(config)
+    if not path.is_dir() or not (path / CONFIG_NAME).is_file():
+        raise RepositoryConfigError(
+            f"source {target} is not a repository: neither this butler's nor the LSST "
+            f"butler's {CONFIG_NAME} is there"
+        )
     return DirectButler(path)
 
 
@@ -131,7 +140,11 @@ def open_mirror(dest: Path, source: Source) -> DirectButler:
 
 
 def _describe_source(source: Source) -> str:
-    return source.url if isinstance(source, HttpSource) else str(source.root)
+    if isinstance(source, HttpSource):
+        return source.url
+    if isinstance(source, DafSource):
+        return f"the LSST butler repository {source.root}"
+    return str(source.root)
 
 
 def query_items(
@@ -154,7 +167,9 @@ def query_items(
     return items
 
 
-def copy_definitions(source: Source, mirror: DirectButler, items: Sequence[Item]) -> None:
+def copy_definitions(
+    source: DirectButler | HttpSource, mirror: DirectButler, items: Sequence[Item]
+) -> None:
     """Dataset types and dimension records the items need, copied from the source."""
     types = {item.ref.dataset_type.name: item.ref.dataset_type for item in items}
     universe = mirror.universe
@@ -196,7 +211,10 @@ def copy_definitions(source: Source, mirror: DirectButler, items: Sequence[Item]
 
 
 def _fetch_records(
-    source: Source, universe: Any, element: str, wanted: Iterable[tuple[tuple[str, Any], ...]]
+    source: DirectButler | HttpSource,
+    universe: Any,
+    element: str,
+    wanted: Iterable[tuple[tuple[str, Any], ...]],
 ) -> list[dict[str, Any]]:
     by_parents: dict[tuple[tuple[str, Any], ...], list[Any]] = defaultdict(list)
     for key in wanted:
@@ -232,15 +250,21 @@ def copy_collections(source: Source, mirror: DirectButler, collections: Sequence
         ensure(name)
 
 
-def provenance_rows(items: Iterable[Item], query_id: int, source: str) -> list[dict[str, Any]]:
-    """Provenance of mirrored datasets: which query brought them, from where, what bytes."""
+def provenance_rows(
+    items: Iterable[Item],
+    query_id: int,
+    source: str,
+    computed: Mapping[uuid.UUID, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Provenance of mirrored datasets: which query brought them, from where, what bytes
+    (the checksum ``computed`` as a file was copied, when the source recorded none)."""
     return [
         {
             "dataset_id": str(i.ref.id),
             "query_id": query_id,
             "source": source,
             "size": i.file.size,
-            "checksum": i.file.checksum,
+            "checksum": i.file.checksum or (computed or {}).get(i.ref.id, ""),
         }
         for i in items
     ]
@@ -273,7 +297,7 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
         dest = request.dest.absolute()
         summary: PullSummary | None = None
         try:
-            summary = plan_pull(request, items, echo)
+            summary = plan_pull(request, items, echo, resumes=isinstance(source, HttpSource))
             if not request.dry_run:
                 _write(request, source, summary, progress, started)
             return summary
@@ -283,9 +307,13 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
             raise disk_full_error(dest, summary, exc) from None
 
 
-def plan_pull(request: PullRequest, items: list[Item], echo: Echo) -> PullSummary:
+def plan_pull(
+    request: PullRequest, items: list[Item], echo: Echo, *, resumes: bool = True
+) -> PullSummary:
     """The plan against what the mirror holds (told with ``echo``); refused if the
-    destination lacks room for it."""
+    destination lacks room for it. ``resumes``: whether the fetcher appends to partial
+    files (over HTTP) or, copying local files, starts them over (so none is counted as
+    resumed)."""
     dest = request.dest.absolute()
     present: set[uuid.UUID] = set()
     if (dest / CONFIG_NAME).exists():
@@ -294,7 +322,7 @@ def plan_pull(request: PullRequest, items: list[Item], echo: Echo) -> PullSummar
     else:
         # Before anything is written: a new mirror goes only where a repository may.
         check_new_repo_root(dest, tolerated={PARTIAL_DIR})
-    partial = {uuid.UUID(k): v for k, v in partial_sizes(dest).items()}
+    partial = {uuid.UUID(k): v for k, v in partial_sizes(dest).items()} if resumes else {}
     plan = make_plan(items, present, partial, free_bytes(dest))
     echo(describe_plan(plan))
     if not plan.fits:
@@ -400,7 +428,12 @@ def open_for_pull(request: PullRequest, source: Source, plan: Plan) -> OpenedMir
         opened.query_id = opened.state.record_query(
             request.source, request.dataset_types, request.collections, request.where, request.bind
         )
-        if plan.to_fetch:
+        if not plan.to_fetch:
+            pass
+        elif isinstance(source, DafSource):
+            # Its records come with its datasets' data IDs (see mirror.daf_source).
+            source.copy_definitions(mirror, plan.to_fetch)
+        else:
             copy_definitions(source, mirror, plan.to_fetch)
         copy_collections(source, mirror, request.collections)
     except BaseException:
@@ -423,8 +456,11 @@ async def _transfer(
         ThreadPoolExecutor(max_workers=max(8, 2 * request.jobs), thread_name_prefix="mirror-io")
     )
     dest = request.dest.absolute()
-    fetcher: HttpFetcher | LocalFetcher = (
-        HttpFetcher(
+    fetcher: HttpFetcher | LocalFetcher
+    if isinstance(source, DafSource):
+        fetcher = DafFetcher()
+    elif isinstance(source, HttpSource):
+        fetcher = HttpFetcher(
             source.url,
             request.token,
             TransferSettings(jobs=request.jobs),
@@ -434,9 +470,11 @@ async def _transfer(
             # Through a caching proxy, one GET per file: that is what it caches.
             bundle_files=source.bundle_files if request.via is None else 0,
         )
-        if isinstance(source, HttpSource)
-        else LocalFetcher(source.root)
-    )
+    else:
+        fetcher = LocalFetcher(source.root)
+    # An LSST butler's files have no checksum at the source: the one computed as each was
+    # copied (and its index, built when it is recorded).
+    computed = fetcher.checksums if isinstance(fetcher, DafFetcher) else {}
     bytes_task = files_task = None
     if progress is not None:
         files_task = progress.add_task("datasets", total=len(plan.to_fetch))
@@ -462,9 +500,9 @@ async def _transfer(
                     run=item.ref.run,
                     dataset_id=item.ref.id,
                     # Verified while it was downloaded, so the source's index describes it too.
-                    checksum=item.file.checksum,
+                    checksum=item.file.checksum or computed[item.ref.id],
                     size=item.file.size,
-                    index=item.file.index,
+                    index=item.file.index if item.file.checksum else None,
                     index_formatter=item.file.formatter,
                 )
                 for item, path in batch
@@ -474,7 +512,7 @@ async def _transfer(
 
     def record_provenance(batch: list[tuple[Item, Path]]) -> None:
         opened.state.add_provenance(
-            provenance_rows([i for i, _ in batch], opened.query_id, request.source)
+            provenance_rows([i for i, _ in batch], opened.query_id, request.source, computed)
         )
 
     async def committer() -> None:

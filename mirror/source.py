@@ -49,9 +49,11 @@ from mirror.connections import (
 
 if TYPE_CHECKING:
     from butler.direct_butler import DirectButler
+    from mirror.daf_source import DafSource
 
-Source: TypeAlias = "DirectButler | HttpSource"
-"""What a pull asks its questions of: a local repository, or a server over HTTP."""
+Source: TypeAlias = "DirectButler | HttpSource | DafSource"
+"""What a pull asks its questions of: a local repository (this butler's or the LSST
+butler's, :mod:`mirror.daf_source`), or a server over HTTP."""
 
 
 class HttpSource:

@@ -4,8 +4,10 @@
 Reading (:mod:`.export_yaml`, :mod:`.zip_archive`) turns a source into :class:`.DafContents`,
 with records already in this project's universe (:mod:`.records`) and each dataset's file
 mapped to a storage class and formatter of ours (:mod:`.storage`); :func:`.importer.apply`
-writes any :class:`.DafContents` into a repository as one transaction. A later reader of a
-local LSST repository (a mirror source) needs only to produce the same contents.
+writes any :class:`.DafContents` into a repository as one transaction. A local LSST
+repository as a mirror source (:mod:`mirror.daf_source`) reuses the mappings (records,
+storage classes, dataset type dimensions) but not :func:`.importer.apply`: a pull records
+each file once it is copied and verified, in batches, not all in one transaction.
 """
 
 from butler.lsst.contents import DafCollection, DafContents, DafDataset, LsstFormatError
