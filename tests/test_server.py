@@ -222,7 +222,7 @@ def test_token_only_reads_and_scopes(repo: Path, tmp_path: Path) -> None:
             "GET", srv.url + "files/" + info.path, {"Authorization": f"Bearer {READ_TOKEN}"}
         )
         assert status == 200
-        assert headers["Cache-Control"].startswith("private")
+        assert headers["Cache-Control"] == "public, no-cache"  # shared only after a check
         status, _, body = http("GET", srv.url + "files/" + info.path)
         assert status == 401
         assert b'"a"' not in body

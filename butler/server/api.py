@@ -141,6 +141,23 @@ def json_response(request: web.Request, data: Any, *, cacheable: bool = True) ->
     return web.Response(body=body, headers=headers)
 
 
+def file_cache_control(settings: ServerSettings) -> str:
+    """``Cache-Control`` of a dataset file.
+
+    A public repository's files are the same for everyone and never change (a UUID names
+    the same bytes): any cache keeps them a year. A private one's (``--read-access token``)
+    are ``public, no-cache``: ``public`` lets a shared cache store an answer to a request
+    that carried Authorization (RFC 9111 §3.5), and ``no-cache`` (§5.2.2.4) makes it ask
+    this server before each reuse, with the asking client's own credential (a conditional
+    request answered 304 with no body when that token may read, 401/403 when not). Any
+    standard shared cache thus shares a private repository's files between the users this
+    server authorises and no one else; ``private`` would keep it from sharing them at all.
+    """
+    if settings.read_access == "token":
+        return "public, no-cache"
+    return f"public, max-age={settings.file_max_age}, immutable"
+
+
 def _dataset_json(ref: DatasetRef, file: Any) -> dict[str, Any]:
     return {"ref": ref.to_dict(), "file": file.to_dict()}
 
@@ -402,7 +419,6 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
     file, opened = found
     if opened is None:
         raise web.HTTPNotFound(text=_missing_file(file) + "\n")
-    scope = "private" if settings.read_access == "token" else "public"
     suffix = PurePosixPath(file.path).suffix
     content_type = _CONTENT_TYPES.get(suffix) or (
         mimetypes.guess_type(file.path)[0] or "application/octet-stream"
@@ -413,7 +429,7 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
         etag=file.etag,
         last_modified=opened.mtime,
         content_type=content_type,
-        cache_control=f"{scope}, max-age={settings.file_max_age}, immutable",
+        cache_control=file_cache_control(settings),
         max_ranges=settings.max_ranges,
         extra_headers={"X-Dataset-Id": str(file.dataset_id), "X-Request-ID": request["request_id"]},
     )
