@@ -13,9 +13,9 @@ import json
 import mimetypes
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -39,6 +39,7 @@ from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
 from butler.server.transactions import TransactionManager, UploadWriter, apply_operations
 
+T = TypeVar("T")
 API = "/api/v1"
 API_VERSION = "1.0"
 
@@ -120,17 +121,23 @@ def _page(request: web.Request) -> tuple[int, int]:
 
 
 def json_response(request: web.Request, data: Any, *, cacheable: bool = True) -> web.Response:
-    """JSON with a strong ETag of its bytes, short freshness, and 304 on If-None-Match."""
+    """JSON with a validator, revalidated on every use, and 304 on If-None-Match.
+
+    The ETag is the registry's change count (:func:`read`) and a digest of the body: a
+    cache asks each time (``no-cache``) and gets a 304 without a body while nothing was
+    committed, so an answer never outlives a write while this server answers; a shared
+    cache may store it (``public``, which also covers answers to requests that carried a
+    token, RFC 9111 §3.5) and serve it for ``stale-if-error`` seconds if the server is down.
+    """
     body = json.dumps(data, separators=(",", ":"), default=str).encode()
     headers = {"Content-Type": "application/json"}
     if cacheable and request.method in ("GET", "HEAD"):
         settings = request.app[SETTINGS]
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        scope = "private" if settings.read_access == "token" else "public"
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        version = request.get(_VERSION)
+        etag = f'"{digest}"' if version is None else f'"{version}-{digest}"'
         headers["ETag"] = etag
-        headers["Cache-Control"] = f"{scope}, max-age={settings.api_max_age}"
-        if scope == "private":
-            headers["Vary"] = "Authorization"
+        headers["Cache-Control"] = revalidated_cache_control(settings)
         status = evaluate_preconditions(request.method, request.headers, etag, None)
         if status is not None:
             return web.Response(
@@ -139,6 +146,27 @@ def json_response(request: web.Request, data: Any, *, cacheable: bool = True) ->
     else:
         headers["Cache-Control"] = "no-store"
     return web.Response(body=body, headers=headers)
+
+
+_VERSION = "registry_change_count"
+"""Request key: the registry's change count read with the request's answer."""
+
+
+async def read(request: web.Request, work: Callable[[DirectButler], T]) -> T:
+    """``work`` on a read connection, the registry's change count read first (for the
+    ETag): a write committed between the two makes the body, hence the digest, differ."""
+
+    def counted(butler: DirectButler) -> tuple[int, T]:
+        return butler.registry.change_count(), work(butler)
+
+    count, data = await request.app[POOL].read(counted)
+    request[_VERSION] = count
+    return data
+
+
+def revalidated_cache_control(settings: ServerSettings) -> str:
+    """Stored by any cache, reused only once this server confirmed it (or is down)."""
+    return f"public, no-cache, stale-if-error={settings.stale_if_error}"
 
 
 def file_cache_control(settings: ServerSettings) -> str:
@@ -154,7 +182,7 @@ def file_cache_control(settings: ServerSettings) -> str:
     server authorises and no one else; ``private`` would keep it from sharing them at all.
     """
     if settings.read_access == "token":
-        return "public, no-cache"
+        return revalidated_cache_control(settings)
     return f"public, max-age={settings.file_max_age}, immutable"
 
 
@@ -182,27 +210,27 @@ async def repo_info(request: web.Request) -> web.Response:
             "universe": butler.universe.config,
         }
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def universe(request: web.Request) -> web.Response:
-    data = await request.app[POOL].read(lambda b: b.universe.config)
+    data = await read(request, lambda b: b.universe.config)
     return json_response(request, data)
 
 
 async def list_dataset_types(request: web.Request) -> web.Response:
-    types = await request.app[POOL].read(lambda b: [t.to_dict() for t in b.dataset_types()])
+    types = await read(request, lambda b: [t.to_dict() for t in b.dataset_types()])
     return json_response(request, {"dataset_types": types})
 
 
 async def get_dataset_type(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    data = await request.app[POOL].read(lambda b: b.get_dataset_type(name).to_dict())
+    data = await read(request, lambda b: b.get_dataset_type(name).to_dict())
     return json_response(request, data)
 
 
 async def list_collections(request: web.Request) -> web.Response:
-    rows = await request.app[POOL].read(lambda b: b.query_collections())
+    rows = await read(request, lambda b: b.query_collections())
     return json_response(request, {"collections": rows})
 
 
@@ -218,7 +246,7 @@ async def get_collection(request: web.Request) -> web.Response:
             "runs": butler.registry.flatten([name]),
         }
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def dimension_records(request: web.Request) -> web.Response:
@@ -233,7 +261,7 @@ async def dimension_records(request: web.Request) -> web.Response:
             element, where, bind, data_id, limit=limit + 1, offset=offset
         )
 
-    rows = await request.app[POOL].read(work)
+    rows = await read(request, work)
     return json_response(request, _paged("records", rows, limit, offset))
 
 
@@ -254,7 +282,7 @@ async def dimension_values(request: web.Request) -> web.Response:
         )
         return [v for v in values if str(v).startswith(prefix)][:limit]
 
-    values = await request.app[POOL].read(work)
+    values = await read(request, work)
     return json_response(request, {"element": element, "values": values})
 
 
@@ -275,7 +303,7 @@ async def datasets_summary(request: web.Request) -> web.Response:
         )
         return {"dataset_type": dataset_type, "count": summary.count, "size": summary.size}
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 _QUERY_FIELDS = {
@@ -342,7 +370,7 @@ async def query_datasets(request: web.Request) -> web.Response:
         )
         return [_dataset_json(ref, file) for ref, file in rows]
 
-    rows = await request.app[POOL].read(work)
+    rows = await read(request, work)
     # A POST query is a read too: its answer may be cached by the client, not by proxies.
     return json_response(request, _paged("datasets", rows, limit, offset))
 
@@ -359,7 +387,7 @@ async def get_dataset(request: web.Request) -> web.Response:
             raise DatasetNotFoundError(f"no dataset with id {dataset_id} in this repository")
         return _dataset_json(*found)
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def find_dataset(request: web.Request) -> web.Response:
@@ -374,7 +402,7 @@ async def find_dataset(request: web.Request) -> web.Response:
         ref, file = butler.resolve(parent, data_id, collections=collections)
         return _dataset_json(ref, file)
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def query_data_ids(request: web.Request) -> web.Response:
@@ -401,7 +429,7 @@ async def query_data_ids(request: web.Request) -> web.Response:
         )
         return [i.to_dict() for i in ids]
 
-    rows = await request.app[POOL].read(work)
+    rows = await read(request, work)
     return json_response(request, _paged("data_ids", rows, limit, offset))
 
 
