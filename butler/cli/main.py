@@ -519,8 +519,10 @@ def serve(
 ) -> None:
     """Serve repository REPO over HTTP (API under /api/v1/, files under /files/).
 
-    The tokens file is YAML: a 'tokens:' list of entries with exactly the keys name, token
-    (or sha256: the token's hex SHA-256) and scopes (read, write); any other key is refused.
+    The tokens file is YAML: a 'tokens:' list of entries with the keys name, token (or
+    sha256: the token's hex SHA-256), scopes (read, write) and optionally collections (glob
+    patterns the token is limited to); any other key is refused. The file is read again
+    when it changes (removing an entry revokes the token).
     Several servers may serve one repository; --read-only writes nothing, so it also serves
     a repository on a read-only file system.
     """

@@ -27,6 +27,13 @@ from butler.http.bundle import parse_request as parse_bundle_request
 from butler.http.conditional import evaluate_preconditions
 from butler.refs import DatasetRef, FileInfo, split_component
 from butler.server import validation
+from butler.server.collection_access import (
+    COLLECTION_RULE,
+    EVERYTHING,
+    CollectionNotPermittedError,
+    CollectionRule,
+    check_operations,
+)
 from butler.server.files import (
     OpenedFile,
     close_bundle,
@@ -186,6 +193,12 @@ def file_cache_control(settings: ServerSettings) -> str:
     return f"public, max-age={settings.file_max_age}, immutable"
 
 
+def _rule(request: web.Request) -> CollectionRule:
+    rule = request.get(COLLECTION_RULE, EVERYTHING)
+    assert isinstance(rule, CollectionRule)
+    return rule
+
+
 def _dataset_json(ref: DatasetRef, file: Any) -> dict[str, Any]:
     return {"ref": ref.to_dict(), "file": file.to_dict()}
 
@@ -230,15 +243,21 @@ async def get_dataset_type(request: web.Request) -> web.Response:
 
 
 async def list_collections(request: web.Request) -> web.Response:
-    rows = await read(request, lambda b: b.query_collections())
+    rule = _rule(request)
+    rows = await read(request, lambda b: rule.visible_collections(b, b.query_collections()))
     return json_response(request, {"collections": rows})
 
 
 async def get_collection(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    rule = _rule(request)
 
     def work(butler: DirectButler) -> dict[str, Any]:
+        if not rule.matches(name):
+            raise rule.refusal(name)  # before the lookup: no 404 telling what exists
         kind = butler.registry.collection_type(name)
+        if not rule.readable(butler, name):
+            raise rule.refusal(name)
         return {
             "name": name,
             "type": kind,
@@ -276,9 +295,14 @@ async def dimension_values(request: web.Request) -> web.Response:
     collections = _collections(request)
     limit, _ = _page(request)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> list[Any]:
+        searched = rule.searched(butler, collections) if dataset_type else collections
+        if searched == []:
+            return []  # the token reads no collection (an empty list would mean all)
         values = butler.query_dimension_values(
-            element, where, bind, dataset_type=dataset_type, collections=collections, **data_id
+            element, where, bind, dataset_type=dataset_type, collections=searched, **data_id
         )
         return [v for v in values if str(v).startswith(prefix)][:limit]
 
@@ -297,9 +321,14 @@ async def datasets_summary(request: web.Request) -> web.Response:
     data_id = _json_param(request, "data_id")
     find_first = _bool_param(request, "find_first", True)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> dict[str, Any]:
+        searched = rule.searched(butler, collections)
+        if searched == []:
+            return {"dataset_type": dataset_type, "count": 0, "size": 0}
         summary = butler.query_summary(
-            dataset_type, collections, where, bind, find_first=find_first, **data_id
+            dataset_type, searched, where, bind, find_first=find_first, **data_id
         )
         return {"dataset_type": dataset_type, "count": summary.count, "size": summary.size}
 
@@ -357,10 +386,15 @@ async def query_datasets(request: web.Request) -> web.Response:
     if not params["dataset_type"]:
         raise BadRequestError("parameter 'dataset_type' is required")
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> list[dict[str, Any]]:
+        searched = rule.searched(butler, params["collections"])
+        if searched == []:
+            return []
         rows = butler.query_datasets_with_files(
             params["dataset_type"],
-            params["collections"],
+            searched,
             params["where"],
             params["bind"],
             find_first=params["find_first"],
@@ -381,10 +415,13 @@ async def get_dataset(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequestError(f"{request.match_info['id']!r} is not a dataset UUID") from None
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> dict[str, Any]:
         found = butler.registry.get_dataset(dataset_id)
         if found is None:
             raise DatasetNotFoundError(f"no dataset with id {dataset_id} in this repository")
+        rule.check_run(found[0].run)
         return _dataset_json(*found)
 
     return json_response(request, await read(request, work))
@@ -398,8 +435,13 @@ async def find_dataset(request: web.Request) -> web.Response:
     data_id = _json_param(request, "data_id")
     collections = _collections(request)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> dict[str, Any]:
-        ref, file = butler.resolve(parent, data_id, collections=collections)
+        searched = rule.searched(butler, collections)
+        if searched == []:
+            raise DatasetNotFoundError(f"no {parent} dataset in the collections this token reads")
+        ref, file = butler.resolve(parent, data_id, collections=searched)
         return _dataset_json(ref, file)
 
     return json_response(request, await read(request, work))
@@ -416,13 +458,18 @@ async def query_data_ids(request: web.Request) -> web.Response:
     collections = _collections(request)
     limit, offset = _page(request)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> list[dict[str, Any]]:
+        searched = rule.searched(butler, collections) if dataset_type else collections
+        if searched == []:
+            return []
         ids = butler.query_data_ids(
             dimensions,
             where,
             bind,
             dataset_type=dataset_type,
-            collections=collections,
+            collections=searched,
             limit=limit + 1,
             offset=offset,
             **data_id,
@@ -437,10 +484,11 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     relative = request.match_info["path"]
     repo = request.app[REPO_ROOT]
+    rule = _rule(request)
     # One thread hop per request for the lookup, the path check and the open: each hop
     # costs the loop a wake-up and GIL hand-offs, a good part of a small file's cost.
     found = await open_in_thread(
-        request.app[POOL].read(lambda b: _locate_and_open(b, repo, relative)), _close_found
+        request.app[POOL].read(lambda b: _locate_and_open(b, repo, relative, rule)), _close_found
     )
     if found is None:
         raise web.HTTPNotFound(text=_no_dataset_file(relative) + "\n")
@@ -470,12 +518,17 @@ async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         raise BadRequestError(str(exc)) from None
     repo = request.app[REPO_ROOT]
+    rule = _rule(request)
 
     def open_all(butler: DirectButler) -> list[tuple[BundleEntry, OpenedFile | None]]:
         entries: list[tuple[BundleEntry, OpenedFile | None]] = []
         try:
             for path in paths:
-                found = _locate_and_open(butler, repo, path)
+                try:
+                    found = _locate_and_open(butler, repo, path, rule)
+                except CollectionNotPermittedError as exc:
+                    entries.append((BundleEntry(path, error=str(exc)), None))
+                    continue
                 if found is None:
                     entries.append((BundleEntry(path, error=_no_dataset_file(path)), None))
                 elif found[1] is None:
@@ -492,7 +545,7 @@ async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
 
 
 def _locate_and_open(
-    butler: DirectButler, repo: Path, relative: str
+    butler: DirectButler, repo: Path, relative: str, rule: CollectionRule
 ) -> tuple[FileInfo, OpenedFile | None] | None:
     """(Blocking.) The registered file at ``relative`` and the file opened (None: missing on
     disk); None if no dataset has that path or it resolves outside the repository.
@@ -506,6 +559,12 @@ def _locate_and_open(
     file = butler.registry.file_by_path("/".join(parts))
     if file is None:
         return None
+    if not rule.unrestricted:
+        # Before opening: a token limited to collections gets a 403 for another's file.
+        found = butler.registry.get_dataset(file.dataset_id)
+        if found is None:
+            return None
+        rule.check_run(found[0].run)
     path = (repo / file.path).resolve()
     if not path.is_relative_to(repo):  # a symlink or an external file: never served
         return None
@@ -550,7 +609,13 @@ async def apply_direct_operations(request: web.Request) -> web.Response:
     """Registrations and removals without uploads, committed atomically."""
     operations = _operations(await _json_body(request))
     pool = request.app[POOL]
-    results = await pool.write(lambda b: apply_operations(b, pool.write_lock, operations, None))
+    rule = _rule(request)
+
+    def work(butler: DirectButler) -> list[dict[str, Any]]:
+        check_operations(rule, butler, operations)
+        return apply_operations(butler, pool.write_lock, operations, None)
+
+    results = await pool.write(work)
     return json_response(request, {"results": results}, cacheable=False)
 
 
@@ -595,7 +660,13 @@ async def commit_transaction(request: web.Request) -> web.Response:
     operations = _operations(await _json_body(request))
     pool = request.app[POOL]
     try:
-        results = await pool.write(lambda b: apply_operations(b, pool.write_lock, operations, txn))
+        rule = _rule(request)
+
+        def work(butler: DirectButler) -> list[dict[str, Any]]:
+            check_operations(rule, butler, operations)
+            return apply_operations(butler, pool.write_lock, operations, txn)
+
+        results = await pool.write(work)
     finally:
         await pool.blocking(lambda: manager.finish(txn))
     return json_response(request, {"results": results}, cacheable=False)

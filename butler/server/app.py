@@ -30,6 +30,7 @@ from butler.server.api import (
     add_routes,
 )
 from butler.server.auth import Principal, ReloadingTokens, bearer_token
+from butler.server.collection_access import COLLECTION_RULE, EVERYTHING
 from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
 from butler.server.transactions import TransactionManager
@@ -187,6 +188,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         message = f"token {principal.name!r} lacks the {needed!r} scope needed here"
         return _auth_error(request, 403, "InsufficientScope", message)
     request["principal"] = principal.name if principal else "anonymous"
+    request[COLLECTION_RULE] = principal.rule if principal else EVERYTHING
     return await handler(request)
 
 

@@ -9,6 +9,10 @@ The tokens file is YAML::
       - name: pipeline
         sha256: "<hex sha256 of the token>"   # to keep plain tokens out of the file
         scopes: [read]
+      - name: survey-a
+        token: "..."
+        collections: ["surveyA/*"]  # glob patterns: only these collections (see
+                                    # butler.server.collection_access); absent: all
 
 Tokens are compared by their SHA-256 digests in constant time.
 
@@ -33,11 +37,12 @@ from typing import Any
 import yaml
 
 from butler.errors import RepositoryConfigError
+from butler.server.collection_access import CollectionRule, parse_patterns
 
 log = logging.getLogger("butler.server")
 SCOPES = ("read", "write")
 FILE_KEYS = ("tokens",)
-ENTRY_KEYS = ("name", "token", "sha256", "scopes")
+ENTRY_KEYS = ("name", "token", "sha256", "scopes", "collections")
 
 
 def _refuse_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -55,6 +60,12 @@ def _refuse_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...], where: st
 class Principal:
     name: str
     scopes: frozenset[str]
+    collections: tuple[str, ...] | None = None
+    """Glob patterns of the collections this token may use; None: all of them."""
+
+    @property
+    def rule(self) -> CollectionRule:
+        return CollectionRule(self.collections, self.name)
 
 
 class TokenStore:
@@ -105,7 +116,8 @@ class TokenStore:
                 raise RepositoryConfigError(f"{where}: sha256 must be 64 hex digits")
         else:
             raise RepositoryConfigError(f"{where} needs 'token' or 'sha256'")
-        return digest, Principal(str(item["name"]), frozenset(scopes))
+        collections = parse_patterns(item.get("collections"), where)
+        return digest, Principal(str(item["name"]), frozenset(scopes), collections)
 
     def identify(self, token: str) -> Principal | None:
         digest = digest_token(token)
