@@ -130,3 +130,27 @@ def test_colleagues_share_the_cache_and_strangers_get_nothing(
     log = server.log_text() + proxy.log_text()
     assert ALICE not in log
     assert BOB not in log
+
+
+def test_without_stale_if_error_nothing_private_is_served_while_the_server_is_down(
+    repo: Path, tmp_path: Path
+) -> None:
+    """``--stale-if-error 0``, for deployments behind caches that would serve stale answers
+    without checking tokens: proxyd then serves no private byte while the server is down."""
+    workdir = tmp_path / "server0"
+    workdir.mkdir()
+    server = ButlerServer(repo, workdir, "--read-access", "token", "--stale-if-error", "0")
+    (workdir / "tokens.yaml").write_text(PRIVATE_TOKENS)
+    server.start()
+    try:
+        with running(Proxy({"repo": server.url}, tmp_path / "proxy0")) as proxy:
+            path = "repo/files/" + file_path(server)
+            first = proxy.get(path, bearer(ALICE))
+            assert first.status == 200
+            assert first.header("Cache-Control") == "public, no-cache"
+            server.stop()
+            down = proxy.get(path, bearer(ALICE))
+            assert down.status == 502
+            assert first.body[:64] not in down.body
+    finally:
+        server.stop()

@@ -172,7 +172,11 @@ async def read(request: web.Request, work: Callable[[DirectButler], T]) -> T:
 
 
 def revalidated_cache_control(settings: ServerSettings) -> str:
-    """Stored by any cache, reused only once this server confirmed it (or is down)."""
+    """Stored by any cache, reused only once this server confirmed it (or, for
+    ``stale_if_error`` seconds, while it is down: 0 leaves that out, for shared caches that
+    would serve stale answers without checking the client's token)."""
+    if settings.stale_if_error == 0:
+        return "public, no-cache"
     return f"public, no-cache, stale-if-error={settings.stale_if_error}"
 
 
