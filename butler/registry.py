@@ -305,9 +305,26 @@ class Registry:
                 raise
             self._depth -= 1
             if depth == 0:
+                self._bump_change_count()
                 self.conn.execute("COMMIT")
             else:
                 self.conn.execute(f"RELEASE {savepoint}")
+
+    def _bump_change_count(self) -> None:
+        """Count this commit, in the same transaction: caches validate answers by the count
+        (a server's ETag), so an answer is never taken for current after a write."""
+        self.conn.execute(
+            "INSERT INTO butler_meta (key, value) VALUES ('change_count', '1') "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    def change_count(self) -> int:
+        """Write transactions committed so far (0 for a registry older than the count)."""
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT value FROM butler_meta WHERE key = 'change_count'"
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     @property
     def in_transaction(self) -> bool:

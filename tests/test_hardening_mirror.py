@@ -391,7 +391,9 @@ class EndlessPages:
         return web.json_response(self.page("datasets", body["limit"], body["offset"]))
 
     async def listing(self, request: web.Request) -> web.Response:
-        key = "records" if request.path.endswith("/records") else "data_ids"
+        key = {"records": "records", "datasets": "datasets"}.get(
+            request.path.rsplit("/", 1)[-1], "data_ids"
+        )
         limit, offset = int(request.query["limit"]), int(request.query["offset"])
         return web.json_response(self.page(key, limit, offset))
 
@@ -402,6 +404,7 @@ async def endless(mode: str) -> AsyncIterator[tuple[EndlessPages, str]]:
     app = web.Application()
     app.router.add_get("/api/v1/", fake.info)
     app.router.add_post("/api/v1/datasets/query", fake.datasets)
+    app.router.add_get("/api/v1/datasets", fake.listing)  # what clients ask first
     app.router.add_get("/api/v1/dimensions/{element}/records", fake.listing)
     app.router.add_get("/api/v1/data-ids", fake.listing)
     async with served_app(app) as url:

@@ -460,6 +460,14 @@ def verify(repo: Repository) -> None:
     help="Whether reads need a token with the read scope.",
 )
 @click.option(
+    "--stale-if-error",
+    default=86400,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Seconds a cache may serve API answers (and, with --read-access token, files) "
+    "while this server is down (Cache-Control stale-if-error); 0: never.",
+)
+@click.option(
     "--staging-ttl",
     default=3600,
     show_default=True,
@@ -510,6 +518,7 @@ def serve(
     tokens_file: Path | None,
     read_only: bool,
     read_access: Literal["public", "token"],
+    stale_if_error: int,
     staging_ttl: int,
     max_upload_bytes: int,
     max_json_bytes: int,
@@ -519,8 +528,10 @@ def serve(
 ) -> None:
     """Serve repository REPO over HTTP (API under /api/v1/, files under /files/).
 
-    The tokens file is YAML: a 'tokens:' list of entries with exactly the keys name, token
-    (or sha256: the token's hex SHA-256) and scopes (read, write); any other key is refused.
+    The tokens file is YAML: a 'tokens:' list of entries with the keys name, token (or
+    sha256: the token's hex SHA-256), scopes (read, write) and optionally collections (glob
+    patterns the token is limited to); any other key is refused. The file is read again
+    when it changes (removing an entry revokes the token).
     Several servers may serve one repository; --read-only writes nothing, so it also serves
     a repository on a read-only file system.
     """
@@ -534,6 +545,7 @@ def serve(
         tokens_file=tokens_file,
         read_only=read_only,
         read_access=read_access,
+        stale_if_error=stale_if_error,
         staging_ttl=staging_ttl,
         max_upload_bytes=max_upload_bytes,
         max_json_bytes=max_json_bytes,

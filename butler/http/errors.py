@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
-from butler.errors import ButlerError, ServerError, error_classes
+from butler.errors import ButlerError, RemoteUnavailableError, ServerError, error_classes
+
+GATEWAY_FAILURES = (502, 504)
+"""Statuses a proxy answers itself when the server behind it cannot be reached (RFC 9110
+§15.6.3, §15.6.5); the repository server never sends them."""
 
 
 def raise_for_error(status: int, body: bytes, url: str) -> None:
@@ -22,6 +26,11 @@ def raise_for_error(status: int, body: bytes, url: str) -> None:
             cls = ServerError if status >= 500 else ButlerError
         raise cls.from_wire(message, data.get("details") or {})
     text = body[:300].decode(errors="replace").strip()
+    if status in GATEWAY_FAILURES:
+        # A site proxy whose repository is down, for what it has not cached: say so plainly.
+        raise RemoteUnavailableError(
+            f"the repository behind {url} cannot be reached: a proxy answered {status}: {text}"
+        )
     if status >= 500:
         raise ServerError(f"{url} answered {status}: {text}")
     raise ButlerError(f"{url} answered {status}: {text}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from butler.errors import RemoteUnavailableError
 from butler.refs import DatasetRef, DatasetType, FileInfo, split_component
@@ -88,6 +88,29 @@ def constraint_params(
     return [("where", where), ("bind", plain_json(bind or {})), ("data_id", plain_json(data_id))]
 
 
+MAX_QUERY_PARAMS = 4000
+"""Characters of a query's parameters beyond which it is sent by POST: servers and proxies
+limit request lines (aiohttp to 8190 bytes), and quoting can triple a where expression."""
+
+
+def query_params(query: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """The GET parameters of a dataset query (:func:`dataset_query`), or None when only a
+    POST body can say it: an empty list of collections (no parameter means all), or
+    parameters too long for a URL."""
+    collections = query.get("collections")
+    if collections is not None and not collections:
+        return None
+    params = [("dataset_type", str(query["dataset_type"]))]
+    params += [("collections", str(c)) for c in collections or ()]
+    params += constraint_params(
+        query.get("where", ""), query.get("bind"), query.get("data_id") or {}
+    )
+    params.append(("find_first", "true" if query.get("find_first", True) else "false"))
+    if len(urlencode(params)) > MAX_QUERY_PARAMS:
+        return None
+    return params
+
+
 def unreachable(base_url: str, exc: BaseException) -> RemoteUnavailableError:
     return RemoteUnavailableError(f"cannot reach the repository at {base_url}: {exc}")
 
@@ -153,11 +176,18 @@ class RepositoryAPI:
         self, query: Mapping[str, Any], *, limit: int | None = None, offset: int = 0
     ) -> list[tuple[DatasetRef, FileInfo]]:
         """The datasets (with their file records) of a dataset query: ``dataset_type``,
-        ``collections``, ``where``, ``bind``, ``data_id``, ``find_first``. Asked by POST,
-        which keeps long where expressions out of URLs."""
-        rows = await self.paged(
-            "datasets/query", "datasets", body=query, limit=limit, offset=offset
-        )
+        ``collections``, ``where``, ``bind``, ``data_id``, ``find_first``. Asked by GET, so a
+        shared cache (a site proxy) can store the answer and revalidate it by the registry's
+        change count; by POST when the query does not fit a URL (:func:`query_params`)."""
+        params = query_params(query)
+        if params is None:
+            rows = await self.paged(
+                "datasets/query", "datasets", body=query, limit=limit, offset=offset
+            )
+        else:
+            rows = await self.paged(
+                "datasets", "datasets", params=params, limit=limit, offset=offset
+            )
         return [(DatasetRef.from_dict(r["ref"]), FileInfo.from_dict(r["file"])) for r in rows]
 
     async def dimension_records(

@@ -13,9 +13,9 @@ import json
 import mimetypes
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -27,6 +27,13 @@ from butler.http.bundle import parse_request as parse_bundle_request
 from butler.http.conditional import evaluate_preconditions
 from butler.refs import DatasetRef, FileInfo, split_component
 from butler.server import validation
+from butler.server.collection_access import (
+    COLLECTION_RULE,
+    EVERYTHING,
+    CollectionNotPermittedError,
+    CollectionRule,
+    check_operations,
+)
 from butler.server.files import (
     OpenedFile,
     close_bundle,
@@ -39,6 +46,7 @@ from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
 from butler.server.transactions import TransactionManager, UploadWriter, apply_operations
 
+T = TypeVar("T")
 API = "/api/v1"
 API_VERSION = "1.0"
 
@@ -120,17 +128,23 @@ def _page(request: web.Request) -> tuple[int, int]:
 
 
 def json_response(request: web.Request, data: Any, *, cacheable: bool = True) -> web.Response:
-    """JSON with a strong ETag of its bytes, short freshness, and 304 on If-None-Match."""
+    """JSON with a validator, revalidated on every use, and 304 on If-None-Match.
+
+    The ETag is the registry's change count (:func:`read`) and a digest of the body: a
+    cache asks each time (``no-cache``) and gets a 304 without a body while nothing was
+    committed, so an answer never outlives a write while this server answers; a shared
+    cache may store it (``public``, which also covers answers to requests that carried a
+    token, RFC 9111 §3.5) and serve it for ``stale-if-error`` seconds if the server is down.
+    """
     body = json.dumps(data, separators=(",", ":"), default=str).encode()
     headers = {"Content-Type": "application/json"}
     if cacheable and request.method in ("GET", "HEAD"):
         settings = request.app[SETTINGS]
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        scope = "private" if settings.read_access == "token" else "public"
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        version = request.get(_VERSION)
+        etag = f'"{digest}"' if version is None else f'"{version}-{digest}"'
         headers["ETag"] = etag
-        headers["Cache-Control"] = f"{scope}, max-age={settings.api_max_age}"
-        if scope == "private":
-            headers["Vary"] = "Authorization"
+        headers["Cache-Control"] = revalidated_cache_control(settings)
         status = evaluate_preconditions(request.method, request.headers, etag, None)
         if status is not None:
             return web.Response(
@@ -139,6 +153,54 @@ def json_response(request: web.Request, data: Any, *, cacheable: bool = True) ->
     else:
         headers["Cache-Control"] = "no-store"
     return web.Response(body=body, headers=headers)
+
+
+_VERSION = "registry_change_count"
+"""Request key: the registry's change count read with the request's answer."""
+
+
+async def read(request: web.Request, work: Callable[[DirectButler], T]) -> T:
+    """``work`` on a read connection, the registry's change count read first (for the
+    ETag): a write committed between the two makes the body, hence the digest, differ."""
+
+    def counted(butler: DirectButler) -> tuple[int, T]:
+        return butler.registry.change_count(), work(butler)
+
+    count, data = await request.app[POOL].read(counted)
+    request[_VERSION] = count
+    return data
+
+
+def revalidated_cache_control(settings: ServerSettings) -> str:
+    """Stored by any cache, reused only once this server confirmed it (or, for
+    ``stale_if_error`` seconds, while it is down: 0 leaves that out, for shared caches that
+    would serve stale answers without checking the client's token)."""
+    if settings.stale_if_error == 0:
+        return "public, no-cache"
+    return f"public, no-cache, stale-if-error={settings.stale_if_error}"
+
+
+def file_cache_control(settings: ServerSettings) -> str:
+    """``Cache-Control`` of a dataset file.
+
+    A public repository's files are the same for everyone and never change (a UUID names
+    the same bytes): any cache keeps them a year. A private one's (``--read-access token``)
+    are ``public, no-cache``: ``public`` lets a shared cache store an answer to a request
+    that carried Authorization (RFC 9111 §3.5), and ``no-cache`` (§5.2.2.4) makes it ask
+    this server before each reuse, with the asking client's own credential (a conditional
+    request answered 304 with no body when that token may read, 401/403 when not). Any
+    standard shared cache thus shares a private repository's files between the users this
+    server authorises and no one else; ``private`` would keep it from sharing them at all.
+    """
+    if settings.read_access == "token":
+        return revalidated_cache_control(settings)
+    return f"public, max-age={settings.file_max_age}, immutable"
+
+
+def _rule(request: web.Request) -> CollectionRule:
+    rule = request.get(COLLECTION_RULE, EVERYTHING)
+    assert isinstance(rule, CollectionRule)
+    return rule
 
 
 def _dataset_json(ref: DatasetRef, file: Any) -> dict[str, Any]:
@@ -165,35 +227,41 @@ async def repo_info(request: web.Request) -> web.Response:
             "universe": butler.universe.config,
         }
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def universe(request: web.Request) -> web.Response:
-    data = await request.app[POOL].read(lambda b: b.universe.config)
+    data = await read(request, lambda b: b.universe.config)
     return json_response(request, data)
 
 
 async def list_dataset_types(request: web.Request) -> web.Response:
-    types = await request.app[POOL].read(lambda b: [t.to_dict() for t in b.dataset_types()])
+    types = await read(request, lambda b: [t.to_dict() for t in b.dataset_types()])
     return json_response(request, {"dataset_types": types})
 
 
 async def get_dataset_type(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    data = await request.app[POOL].read(lambda b: b.get_dataset_type(name).to_dict())
+    data = await read(request, lambda b: b.get_dataset_type(name).to_dict())
     return json_response(request, data)
 
 
 async def list_collections(request: web.Request) -> web.Response:
-    rows = await request.app[POOL].read(lambda b: b.query_collections())
+    rule = _rule(request)
+    rows = await read(request, lambda b: rule.visible_collections(b, b.query_collections()))
     return json_response(request, {"collections": rows})
 
 
 async def get_collection(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    rule = _rule(request)
 
     def work(butler: DirectButler) -> dict[str, Any]:
+        if not rule.matches(name):
+            raise rule.refusal(name)  # before the lookup: no 404 telling what exists
         kind = butler.registry.collection_type(name)
+        if not rule.readable(butler, name):
+            raise rule.refusal(name)
         return {
             "name": name,
             "type": kind,
@@ -201,7 +269,7 @@ async def get_collection(request: web.Request) -> web.Response:
             "runs": butler.registry.flatten([name]),
         }
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def dimension_records(request: web.Request) -> web.Response:
@@ -216,7 +284,7 @@ async def dimension_records(request: web.Request) -> web.Response:
             element, where, bind, data_id, limit=limit + 1, offset=offset
         )
 
-    rows = await request.app[POOL].read(work)
+    rows = await read(request, work)
     return json_response(request, _paged("records", rows, limit, offset))
 
 
@@ -231,13 +299,18 @@ async def dimension_values(request: web.Request) -> web.Response:
     collections = _collections(request)
     limit, _ = _page(request)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> list[Any]:
+        searched = rule.searched(butler, collections) if dataset_type else collections
+        if searched == []:
+            return []  # the token reads no collection (an empty list would mean all)
         values = butler.query_dimension_values(
-            element, where, bind, dataset_type=dataset_type, collections=collections, **data_id
+            element, where, bind, dataset_type=dataset_type, collections=searched, **data_id
         )
         return [v for v in values if str(v).startswith(prefix)][:limit]
 
-    values = await request.app[POOL].read(work)
+    values = await read(request, work)
     return json_response(request, {"element": element, "values": values})
 
 
@@ -252,13 +325,18 @@ async def datasets_summary(request: web.Request) -> web.Response:
     data_id = _json_param(request, "data_id")
     find_first = _bool_param(request, "find_first", True)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> dict[str, Any]:
+        searched = rule.searched(butler, collections)
+        if searched == []:
+            return {"dataset_type": dataset_type, "count": 0, "size": 0}
         summary = butler.query_summary(
-            dataset_type, collections, where, bind, find_first=find_first, **data_id
+            dataset_type, searched, where, bind, find_first=find_first, **data_id
         )
         return {"dataset_type": dataset_type, "count": summary.count, "size": summary.size}
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 _QUERY_FIELDS = {
@@ -312,10 +390,15 @@ async def query_datasets(request: web.Request) -> web.Response:
     if not params["dataset_type"]:
         raise BadRequestError("parameter 'dataset_type' is required")
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> list[dict[str, Any]]:
+        searched = rule.searched(butler, params["collections"])
+        if searched == []:
+            return []
         rows = butler.query_datasets_with_files(
             params["dataset_type"],
-            params["collections"],
+            searched,
             params["where"],
             params["bind"],
             find_first=params["find_first"],
@@ -325,7 +408,7 @@ async def query_datasets(request: web.Request) -> web.Response:
         )
         return [_dataset_json(ref, file) for ref, file in rows]
 
-    rows = await request.app[POOL].read(work)
+    rows = await read(request, work)
     # A POST query is a read too: its answer may be cached by the client, not by proxies.
     return json_response(request, _paged("datasets", rows, limit, offset))
 
@@ -336,13 +419,16 @@ async def get_dataset(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequestError(f"{request.match_info['id']!r} is not a dataset UUID") from None
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> dict[str, Any]:
         found = butler.registry.get_dataset(dataset_id)
         if found is None:
             raise DatasetNotFoundError(f"no dataset with id {dataset_id} in this repository")
+        rule.check_run(found[0].run)
         return _dataset_json(*found)
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def find_dataset(request: web.Request) -> web.Response:
@@ -353,11 +439,16 @@ async def find_dataset(request: web.Request) -> web.Response:
     data_id = _json_param(request, "data_id")
     collections = _collections(request)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> dict[str, Any]:
-        ref, file = butler.resolve(parent, data_id, collections=collections)
+        searched = rule.searched(butler, collections)
+        if searched == []:
+            raise DatasetNotFoundError(f"no {parent} dataset in the collections this token reads")
+        ref, file = butler.resolve(parent, data_id, collections=searched)
         return _dataset_json(ref, file)
 
-    return json_response(request, await request.app[POOL].read(work))
+    return json_response(request, await read(request, work))
 
 
 async def query_data_ids(request: web.Request) -> web.Response:
@@ -371,20 +462,25 @@ async def query_data_ids(request: web.Request) -> web.Response:
     collections = _collections(request)
     limit, offset = _page(request)
 
+    rule = _rule(request)
+
     def work(butler: DirectButler) -> list[dict[str, Any]]:
+        searched = rule.searched(butler, collections) if dataset_type else collections
+        if searched == []:
+            return []
         ids = butler.query_data_ids(
             dimensions,
             where,
             bind,
             dataset_type=dataset_type,
-            collections=collections,
+            collections=searched,
             limit=limit + 1,
             offset=offset,
             **data_id,
         )
         return [i.to_dict() for i in ids]
 
-    rows = await request.app[POOL].read(work)
+    rows = await read(request, work)
     return json_response(request, _paged("data_ids", rows, limit, offset))
 
 
@@ -392,17 +488,17 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     relative = request.match_info["path"]
     repo = request.app[REPO_ROOT]
+    rule = _rule(request)
     # One thread hop per request for the lookup, the path check and the open: each hop
     # costs the loop a wake-up and GIL hand-offs, a good part of a small file's cost.
     found = await open_in_thread(
-        request.app[POOL].read(lambda b: _locate_and_open(b, repo, relative)), _close_found
+        request.app[POOL].read(lambda b: _locate_and_open(b, repo, relative, rule)), _close_found
     )
     if found is None:
         raise web.HTTPNotFound(text=_no_dataset_file(relative) + "\n")
     file, opened = found
     if opened is None:
         raise web.HTTPNotFound(text=_missing_file(file) + "\n")
-    scope = "private" if settings.read_access == "token" else "public"
     suffix = PurePosixPath(file.path).suffix
     content_type = _CONTENT_TYPES.get(suffix) or (
         mimetypes.guess_type(file.path)[0] or "application/octet-stream"
@@ -413,7 +509,7 @@ async def serve_dataset_file(request: web.Request) -> web.StreamResponse:
         etag=file.etag,
         last_modified=opened.mtime,
         content_type=content_type,
-        cache_control=f"{scope}, max-age={settings.file_max_age}, immutable",
+        cache_control=file_cache_control(settings),
         max_ranges=settings.max_ranges,
         extra_headers={"X-Dataset-Id": str(file.dataset_id), "X-Request-ID": request["request_id"]},
     )
@@ -426,12 +522,17 @@ async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         raise BadRequestError(str(exc)) from None
     repo = request.app[REPO_ROOT]
+    rule = _rule(request)
 
     def open_all(butler: DirectButler) -> list[tuple[BundleEntry, OpenedFile | None]]:
         entries: list[tuple[BundleEntry, OpenedFile | None]] = []
         try:
             for path in paths:
-                found = _locate_and_open(butler, repo, path)
+                try:
+                    found = _locate_and_open(butler, repo, path, rule)
+                except CollectionNotPermittedError as exc:
+                    entries.append((BundleEntry(path, error=str(exc)), None))
+                    continue
                 if found is None:
                     entries.append((BundleEntry(path, error=_no_dataset_file(path)), None))
                 elif found[1] is None:
@@ -448,7 +549,7 @@ async def serve_file_bundle(request: web.Request) -> web.StreamResponse:
 
 
 def _locate_and_open(
-    butler: DirectButler, repo: Path, relative: str
+    butler: DirectButler, repo: Path, relative: str, rule: CollectionRule
 ) -> tuple[FileInfo, OpenedFile | None] | None:
     """(Blocking.) The registered file at ``relative`` and the file opened (None: missing on
     disk); None if no dataset has that path or it resolves outside the repository.
@@ -462,6 +563,12 @@ def _locate_and_open(
     file = butler.registry.file_by_path("/".join(parts))
     if file is None:
         return None
+    if not rule.unrestricted:
+        # Before opening: a token limited to collections gets a 403 for another's file.
+        found = butler.registry.get_dataset(file.dataset_id)
+        if found is None:
+            return None
+        rule.check_run(found[0].run)
     path = (repo / file.path).resolve()
     if not path.is_relative_to(repo):  # a symlink or an external file: never served
         return None
@@ -506,7 +613,13 @@ async def apply_direct_operations(request: web.Request) -> web.Response:
     """Registrations and removals without uploads, committed atomically."""
     operations = _operations(await _json_body(request))
     pool = request.app[POOL]
-    results = await pool.write(lambda b: apply_operations(b, pool.write_lock, operations, None))
+    rule = _rule(request)
+
+    def work(butler: DirectButler) -> list[dict[str, Any]]:
+        check_operations(rule, butler, operations)
+        return apply_operations(butler, pool.write_lock, operations, None)
+
+    results = await pool.write(work)
     return json_response(request, {"results": results}, cacheable=False)
 
 
@@ -551,7 +664,13 @@ async def commit_transaction(request: web.Request) -> web.Response:
     operations = _operations(await _json_body(request))
     pool = request.app[POOL]
     try:
-        results = await pool.write(lambda b: apply_operations(b, pool.write_lock, operations, txn))
+        rule = _rule(request)
+
+        def work(butler: DirectButler) -> list[dict[str, Any]]:
+            check_operations(rule, butler, operations)
+            return apply_operations(butler, pool.write_lock, operations, txn)
+
+        results = await pool.write(work)
     finally:
         await pool.blocking(lambda: manager.finish(txn))
     return json_response(request, {"results": results}, cacheable=False)

@@ -29,13 +29,14 @@ from butler.server.api import (
     TRANSACTIONS,
     add_routes,
 )
-from butler.server.auth import Principal, TokenStore, bearer_token
+from butler.server.auth import Principal, ReloadingTokens, bearer_token
+from butler.server.collection_access import COLLECTION_RULE, EVERYTHING
 from butler.server.pool import RepositoryPool
 from butler.server.settings import ServerSettings
 from butler.server.transactions import TransactionManager
 
 log = logging.getLogger("butler.server")
-TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
+TOKENS: web.AppKey[ReloadingTokens] = web.AppKey("tokens", ReloadingTokens)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/", "/healthz", f"{API}/openapi.json"})
@@ -151,7 +152,7 @@ def _is_write(request: web.Request) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 when a needed token is missing or unknown, 403 when it lacks the scope."""
     settings = request.app[SETTINGS]
-    tokens = request.app[TOKENS]
+    tokens = request.app[TOKENS].current()
     token = bearer_token(request.headers.get("Authorization"))
     principal: Principal | None = tokens.identify(token) if token else None
     write = _is_write(request)
@@ -187,6 +188,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         message = f"token {principal.name!r} lacks the {needed!r} scope needed here"
         return _auth_error(request, 403, "InsufficientScope", message)
     request["principal"] = principal.name if principal else "anonymous"
+    request[COLLECTION_RULE] = principal.rule if principal else EVERYTHING
     return await handler(request)
 
 
@@ -244,8 +246,8 @@ async def _close_pool(app: web.Application) -> None:
 
 def create_app(settings: ServerSettings) -> web.Application:
     """The repository server application (open the repository, wire the routes)."""
-    tokens = TokenStore.load(settings.tokens_file) if settings.tokens_file else TokenStore.empty()
-    if settings.read_access == "token" and not tokens:
+    tokens = ReloadingTokens(settings.tokens_file)
+    if settings.read_access == "token" and not tokens.store:
         from butler.errors import RepositoryConfigError
 
         raise RepositoryConfigError("--read-access token needs a --tokens file")

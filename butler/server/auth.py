@@ -9,14 +9,26 @@ The tokens file is YAML::
       - name: pipeline
         sha256: "<hex sha256 of the token>"   # to keep plain tokens out of the file
         scopes: [read]
+      - name: survey-a
+        token: "..."
+        collections: ["surveyA/*"]  # glob patterns: only these collections (see
+                                    # butler.server.collection_access); absent: all
 
 Tokens are compared by their SHA-256 digests in constant time.
+
+The file is read again when it changes (:class:`ReloadingTokens`, checked on each request
+by its size, modification time and inode), so an operator revokes a token by removing its
+entry: no restart, and no request answered with the old list after the new one is in place.
+A changed file that is invalid is refused with an error in the log, and the previous list
+stays in force (a half-written file must not open or close the repository).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +37,12 @@ from typing import Any
 import yaml
 
 from butler.errors import RepositoryConfigError
+from butler.server.collection_access import CollectionRule, parse_patterns
 
+log = logging.getLogger("butler.server")
 SCOPES = ("read", "write")
 FILE_KEYS = ("tokens",)
-ENTRY_KEYS = ("name", "token", "sha256", "scopes")
+ENTRY_KEYS = ("name", "token", "sha256", "scopes", "collections")
 
 
 def _refuse_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -46,6 +60,12 @@ def _refuse_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...], where: st
 class Principal:
     name: str
     scopes: frozenset[str]
+    collections: tuple[str, ...] | None = None
+    """Glob patterns of the collections this token may use; None: all of them."""
+
+    @property
+    def rule(self) -> CollectionRule:
+        return CollectionRule(self.collections, self.name)
 
 
 class TokenStore:
@@ -96,7 +116,8 @@ class TokenStore:
                 raise RepositoryConfigError(f"{where}: sha256 must be 64 hex digits")
         else:
             raise RepositoryConfigError(f"{where} needs 'token' or 'sha256'")
-        return digest, Principal(str(item["name"]), frozenset(scopes))
+        collections = parse_patterns(item.get("collections"), where)
+        return digest, Principal(str(item["name"]), frozenset(scopes), collections)
 
     def identify(self, token: str) -> Principal | None:
         digest = digest_token(token)
@@ -107,6 +128,45 @@ class TokenStore:
 
     def __bool__(self) -> bool:
         return bool(self._by_digest)
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+
+class ReloadingTokens:
+    """The tokens of a file, read again whenever the file changes (see the module doc)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self.store = TokenStore.empty()
+        if path is not None:
+            self._stamp = self._stat()
+            self.store = TokenStore.load(path)  # at start, an invalid file is an error
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> TokenStore:
+        """The tokens in force now: the file's, read again if it changed since last time."""
+        if self.path is None:
+            return self.store
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return self.store  # a file removed for a moment (an editor's save) changes nothing
+        self._stamp = stamp
+        try:
+            self.store = TokenStore.load(self.path)
+        except RepositoryConfigError as exc:
+            log.error("tokens file changed but was not reloaded (the previous one stays): %s", exc)
+        else:
+            log.info("tokens file %s reloaded: %d token(s)", self.path, len(self.store))
+        return self.store
 
 
 def digest_token(token: str) -> str:

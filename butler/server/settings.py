@@ -18,8 +18,11 @@ class ServerSettings:
     read_only: bool = False
     read_access: ReadAccess = "public"
     """``public``: anyone may read; ``token``: reads need a token with the ``read`` scope."""
-    api_max_age: int = 10
-    """Seconds a client or shared cache may reuse an API response without revalidating."""
+    stale_if_error: int = 86400
+    """Seconds after which a cache may no longer serve API answers and a private
+    repository's files when this server cannot be reached (RFC 5861 ``stale-if-error``);
+    they are otherwise revalidated on every use (``no-cache``), so never out of date while
+    the server answers."""
     file_max_age: int = 365 * 24 * 3600
     """Dataset files never change (a UUID names the same bytes), so caches keep them long."""
     page_size: int = 1000
