@@ -8,12 +8,15 @@ the suite (``bench/mutation/run.py fits-index``)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+from astropy.wcs import WCS
 from real_data import fits_test_file
 
 from butler.errors import CorruptFileError
@@ -26,6 +29,7 @@ from butler.formatters.fits_index import (
     is_image_hdu,
     padded,
     parse_tform,
+    wcs_from_header,
 )
 from butler.io.source import LocalFileSource
 
@@ -256,6 +260,8 @@ def test_an_image_with_an_empty_axis_is_not_an_image_to_read(tmp_path: Path) -> 
     pixels = fits.PrimaryHDU(np.ones((2, 5), np.float32))
     pixels.writeto(tmp_path / "pixels.fits")
     assert is_image_hdu(hdu_of(tmp_path / "pixels.fits"))
+    fits.PrimaryHDU(np.ones((1, 1), np.float32)).writeto(tmp_path / "one.fits")
+    assert is_image_hdu(hdu_of(tmp_path / "one.fits"))  # one pixel is still an image
 
 
 def test_an_extension_without_extver_is_version_1(tmp_path: Path) -> None:
@@ -499,3 +505,83 @@ def test_at_most_10000_hdus_are_indexed(tmp_path: Path) -> None:
     path.write_bytes(primary + extension * 10_000)
     with pytest.raises(CorruptFileError, match="more than 10000 HDUs"):
         index_fits(path)
+
+
+def test_an_extension_of_no_groups_has_no_data(tmp_path: Path) -> None:
+    """GCOUNT = 0 is allowed (no groups: no data), only a negative count is refused."""
+    image = _minimal("IMAGE", NAXIS=1, NAXIS1=10)
+    image["GCOUNT"] = 0
+    path = tmp_path / "gcount0.fits"
+    path.write_bytes(_file_of(_minimal(EXTEND=True), image))
+    assert hdu_of(path, 1)["data_size"] == 0
+    for key in ("GCOUNT", "PCOUNT"):
+        negative = image.copy()
+        negative["GCOUNT"] = 1
+        negative[key] = -1
+        path.write_bytes(_file_of(_minimal(EXTEND=True), negative))
+        with pytest.raises(CorruptFileError, match="must not be negative"):
+            index_fits(path)
+
+
+def test_a_3d_compressed_image_needs_a_table_row_per_tile(tmp_path: Path) -> None:
+    data = np.arange(2 * 30 * 40, dtype=np.int32).reshape(2, 30, 40)
+    path = tmp_path / "cube.fits"
+    hdu = fits.CompImageHDU(data, compression_type="RICE_1", tile_shape=(1, 4, 40))
+    hdu.writeto(path)
+    # 2 planes of ceil(30 / 4) = 8 tiles each.
+    assert fits.getheader(path, 1, disable_image_compression=True)["NAXIS2"] == 16
+    assert hdu_of(path, 1)["tile_shape"] == [1, 4, 40]
+    _patch_card(path, b"NAXIS2", 15)
+    with pytest.raises(CorruptFileError, match="needs 16 tile rows but the table has NAXIS2 = 15"):
+        index_fits(path)
+
+
+@pytest.mark.parametrize(("bits", "width"), [(1, 1), (8, 1), (9, 2), (16, 2), (17, 3), (64, 8)])
+def test_bit_columns_take_whole_bytes(bits: int, width: int) -> None:
+    assert parse_tform(f"{bits}X")["width"] == width  # FITS: ceil(n / 8) bytes
+
+
+def test_blank_is_for_integer_pixels_only(tmp_path: Path) -> None:
+    """A BLANK card on floating-point data means nothing (NaN is the blank): astropy
+    ignores it, and so does the decoding."""
+    path = tmp_path / "float-blank.fits"
+    fits.PrimaryHDU(np.array([[1.0, 0.5], [3.0, 1.0]], dtype=np.float32)).writeto(path)
+    with warnings.catch_warnings():
+        # astropy says so: "The 'BLANK' keyword is only applicable to integer data".
+        warnings.simplefilter("ignore", VerifyWarning)
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["BLANK"] = 1
+            hdul[0].header["BSCALE"] = 2.0
+        expected = fits.getdata(path)
+    assert not np.isnan(expected).any()
+    ours = decoded(path)
+    assert ours.dtype == np.float32  # (astropy keeps the file's byte order here)
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(ours, [[2.0, 1.0], [6.0, 2.0]])  # stored or scaled, 1 stays
+
+
+def test_a_wcs_in_the_legacy_cd00i00j_form_is_read_as_its_cdi_j_twin() -> None:
+    """Old headers write the CD matrix as CD001001 ...; WCSLIB reads them when told to relax
+    the standard, and the WCS must then be the one of the same matrix written CD1_1 ..."""
+    common = fits.Header(
+        [
+            ("NAXIS", 2),
+            ("NAXIS1", 100),
+            ("NAXIS2", 100),
+            ("CTYPE1", "RA---TAN"),
+            ("CTYPE2", "DEC--TAN"),
+            ("CRVAL1", 10.0),
+            ("CRVAL2", 20.0),
+            ("CRPIX1", 50.0),
+            ("CRPIX2", 50.0),
+        ]
+    )
+    matrix = {(1, 1): -0.001, (2, 2): 0.001, (1, 2): 0.0005, (2, 1): 0.0}
+    legacy, modern = common.copy(), common.copy()
+    for (i, j), value in matrix.items():
+        legacy[f"CD{i:03d}{j:03d}"] = value
+        modern[f"CD{i}_{j}"] = value
+    ours = wcs_from_header(legacy)
+    assert ours is not None
+    expected = WCS(modern).pixel_to_world_values(0, 0)
+    np.testing.assert_allclose(ours.pixel_to_world_values(0, 0), expected)
