@@ -104,7 +104,11 @@ TARGETS: dict[str, Target] = {
     ),
     "where": Target(
         modules=("butler/query/parser.py", "butler/query/compiler.py"),
-        tests=("tests/test_query_language.py", "tests/test_hardening_where.py"),
+        tests=(
+            "tests/test_where_edges.py",
+            "tests/test_query_language.py",
+            "tests/test_hardening_where.py",
+        ),
     ),
     "staging": Target(
         modules=("butler/datastore.py", "butler/server/transactions.py"),
