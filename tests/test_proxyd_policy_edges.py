@@ -34,7 +34,15 @@ from proxyd.policy.access import (
     access_decision,
     interpret_auth_response,
 )
-from proxyd.policy.blocks import BlockRun, FetchResult
+from proxyd.policy.blocks import (
+    BlockRun,
+    FetchResult,
+    block_count,
+    block_span,
+    initial_fetch,
+    missing_runs,
+    needed_in_order,
+)
 from proxyd.policy.freshness import (
     CacheControl,
     CacheRequest,
@@ -616,3 +624,31 @@ def test_a_clock_stepped_back_never_makes_an_age_negative() -> None:
         age_value=0, date_value=T0 + 10, request_time=T0 + 5, response_time=T0, now=T0
     )
     assert age == 0.0
+
+
+# -- block arithmetic at its edges --------------------------------------------------------------
+
+
+def test_negative_sizes_and_block_indexes_are_refused() -> None:
+    with pytest.raises(ValueError, match="size must be >= 0"):
+        block_count(-1, 1024)
+    with pytest.raises(ValueError, match="outside an object"):
+        block_span(-1, 4096, 1024)
+    with pytest.raises(ValueError, match="block indexes must be within 0..3"):
+        missing_runs([-1, 2], set(), 1024, 4096, 4096)
+    with pytest.raises(ValueError, match="max_fetch_bytes must be positive"):
+        missing_runs([0], set(), 1024, 4096, 0)
+
+
+def test_a_fetch_cap_below_one_block_still_fetches_a_block_at_a_time() -> None:
+    runs = missing_runs([0, 1, 2], set(), 1024, 3072, 100)
+    assert [(r.first, r.last) for r in runs] == [(0, 0), (1, 1), (2, 2)]
+    first = initial_fetch(None, 1024, 100)
+    assert (first.first, first.last, first.byte_start, first.byte_end) == (0, 0, 0, 1023)
+
+
+def test_the_blocks_a_response_needs_come_in_its_order() -> None:
+    ranges = [ByteRange(100, 199), ByteRange(0, 9)]
+    # 100 bytes from block 1 (64-byte blocks: 100..127 in block 1, 128..191 in 2, 192..199
+    # in 3), then 10 bytes from block 0.
+    assert list(needed_in_order(ranges, 64)) == [(0, 1), (28, 2), (92, 3), (100, 0)]

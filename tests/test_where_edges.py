@@ -46,3 +46,9 @@ def test_an_unexpected_character_gets_the_advice_that_fits(char: str, advice: st
     message = syntax_error(f"visit = 1 AND {char}x = 2")
     assert "unexpected character" in message
     assert advice in message
+
+
+@pytest.mark.parametrize(("length", "shown"), [(40, "a" * 40), (41, "a" * 37 + "...")])
+def test_a_token_in_an_error_is_shown_whole_up_to_40_characters(length: int, shown: str) -> None:
+    message = syntax_error("visit = 1 " + "a" * length)
+    assert f"found {shown!r} at position 10" in message
