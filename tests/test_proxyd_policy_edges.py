@@ -530,9 +530,13 @@ def test_directives_separated_by_a_bare_comma_are_all_read() -> None:
     assert parsed.s_maxage == 7
 
 
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(304, Outcome.MISS), (200, Outcome.REPLACE)],  # a 304 for another version; a new one
+)
 @pytest.mark.parametrize(("request_cc", "store"), [("", True), ("no-store", False)])
-def test_a_304_for_another_version_is_a_miss_that_stores_unless_the_request_says_no(
-    request_cc: str, store: bool
+def test_what_a_revalidation_brings_instead_is_stored_unless_the_request_says_no(
+    status: int, outcome: Outcome, request_cc: str, store: bool
 ) -> None:
     stored = StoredMeta.from_response(
         200, [("ETag", '"a"'), ("Cache-Control", "max-age=0")], request_time=T0, response_time=T0
@@ -540,7 +544,7 @@ def test_a_304_for_another_version_is_a_miss_that_stores_unless_the_request_says
     headers = [("Cache-Control", request_cc)] if request_cc else []
     decision = after_revalidation(
         stored,
-        304,
+        status,
         [("ETag", '"b"')],
         request=CacheRequest.from_headers("GET", headers),
         request_time=T0 + 1,
@@ -548,7 +552,7 @@ def test_a_304_for_another_version_is_a_miss_that_stores_unless_the_request_says
         now=T0 + 1,
         settings=ProxySettings(),
     )
-    assert decision.outcome is Outcome.MISS
+    assert decision.outcome is outcome
     assert decision.store is store
 
 
@@ -593,28 +597,6 @@ def test_quoted_directive_values_after_spaces_escapes_and_junk_are_read() -> Non
     assert parse_cache_control('private="X-A"x,max-age=6').max_age == 6
     # A backslash as the very last character is kept, not read past the end.
     assert parse_cache_control('private="X-A\\').private_fields == ("x-a\\",)
-
-
-@pytest.mark.parametrize(("request_cc", "store"), [("", True), ("no-store", False)])
-def test_a_new_answer_to_a_revalidation_is_stored_unless_the_request_says_no(
-    request_cc: str, store: bool
-) -> None:
-    stored = StoredMeta.from_response(
-        200, [("ETag", '"a"'), ("Cache-Control", "max-age=0")], request_time=T0, response_time=T0
-    )
-    headers = [("Cache-Control", request_cc)] if request_cc else []
-    decision = after_revalidation(
-        stored,
-        200,
-        [("ETag", '"b"')],
-        request=CacheRequest.from_headers("GET", headers),
-        request_time=T0 + 1,
-        response_time=T0 + 1,
-        now=T0 + 1,
-        settings=ProxySettings(),
-    )
-    assert decision.outcome is Outcome.REPLACE
-    assert decision.store is store
 
 
 def test_a_clock_stepped_back_never_makes_an_age_negative() -> None:
