@@ -42,6 +42,20 @@ def direct_io_in_tmp() -> bool:
     return True
 
 
+def make_summary_repo(root: Path) -> Path:
+    """A repository at ``root`` with the dimensions of :func:`populate_dimensions` and two
+    ``summary`` dicts (visit 100, detectors 0 and 1) in RUN ``run1``."""
+    with Butler.create(root) as butler:
+        populate_dimensions(butler)
+        butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
+    with Butler(root, run="run1") as butler:
+        for detector in (0, 1):
+            butler.put(
+                {"d": detector}, "summary", {"instrument": "HSC"}, visit=100, detector=detector
+            )
+    return root
+
+
 def populate_dimensions(butler: Butler) -> None:
     """An HSC-like instrument with 4 detectors and 10 visits alternating r and i bands."""
     butler.insert_dimension_records("instrument", {"name": "HSC", "detector_max": 112})

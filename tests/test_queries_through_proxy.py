@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import populate_dimensions
+from conftest import make_summary_repo
 from proxies import Proxy, running
 from servers import WRITE_TOKEN, ButlerServer
 
@@ -23,14 +23,7 @@ HSC = {"instrument": "HSC"}
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    with Butler.create(root) as butler:
-        populate_dimensions(butler)
-        butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
-    with Butler(root, run="run1") as butler:
-        for detector in (0, 1):
-            butler.put({"d": detector}, "summary", HSC, visit=100, detector=detector)
-    return root
+    return make_summary_repo(tmp_path / "repo")
 
 
 @pytest.fixture
