@@ -17,8 +17,6 @@ from servers import READ_TOKEN, ButlerServer
 from butler import Butler
 from butler.errors import ButlerError, RemoteUnavailableError
 
-HSC = {"instrument": "HSC"}
-
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
