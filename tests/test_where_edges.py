@@ -52,3 +52,19 @@ def test_an_unexpected_character_gets_the_advice_that_fits(char: str, advice: st
 def test_a_token_in_an_error_is_shown_whole_up_to_40_characters(length: int, shown: str) -> None:
     message = syntax_error("visit = 1 " + "a" * length)
     assert f"found {shown!r} at position 10" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "quoted"), [("100a AND x = 1", "100a"), ("100ab AND x = 1", "100ab")]
+)
+def test_a_malformed_number_with_a_short_suffix_is_quoted_exactly(text: str, quoted: str) -> None:
+    assert f"malformed number {quoted!r};" in syntax_error(f"visit = {text}")
+
+
+def test_a_bind_after_a_value_in_a_list_asks_for_a_comma_not_a_stride() -> None:
+    message = syntax_error("visit IN (1 :v)")
+    assert "',' or ')' to close the IN list" in message
+    assert "stride" not in message
+    assert "stride after ':' must be a positive integer literal" in syntax_error(
+        "visit IN (1..5:v)"
+    )
