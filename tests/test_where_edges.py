@@ -68,3 +68,15 @@ def test_a_bind_after_a_value_in_a_list_asks_for_a_comma_not_a_stride() -> None:
     assert "stride after ':' must be a positive integer literal" in syntax_error(
         "visit IN (1..5:v)"
     )
+
+
+def test_a_lone_surrogate_in_a_string_is_pointed_at() -> None:
+    text = "name = 'ab\ud800c'"
+    message = syntax_error(text)
+    assert "U+D800" in message
+    assert f"at position {text.index(chr(0xD800))}:" in message
+
+
+def test_the_last_item_decides_between_a_comma_and_a_stride() -> None:
+    message = syntax_error("visit IN (1..5, 7 :v)")
+    assert "',' or ')' to close the IN list" in message
