@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import settings
@@ -40,6 +43,32 @@ def direct_io_in_tmp() -> bool:
             raise
         os.close(fd)
     return True
+
+
+def run_butler(*args: str) -> subprocess.CompletedProcess[str]:
+    """``butler ARGS`` in a child interpreter, output captured."""
+    return subprocess.run(  # noqa: S603 - our interpreter, test arguments
+        [sys.executable, "-m", "butler.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def new_repo(path: Path) -> Path:
+    """An empty repository at ``path``."""
+    Butler.create(path).close()
+    return path
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose environment lacks something (mount rights, a browser...) -- except
+    under CI, whose scripts/test.sh installs all of it: there a missing piece is a failure,
+    not a silent skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI should provide this: {reason}")
+    pytest.skip(reason)
 
 
 def make_summary_repo(root: Path) -> Path:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import http.client
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +114,24 @@ class ButlerServer(ServerProcess):
     def file_bytes_sent(self, since: int = 0) -> int:
         """Body bytes the server sent for file requests (and bundles) after ``since``."""
         return sum(int(e["bytes"]) for e in self.file_requests(since) if e["bytes"] != "-")
+
+
+@contextmanager
+def served(
+    repo: Path, workdir: Path, *extra: str, tokens_yaml: str | None = None
+) -> Iterator[ButlerServer]:
+    """``butler serve`` of ``repo`` for the block, its files in ``workdir``; ``tokens_yaml``
+    replaces the default tokens file (it is read at start, so it is written before)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = ButlerServer(repo, workdir, *extra)
+    if tokens_yaml is not None:
+        (workdir / "tokens.yaml").write_text(tokens_yaml)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization field of a request made with ``token``."""
+    return {"Authorization": f"Bearer {token}"}

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import yaml
 from aiohttp import web
-from conftest import populate_dimensions
+from conftest import populate_dimensions, unavailable
 from servers import READ_TOKEN, ButlerServer, served_app
 from yarl import URL
 
@@ -492,7 +492,7 @@ async def test_pages_that_end_are_followed_to_their_end(server: ButlerServer) ->
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A small tmpfs mounted at ``path`` (root only), unmounted at the end."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        unavailable("mounting a small tmpfs needs root")
     path.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
@@ -501,7 +501,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         check=False,
     )
     if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield path
     finally:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import unavailable
 from nginx import NginxOrigin
 from proxies import (
     Proxy,
@@ -90,7 +91,7 @@ def _sparse_file(path: Path) -> int:
             return size
         except OSError:
             continue
-    pytest.skip("the file system holds no sparse file of 64 GiB")
+    return unavailable("the file system holds no sparse file of 64 GiB")
 
 
 class _PeakRss:
@@ -183,7 +184,7 @@ def _tmpfs(path: Path, options: str) -> Iterator[Path]:
         check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
         yield path
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import populate_dimensions
+from conftest import populate_dimensions, unavailable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import READ_TOKEN, TOKENS_YAML, WRITE_TOKEN, ButlerServer
@@ -145,14 +145,14 @@ def test_recovery_leaves_a_live_local_transaction_intact(repo: Path) -> None:
 def read_only_mount(repo: Path, tmp_path: Path) -> Iterator[Path]:
     """``repo`` bind-mounted read-only (needs root and mount permission)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a read-only bind mount needs root and mount(8)")
+        unavailable("a read-only bind mount needs root and mount(8)")
     with Butler(repo, run="run1") as butler:
         butler.put({"on": "read-only media"}, "summary", HSC, visit=102, detector=0)
     target = tmp_path / "ro"
     target.mkdir()
     made = subprocess.run(["mount", "--bind", str(repo), str(target)], capture_output=True)  # noqa: S603, S607
     if made.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {made.stderr.decode(errors='replace')}")
+        unavailable(f"cannot bind-mount here: {made.stderr.decode(errors='replace')}")
     try:
         subprocess.run(  # noqa: S603
             ["mount", "-o", "remount,ro,bind", str(target)],  # noqa: S607

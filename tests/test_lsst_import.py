@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from astropy.table import Table
+from conftest import new_repo, run_butler
 from lsst.daf.butler import Butler as DafButler
 from lsst_data import CHAIN, LSST_DATA, RUN, VISIT, LsstRepo, export, make_lsst_repo
 
@@ -32,21 +33,6 @@ def lsst_repo(tmp_path_factory: pytest.TempPathFactory) -> LsstRepo:
 @pytest.fixture(scope="module")
 def export_file(lsst_repo: LsstRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export(lsst_repo, tmp_path_factory.mktemp("export") / "out")
-
-
-def run_butler(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "butler.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def new_repo(path: Path) -> Path:
-    Butler.create(path).close()
-    return path
 
 
 def imported(root: Path, dataset_id: uuid.UUID) -> Any:

@@ -3,13 +3,12 @@ datasets under the same UUIDs, equal to what its `get` returns; all or nothing."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import new_repo, run_butler
 from lsst_data import LSST_DATA, RUN, LsstRepo, make_lsst_repo, make_zip
 
 from butler import Butler
@@ -19,21 +18,6 @@ from butler.direct_butler import DirectButler
 @pytest.fixture(scope="module")
 def lsst_repo(tmp_path_factory: pytest.TempPathFactory) -> LsstRepo:
     return make_lsst_repo(tmp_path_factory.mktemp("daf") / "repo")
-
-
-def run_butler(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "butler.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def new_repo(path: Path) -> Path:
-    Butler.create(path).close()
-    return path
 
 
 def _check_all_datasets(root: Path, lsst_repo: LsstRepo) -> None:

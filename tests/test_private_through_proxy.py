@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import populate_dimensions
 from proxies import Proxy, running
-from servers import WRITE_TOKEN, ButlerServer
+from servers import WRITE_TOKEN, ButlerServer, bearer, served
 
 from butler import Butler, Image
 
@@ -36,10 +36,6 @@ tokens:
 """
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
@@ -55,14 +51,10 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(repo: Path, tmp_path: Path) -> Iterator[ButlerServer]:
-    workdir = tmp_path / "server"
-    workdir.mkdir()
-    srv = ButlerServer(repo, workdir, "--read-access", "token")
-    (workdir / "tokens.yaml").write_text(PRIVATE_TOKENS)  # read at start: after __init__
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    with served(
+        repo, tmp_path / "server", "--read-access", "token", tokens_yaml=PRIVATE_TOKENS
+    ) as server:
+        yield server
 
 
 @pytest.fixture

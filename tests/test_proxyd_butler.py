@@ -16,7 +16,7 @@ import pytest
 from astropy.table import Table
 from conftest import populate_dimensions
 from proxies import Proxy, proxyd_cli, running, wait_until
-from servers import WRITE_TOKEN, ButlerServer
+from servers import WRITE_TOKEN, ButlerServer, served
 
 from butler import Box, Butler, Image
 from butler.errors import AuthenticationError, AuthorizationError
@@ -48,13 +48,8 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(repo: Path, tmp_path: Path) -> Iterator[ButlerServer]:
-    workdir = tmp_path / "server"
-    workdir.mkdir()
-    srv = ButlerServer(repo, workdir)
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    with served(repo, tmp_path / "server") as server:
+        yield server
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 from nginx import NginxOrigin
 from proxies import BLOCK, Proxy, running, write_old
 
@@ -40,7 +41,7 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip(
+    return unavailable(
         "Debian's chromium is not installed (scripts/test.sh installs it: apt-get install chromium)"
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import make_summary_repo
 from proxies import Proxy, running
-from servers import WRITE_TOKEN, ButlerServer
+from servers import WRITE_TOKEN, ButlerServer, served
 
 from butler import Butler
 
@@ -28,13 +28,8 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(repo: Path, tmp_path: Path) -> Iterator[ButlerServer]:
-    workdir = tmp_path / "server"
-    workdir.mkdir()
-    srv = ButlerServer(repo, workdir)
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    with served(repo, tmp_path / "server") as server:
+        yield server
 
 
 @pytest.fixture
