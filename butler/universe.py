@@ -36,7 +36,7 @@ def safe_dump_yaml(data: Any) -> str:
 ValueKind = Literal["int", "float", "str"]
 FieldType = Literal["int", "float", "str", "bool", "tai", "region", "bbox"]
 """What a record field holds; its :data:`ValueKind` is how SQL and ``where`` see it."""
-_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*\Z")  # \Z: "$" also matches before a final newline
 _KINDS: dict[str, ValueKind] = {"int": "int", "float": "float", "str": "str"}
 # Field types of the file (``bool``) and those ``region``/``timespan`` add, by value kind:
 # a bool is stored 0/1, a TAI time as integer nanoseconds, a region as hex text.

@@ -177,3 +177,11 @@ def test_version_1_universe_files_still_load() -> None:
     assert universe.version == 1
     assert universe.daf_butler_version is None
     assert universe.dimensions == universe.names
+
+
+@pytest.mark.parametrize("bad", ["visit\n", "Visit", "1visit", "vi sit", ""])
+def test_dimension_names_are_plain_identifiers(bad: str) -> None:
+    # Names become SQL identifiers: "$" would let a final newline through.
+    config = {"elements": {"instrument": {"key": {"name": "name", "type": "str"}}, bad: {}}}
+    with pytest.raises(RepositoryConfigError, match="is not a valid name"):
+        DimensionUniverse(config)

@@ -113,7 +113,9 @@ TARGETS: dict[str, Target] = {
     "staging": Target(
         modules=("butler/datastore.py", "butler/server/transactions.py"),
         tests=(
+            "tests/test_datastore_edges.py",
             "tests/test_transactions.py",
+            "tests/test_transactions_read_own_writes.py",
             "tests/test_hardening_server.py",
             "tests/test_server.py",
         ),

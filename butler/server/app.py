@@ -37,7 +37,7 @@ from butler.server.transactions import TransactionManager
 
 log = logging.getLogger("butler.server")
 TOKENS: web.AppKey[ReloadingTokens] = web.AppKey("tokens", ReloadingTokens)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # \Z: "$" also matches before a final newline
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/", "/healthz", f"{API}/openapi.json"})
 """The only paths readable without a token under ``--read-access token`` (exact matches)."""

@@ -58,7 +58,7 @@ class RemoteTransaction:
     owner: str
 
     def upload_path(self, upload_id: str) -> Path:
-        if not _UPLOAD_ID.match(upload_id):
+        if not _UPLOAD_ID.fullmatch(upload_id):
             raise UploadError(f"upload id {upload_id!r} is not a dataset UUID")
         return self.directory / upload_id
 
@@ -113,7 +113,7 @@ class TransactionManager:
 
     def get(self, txn_id: str, owner: str) -> RemoteTransaction:
         with self._lock:
-            txn = self._open.get(txn_id) if _ID.match(txn_id) else None
+            txn = self._open.get(txn_id) if _ID.fullmatch(txn_id) else None
         if txn is None or txn.expires < time.time():
             raise TransactionNotFoundError(
                 f"transaction {txn_id!r} does not exist or has expired (after {self.ttl} s "

@@ -1,0 +1,463 @@
+"""Edges of the datastore's staging, recovery and file checks, and of the server's remote
+transactions: the cases the end-to-end transaction tests pass through without telling apart
+(written for the mutation run of the ``staging`` target, bench/mutation/run.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from butler.datastore import (
+    HASH_CHUNK,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    STAGING_DIR,
+    Staging,
+    check_file,
+    make_locked_dir,
+    recover_stale_staging,
+    remove_abandoned_dirs,
+    render_path,
+    sha256_file,
+)
+from butler.errors import (
+    BadRequestError,
+    CorruptFileError,
+    PayloadTooLargeError,
+    ReadOnlyRepositoryError,
+    TransactionError,
+    TransactionNotFoundError,
+    UploadError,
+)
+from butler.server import transactions
+from butler.server.transactions import (
+    REMOTE_STAGING_DIR,
+    RemoteTransaction,
+    TransactionManager,
+    UploadWriter,
+)
+
+DATASET = uuid.UUID("12345678-abcd-5678-1234-567812345678")
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited (reaped, so no process has it now)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],  # noqa: S603
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+# -- file paths from the template -----------------------------------------------------------
+
+
+VISIT = {"instrument": "Cam", "visit": 42, "detector": 7}
+
+
+def render(template: str, run: str = "u/alice/run1", data_id: dict[str, object] = VISIT) -> str:
+    return render_path(
+        template,
+        run=run,
+        dataset_type="calexp",
+        data_id=data_id,
+        dimensions=list(data_id),
+        dataset_id=DATASET,
+        extension=".fits",
+    )
+
+
+def test_every_template_field_renders() -> None:
+    assert render("{run}/{dataset_type}/{data_id_path}") == "u/alice/run1/calexp/Cam/42/7.fits"
+    assert render("{data_id_parent}/{data_id_flat}") == "Cam/42/Cam_42_7.fits"
+    assert render("{dim_visit}-{dim_detector}/{id}") == f"42-7/{DATASET}.fits"
+
+
+def test_empty_runs_and_data_ids_become_an_underscore() -> None:
+    assert render("{run}/{data_id_path}/{data_id_parent}/{data_id_flat}", "///", {}) == (
+        "_/_/_/_.fits"
+    )
+    assert render("{run}/{data_id_parent}", "r", {"only": 1}) == "r/_.fits"
+
+
+def test_components_cannot_climb_or_hide() -> None:
+    assert render("{run}/{dim_x}", "../..", {"x": "../../etc"}) == "_../_../_.._.._etc.fits"
+    assert render("{dim_x}", data_id={"x": ".hidden"}) == "_.hidden.fits"
+    assert render("{dim_x}", data_id={"x": ""}) == "_.fits"
+    assert render("{dim_x}", data_id={"x": "a b/c"}) == "a_b_c.fits"
+    # every safe character kept
+    assert render("{dim_x}", data_id={"x": "A9._+=-"}) == "A9._+=-.fits"
+
+
+def test_templates_that_escape_or_name_unknown_fields_are_refused() -> None:
+    with pytest.raises(TransactionError, match=r"leaving the repository: '\.\./x\.fits'"):
+        render("../x")
+    with pytest.raises(TransactionError, match="uses an unknown field 'nope'"):
+        render("{nope}")
+    with pytest.raises(TransactionError, match="unknown field"):
+        render("{0}")
+    assert render("./a//./b") == "a/b.fits"  # empty and "." parts dropped, not refused
+
+
+# -- staging ------------------------------------------------------------------------------
+
+
+def test_reads_inside_a_transaction_see_its_newest_staged_file(tmp_path: Path) -> None:
+    staging = Staging.begin(tmp_path)
+    try:
+        first, second = staging.new_path(DATASET, ".a"), staging.new_path(DATASET, ".b")
+        assert first == staging.directory / f"{DATASET}.a"
+        staging.add(DATASET, first, "x/one.a")
+        staging.add(DATASET, second, "x/two.b")
+        assert staging.staged_path(DATASET) == second
+        assert staging.staged_path(uuid.uuid4()) is None
+    finally:
+        staging.close()
+
+
+def test_discard_forgets_and_deletes_only_that_dataset(tmp_path: Path) -> None:
+    other = uuid.uuid4()
+    staging = Staging.begin(tmp_path)
+    try:
+        mine, theirs = staging.new_path(DATASET, ".x"), staging.new_path(other, ".x")
+        for path in (mine, theirs):
+            path.write_bytes(b"data")
+        staging.add(DATASET, mine, "mine.x")
+        staging.add(other, theirs, "theirs.x")
+        staging.discard(DATASET)
+        assert not mine.exists()
+        assert theirs.exists()
+        assert [s.dataset_id for s in staging.files] == [other]
+    finally:
+        staging.close()
+    assert not staging.directory.exists()
+
+
+def test_moving_into_place_journals_every_path_and_never_overwrites(tmp_path: Path) -> None:
+    staging = Staging.begin(tmp_path)
+    new = staging.new_path(DATASET, ".x")
+    new.write_bytes(b"new")
+    staging.add(DATASET, new, "deep/dir/file.x")
+    gone = uuid.uuid4()
+    staging.delete_on_commit(gone, tmp_path / "old.x")
+    staging.move_into_place()
+    assert (tmp_path / "deep/dir/file.x").read_bytes() == b"new"
+    journal = json.loads((staging.directory / JOURNAL_NAME).read_text())
+    assert journal == [
+        {"id": str(DATASET), "path": str(tmp_path / "deep/dir/file.x")},
+        {"id": str(gone), "path": str(tmp_path / "old.x")},
+    ]
+    staging.close()
+
+    again = Staging.begin(tmp_path)
+    clash = again.new_path(DATASET, ".x")
+    clash.write_bytes(b"other")
+    again.add(DATASET, clash, "deep/dir/file.x")
+    with pytest.raises(TransactionError, match="refusing to overwrite existing file"):
+        again.move_into_place()
+    assert (tmp_path / "deep/dir/file.x").read_bytes() == b"new"
+    again.close()
+
+
+def test_many_files_in_many_directories_all_arrive(tmp_path: Path) -> None:
+    staging = Staging.begin(tmp_path)
+    ids = [uuid.uuid4() for _ in range(20)]  # above SYNC_ALL_THRESHOLD: one syncfs
+    for number, dataset_id in enumerate(ids):
+        path = staging.new_path(dataset_id, ".x")
+        path.write_bytes(bytes([number]))
+        staging.add(dataset_id, path, f"d{number}/f.x")
+    staging.move_into_place()
+    staging.finish(True, lambda found: set(found))
+    assert [(tmp_path / f"d{n}/f.x").read_bytes() for n in range(20)] == [
+        bytes([n]) for n in range(20)
+    ]
+
+
+def test_a_commit_deletes_replaced_files_and_a_rollback_undoes_unrecorded_ones(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "old.x"
+    old.write_bytes(b"old")
+    committed = Staging.begin(tmp_path)
+    committed.delete_on_commit(uuid.uuid4(), old)
+    committed.finish(True, lambda ids: set())
+    assert not old.exists()
+    assert not committed.directory.exists()
+
+    recorded, unrecorded = uuid.uuid4(), uuid.uuid4()
+    rolled_back = Staging.begin(tmp_path)
+    for dataset_id in (recorded, unrecorded):
+        path = rolled_back.new_path(dataset_id, ".x")
+        path.write_bytes(b"x")
+        rolled_back.add(dataset_id, path, f"{dataset_id}.x")
+    kept = tmp_path / "kept.x"
+    kept.write_bytes(b"kept")
+    replaced = uuid.uuid4()
+    rolled_back.delete_on_commit(replaced, kept)
+    rolled_back.move_into_place()
+    asked: list[list[uuid.UUID]] = []
+
+    def is_recorded(ids: object) -> set[uuid.UUID]:
+        asked.append(list(ids))  # type: ignore[call-overload]
+        return {recorded}
+
+    rolled_back.finish(False, is_recorded)
+    assert (tmp_path / f"{recorded}.x").exists()
+    assert not (tmp_path / f"{unrecorded}.x").exists()
+    assert not kept.exists()  # journaled for deletion, its dataset not recorded: removed
+    assert asked == [[recorded, unrecorded, replaced]]  # one question for the whole journal
+
+
+def test_a_rollback_before_the_journal_touches_nothing(tmp_path: Path) -> None:
+    staging = Staging.begin(tmp_path)
+    outside = tmp_path / "outside.x"
+    outside.write_bytes(b"x")
+    staging.delete_on_commit(uuid.uuid4(), outside)
+    staging.finish(False, lambda ids: pytest.fail("no journal: nothing to ask"))
+    assert outside.exists()
+    assert not staging.directory.exists()
+
+
+def test_an_unreadable_journal_means_nothing_was_moved(tmp_path: Path) -> None:
+    directory, fd = make_locked_dir(tmp_path / STAGING_DIR)
+    precious = tmp_path / "precious.x"
+    precious.write_bytes(b"x")
+    (directory / JOURNAL_NAME).write_text('[{"id": "')
+    os.close(fd)
+    age(directory, 3600)
+    assert recover_stale_staging(tmp_path, lambda ids: set()) == 1
+    assert precious.exists()
+    assert not directory.exists()
+
+
+def test_recovery_undoes_a_dead_transactions_journal(tmp_path: Path) -> None:
+    directory, fd = make_locked_dir(tmp_path / STAGING_DIR)
+    moved, recorded = tmp_path / "moved.x", tmp_path / "recorded.x"
+    moved.write_bytes(b"x")
+    recorded.write_bytes(b"x")
+    keep = uuid.uuid4()
+    entries = [
+        {"id": str(uuid.uuid4()), "path": str(moved)},
+        {"id": str(keep), "path": str(recorded)},
+    ]
+    (directory / JOURNAL_NAME).write_text(json.dumps(entries))
+    assert recover_stale_staging(tmp_path, lambda ids: set()) == 0  # alive: lock held
+    assert moved.exists()
+    os.close(fd)
+    assert recover_stale_staging(tmp_path, lambda ids: {keep} & set(ids)) == 1
+    assert not moved.exists()
+    assert recorded.exists()
+
+
+# -- abandoned directories ------------------------------------------------------------------
+
+
+def test_only_directories_whose_owner_died_are_removed(tmp_path: Path) -> None:
+    parent = tmp_path / "p"
+    assert remove_abandoned_dirs(parent) == 0  # no directory yet: nothing to do
+    live, live_fd = make_locked_dir(parent)
+    dead, dead_fd = make_locked_dir(parent)
+    os.close(dead_fd)
+    (parent / "a-file").write_text("not a directory")
+    seen: list[Path] = []
+    assert remove_abandoned_dirs(parent, seen.append) == 1
+    assert seen == [dead]
+    assert live.exists()
+    assert not dead.exists()
+    assert (parent / "a-file").exists()
+    os.close(live_fd)
+    assert remove_abandoned_dirs(parent) == 1
+    assert not live.exists()
+
+
+def test_a_lockless_directory_is_kept_while_young_and_removed_when_old(tmp_path: Path) -> None:
+    parent = tmp_path / "p"
+    lockless = parent / "0123abcd"
+    lockless.mkdir(parents=True)
+    assert remove_abandoned_dirs(parent) == 0  # being made this instant, perhaps
+    age(lockless, 3600)
+    assert remove_abandoned_dirs(parent) == 1
+    assert not lockless.exists()
+
+
+def test_a_directory_being_made_by_a_dead_process_goes_at_once(tmp_path: Path) -> None:
+    parent = tmp_path / "p"
+    for name in (f".new-{os.getpid()}-a", f".new-{dead_pid()}-b", ".new-x-c", ".new-"):
+        (parent / name).mkdir(parents=True)
+    assert remove_abandoned_dirs(parent) == 1
+    assert sorted(p.name for p in parent.iterdir()) == [
+        ".new-",
+        f".new-{os.getpid()}-a",
+        ".new-x-c",
+    ]
+
+
+def test_a_locked_directory_is_made_under_its_final_name(tmp_path: Path) -> None:
+    directory, fd = make_locked_dir(tmp_path / "p")
+    try:
+        assert (directory / LOCK_NAME).is_file()
+        assert not directory.name.startswith(".")
+        assert [p.name for p in (tmp_path / "p").iterdir()] == [directory.name]
+    finally:
+        os.close(fd)
+
+
+# -- file checks ----------------------------------------------------------------------------
+
+
+def test_checksums_cover_files_longer_than_one_chunk(tmp_path: Path) -> None:
+    data = os.urandom(HASH_CHUNK * 2 + 7)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert sha256_file(path) == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_check_file_names_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    with pytest.raises(CorruptFileError, match="missing from the datastore"):
+        check_file(path, 3)
+    path.write_bytes(b"abc")
+    with pytest.raises(CorruptFileError, match="has 3 bytes but the registry records 4"):
+        check_file(path, 4)
+    good = "sha256:" + hashlib.sha256(b"abc").hexdigest()
+    check_file(path, 3, good)
+    check_file(path, 3)
+    with pytest.raises(CorruptFileError, match="does not match its recorded checksum"):
+        check_file(path, 3, "sha256:" + "0" * 64)
+
+
+# -- remote transactions --------------------------------------------------------------------
+
+
+def test_a_transaction_belongs_to_its_owner_and_expires(tmp_path: Path) -> None:
+    manager = TransactionManager(tmp_path, ttl=3600)
+    try:
+        txn = manager.begin("alice")
+        assert txn.directory.parent == manager.directory
+        assert json.loads((txn.directory / "transaction.json").read_text())["owner"] == "alice"
+        assert manager.get(txn.id, "alice") is txn
+        with pytest.raises(TransactionNotFoundError, match="belongs to someone else"):
+            manager.get(txn.id, "bob")
+        with pytest.raises(TransactionNotFoundError, match="does not exist or has expired"):
+            manager.get("../../etc", "alice")
+        with pytest.raises(TransactionNotFoundError, match="does not exist"):
+            manager.get("short", "alice")
+        with pytest.raises(TransactionNotFoundError, match="does not exist"):
+            manager.get(txn.id + "\n", "alice")
+        assert manager.open_count == 1
+        txn.expires = time.time() - 1
+        with pytest.raises(TransactionNotFoundError, match="after 3600 s"):
+            manager.get(txn.id, "alice")
+        live = manager.begin("alice")
+        assert manager.expire() == 1
+        assert manager.open_count == 1
+        assert not txn.directory.exists()
+        assert live.directory.exists()
+        manager.finish(live)
+        assert manager.open_count == 0
+        assert not live.directory.exists()
+    finally:
+        manager.close()
+    assert not (tmp_path / REMOTE_STAGING_DIR).exists() or not any(
+        (tmp_path / REMOTE_STAGING_DIR).iterdir()
+    )
+
+
+def test_using_a_transaction_pushes_its_expiry_back(tmp_path: Path) -> None:
+    manager = TransactionManager(tmp_path, ttl=100)
+    try:
+        txn = manager.begin("alice")
+        txn.expires = time.time() + 1
+        manager.get(txn.id, "alice")
+        assert txn.expires > time.time() + 50
+    finally:
+        manager.close()
+
+
+def test_a_read_only_manager_stages_nothing(tmp_path: Path) -> None:
+    manager = TransactionManager(tmp_path, ttl=10, writeable=False)
+    assert not (tmp_path / REMOTE_STAGING_DIR).exists()
+    with pytest.raises(ReadOnlyRepositoryError, match="--read-only"):
+        manager.begin("alice")
+    manager.close()
+
+
+def test_upload_ids_must_be_dataset_uuids(tmp_path: Path) -> None:
+    txn = RemoteTransaction("t" * 8, tmp_path, 0.0, "alice")
+    assert txn.upload_path(str(DATASET)) == tmp_path / str(DATASET)
+    for bad in (
+        "../x",
+        str(DATASET).upper(),
+        str(DATASET) + "/x",
+        "x" + str(DATASET),
+        f"{DATASET}\n",
+    ):
+        with pytest.raises(UploadError, match="is not a dataset UUID"):
+            txn.upload_path(bad)
+
+
+def test_uploads_stop_past_the_limit_and_check_their_checksum(tmp_path: Path) -> None:
+    exact = UploadWriter(tmp_path / "exact", max_bytes=6)
+    exact.write(b"abc")
+    exact.write(b"def")  # exactly the limit: accepted
+    digest = "sha256:" + hashlib.sha256(b"abcdef").hexdigest()
+    assert exact.finish(digest) == digest
+    assert (tmp_path / "exact").read_bytes() == b"abcdef"
+    assert not (tmp_path / "exact.part").exists()
+
+    over = UploadWriter(tmp_path / "over", max_bytes=6)
+    over.write(b"abcdef")
+    with pytest.raises(PayloadTooLargeError, match="limit of 6 bytes"):
+        over.write(b"g")
+    over.abort()
+    assert not (tmp_path / "over.part").exists()
+    assert not (tmp_path / "over").exists()
+
+    damaged = UploadWriter(tmp_path / "damaged", max_bytes=100)
+    damaged.write(b"abc")
+    with pytest.raises(UploadError, match=r"checksum mismatch.*\(3 bytes\)"):
+        damaged.finish("sha256:" + "0" * 64)
+    assert not (tmp_path / "damaged.part").exists()
+    assert not (tmp_path / "damaged").exists()
+
+    unchecked = UploadWriter(tmp_path / "unchecked", max_bytes=100)
+    unchecked.write(b"abc")
+    assert unchecked.finish(None) == "sha256:" + hashlib.sha256(b"abc").hexdigest()
+
+
+def test_messages_never_show_server_paths(tmp_path: Path) -> None:
+    class FakeButler:
+        root = tmp_path / "repo"
+
+    upload = tmp_path / "repo" / REMOTE_STAGING_DIR / "s" / "t" / str(DATASET)
+    message = f"cannot read {upload}; see {upload.parent}/x and {tmp_path / 'repo'}/y"
+    scrubbed = transactions._scrub(message, FakeButler(), upload)  # type: ignore[arg-type]
+    assert scrubbed == "cannot read the upload; see staging/x and repository/y"
+    assert len(transactions._scrub("x" * 600, FakeButler(), upload)) == 500  # type: ignore[arg-type]
+
+
+def test_bad_operations_and_refs_are_the_clients_error() -> None:
+    with pytest.raises(BadRequestError, match=r"refs\[3\] is not a dataset reference"):
+        transactions._ref({"nonsense": True}, 3)
+    with pytest.raises(UploadError, match="'nope' is not a dataset UUID"):
+        transactions._uuid("nope")
+    assert transactions._uuid(str(DATASET)) == DATASET
+    with pytest.raises(TransactionError, match="unknown operation 'frobnicate'"):
+        transactions._apply(None, {"op": "frobnicate"}, None)  # type: ignore[arg-type]
+    with pytest.raises(TransactionError, match="needs a transaction with its upload"):
+        transactions._apply(None, {"op": "put"}, None)  # type: ignore[arg-type]
