@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -311,6 +312,9 @@ def test_a_locked_directory_is_made_under_its_final_name(tmp_path: Path) -> None
     directory, fd = make_locked_dir(tmp_path / "p")
     try:
         assert (directory / LOCK_NAME).is_file()
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE((directory / LOCK_NAME).stat().st_mode) == 0o644 & ~umask
         assert not directory.name.startswith(".")
         assert [p.name for p in (tmp_path / "p").iterdir()] == [directory.name]
     finally:
