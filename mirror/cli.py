@@ -189,7 +189,13 @@ common_options = [
         type=click.IntRange(1, 64),
         help="Concurrent downloads.",
     ),
-    click.option("--via", "via", help="Pull through this proxy URL for the source."),
+    click.option(
+        "--via",
+        "via",
+        metavar="PROXY",
+        help="Pull through the caching proxy at this base URL (proxyd: the route that serves "
+        "the source is looked up in its /healthz).",
+    ),
     click.option(
         "--token-file",
         type=UserPath(exists=True, dir_okay=False, path_type=Path),

@@ -74,7 +74,11 @@ async def _settled(state: ProxyState) -> tuple[int, str | None]:
 
 async def healthz(request: web.Request) -> web.Response:
     """The proxy's health as JSON: ``status`` is ``ok``, or ``degraded`` with the reason in
-    ``problems`` (the cache cannot store: its file system is full or read-only).
+    ``problems`` (the cache cannot store: its file system is full or read-only); and its
+    ``routes``, each upstream's name and base URL, by which a client given the proxy's base
+    URL and a repository's URL finds the proxy's path for it (``mirror pull --via``). The
+    URLs carry no credentials (the settings refuse user information in them), and the
+    operator's page shows them already.
 
     A degraded proxy still answers every request correctly (misses pass through to the
     origin), so it answers 200 and load balancers keep sending it clients; monitoring
@@ -96,6 +100,7 @@ async def healthz(request: web.Request) -> web.Response:
             "cache_bytes": volume,
             "cache_limit": state.settings.cache_size,
             "upstreams": sorted(state.settings.upstreams),
+            "routes": dict(sorted(state.settings.upstreams.items())),
         },
         status=503 if problems and strict else 200,
         headers={"Cache-Control": "no-store"},

@@ -24,8 +24,12 @@ def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
 
 
 @pytest.fixture
-def proxy(origin: NginxOrigin, tmp_path: Path) -> Iterator[Proxy]:
-    dead = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+def dead() -> str:
+    return f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+
+
+@pytest.fixture
+def proxy(origin: NginxOrigin, dead: str, tmp_path: Path) -> Iterator[Proxy]:
     with running(Proxy({"o": origin.url, "dead": dead}, tmp_path / "p")) as p:
         yield p
 
@@ -143,12 +147,15 @@ def test_metrics_say_when_every_request_is_in_the_access_log(
         assert m['proxyd_requests_total{cache="MISS",method="GET",status="200"}'] == 1
 
 
-def test_healthz(proxy: Proxy) -> None:
+def test_healthz(proxy: Proxy, origin: NginxOrigin, dead: str) -> None:
     response = request(proxy.url, "healthz")
     assert response.status == 200
     health = json.loads(response.body)
     assert health["status"] == "ok"
     assert health["upstreams"] == ["dead", "o"]
+    # Each route's base URL, as `mirror pull --via` looks them up (no trailing slash: a
+    # request for /o/x goes to <URL>/x).
+    assert health["routes"] == {"dead": dead.rstrip("/"), "o": origin.url.rstrip("/")}
     assert health["cache_limit"] == 10 * 1024**3
     assert health["cache_bytes"] >= 0
 
