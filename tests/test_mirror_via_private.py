@@ -201,7 +201,7 @@ def test_resuming_and_verifying_work_through_the_proxy(
 ) -> None:
     """Bob's pull finds two partial downloads: one a true first half, resumed with a Range
     request; one whose bytes were damaged, which fails its checksum and is fetched again
-    whole. Both come from the proxy's cache."""
+    whole. Both come from the proxy's cache, and so does a repair of a file damaged later."""
     assert pull_through(proxy, server, tmp_path / "alice", ALICE)[0] == 0
     with DirectButler(repo) as source:
         items = [Item(r, f) for r, f in source.query_datasets_with_files("flux", "raw")]
@@ -233,6 +233,19 @@ def test_resuming_and_verifying_work_through_the_proxy(
     assert answers(good) == [(206, size - half)]
     assert answers(damaged) == [(206, size - half), (200, size)]
     assert not (dest / PARTIAL_DIR).exists()
+
+    # A file of the mirror damaged later: `mirror verify --repair --via` fetches it again
+    # through the proxy, from its cache.
+    with DirectButler(dest) as mirror:
+        target = mirror.get_local_path(good.ref)
+    target.write_bytes(b"\0" * size)
+    mark = server.mark()
+    bob = str(token_file(tmp_path, BOB))
+    repair = run_mirror("verify", str(dest), "--repair", "--via", proxy.url, "--token-file", bob)
+    assert repair.returncode == 0, repair.stderr
+    assert "Repaired 1 file(s); 0 could not be repaired" in repair.stdout
+    assert mirrored(dest) == source_files
+    assert server.file_bytes_sent(mark) == 0
 
 
 def test_with_the_server_stopped_what_was_pulled_through_the_proxy_is_pulled_again(
