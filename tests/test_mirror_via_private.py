@@ -164,9 +164,20 @@ def test_a_second_colleague_costs_the_server_no_file_bytes(
     assert {e["cache"] for e in served_by_proxy} == {"REVALIDATED"}
     assert sum(int(str(e["bytes_from_cache"])) for e in served_by_proxy) == total
     assert sum(int(str(e["bytes_from_origin"])) for e in served_by_proxy) == 0
-    # Provenance names the source, not the proxy on the way.
+    # Provenance names the source, not the proxy on the way; `mirror update --via` finds the
+    # route for it again, and has nothing to fetch.
     status = json.loads(run_mirror("status", str(tmp_path / "bob"), "--json").stdout)
     assert status["sources"] == [server.url]
+    bob = str(token_file(tmp_path, BOB))
+    proxy_mark = proxy.mark()
+    update = run_mirror(
+        "update", str(tmp_path / "bob"), "--via", proxy.url, "--token-file", bob, "--json"
+    )
+    assert update.returncode == 0, update.stderr
+    [summary] = json.loads(update.stdout)
+    assert (summary["downloaded"], summary["skipped"]) == (0, len(source_files))
+    asked = [str(e["target"]) for e in proxy.settled_access_log()[proxy_mark:]]
+    assert any(target.startswith("/repo/api/v1/datasets") for target in asked), asked
 
 
 @pytest.mark.parametrize("who", ["no token", "a wrong token", "a revoked token"])
