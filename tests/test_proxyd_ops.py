@@ -9,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from nginx import NginxOrigin
@@ -153,9 +154,16 @@ def test_healthz(proxy: Proxy, origin: NginxOrigin, dead: str) -> None:
     health = json.loads(response.body)
     assert health["status"] == "ok"
     assert health["upstreams"] == ["dead", "o"]
-    # Each route's base URL, as `mirror pull --via` looks them up (no trailing slash: a
-    # request for /o/x goes to <URL>/x).
-    assert health["routes"] == {"dead": dead.rstrip("/"), "o": origin.url.rstrip("/")}
+    assert "route" not in health
+    assert origin.url.rstrip("/") not in response.body.decode()  # names, never URLs
+    # The proxy's path for a URL it serves (as `mirror pull --via` asks), else null.
+    for url, path in [
+        (origin.url + "sub/repo/", "/o/sub/repo/"),
+        (origin.url, "/o/"),
+        (dead.replace("127.0.0.1", "127.0.0.2"), None),
+    ]:
+        answer = json.loads(request(proxy.url, f"healthz?route={quote(url, safe='')}").body)
+        assert answer["route"] == path, url
     assert health["cache_limit"] == 10 * 1024**3
     assert health["cache_bytes"] >= 0
 
