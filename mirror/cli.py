@@ -189,7 +189,13 @@ common_options = [
         type=click.IntRange(1, 64),
         help="Concurrent downloads.",
     ),
-    click.option("--via", "via", help="Pull through this proxy URL for the source."),
+    click.option(
+        "--via",
+        "via",
+        metavar="PROXY",
+        help="Pull through the caching proxy at this base URL (proxyd: the route that serves "
+        "the source is looked up in its /healthz).",
+    ),
     click.option(
         "--token-file",
         type=UserPath(exists=True, dir_okay=False, path_type=Path),
@@ -366,8 +372,11 @@ def list_datasets(
 @click.argument("dest", type=UserPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--repair", is_flag=True, help="Fetch missing or corrupt files from the source.")
 @click.option("--token-file", type=UserPath(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--via", "via", metavar="PROXY", help="Repair through the caching proxy at this base URL."
+)
 @handle_errors
-def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
+def verify(dest: Path, repair: bool, token_file: Path | None, via: str | None) -> None:
     """Re-hash every file of the mirror; with --repair, re-fetch the bad ones."""
     from mirror.maintenance import repair_files, verify_files
 
@@ -375,7 +384,7 @@ def verify(dest: Path, repair: bool, token_file: Path | None) -> None:
     for ref, problem in problems:
         click.echo(f"BAD {ref.dataset_type.name} {dict(ref.data_id.required)}: {problem}", err=True)
     if problems and repair:
-        fixed, failed = repair_files(dest, [r for r, _ in problems], _token(token_file))
+        fixed, failed = repair_files(dest, [r for r, _ in problems], _token(token_file), via)
         click.echo(f"Repaired {fixed} file(s); {len(failed)} could not be repaired")
         for ref, reason in failed:
             click.echo(f"  {ref!r}: {reason}", err=True)

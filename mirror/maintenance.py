@@ -14,6 +14,7 @@ from butler.direct_butler import DirectButler
 from butler.errors import ButlerError
 from butler.refs import DatasetRef
 from mirror.state import MirrorState
+from mirror.via import via_route
 
 
 def verify_files(dest: Path) -> list[tuple[DatasetRef, str]]:
@@ -23,9 +24,10 @@ def verify_files(dest: Path) -> list[tuple[DatasetRef, str]]:
 
 
 def repair_files(
-    dest: Path, refs: Sequence[DatasetRef], token: str | None
+    dest: Path, refs: Sequence[DatasetRef], token: str | None, via: str | None = None
 ) -> tuple[int, list[tuple[DatasetRef, str]]]:
-    """Fetch good copies of ``refs`` from the mirror's source and put them in place.
+    """Fetch good copies of ``refs`` from the mirror's source (through the caching proxy
+    at ``via``, its base URL, when given) and put them in place.
 
     Each replacement is downloaded beside its target, verified against the recorded
     checksum, then renamed over the damaged file (atomic), so a failed repair leaves the
@@ -46,9 +48,11 @@ def repair_files(
             if not remaining:
                 break
             try:
-                source = (
-                    Butler(source_url, token=token) if "://" in source_url else Butler(source_url)
-                )
+                if "://" not in source_url:
+                    source = Butler(source_url)
+                else:
+                    url = source_url if via is None else via_route(via, source_url)
+                    source = Butler(url, token=token)
             except ButlerError as exc:
                 failed += [(r, f"source {source_url} unavailable: {exc}") for r in remaining]
                 remaining = []

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 
 from butler.butler import is_remote_uri
 from butler.direct_butler import DirectButler, IngestEntry
-from butler.errors import ButlerError, RepositoryConfigError
+from butler.errors import ButlerError, RemoteUnavailableError, RepositoryConfigError
 from butler.remote.limits import is_disk_full
 from butler.repo_config import CONFIG_NAME, check_new_repo_root
 from butler.units import human_size
@@ -47,6 +47,7 @@ from mirror.transfer import (
     remove_partial_dir,
     run_transfers,
 )
+from mirror.via import via_route
 
 COMMIT_MAX = 2000
 """Files one registry commit records at most."""
@@ -102,8 +103,9 @@ class PullSummary:
 
 
 def open_source(source: str, via: str | None, token: str | None) -> Source:
-    """The repository to query: ``via`` (a proxy URL for it) when given, else ``source``."""
-    target = via or source
+    """The repository to query: ``source``, or its path through the caching proxy at
+    ``via`` (the proxy's base URL; :mod:`mirror.via` finds the route)."""
+    target = source if via is None else via_route(via, source)
     if is_remote_uri(target):
         return HttpSource(target, token)
     path = Path(target).expanduser()
@@ -287,7 +289,10 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
     resume); SQLite's own "database or disk is full" included, which is no OSError.
     """
     started = time.monotonic()
-    with contextlib.closing(open_source(request.source, request.via, request.token)) as source:
+    with (
+        _naming_the_source(request),
+        contextlib.closing(open_source(request.source, request.via, request.token)) as source,
+    ):
         # The mirror's SQLite layer is made ready while the source answers the query, which
         # mostly waits on the network (see warm_up_sqlite).
         threading.Thread(target=warm_up_sqlite, name="warm-up", daemon=True).start()
@@ -305,6 +310,20 @@ def pull(request: PullRequest, echo: Echo, progress: Any = None) -> PullSummary:
             if isinstance(exc, NotEnoughSpaceError) or not is_disk_full(exc):
                 raise
             raise disk_full_error(dest, summary, exc) from None
+
+
+@contextlib.contextmanager
+def _naming_the_source(request: PullRequest) -> Iterator[None]:
+    """Through a proxy, a repository out of reach is named by the proxy's path for it (the
+    proxy's 502): say which source that is, and through which proxy."""
+    try:
+        yield
+    except RemoteUnavailableError as exc:
+        if request.via is None:
+            raise
+        raise RemoteUnavailableError(
+            f"{exc} (the source {request.source}, pulled through the proxy at {request.via})"
+        ) from exc
 
 
 def plan_pull(

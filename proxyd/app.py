@@ -20,6 +20,7 @@ from aiohttp.web_runner import GracefulExit
 from proxyd import status
 from proxyd.fastlane import FastLane, in_process
 from proxyd.metrics import CONTENT_TYPE_LATEST, SAMPLE_SECONDS
+from proxyd.policy.routes import route_path
 from proxyd.server import STATE, ProxyState, handle
 from proxyd.settings import ConfigError, ProxySettings
 from proxyd.store import StoreWriteError, check_writable
@@ -76,6 +77,11 @@ async def healthz(request: web.Request) -> web.Response:
     """The proxy's health as JSON: ``status`` is ``ok``, or ``degraded`` with the reason in
     ``problems`` (the cache cannot store: its file system is full or read-only).
 
+    ``?route=URL`` adds ``route``: the proxy's path for that origin URL, or null if no
+    upstream serves it (:mod:`proxyd.policy.routes`), by which a client given the proxy's
+    base URL and a repository's URL finds its way (``mirror pull --via``). The answer
+    names upstreams, never their URLs.
+
     A degraded proxy still answers every request correctly (misses pass through to the
     origin), so it answers 200 and load balancers keep sending it clients; monitoring
     alerts on ``status`` (or the ``proxyd_store_degraded`` gauge). A check that can only
@@ -89,14 +95,17 @@ async def healthz(request: web.Request) -> web.Response:
         volume = None
         problems.append(f"cannot read the cache's size: {exc}")
     strict = request.query.get("strict", "") not in ("", "0", "false")
+    health: dict[str, object] = {
+        "status": "degraded" if problems else "ok",
+        "problems": problems,
+        "cache_bytes": volume,
+        "cache_limit": state.settings.cache_size,
+        "upstreams": sorted(state.settings.upstreams),
+    }
+    if "route" in request.query:
+        health["route"] = route_path(state.settings.upstreams, request.query["route"])
     return web.json_response(
-        {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "cache_bytes": volume,
-            "cache_limit": state.settings.cache_size,
-            "upstreams": sorted(state.settings.upstreams),
-        },
+        health,
         status=503 if problems and strict else 200,
         headers={"Cache-Control": "no-store"},
     )

@@ -56,6 +56,19 @@ def run_butler(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_mirror(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mirror ARGS`` in a child interpreter, output captured, without the environment's
+    ``BUTLER_TOKEN`` (a test gives its token)."""
+    return subprocess.run(  # noqa: S603 - our interpreter, test arguments
+        [sys.executable, "-m", "mirror.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "BUTLER_TOKEN"},
+    )
+
+
 def new_repo(path: Path) -> Path:
     """An empty repository at ``path``."""
     Butler.create(path).close()

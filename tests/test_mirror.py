@@ -382,21 +382,26 @@ def test_mirror_serve_shares_read_only(server: ButlerServer, tmp_path: Path) -> 
             Butler(lan.url, run="x")  # opening with a RUN registers it: a write
 
 
-@pytest.mark.parametrize("through", ["via", "source"])
+@pytest.mark.parametrize("through", ["via", "via-route", "source"])
 def test_pull_via_proxyd_leaves_the_proxy_warm(
     server: ButlerServer, tmp_path: Path, through: str
 ) -> None:
-    """With ``--via PROXY``, or with the proxy as the source (known by its X-Cache marks):
-    one GET per file, no bundles, so the proxy keeps every file."""
+    """With ``--via PROXY`` (the proxy's base URL, or its route for the source as --via
+    took before), or with the proxy as the source (known by its X-Cache marks): one GET per
+    file, no bundles, so the proxy keeps every file."""
     from proxyd.process import ProxydProcess
 
     with ProxydProcess(
-        {"repo": server.url}, tmp_path / "proxy-cache", tmp_path / "proxyd.log"
+        {"other": "http://127.0.0.1:9/", "repo": server.url},
+        tmp_path / "proxy-cache",
+        tmp_path / "proxyd.log",
     ) as proxy:
         proxied = proxy.upstream_url("repo")
 
         def args(dest: Path) -> list[str]:
             if through == "via":
+                return pull_args(server.url, dest, "--via", proxy.url, "--quiet")
+            if through == "via-route":
                 return pull_args(server.url, dest, "--via", proxied, "--quiet")
             return pull_args(proxied, dest, "--quiet")
 
@@ -411,7 +416,7 @@ def test_pull_via_proxyd_leaves_the_proxy_warm(
             assert mirror.verify() == []
         status = json.loads(run_mirror("status", str(second), "--json").stdout)
         # Provenance names the source given, not the proxy used on the way.
-        assert status["sources"] == [server.url if through == "via" else proxied]
+        assert status["sources"] == [proxied if through == "source" else server.url]
 
 
 def test_files_that_cannot_be_made_durable_are_never_recorded(

@@ -9,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from nginx import NginxOrigin
@@ -24,8 +25,12 @@ def origin(tmp_path: Path) -> Iterator[NginxOrigin]:
 
 
 @pytest.fixture
-def proxy(origin: NginxOrigin, tmp_path: Path) -> Iterator[Proxy]:
-    dead = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+def dead() -> str:
+    return f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+
+
+@pytest.fixture
+def proxy(origin: NginxOrigin, dead: str, tmp_path: Path) -> Iterator[Proxy]:
     with running(Proxy({"o": origin.url, "dead": dead}, tmp_path / "p")) as p:
         yield p
 
@@ -143,12 +148,22 @@ def test_metrics_say_when_every_request_is_in_the_access_log(
         assert m['proxyd_requests_total{cache="MISS",method="GET",status="200"}'] == 1
 
 
-def test_healthz(proxy: Proxy) -> None:
+def test_healthz(proxy: Proxy, origin: NginxOrigin, dead: str) -> None:
     response = request(proxy.url, "healthz")
     assert response.status == 200
     health = json.loads(response.body)
     assert health["status"] == "ok"
     assert health["upstreams"] == ["dead", "o"]
+    assert "route" not in health
+    assert origin.url.rstrip("/") not in response.body.decode()  # names, never URLs
+    # The proxy's path for a URL it serves (as `mirror pull --via` asks), else null.
+    for url, path in [
+        (origin.url + "sub/repo/", "/o/sub/repo/"),
+        (origin.url, "/o/"),
+        (dead.replace("127.0.0.1", "127.0.0.2"), None),
+    ]:
+        answer = json.loads(request(proxy.url, f"healthz?route={quote(url, safe='')}").body)
+        assert answer["route"] == path, url
     assert health["cache_limit"] == 10 * 1024**3
     assert health["cache_bytes"] >= 0
 
