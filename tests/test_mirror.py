@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import populate_dimensions
+from conftest import run_mirror as run_mirror_unchecked
 from servers import ButlerServer
 
 from butler import Butler, DatasetNotFoundError
@@ -57,13 +58,7 @@ def server(source_repo: Path, tmp_path: Path) -> Iterator[ButlerServer]:
 
 
 def run_mirror(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "mirror.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_mirror_unchecked(*args)
     if check and result.returncode != 0:
         raise AssertionError(f"mirror {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
