@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from yarl import URL
+
 from proxyd.metrics import Metrics, Sample
 
 __all__ = ["Status", "UpstreamRow", "collect", "human_bytes", "render"]
@@ -50,6 +52,12 @@ class Status:
     problems: Sequence[str] = field(default_factory=list)
 
 
+def shown_origin(url: str) -> str:
+    """An upstream's URL as the page shows it: without user, password or query, where an
+    operator may have put a credential (the page is answered to anyone who reaches the port)."""
+    return str(URL(url).with_user(None).with_query(None).with_fragment(None))
+
+
 def collect(
     metrics: Metrics,
     cache_bytes: int,
@@ -68,7 +76,7 @@ def collect(
         rows.append(
             UpstreamRow(
                 name=name,
-                url=url,
+                url=shown_origin(url),
                 bytes_from=int(metrics.value("proxyd_bytes_from_origin_total", {"upstream": name})),
                 responses=int(count),
                 mean_latency=total / count if count else None,

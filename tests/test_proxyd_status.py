@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -264,5 +264,16 @@ def test_samples_are_a_bounded_ring() -> None:
     assert metrics.samples[0].cache_bytes == 5
 
 
-def render_page(metrics: Metrics) -> str:
-    return status.render(status.collect(metrics, 0, 1 << 30, {"a": "http://127.0.0.1:1/"}, []))
+def render_page(metrics: Metrics, upstreams: Mapping[str, str] | None = None) -> str:
+    upstreams = {"a": "http://127.0.0.1:1/"} if upstreams is None else upstreams
+    return status.render(status.collect(metrics, 0, 1 << 30, upstreams, []))
+
+
+def test_the_page_never_shows_credentials_of_an_upstream_url() -> None:
+    assert status.shown_origin("http://alice:pw@127.0.0.1:8080/repo/?token=abc#x") == (
+        "http://127.0.0.1:8080/repo/"
+    )
+    page = render_page(Metrics(), {"repo": "https://bob:hunter2@far.example/r/?sig=s3cr3t"})
+    assert "https://far.example/r/" in page
+    assert "hunter2" not in page
+    assert "s3cr3t" not in page
