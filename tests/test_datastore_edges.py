@@ -296,6 +296,29 @@ def test_a_lockless_directory_is_kept_while_young_and_removed_when_old(tmp_path:
     assert not lockless.exists()
 
 
+def test_a_lock_that_cannot_be_opened_keeps_its_directory(tmp_path: Path) -> None:
+    parent = tmp_path / "p"
+    odd = parent / "0123abcd"
+    (odd / LOCK_NAME).mkdir(parents=True)  # opening it fails, and not as "missing"
+    age(odd, 3600)
+    assert remove_abandoned_dirs(parent) == 0
+    assert odd.exists()
+
+
+def test_without_syncfs_the_whole_system_is_synced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    import butler.datastore as datastore
+
+    def no_libc(*args: object, **kwargs: object) -> None:
+        raise OSError("no such library")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
+    monkeypatch.setattr(datastore.sys, "platform", "darwin")
+    assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
+
+
 def test_a_directory_being_made_by_a_dead_process_goes_at_once(tmp_path: Path) -> None:
     parent = tmp_path / "p"
     for name in (f".new-{os.getpid()}-a", f".new-{dead_pid()}-b", ".new-x-c", ".new-"):
