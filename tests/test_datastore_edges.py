@@ -315,6 +315,8 @@ def test_without_syncfs_the_whole_system_is_synced(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: object())  # no syncfs in it
+    assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
     monkeypatch.setattr(datastore.sys, "platform", "darwin")
     assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
 
@@ -329,6 +331,20 @@ def test_a_directory_being_made_by_a_dead_process_goes_at_once(tmp_path: Path) -
         f".new-{os.getpid()}-a",
         ".new-x-c",
     ]
+
+
+def test_a_directory_that_cannot_be_locked_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    def taken(fd: int, operation: int) -> None:
+        raise BlockingIOError("locked elsewhere")
+
+    monkeypatch.setattr(fcntl, "flock", taken)
+    with pytest.raises(BlockingIOError):
+        make_locked_dir(tmp_path / "p")
+    assert list((tmp_path / "p").iterdir()) == []
 
 
 def test_a_locked_directory_is_made_under_its_final_name(tmp_path: Path) -> None:
