@@ -17,6 +17,7 @@ from butler.errors import InvalidQueryError, QuerySyntaxError
 from butler.query import (
     MAX_EXPRESSION_LENGTH,
     MAX_NESTING_DEPTH,
+    MAX_PARAMETERS,
     Column,
     Comparison,
     Node,
@@ -168,3 +169,22 @@ def test_trees_built_in_code_may_nest_one_level_more_than_parsed_ones(
     assert matching(visits, nots(MAX_NESTING_DEPTH + 2)) == {3}
     with pytest.raises(InvalidQueryError, match="nested too deeply"):
         matching(visits, nots(MAX_NESTING_DEPTH + 3))
+
+
+def test_exactly_the_parameter_limit_compiles(visits: sqlite3.Connection) -> None:
+    lists = MAX_PARAMETERS // 100  # IN lists of 100 bound values stay inline: 100 parameters each
+    bind: dict[str, Any] = {f"v{n}": list(range(n * 100, n * 100 + 100)) for n in range(lists)}
+    text = " OR ".join(f"visit IN (:v{n})" for n in range(lists))
+    assert len(compile_where(parse_where(text), _VisitOnly(), bind)[1]) == MAX_PARAMETERS
+    assert matching(visits, parse_where(text), bind) == {v for v in EDGE_VISITS if 0 <= v < MAX_PARAMETERS}
+    with pytest.raises(InvalidQueryError, match=f"more than the limit of {MAX_PARAMETERS}"):
+        compile_where(parse_where(text + " OR visit = 1"), _VisitOnly(), bind)
+
+
+@pytest.mark.parametrize(
+    ("value", "advice"),
+    [("'42'", "write the number without quotes"), ("'abc'", "compare it with a number")],
+)
+def test_a_string_against_a_number_gets_the_advice_that_fits(value: str, advice: str) -> None:
+    with pytest.raises(InvalidQueryError, match=advice):
+        compile_where(parse_where(f"visit = {value}"), _VisitOnly())
