@@ -176,7 +176,9 @@ def test_exactly_the_parameter_limit_compiles(visits: sqlite3.Connection) -> Non
     bind: dict[str, Any] = {f"v{n}": list(range(n * 100, n * 100 + 100)) for n in range(lists)}
     text = " OR ".join(f"visit IN (:v{n})" for n in range(lists))
     assert len(compile_where(parse_where(text), _VisitOnly(), bind)[1]) == MAX_PARAMETERS
-    assert matching(visits, parse_where(text), bind) == {v for v in EDGE_VISITS if 0 <= v < MAX_PARAMETERS}
+    assert matching(visits, parse_where(text), bind) == {
+        v for v in EDGE_VISITS if 0 <= v < MAX_PARAMETERS
+    }
     with pytest.raises(InvalidQueryError, match=f"more than the limit of {MAX_PARAMETERS}"):
         compile_where(parse_where(text + " OR visit = 1"), _VisitOnly(), bind)
 
