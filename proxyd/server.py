@@ -27,10 +27,10 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -53,10 +53,12 @@ from butler.http.ranges import (
     parse_range_specs,
     unsatisfied_content_range,
 )
+from proxyd import sparse
 from proxyd.accesslog import AccessLog
 from proxyd.inflight import BlockRun, InflightRegistry, RunFailedError
 from proxyd.metrics import Metrics
-from proxyd.policy import Headers, access, blocks, field_value, freshness
+from proxyd.policy import Headers, access, blocks, extents, field_value, freshness
+from proxyd.policy.extents import Extent
 from proxyd.policy.keys import cache_key
 from proxyd.policy.relay import RelayPlan, relay_plan
 from proxyd.policy.requests import (
@@ -84,6 +86,9 @@ if TYPE_CHECKING:
     from proxyd.workers import WorkerLink
 
 log = logging.getLogger("proxyd")
+P = ParamSpec("P")
+R = TypeVar("R")
+
 CACHE_HEADER = "X-Cache"
 CHUNK = 256 * 1024
 SENDFILE_MIN = 128 * 1024
@@ -170,6 +175,8 @@ class Probed:
     """The stored object was confirmed by a 304 (its metadata freshened)."""
     stale: bool = False
     """The origin failed to revalidate it: the stored object is served stale."""
+    fresh: Extent | None = None
+    """Bytes the first fetch brought as an extent (a small range, fetched exactly)."""
 
 
 # Fields of a response meant for the one client whose request the origin answered. They are
@@ -243,6 +250,7 @@ class ProxyState:
         self.upstreams = UpstreamClients(settings, self.metrics)
         self.store_health = StoreHealth(self.metrics)
         self.inflight = InflightRegistry()
+        self.extent_fills = sparse.ExtentFills()
         self.auth_cache = access.AuthDecisionCache(max_entries=100_000)
         self.limits = RequestLimits.from_settings(settings)
         self.probes: dict[tuple[str, str | None], _Probe] = {}
@@ -253,9 +261,21 @@ class ProxyState:
             settings.access_log is not False, log_path, self.metrics.count_logged
         )
 
-    async def blocking(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    async def blocking(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a blocking call (diskcache, SQLite) off the event loop."""
         return await asyncio.to_thread(func, *args, **kwargs)
+
+    @property
+    def lane(self) -> sparse.Lane:
+        """What the extent lane (proxyd.sparse) uses of this proxy."""
+        return sparse.Lane(
+            self.store,
+            self.upstreams,
+            self.metrics,
+            self.store_health,
+            self.blocking,
+            self.extent_fills,
+        )
 
     async def close(self) -> None:
         await self.inflight.close()
@@ -520,6 +540,7 @@ async def serve_cacheable(
         # validator to revalidate with): fetched anew, and the answer replaces it.
         meta = None
     fetching = None
+    fresh: Extent | None = None
     personal: tuple[tuple[str, str], ...] = ()
     if meta is None and not state.store_health.may_try():
         # The cache cannot store (full, read-only): the origin answers this miss itself.
@@ -538,11 +559,20 @@ async def serve_cacheable(
         if isinstance(probed, web.StreamResponse):
             return probed
         meta, fetching, personal = probed.meta, probed.run, probed.personal
+        fresh = probed.fresh
         stale = probed.stale
         served.cache = "STALE" if stale else "REVALIDATED" if probed.revalidated else "MISS"
     try:
         return await respond_from_blocks(
-            request, state, target, meta, served, stale=stale, fetching=fetching, extra=personal
+            request,
+            state,
+            target,
+            meta,
+            served,
+            stale=stale,
+            fetching=fetching,
+            extra=personal,
+            fresh=fresh,
         )
     finally:
         if fetching is not None:
@@ -791,6 +821,20 @@ async def _probe_task(
     run_plan = blocks.initial_fetch(
         specs if isinstance(specs, tuple) else None, settings.block_size, settings.max_fetch_bytes
     )
+    # A small first range (a header, a table's footer, a cutout's first row) is fetched
+    # exactly and kept as an extent: a block around it would cost the origin far more.
+    exact: Extent | None = None
+    if request.method == "GET" and isinstance(specs, tuple):
+        first_spec = next((spec for spec in specs if spec.first is not None), None)
+        if first_spec is not None:
+            exact = extents.exact_first_fetch(
+                first_spec.first, first_spec.last, settings.block_size
+            )
+        if exact is not None:
+            bs = settings.block_size
+            run_plan = blocks.BlockRun(
+                exact.start // bs, (exact.stop - 1) // bs, exact.start, exact.stop - 1
+            )
     several_ranges = isinstance(specs, tuple) and len(specs) > 1
     # The client's own request (its end-to-end fields: content negotiation, cookies,
     # conditionals...), with the range widened to whole blocks and the identity coding,
@@ -880,6 +924,18 @@ async def _probe_task(
                         access.AuthEntry.allow(stored, time.time()),
                     )
                 received = result.received
+                if (
+                    exact is not None
+                    and upstream.status == 206
+                    and received is not None
+                    and not extents.is_whole_blocks(
+                        Extent.of(received), result.size, settings.block_size
+                    )
+                ):
+                    fresh = await _store_first_extent(state, target, meta, upstream, received)
+                    _end_probe(state, entry)
+                    future.set_result(Probed(meta, None, _personal(upstream, stored), fresh=fresh))
+                    return
                 run = None
                 if received is not None and received.end >= received.start and result.size > 0:
                     bs = settings.block_size
@@ -895,22 +951,7 @@ async def _probe_task(
                     run.claims = entry.waiting  # handed to the waiting requests with the answer
                     state.inflight.register(run)
                     skip = first * bs - received.start if upstream.status == 206 else 0
-                # Fields not stored but meant for this client all the same: cookies, and
-                # those a qualified no-cache="..." or private="..." names (RFC 9111
-                # §5.2.2.4, §5.2.2.7 restrict what the cache keeps, not what the origin
-                # told the client it answered).
-                withheld = (
-                    {
-                        *_PERSONAL,
-                        *stored.cache_control.no_cache_fields,
-                        *stored.cache_control.private_fields,
-                    }
-                    - _NOT_REPLAYED
-                    - HOP_BY_HOP_FIELDS
-                )  # framing stays proxyd's own
-                personal = tuple(
-                    (k, v) for k, v in upstream.headers.items() if k.lower() in withheld
-                )
+                personal = _personal(upstream, stored)
                 # The answer is out and the metadata stored: from now on requests find the
                 # object in the store (and its blocks in flight), not this probe. Leaving it
                 # registered while its body is pumped would hand its metadata to requests made
@@ -931,6 +972,47 @@ async def _probe_task(
         # Mark the exception retrieved: waiters may all have gone away.
         if future.done() and not future.cancelled():
             future.exception()
+
+
+def _personal(
+    upstream: aiohttp.ClientResponse, stored: freshness.StoredMeta
+) -> tuple[tuple[str, str], ...]:
+    """Fields not stored but meant for the client whose request was sent all the same:
+    cookies, and those a qualified no-cache="..." or private="..." names (RFC 9111
+    §5.2.2.4, §5.2.2.7 restrict what the cache keeps, not what the origin told the client
+    it answered). Framing stays proxyd's own."""
+    withheld = (
+        {*_PERSONAL, *stored.cache_control.no_cache_fields, *stored.cache_control.private_fields}
+        - _NOT_REPLAYED
+        - HOP_BY_HOP_FIELDS
+    )
+    return tuple((k, v) for k, v in upstream.headers.items() if k.lower() in withheld)
+
+
+async def _store_first_extent(
+    state: ProxyState,
+    target: Route,
+    meta: ObjectMeta,
+    upstream: aiohttp.ClientResponse,
+    received: ByteRange,
+) -> Extent:
+    """Keep the body of a first fetch made for a small range as an extent (at most a
+    quarter of a block: read whole). If the cache cannot store it, the extent lane fetches
+    it again for the request (the cache is degraded, not wrong)."""
+    body = await upstream.content.readexactly(received.length)
+    state.metrics.bytes_from_origin.labels(target.upstream).inc(len(body))
+    if state.store_health.problem is None or state.store_health.may_try():
+        try:
+            await state.blocking(
+                state.store.put_extents,
+                meta.version(state.settings.block_size),
+                [(received.start, body)],
+                meta.size or 0,
+            )
+            state.store_health.stored()
+        except StoreWriteError as exc:
+            state.store_health.failed(exc)
+    return Extent.of(received)
 
 
 # Fields of the client's request that a first fetch sets itself (see _probe_task).
@@ -1151,10 +1233,12 @@ async def respond_from_blocks(
     stale: bool,
     fetching: BlockRun | None = None,
     extra: Iterable[tuple[str, str]] = (),
+    fresh: Extent | None = None,
 ) -> web.StreamResponse:
     """Answer from the blocks of ``meta``'s version. ``fetching`` is the run the first
-    fetch of the object (which this request made or waited for) is filling: its bytes count
-    as from the origin for this request. ``extra`` fields are added to the response."""
+    fetch of the object (which this request made or waited for) is filling, ``fresh`` the
+    extent it stored: their bytes count as from the origin for this request. ``extra``
+    fields are added to the response."""
     settings = state.settings
     size = meta.size or 0
     now = time.time()
@@ -1243,8 +1327,15 @@ async def respond_from_blocks(
             response.headers[CACHE_HEADER] = served.cache
             return web.Response(status=response.status, body=ready, headers=response.headers)
 
-    sparse = ranges is not None and len(ranges) > 1 and not stale
-    if sparse and ranges is not None and await _sparse_miss(state, meta, ranges):
+    if ranges is not None and fetching is None:
+        answered = await _respond_from_extents(
+            request, response, state, target, meta, served, ranges, parts, closing, fresh, stale
+        )
+        if answered is not None:
+            return answered
+
+    scattered = ranges is not None and len(ranges) > 1 and not stale
+    if scattered and ranges is not None and await _sparse_miss(state, meta, ranges):
         served.cache = "PASS"
         return await forward_uncached(request, state, target, served)
 
@@ -1255,6 +1346,77 @@ async def respond_from_blocks(
         )
     finally:
         reader.close()
+
+
+async def _respond_from_extents(
+    request: web.Request,
+    response: web.StreamResponse,
+    state: ProxyState,
+    target: Route,
+    meta: ObjectMeta,
+    served: Served,
+    ranges: list[ByteRange],
+    parts: list[tuple[bytes, ByteRange]],
+    closing: bytes,
+    fresh: Extent | None,
+    stale: bool,
+) -> web.StreamResponse | None:
+    """Answer a ranged GET from extents (proxyd.sparse) when the blocks it lacks would cost
+    the origin far more than the bytes it asks for; None to leave it to the block path."""
+    bs = state.settings.block_size
+    size = meta.size or 0
+    version = meta.version(bs)
+    wanted = extents.merged(Extent.of(r) for r in ranges)
+    touched = extents.blocks_touched(wanted, bs)
+    if any(state.inflight.run_for(version, i) is not None for i in touched):
+        return None  # a block fetch under way brings them: join it
+    lacking = [i for i in touched if not state.store.known_block(version, i)]
+    requested = sum(e.length for e in wanted)
+    if not extents.prefers_extents(requested, extents.block_bytes(lacking, size, bs)):
+        return None
+    try:
+        got = await sparse.gather(
+            state.lane,
+            upstream=target.upstream,
+            url=target.upstream_url,
+            version=version,
+            size=size,
+            etag=meta.etag,
+            last_modified=meta.last_modified,
+            credentials=_credential_headers(request),
+            wanted=wanted,
+            may_fetch=not stale,  # the origin has just failed: only what is stored
+        )
+    except sparse.UnusableAnswerError as exc:
+        log.info("extents of %s: %s; fetching blocks instead", target.upstream_url, exc)
+        return None
+    except sparse.ObjectChangedError as exc:
+        # Nothing sent yet: the origin answers this request itself, and the next one
+        # stores the new version.
+        log.info("%s", exc)
+        await _forget(state, meta.key)
+        served.cache = "PASS"
+        return await forward_uncached(request, state, target, served)
+    total = sum(r.length for r in ranges)
+    just_fetched = got.from_origin
+    if fresh is not None:
+        just_fetched += sum(
+            max(0, min(fresh.stop, e.stop) - max(fresh.start, e.start)) for e in wanted
+        )
+    from_origin = min(total, just_fetched)
+    served.from_origin += from_origin
+    served.from_cache += total - from_origin
+    if served.cache == "HIT" and from_origin:
+        served.cache = "PARTIAL" if from_origin < total else "MISS"
+    body = b"".join([*(head + got.slice(r.start, r.end + 1) for head, r in parts), closing])
+    response.headers[CACHE_HEADER] = "STALE" if stale else served.cache
+    try:
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+    except (TimeoutError, ConnectionError) as exc:
+        _drop_client(request, state, target, exc)
+    return response
 
 
 async def _sparse_miss(state: ProxyState, meta: ObjectMeta, ranges: list[ByteRange]) -> bool:
@@ -1697,13 +1859,13 @@ class _BlockReader:
                 found = await self.state.blocking(
                     store.read_slice, self.version, index, start, stop
                 )
-            return cast(bytes | None, found)
+            return found
         data = store.memory_block(self.version, index)
         if data is not None:
             return data[start:stop]
-        whole = store.quick_open(self.version, index) or await self.state.blocking(
-            store.open_block, self.version, index
-        )
+        whole: BlockFile | bytes | None = store.quick_open(self.version, index)
+        if whole is None:
+            whole = await self.state.blocking(store.open_block, self.version, index)
         if isinstance(whole, BlockFile):
             return whole.part(start, stop)
         return None if whole is None else whole[start:stop]

@@ -36,6 +36,7 @@ __all__ = [
     "iter_slices",
     "missing_runs",
     "needed_in_order",
+    "precondition_headers",
     "run_request_headers",
     "slice_plan",
 ]
@@ -247,7 +248,14 @@ def run_request_headers(run: BlockRun, etag: str | None, last_modified: str | No
     validator the caller must compare the response's size with the stored one
     (:func:`interpret_fetch_response` does).
     """
-    out: list[tuple[str, str]] = [("Range", run.range_header), ("Accept-Encoding", "identity")]
+    return (("Range", run.range_header), *precondition_headers(etag, last_modified))
+
+
+def precondition_headers(etag: str | None, last_modified: str | None) -> HeaderPairs:
+    """The fields of a range request for more bytes of a stored version (see
+    :func:`run_request_headers`): the identity coding, and ``If-Match`` (strong ETag) or
+    ``If-Unmodified-Since`` so that a changed object is refused with a 412."""
+    out: list[tuple[str, str]] = [("Accept-Encoding", "identity")]
     tag = None if etag is None else EntityTag.parse(etag)
     if tag is not None and not tag.weak:
         out.append(("If-Match", str(tag)))
