@@ -91,6 +91,8 @@ R = TypeVar("R")
 
 CACHE_HEADER = "X-Cache"
 CHUNK = 256 * 1024
+STORE_PIPELINE = 2
+"""Blocks of one fill being stored at once (while the fill reads on)."""
 SENDFILE_MIN = 128 * 1024
 """Stored pieces at least this long go from the block's file to the socket (sendfile)."""
 Outcome = freshness.Outcome
@@ -1136,6 +1138,7 @@ async def _pump(
     read-ahead in front of the readers, stop when no request wants the run any more."""
     counter = state.metrics.bytes_from_origin.labels(target.upstream)
     wanted = run.end - run.start
+    storing: set[asyncio.Task[None]] = set()
     try:
         while run.received < wanted:
             # Backpressure: not reading the upstream body makes the origin wait (TCP), so
@@ -1165,12 +1168,28 @@ async def _pump(
                 if not chunk:
                     continue
             for index, data in run.feed(chunk):
-                await _store_block(state, run, index, data, pinned=meta.pinned)
+                # Blocks are stored (hashed, written) in worker threads while the next ones
+                # arrive: a cold read then costs about the slower of the two, not their sum.
+                # A block stays in the run's memory until stored, so at most
+                # STORE_PIPELINE blocks wait beyond the read-ahead.
+                while len(storing) >= STORE_PIPELINE:
+                    done, storing = await asyncio.wait(storing, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                storing.add(
+                    asyncio.create_task(_store_block(state, run, index, data, pinned=meta.pinned))
+                )
+        for task in [*storing]:
+            await task
         run.finish()
     except BaseException as exc:
         run.finish(exc if isinstance(exc, Exception) else RunFailedError("cancelled"))
         raise
     finally:
+        if storing:
+            # Stored blocks must be in the store before the run leaves the registry, or a
+            # request arriving between the two would fetch them again.
+            await asyncio.wait(storing)
         state.inflight.unregister(run)
 
 

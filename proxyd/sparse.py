@@ -35,6 +35,9 @@ from proxyd.upstream import UpstreamClients
 
 log = logging.getLogger("proxyd")
 
+LINGER_SECONDS = 2.0
+"""How long a finished extent fetch stays in :class:`ExtentFills` (see ``_fetch``)."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -228,8 +231,22 @@ async def _fetch(
         if not isinstance(exc, Exception):
             raise
     finally:
-        for e in wanted:
-            lane.fills.pending.pop((version, e), None)
+        # Kept a moment after they end: a request that looked at the store before these
+        # bytes were stored and at ``pending`` after they left it would fetch them again.
+        loop = asyncio.get_running_loop()
+        for e, future in zip(wanted, futures, strict=True):
+            failed = future.cancelled() or future.exception() is not None
+            if failed:  # a later request tries again at once
+                _forget_fill(lane.fills, (version, e), future)
+            else:
+                loop.call_later(LINGER_SECONDS, _forget_fill, lane.fills, (version, e), future)
+
+
+def _forget_fill(
+    fills: ExtentFills, key: tuple[str, Extent], future: asyncio.Future[bytes]
+) -> None:
+    if fills.pending.get(key) is future:
+        del fills.pending[key]
 
 
 async def _request(
