@@ -4,7 +4,7 @@ Every client connection starts here. For each request that arrives whole, the la
 :func:`proxyd.policy.plain.recognise` whether it is a plain GET and then whether the
 answer is in hand: the route (memoised per target), the object's metadata in memory, still
 fresh for anyone (:func:`proxyd.policy.plain.plain_hit_until`), one satisfiable range (or
-none) inside one block held in memory or the page cache (:func:`proxyd.server.ready_piece`).
+none) inside one block held in memory or the page cache (:func:`proxyd.reading.ready_piece`).
 Then it writes the same response the full handler would -- same status, fields, body,
 metrics and access-log line (tests/test_proxyd_fastlane.py compares the two) -- at a fraction
 of the cost: no request object, no router, no middleware, no response object.
@@ -39,15 +39,8 @@ from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simp
 from proxyd.policy import freshness
 from proxyd.policy.plain import Recogniser, plain_hit_until
 from proxyd.policy.requests import Route, route
-from proxyd.server import (
-    CACHE_HEADER,
-    ProxyState,
-    Served,
-    account,
-    quick_pieces,
-    replayed,
-    small_pieces,
-)
+from proxyd.reading import quick_pieces, replayed, small_pieces
+from proxyd.state import CACHE_HEADER, ProxyState, Served, account
 from proxyd.store import ObjectMeta
 
 log = logging.getLogger("proxyd")
@@ -86,7 +79,7 @@ def _field_block(fields: list[tuple[str, str]]) -> bytes | None:
 
 
 def _hot(meta: ObjectMeta, state: ProxyState) -> _Hot:
-    """The answer template for ``meta``: the fields :func:`proxyd.server.respond_from_blocks`
+    """The answer template for ``meta``: the fields :func:`proxyd.reading.respond_from_blocks`
     sends for a hit, and those aiohttp's Response adds when they are missing."""
     stored = meta.stored
     fields = list(replayed(stored.headers))

@@ -52,7 +52,7 @@ class UnusableAnswerError(Exception):
 
 
 class Health(Protocol):
-    """Whether the cache can store (:class:`proxyd.server.StoreHealth`)."""
+    """Whether the cache can store (:class:`proxyd.state.StoreHealth`)."""
 
     def may_try(self) -> bool: ...
 

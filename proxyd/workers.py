@@ -263,7 +263,7 @@ def _run_worker(settings: ProxySettings, listener: socket.socket, channel: socke
 async def _worker_main(
     settings: ProxySettings, listener: socket.socket, channel: socket.socket
 ) -> None:
-    from proxyd.server import ProxyState  # after the fork: the main process's is not ours
+    from proxyd.state import ProxyState  # after the fork: the main process's is not ours
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
