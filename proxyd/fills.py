@@ -252,8 +252,8 @@ async def _probe_task(
                 )
                 result = _fetch_result(run_plan, upstream.status, upstream.headers, storable)
                 reason: str | None = None
-                if isinstance(result, str):
-                    reason = result
+                if isinstance(result, blocks.FetchProblem):
+                    reason = result.reason
                 elif result.status == 416 and not retried and several_ranges:
                     # Only the client's first range was asked for, and it starts past the
                     # end; the others may not. Ask for block 0 (the 416 gave the size but
@@ -281,7 +281,11 @@ async def _probe_task(
                     settings.block_size,
                 ):
                     reason = "no validator to keep its blocks consistent"
-                if reason is not None or isinstance(result, str) or result.size is None:
+                if (
+                    reason is not None
+                    or isinstance(result, blocks.FetchProblem)
+                    or result.size is None
+                ):
                     await _lend(entry, upstream, reason or "not storable")
                     return
                 stored = freshness.StoredMeta.from_response(
@@ -468,7 +472,7 @@ def _reusable(
 
 def _fetch_result(
     run_plan: blocks.BlockRun, status: int, headers: Headers, storable: bool
-) -> blocks.FetchResult | str:
+) -> blocks.FetchResult | blocks.FetchProblem:
     """:func:`proxyd.policy.blocks.interpret_fetch_response`, and for a storable answer of
     another status (a 301, 404, 410, 500... with freshness: RFC 9111 §3 stores any final
     status the rules allow) its whole body as the object: it is answered from the cache
@@ -479,7 +483,7 @@ def _fetch_result(
         return blocks.FetchResult(status, 0, None)  # no content, whatever framing says
     length = field_value(headers, "Content-Length")
     if length is None or not length.strip().isdigit():
-        return f"a {status} without Content-Length"
+        return blocks.FetchProblem(f"a {status} without Content-Length")
     size = int(length.strip())
     return blocks.FetchResult(status, size, ByteRange(0, size - 1) if size else None)
 
@@ -607,10 +611,12 @@ async def fill_run(
             known_size=meta.size,
             expected_etag=meta.etag,
         )
-        if isinstance(result, str):
-            if upstream.status in (412, 200, 206) or "changed" in result:
+        if isinstance(result, blocks.FetchProblem):
+            # A 412, or a 200/206 that is not the bytes of the stored version: the object
+            # changed (a precondition failed, or another size or ETag came back).
+            if upstream.status in (412, 200, 206) or result.changed:
                 await forget_object(state, meta.key)
-                raise VersionChangedError(f"{target.upstream_url}: {result}")
-            raise RunFailedError(f"{target.upstream_url}: {result}")
+                raise VersionChangedError(f"{target.upstream_url}: {result.reason}")
+            raise RunFailedError(f"{target.upstream_url}: {result.reason}")
         skip = run.start if upstream.status == 200 else 0
         await pump(state, target, meta, upstream, run, skip=skip)

@@ -32,6 +32,7 @@ from proxyd.policy.access import (
 from proxyd.policy.blocks import (
     BlockRun,
     BlockSlice,
+    FetchProblem,
     FetchResult,
     block_count,
     block_span,
@@ -1096,8 +1097,10 @@ def test_interpret_fetch_response() -> None:
         result = interpret_fetch_response(
             run, status, headers, known_size=known_size, expected_etag=expected_etag
         )
-        assert isinstance(result, str)
-        return result
+        assert isinstance(result, FetchProblem)
+        # Only a size or an ETag that differs from the stored one says the object changed.
+        assert result.changed == ("changed" in result.reason)
+        return result.reason
 
     assert "single valid" in problem(206, {})
     assert "complete length" in problem(206, {"Content-Range": "bytes 2000-3999/*"})
@@ -1107,6 +1110,12 @@ def test_interpret_fetch_response() -> None:
         206, {"Content-Range": "bytes 2000-3999/9000"}, known_size=10000
     )
     assert "changed" in problem(200, {"Content-Length": "5"}, known_size=10000)
+    changed = interpret_fetch_response(run, 200, {"Content-Length": "5"}, known_size=10000)
+    assert isinstance(changed, FetchProblem)
+    assert changed.changed
+    unchanged = interpret_fetch_response(run, 206, {})
+    assert isinstance(unchanged, FetchProblem)
+    assert not unchanged.changed
     assert "changed" in problem(416, {"Content-Range": "bytes */5"}, known_size=10000)
     assert 'ETag "b" instead of "a"' in problem(
         206, {"Content-Range": "bytes 2000-3999/10000", "ETag": '"b"'}, expected_etag='"a"'

@@ -26,6 +26,7 @@ from proxyd.policy import HeaderPairs, Headers, field_value
 __all__ = [
     "BlockRun",
     "BlockSlice",
+    "FetchProblem",
     "FetchResult",
     "block_count",
     "block_span",
@@ -280,6 +281,16 @@ class FetchResult:
     received: ByteRange | None
 
 
+@dataclass(frozen=True, slots=True)
+class FetchProblem:
+    """Why an upstream answer to a block-run request cannot be used (never stored).
+    ``changed``: the object is no longer the stored version (another size or ETag): the
+    caller drops its metadata and starts over, so no response mixes two versions."""
+
+    reason: str
+    changed: bool = False
+
+
 def interpret_fetch_response(
     requested: BlockRun,
     status: int,
@@ -287,10 +298,11 @@ def interpret_fetch_response(
     *,
     known_size: int | None = None,
     expected_etag: str | None = None,
-) -> FetchResult | str:
-    """Check an upstream answer to a block-run request; a string says what is wrong.
+) -> FetchResult | FetchProblem:
+    """Check an upstream answer to a block-run request; a :class:`FetchProblem` says what is
+    wrong.
 
-    Refused (as a string, never stored): a 206 whose Content-Range is missing, multipart, of
+    Refused (never stored): a 206 whose Content-Range is missing, multipart, of
     unknown length, or not the bytes asked for (start at ``byte_start``; end at ``byte_end``
     or the object's last byte); a size different from ``known_size`` or an ETag different
     from ``expected_etag`` (the object changed: the caller drops its metadata and starts
@@ -300,26 +312,31 @@ def interpret_fetch_response(
     if expected_etag is not None:
         etag = field_value(headers, "ETag")
         if etag is not None and etag.strip(" \t") != expected_etag.strip(" \t"):
-            return f"the object changed: ETag {etag.strip()} instead of {expected_etag.strip()}"
+            return FetchProblem(
+                f"the object changed: ETag {etag.strip()} instead of {expected_etag.strip()}",
+                changed=True,
+            )
 
-    def changed(size: int) -> str | None:
+    def changed(size: int) -> FetchProblem | None:
         if known_size is not None and size != known_size:
-            return f"the object changed: {size} bytes instead of {known_size}"
+            return FetchProblem(
+                f"the object changed: {size} bytes instead of {known_size}", changed=True
+            )
         return None
 
     if status == 206:
         value = field_value(headers, "Content-Range")
         parsed = None if value is None else parse_content_range(value)
         if parsed is None or parsed.start is None or parsed.end is None:
-            return "a 206 without a single valid Content-Range"
+            return FetchProblem("a 206 without a single valid Content-Range")
         if parsed.size is None:
-            return "a 206 whose Content-Range does not give the complete length"
+            return FetchProblem("a 206 whose Content-Range does not give the complete length")
         problem = changed(parsed.size)
         if problem is not None:
             return problem
         expected_end = min(requested.byte_end, parsed.size - 1)
         if parsed.start != requested.byte_start or parsed.end != expected_end:
-            return (
+            return FetchProblem(
                 f"asked for bytes {requested.byte_start}-{expected_end}, the origin sent "
                 f"{parsed.start}-{parsed.end}"
             )
@@ -337,9 +354,9 @@ def interpret_fetch_response(
         value = field_value(headers, "Content-Range")
         parsed = None if value is None else parse_content_range(value)
         if parsed is None or parsed.size is None or parsed.start is not None:
-            return "a 416 without Content-Range: bytes */size"
+            return FetchProblem("a 416 without Content-Range: bytes */size")
         problem = changed(parsed.size)
         if problem is not None:
             return problem
         return FetchResult(416, parsed.size, None)
-    return f"unexpected status {status} for a range request"
+    return FetchProblem(f"unexpected status {status} for a range request")
