@@ -117,7 +117,7 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
                 # may free the space); the requests' own writes report it (/healthz).
                 log.warning("cache maintenance failed: %s", exc)
                 continue
-            state.store.close_stale_files()
+            state.store.on_loop.close_stale_files()
             if removed:
                 state.metrics.evictions.inc(removed)
                 log.info("evicted %d cache entries", removed)

@@ -176,7 +176,7 @@ class FastLane:
         if target is None:
             return "not routed"
         state = self.state
-        meta = state.store.peek_meta(target.cache_key)
+        meta = state.store.on_loop.peek_meta(target.cache_key)
         if meta is None:
             return _Warm(target.cache_key)
         hot = self._hot_answer(target.cache_key, meta)
@@ -223,9 +223,9 @@ class FastLane:
         store = self.state.store
         try:
             if need.index < 0:
-                await self.state.blocking(store.get_meta, need.key, reload=need.reload)
+                await self.state.blocking(store.in_thread.get_meta, need.key, reload=need.reload)
             else:
-                await self.state.blocking(store.warm_block, need.version, need.index)
+                await self.state.blocking(store.in_thread.warm_block, need.version, need.index)
         except OSError as exc:  # the handler will meet it again and answer properly
             log.warning("fast lane: cannot read %s from the cache: %s", need.key, exc)
 

@@ -220,7 +220,7 @@ async def respond_from_extents(
     touched = extents.blocks_touched(wanted, bs)
     if any(state.inflight.run_for(version, i) is not None for i in touched):
         return None  # a block fetch under way brings them: join it
-    lacking = [i for i in touched if not state.store.known_block(version, i)]
+    lacking = [i for i in touched if not state.store.on_loop.known_block(version, i)]
     requested = sum(e.length for e in wanted)
     if not extents.prefers_extents(requested, extents.block_bytes(lacking, size, bs)):
         return None
@@ -291,11 +291,11 @@ async def _sparse_miss(state: ProxyState, meta: ObjectMeta, ranges: list[ByteRan
     touched = sorted({i for r in ranges for i in range(r.start // bs, r.end // bs + 1)})
     version = meta.version(bs)
     absent = [i for i in touched if state.inflight.run_for(version, i) is None]
-    known = {i for i in absent if state.store.known_block(version, i)}
+    known = {i for i in absent if state.store.on_loop.known_block(version, i)}
     rest = [i for i in absent if i not in known]
     stored: set[int] = set()
     if rest:
-        stored = await state.blocking(state.store.has_blocks, version, rest)
+        stored = await state.blocking(state.store.in_thread.has_blocks, version, rest)
     size = meta.size or 0
     missing = sum(min(bs, size - i * bs) for i in rest if i not in stored)
     return missing > allowance
@@ -318,7 +318,7 @@ def quick_pieces(
     (:meth:`BlockStore.quick_slice`), or the first piece found in neither."""
     parts = []
     for piece in pieces:
-        part = store.quick_slice(version, *piece)
+        part = store.on_loop.quick_slice(version, *piece)
         if part is None:
             return piece
         parts.append(part)
@@ -704,35 +704,39 @@ class BlockReader:
         large piece as a file to send. None if the block is not (or no longer) stored."""
         store = self.state.store
         if stop - start < SENDFILE_MIN:
-            found = store.quick_slice(self.version, index, start, stop)
+            found = store.on_loop.quick_slice(self.version, index, start, stop)
             if found is None:
                 found = await self.state.blocking(
-                    store.read_slice, self.version, index, start, stop
+                    store.in_thread.read_slice, self.version, index, start, stop
                 )
             return found
-        data = store.memory_block(self.version, index)
+        data = store.on_loop.memory_block(self.version, index)
         if data is not None:
             return data[start:stop]
-        whole: BlockFile | bytes | None = store.quick_open(self.version, index)
+        whole: BlockFile | bytes | None = store.on_loop.quick_open(self.version, index)
         if whole is None:
-            whole = await self.state.blocking(store.open_block, self.version, index)
+            whole = await self.state.blocking(store.in_thread.open_block, self.version, index)
         if isinstance(whole, BlockFile):
             return whole.part(start, stop)
         return None if whole is None else whole[start:stop]
 
     async def _load(self, index: int) -> bytes | None:
-        data = self.state.store.memory_block(self.version, index)
+        data = self.state.store.on_loop.memory_block(self.version, index)
         if data is None:
-            data = await self.state.blocking(self.state.store.get_block, self.version, index)
+            data = await self.state.blocking(
+                self.state.store.in_thread.get_block, self.version, index
+            )
         return data
 
     async def _present(self, indexes: list[int]) -> set[int]:
         """Stored blocks among ``indexes``; the store is asked only about those not in memory
         (a thread hop per request is most of the cost of a small hot range)."""
         store = self.state.store
-        known = {i for i in indexes if store.known_block(self.version, i)}
+        known = {i for i in indexes if store.on_loop.known_block(self.version, i)}
         rest = [i for i in indexes if i not in known]
         if not rest:
             return known
-        on_disk: set[int] = await self.state.blocking(store.has_blocks, self.version, rest)
+        on_disk: set[int] = await self.state.blocking(
+            store.in_thread.has_blocks, self.version, rest
+        )
         return known | on_disk

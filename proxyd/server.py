@@ -106,9 +106,9 @@ async def serve_cacheable(
     settings = state.settings
     now = time.time()
     creq = freshness.CacheRequest.from_headers(request.method, request.headers)
-    meta = state.store.remembered_meta(target.cache_key)  # hot objects: no thread hop
+    meta = state.store.on_loop.remembered_meta(target.cache_key)  # hot objects: no thread hop
     if meta is None:
-        meta = await state.blocking(state.store.get_meta, target.cache_key)
+        meta = await state.blocking(state.store.in_thread.get_meta, target.cache_key)
     if meta is not None and not blocks.cacheable_in_blocks(
         meta.etag, meta.last_modified, meta.size or 0, settings.block_size
     ):

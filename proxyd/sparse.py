@@ -158,7 +158,7 @@ async def gather(
     # meanwhile has stored its bytes before leaving ``pending``, so its extents are either
     # found in the store or awaited here, never fetched a second time.
     earlier = _in_flight(lane, version)
-    found = await lane.blocking(lane.store.read_extents, version, wanted)
+    found = await lane.blocking(lane.store.in_thread.read_extents, version, wanted)
     holes = extents.missing(wanted, [e for e, _ in found])
     fetched: list[tuple[Extent, bytes]] = []
     if holes and not may_fetch:

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import diskcache
 
@@ -311,8 +311,50 @@ class StoreStats:
     corrupt_blocks: int
 
 
+class LoopReads(Protocol):
+    """The store's reads for the event loop's thread: memory, and block files verified
+    lately through descriptors the loop keeps open (a read that would wait for the disk is
+    refused). None (or False) means "not in hand": ask :class:`ThreadReads` in a worker."""
+
+    def remembered_meta(self, key: str) -> ObjectMeta | None: ...
+
+    def peek_meta(self, key: str) -> ObjectMeta | None: ...
+
+    def known_block(self, version: str, index: int) -> bool: ...
+
+    def memory_block(self, version: str, index: int) -> bytes | None: ...
+
+    def quick_slice(self, version: str, index: int, start: int, stop: int) -> bytes | None: ...
+
+    def quick_open(self, version: str, index: int) -> BlockFile | None: ...
+
+    def close_stale_files(self) -> None: ...
+
+
+class ThreadReads(Protocol):
+    """The store's reads for a worker thread (SQLite, file reads, hashing: they block)."""
+
+    def get_meta(self, key: str, *, reload: bool = False) -> ObjectMeta | None: ...
+
+    def has_blocks(self, version: str, indexes: range | list[int]) -> set[int]: ...
+
+    def get_block(self, version: str, index: int) -> bytes | None: ...
+
+    def read_slice(
+        self, version: str, index: int, start: int, stop: int | None
+    ) -> bytes | None: ...
+
+    def open_block(self, version: str, index: int) -> BlockFile | bytes | None: ...
+
+    def warm_block(self, version: str, index: int) -> bool: ...
+
+    def read_extents(self, version: str, wanted: list[Extent]) -> list[tuple[Extent, bytes]]: ...
+
+
 class BlockStore:
-    """Metadata and blocks of cached objects, with LRU eviction between watermarks."""
+    """Metadata, blocks and extents of cached objects, with LRU eviction between
+    watermarks. Readers go through :attr:`on_loop` on the event loop and :attr:`in_thread`
+    in worker threads: which reads may run where is in the type."""
 
     def __init__(
         self,
@@ -367,6 +409,16 @@ class BlockStore:
         self._fds: OrderedDict[str, list[int]] = OrderedDict()
         self._fds_stale = False
         """Path -> [open descriptor, users] of block files (event loop only)."""
+
+    @property
+    def on_loop(self) -> LoopReads:
+        """The reads the event loop may make itself."""
+        return self
+
+    @property
+    def in_thread(self) -> ThreadReads:
+        """The reads that block: for a worker thread (``await state.blocking(...)``)."""
+        return self
 
     def close(self) -> None:
         while self._fds:

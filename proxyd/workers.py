@@ -301,7 +301,7 @@ async def _worker_main(
                 await asyncio.to_thread(state.store.flush_recency)
             except (OSError, sqlite3.Error) as exc:  # a full or read-only cache: next time
                 log.warning("worker %d: cache maintenance failed: %s", os.getpid(), exc)
-            state.store.close_stale_files()
+            state.store.on_loop.close_stale_files()
 
     chores = [loop.create_task(counting()), loop.create_task(recency())]
     try:
