@@ -26,7 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ParamSpec, Protocol, TypeVar
 
-from butler.http.ranges import parse_content_range
+from butler.http.ranges import (
+    MultipartError,
+    multipart_boundary,
+    multipart_parts,
+    parse_content_range,
+)
 from proxyd.metrics import Metrics
 from proxyd.policy import blocks, extents
 from proxyd.policy.extents import Extent
@@ -291,21 +296,21 @@ async def _request(
         if len(body) > limit:
             raise UnusableAnswerError(f"{url}: more bytes than the extents asked for")
         counter.inc(len(body))
-    boundary = extents.boundary_of(answer.headers.get("Content-Type", ""))
+    boundary = multipart_boundary(answer.headers.get("Content-Type", ""))
     try:
         if boundary is not None:
-            received = extents.byterange_parts(boundary, body)
+            received = [(Extent.of(r), data) for r, data in multipart_parts(boundary, body)]
         else:
             value = answer.headers.get("Content-Range")
             parsed = None if value is None else parse_content_range(value)
             if parsed is None or parsed.start is None or parsed.end is None:
-                raise extents.MultipartError("a 206 without a valid Content-Range")
+                raise MultipartError("a 206 without a valid Content-Range")
             if parsed.size is not None and parsed.size != size:
                 raise ObjectChangedError(f"{url}: {parsed.size} bytes instead of {size}")
             if len(body) != parsed.end - parsed.start + 1:
-                raise extents.MultipartError("a body shorter than its Content-Range")
+                raise MultipartError("a body shorter than its Content-Range")
             received = [(Extent(parsed.start, parsed.end + 1), body)]
-    except extents.MultipartError as exc:
+    except MultipartError as exc:
         raise UnusableAnswerError(f"{url}: {exc}") from None
     # An origin may join near ranges into one part (RFC 9110 §14.6): cut each extent out.
     out: dict[Extent, bytes] = {}

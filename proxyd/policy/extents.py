@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from butler.http.ranges import ByteRange, parse_content_range
+from butler.http.ranges import ByteRange
 
 GAP = 512
 """Missing pieces closer than this are fetched as one: a multipart part costs about 100
@@ -152,50 +152,3 @@ def exact_first_fetch(first: int | None, last: int | None, block_size: int) -> E
     if last - first + 1 > block_size // 4:
         return None
     return Extent(first, last + 1)
-
-
-class MultipartError(ValueError):
-    """A ``multipart/byteranges`` body that cannot be read."""
-
-
-def boundary_of(content_type: str) -> str | None:
-    """The boundary parameter of a ``multipart/byteranges`` Content-Type, else None."""
-    kind, _, params = content_type.partition(";")
-    if kind.strip().lower() != "multipart/byteranges":
-        return None
-    for param in params.split(";"):
-        name, _, value = param.strip().partition("=")
-        if name.strip().lower() == "boundary" and value:
-            return value.strip().strip('"')
-    return None
-
-
-def byterange_parts(boundary: str, body: bytes) -> list[tuple[Extent, bytes]]:
-    """The parts of a ``multipart/byteranges`` body (RFC 9110 §14.6): each part's extent
-    (from its Content-Range) and bytes, taken by length, so that part data may contain
-    anything, the boundary included."""
-    delimiter = b"--" + boundary.encode("latin-1")
-    parts: list[tuple[Extent, bytes]] = []
-    position = body.find(delimiter)
-    while position >= 0:
-        position += len(delimiter)
-        if body[position : position + 2] == b"--":
-            return parts  # the closing delimiter
-        head_end = body.find(b"\r\n\r\n", position)
-        if head_end < 0:
-            raise MultipartError("a part without the end of its header fields")
-        fields = body[position:head_end].decode("latin-1").split("\r\n")
-        value = next(
-            (f.partition(":")[2].strip() for f in fields if f.lower().startswith("content-range:")),
-            None,
-        )
-        parsed = None if value is None else parse_content_range(value)
-        if parsed is None or parsed.start is None or parsed.end is None:
-            raise MultipartError("a part without a valid Content-Range")
-        start = head_end + 4
-        stop = start + parsed.end - parsed.start + 1
-        if stop > len(body):
-            raise MultipartError("a part shorter than its Content-Range")
-        parts.append((Extent(parsed.start, parsed.end + 1), body[start:stop]))
-        position = body.find(delimiter, stop)
-    raise MultipartError("no closing delimiter")
