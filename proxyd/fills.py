@@ -214,7 +214,7 @@ async def _probe_task(
             )
         if exact is not None:
             bs = settings.block_size
-            run_plan = blocks.BlockRun(
+            run_plan = blocks.RunPlan(
                 exact.start // bs, (exact.stop - 1) // bs, exact.start, exact.stop - 1
             )
     several_ranges = isinstance(specs, tuple) and len(specs) > 1
@@ -471,7 +471,7 @@ def _reusable(
 
 
 def _fetch_result(
-    run_plan: blocks.BlockRun, status: int, headers: Headers, storable: bool
+    run_plan: blocks.RunPlan, status: int, headers: Headers, storable: bool
 ) -> blocks.FetchResult | blocks.FetchProblem:
     """:func:`proxyd.policy.blocks.interpret_fetch_response`, and for a storable answer of
     another status (a 301, 404, 410, 500... with freshness: RFC 9111 §3 stores any final
@@ -599,7 +599,7 @@ async def fill_run(
     credentials: Sequence[tuple[str, str]],
 ) -> None:
     """Fetch a run of missing blocks of a known object version (refused if it changed)."""
-    plan = blocks.BlockRun(run.first, run.last, run.start, run.end - 1)
+    plan = blocks.RunPlan(run.first, run.last, run.start, run.end - 1)
     headers = [*credentials, *blocks.run_request_headers(plan, meta.etag, meta.last_modified)]
     async with state.upstreams.request(
         target.upstream, "GET", target.upstream_url, headers

@@ -440,7 +440,7 @@ class BlockReader:
         self.started: list[BlockRun] = [] if fetching is None else [fetching]
         """Runs fetching for this request (not joined from another one)."""
         self.claimed: set[BlockRun] = set()
-        self.pending: list[tuple[int, blocks.BlockRun]] = []
+        self.pending: list[tuple[int, blocks.RunPlan]] = []
         """Missing runs not started yet: (response offset where first needed, plan)."""
         self.sent = 0
         """Body bytes handed to the response so far."""
@@ -552,7 +552,7 @@ class BlockReader:
             _, plan = self.pending.pop(0)
             await self._start_plan(plan, check_store=not planned_now)
 
-    async def _start_plan(self, plan: blocks.BlockRun, *, check_store: bool) -> None:
+    async def _start_plan(self, plan: blocks.RunPlan, *, check_store: bool) -> None:
         """Fetch the blocks of ``plan`` that are still missing. Since the plan was made,
         other requests may have started fetching some of them (join those) or stored them
         (``check_store``)."""

@@ -30,10 +30,10 @@ from proxyd.policy.access import (
     requires_authorization,
 )
 from proxyd.policy.blocks import (
-    BlockRun,
     BlockSlice,
     FetchProblem,
     FetchResult,
+    RunPlan,
     block_count,
     block_span,
     blocks_for,
@@ -946,21 +946,21 @@ def test_blocks_for() -> None:
 
 def test_missing_runs() -> None:
     runs = missing_runs(range(10), {3, 4}, 10, 95, 1000)
-    assert runs == [BlockRun(0, 2, 0, 29), BlockRun(5, 9, 50, 94)]
+    assert runs == [RunPlan(0, 2, 0, 29), RunPlan(5, 9, 50, 94)]
     assert runs[1].range_header == "bytes=50-94"
     assert runs[1].length == 45
     assert list(runs[0].blocks) == [0, 1, 2]
     assert runs[0].byte_range == ByteRange(0, 29)
     # capped: at most 3 blocks (30 bytes) per run
     assert missing_runs(range(8), set(), 10, 80, 35) == [
-        BlockRun(0, 2, 0, 29),
-        BlockRun(3, 5, 30, 59),
-        BlockRun(6, 7, 60, 79),
+        RunPlan(0, 2, 0, 29),
+        RunPlan(3, 5, 30, 59),
+        RunPlan(6, 7, 60, 79),
     ]
     # a block larger than the cap is still fetched, alone
     assert missing_runs([0, 1], set(), 100, 200, 10) == [
-        BlockRun(0, 0, 0, 99),
-        BlockRun(1, 1, 100, 199),
+        RunPlan(0, 0, 0, 99),
+        RunPlan(1, 1, 100, 199),
     ]
     assert missing_runs([1, 2], {1, 2}, 10, 100, 100) == []
     with pytest.raises(ValueError, match="within"):
@@ -1066,17 +1066,17 @@ def specs(header: str) -> tuple[RangeSpec, ...]:
 
 def test_initial_fetch_for_unknown_size() -> None:
     bs, cap = 1000, 5000
-    assert initial_fetch(None, bs, cap) == BlockRun(0, 4, 0, 4999)
-    assert initial_fetch(specs("bytes=0-10"), bs, cap) == BlockRun(0, 0, 0, 999)
-    assert initial_fetch(specs("bytes=2500-3100"), bs, cap) == BlockRun(2, 3, 2000, 3999)
-    assert initial_fetch(specs("bytes=2500-"), bs, cap) == BlockRun(2, 6, 2000, 6999)
-    assert initial_fetch(specs("bytes=0-99999"), bs, cap) == BlockRun(0, 4, 0, 4999)
-    assert initial_fetch(specs("bytes=-500"), bs, cap) == BlockRun(0, 0, 0, 999)
-    assert initial_fetch(specs("bytes=-500,7000-7001"), bs, cap) == BlockRun(7, 7, 7000, 7999)
+    assert initial_fetch(None, bs, cap) == RunPlan(0, 4, 0, 4999)
+    assert initial_fetch(specs("bytes=0-10"), bs, cap) == RunPlan(0, 0, 0, 999)
+    assert initial_fetch(specs("bytes=2500-3100"), bs, cap) == RunPlan(2, 3, 2000, 3999)
+    assert initial_fetch(specs("bytes=2500-"), bs, cap) == RunPlan(2, 6, 2000, 6999)
+    assert initial_fetch(specs("bytes=0-99999"), bs, cap) == RunPlan(0, 4, 0, 4999)
+    assert initial_fetch(specs("bytes=-500"), bs, cap) == RunPlan(0, 0, 0, 999)
+    assert initial_fetch(specs("bytes=-500,7000-7001"), bs, cap) == RunPlan(7, 7, 7000, 7999)
 
 
 def test_interpret_fetch_response() -> None:
-    run = BlockRun(2, 3, 2000, 3999)
+    run = RunPlan(2, 3, 2000, 3999)
     ok = interpret_fetch_response(run, 206, {"Content-Range": "bytes 2000-3999/10000"})
     assert ok == FetchResult(206, 10000, ByteRange(2000, 3999))
     short = interpret_fetch_response(run, 206, {"Content-Range": "bytes 2000-2499/2500"})
@@ -1125,7 +1125,7 @@ def test_interpret_fetch_response() -> None:
 
 
 def test_run_request_headers() -> None:
-    run = BlockRun(0, 0, 0, 99)
+    run = RunPlan(0, 0, 0, 99)
     lm = http_date(T0)
     assert run_request_headers(run, '"s"', lm) == (
         ("Range", "bytes=0-99"),

@@ -24,7 +24,7 @@ from butler.http.ranges import ByteRange, RangeSpec, parse_content_range
 from proxyd.policy import HeaderPairs, Headers, field_value
 
 __all__ = [
-    "BlockRun",
+    "RunPlan",
     "BlockSlice",
     "FetchProblem",
     "FetchResult",
@@ -80,9 +80,10 @@ def blocks_for(ranges: Iterable[ByteRange], size: int, block_size: int) -> list[
 
 
 @dataclass(frozen=True, slots=True)
-class BlockRun:
-    """Contiguous blocks ``first..last`` fetched with one upstream range request for bytes
-    ``byte_start..byte_end`` (inclusive, like a ``Range`` header)."""
+class RunPlan:
+    """A run planned: contiguous blocks ``first..last`` to fetch with one upstream range
+    request for bytes ``byte_start..byte_end`` (inclusive, like a ``Range`` header). The run
+    being fetched is :class:`proxyd.inflight.BlockRun` (``start``/``end``, end excluded)."""
 
     first: int
     last: int
@@ -109,11 +110,11 @@ class BlockRun:
         return f"bytes={self.byte_start}-{self.byte_end}"
 
 
-def _run(first: int, last: int, size: int | None, block_size: int) -> BlockRun:
+def _run(first: int, last: int, size: int | None, block_size: int) -> RunPlan:
     end = (last + 1) * block_size - 1
     if size is not None:
         end = min(end, size - 1)
-    return BlockRun(first, last, first * block_size, end)
+    return RunPlan(first, last, first * block_size, end)
 
 
 def missing_runs(
@@ -122,7 +123,7 @@ def missing_runs(
     block_size: int,
     size: int,
     max_fetch_bytes: int,
-) -> list[BlockRun]:
+) -> list[RunPlan]:
     """Group the needed blocks that are not ``present`` into runs to fetch, in block order.
 
     Each run is a maximal sequence of consecutive missing blocks, split so that no run is
@@ -138,7 +139,7 @@ def missing_runs(
     missing = sorted({i for i in needed_block_indexes if i not in present})
     if missing and (missing[0] < 0 or missing[-1] >= count):
         raise ValueError(f"block indexes must be within 0..{count - 1} for {size} bytes")
-    runs: list[BlockRun] = []
+    runs: list[RunPlan] = []
     start = prev = None
     for i in missing:
         if start is not None and prev is not None and i == prev + 1 and i - start < per_run:
@@ -193,7 +194,7 @@ def needed_in_order(ranges: Iterable[ByteRange], block_size: int) -> Iterator[tu
 
 def initial_fetch(
     specs: Sequence[RangeSpec] | None, block_size: int, max_fetch_bytes: int
-) -> BlockRun:
+) -> RunPlan:
     """The first upstream range request for an object whose size is not known yet.
 
     ``specs`` are the client's range-specs (:func:`butler.http.ranges.parse_range_specs`),
@@ -238,7 +239,7 @@ def cacheable_in_blocks(
     return etag is not None or last_modified is not None or size <= block_size
 
 
-def run_request_headers(run: BlockRun, etag: str | None, last_modified: str | None) -> HeaderPairs:
+def run_request_headers(run: RunPlan, etag: str | None, last_modified: str | None) -> HeaderPairs:
     """Fields of the upstream request for ``run`` of a known object version.
 
     ``Range`` for the run's bytes; ``Accept-Encoding: identity`` because byte ranges apply to
@@ -292,7 +293,7 @@ class FetchProblem:
 
 
 def interpret_fetch_response(
-    requested: BlockRun,
+    requested: RunPlan,
     status: int,
     headers: Headers,
     *,
