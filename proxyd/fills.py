@@ -151,8 +151,13 @@ async def probe(
                     relay.upstream.headers,
                     max_ranges=state.settings.max_ranges,
                 )
-                if plan is not None:
-                    return await pass_on(request, state, target, served, relay.upstream, plan)
+                if plan is not None or relay.body is not None:
+                    # A shorter answer than asked (relay.body) is passed on as it came when
+                    # it does not cover the client's range: its Content-Range says what it
+                    # holds, and asking the origin again would not change its answer.
+                    return await pass_on(
+                        request, state, target, served, relay.upstream, plan, relay.body
+                    )
             finally:
                 relay.done.set()
         return await forward_uncached(request, state, target, served)
@@ -251,6 +256,26 @@ async def _probe_task(
                     "GET", target.credential is not None, upstream.status, upstream.headers
                 )
                 result = _fetch_result(run_plan, upstream.status, upstream.headers, storable)
+                shorter = blocks.shorter_answer(run_plan, upstream.status, upstream.headers)
+                validated = extents.combinable(
+                    upstream.headers.get("ETag"), upstream.headers.get("Last-Modified")
+                )
+                if (
+                    isinstance(result, blocks.FetchProblem)
+                    and validated
+                    and shorter is not None
+                    and shorter.received is not None
+                    and shorter.size is not None
+                    and shorter.received.length <= settings.block_size
+                    and not extents.is_whole_blocks(
+                        Extent.of(shorter.received), shorter.size, settings.block_size
+                    )
+                ):
+                    # The origin sent less than the block asked for (a partial response
+                    # of its own): kept as an extent, and passed on as it came.
+                    result = shorter
+                else:
+                    shorter = None
                 reason: str | None = None
                 if isinstance(result, blocks.FetchProblem):
                     reason = result.reason
@@ -281,6 +306,17 @@ async def _probe_task(
                     settings.block_size,
                 ):
                     reason = "no validator to keep its blocks consistent"
+                elif (
+                    exact is not None
+                    and not validated
+                    and upstream.status == 206
+                    and result.received is not None
+                    and not extents.is_whole_blocks(
+                        Extent.of(result.received), result.size, settings.block_size
+                    )
+                ):
+                    # Its other pieces, fetched later, could be of another version.
+                    reason = "no validator to keep its extents consistent"
                 if (
                     reason is not None
                     or isinstance(result, blocks.FetchProblem)
@@ -310,6 +346,13 @@ async def _probe_task(
                         access.AuthEntry.allow(stored, time.time()),
                     )
                 received = result.received
+                if shorter is not None and received is not None:
+                    _, body = await _store_first_extent(state, target, meta, upstream, received)
+                    _end_probe(state, entry)
+                    relay = Relay(upstream, asyncio.Event(), body)
+                    future.set_result(Uncacheable("a shorter answer than asked", relay))
+                    await relay.done.wait()
+                    return
                 if (
                     exact is not None
                     and upstream.status == 206
@@ -318,7 +361,7 @@ async def _probe_task(
                         Extent.of(received), result.size, settings.block_size
                     )
                 ):
-                    fresh = await _store_first_extent(state, target, meta, upstream, received)
+                    fresh, _ = await _store_first_extent(state, target, meta, upstream, received)
                     _end_probe(state, entry)
                     future.set_result(Probed(meta, None, _personal(upstream, stored), fresh=fresh))
                     return
@@ -381,10 +424,10 @@ async def _store_first_extent(
     meta: ObjectMeta,
     upstream: aiohttp.ClientResponse,
     received: ByteRange,
-) -> Extent:
+) -> tuple[Extent, bytes]:
     """Keep the body of a first fetch made for a small range as an extent (at most a
-    quarter of a block: read whole). If the cache cannot store it, the extent lane fetches
-    it again for the request (the cache is degraded, not wrong)."""
+    block: read whole); returns the extent and its bytes. If the cache cannot store it,
+    the extent lane fetches it again when asked (the cache is degraded, not wrong)."""
     body = await upstream.content.readexactly(received.length)
     state.metrics.bytes_from_origin.labels(target.upstream).inc(len(body))
     if state.store_health.problem is None or state.store_health.may_try():
@@ -398,7 +441,7 @@ async def _store_first_extent(
             state.store_health.stored()
         except StoreWriteError as exc:
             state.store_health.failed(exc)
-    return Extent.of(received)
+    return Extent.of(received), body
 
 
 # Fields of the client's request that a first fetch sets itself (see _probe_task).
@@ -598,9 +641,19 @@ async def fill_run(
     run: BlockRun,
     credentials: Sequence[tuple[str, str]],
 ) -> None:
-    """Fetch a run of missing blocks of a known object version (refused if it changed)."""
-    plan = blocks.RunPlan(run.first, run.last, run.start, run.end - 1)
+    """Fetch a run of missing blocks of a known object version (refused if it changed).
+    A stored extent at the start of the run's first block (a partial response stored
+    earlier) is not asked for again: the run starts with it, the origin sends the rest."""
+    prefix = b""
+    if extents.combinable(meta.etag, meta.last_modified):
+        prefix = await state.blocking(state.store.in_thread.block_prefix, run.version, run.first)
+    if not 0 < len(prefix) < run.end - run.start:
+        prefix = b""
+    plan = blocks.RunPlan(run.first, run.last, run.start + len(prefix), run.end - 1)
     headers = [*credentials, *blocks.run_request_headers(plan, meta.etag, meta.last_modified)]
+    if prefix and plan.byte_end == (meta.size or 0) - 1:
+        # Completing a stored partial response: the rest of the object, asked open-ended.
+        headers = [(k, f"bytes={plan.byte_start}-" if k == "Range" else v) for k, v in headers]
     async with state.upstreams.request(
         target.upstream, "GET", target.upstream_url, headers
     ) as upstream:
@@ -618,5 +671,7 @@ async def fill_run(
                 await forget_object(state, meta.key)
                 raise VersionChangedError(f"{target.upstream_url}: {result.reason}")
             raise RunFailedError(f"{target.upstream_url}: {result.reason}")
-        skip = run.start if upstream.status == 200 else 0
+        skip = plan.byte_start if upstream.status == 200 else 0
+        if prefix:
+            run.feed(prefix)  # less than a block: completes none
         await pump(state, target, meta, upstream, run, skip=skip)

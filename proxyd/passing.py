@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import NoReturn
 
 import aiohttp
@@ -112,9 +112,11 @@ async def pass_on(
     served: Served,
     upstream: aiohttp.ClientResponse,
     plan: RelayPlan | None,
+    body: bytes | None = None,
 ) -> web.StreamResponse:
     """Stream an upstream answer to the client: as it is (``plan`` None), or cut back to what
-    the client asked for (:func:`proxyd.policy.relay.relay_plan`)."""
+    the client asked for (:func:`proxyd.policy.relay.relay_plan`). ``body``: the answer's
+    body, when it has been read already."""
     status = upstream.status if plan is None else plan.status
     drop = () if plan is None else ("content-range",)
     response = web.StreamResponse(
@@ -135,7 +137,8 @@ async def pass_on(
     counter = state.metrics.bytes_from_origin.labels(target.upstream)
     try:
         if with_body:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            chunks = upstream.content.iter_chunked(CHUNK) if body is None else _once(body)
+            async for chunk in chunks:
                 served.from_origin += len(chunk)
                 counter.inc(len(chunk))
                 if skip:
@@ -151,6 +154,10 @@ async def pass_on(
     except (TimeoutError, ConnectionError) as exc:
         drop_client(request, state, target, exc)
     return response
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def drop_client(

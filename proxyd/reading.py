@@ -213,6 +213,8 @@ async def respond_from_extents(
 ) -> web.StreamResponse | None:
     """Answer a ranged GET from extents (proxyd.sparse) when the blocks it lacks would cost
     the origin far more than the bytes it asks for; None to leave it to the block path."""
+    if not extents.combinable(meta.etag, meta.last_modified):
+        return None  # cached only whole, from one fetch
     bs = state.settings.block_size
     size = meta.size or 0
     version = meta.version(bs)

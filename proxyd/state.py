@@ -72,6 +72,8 @@ class Relay:
 
     upstream: aiohttp.ClientResponse
     done: asyncio.Event
+    body: bytes | None = None
+    """The answer's body when the fetch has read it already (to keep it as an extent)."""
 
 
 @dataclass

@@ -350,6 +350,8 @@ class ThreadReads(Protocol):
 
     def read_extents(self, version: str, wanted: list[Extent]) -> list[tuple[Extent, bytes]]: ...
 
+    def block_prefix(self, version: str, index: int) -> bytes: ...
+
 
 class BlockStore:
     """Metadata, blocks and extents of cached objects, with LRU eviction between
@@ -934,6 +936,15 @@ class BlockStore:
         self._cache.delete(_extent_index_key(version, index))
         for extent in extents:
             self._cache.delete(_extent_key(version, extent))
+
+    def block_prefix(self, version: str, index: int) -> bytes:
+        """The stored extent that begins where block ``index`` begins (verified), or b"":
+        a fill of the block then asks the origin only for the rest (RFC 9111 §3.4)."""
+        start = index * self.block_size
+        for extent in self.extents_of(version, index):
+            if extent.start == start:
+                return self._extent_bytes(version, extent) or b""
+        return b""
 
     def read_extents(self, version: str, wanted: list[Extent]) -> list[tuple[Extent, bytes]]:
         """What the store holds of ``wanted`` (sorted, disjoint): pieces from whole blocks

@@ -10,8 +10,11 @@ damaged ones never served), identical cold fetches shared, and extents surviving
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 from conftest import populate_dimensions
 from nginx import NginxOrigin
 from proxies import Proxy, parse_multipart, running, write_old
-from servers import served
+from servers import served, served_app
 
 from butler import Box, Butler, Image
 from proxyd.policy.extents import (
@@ -319,3 +323,110 @@ def test_image_metadata_and_cutouts_through_proxyd_cost_what_they_cost_directly(
     # times the cutout; now the proxy costs the server what the reads cost it directly.
     assert 0 < costs[0] <= 2 * direct_bytes
     assert costs[1] == 0
+
+
+# -- partial answers of the origin's own, objects without validators --------------------------
+
+
+class ScriptedOrigin:
+    """An origin whose first answer to a range request is shorter than asked (RFC 9110
+    §14.2 lets it send less), then honest; ``validators`` False: no ETag/Last-Modified."""
+
+    def __init__(self, data: bytes, *, validators: bool, short: int | None) -> None:
+        self.data = data
+        self.validators = validators
+        self.short = short
+        self.requests: list[dict[str, str]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        fields = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append(fields)
+        headers = {"Cache-Control": "max-age=3600", "Accept-Ranges": "bytes"}
+        if self.validators:
+            headers["ETag"] = '"v1"'
+            if fields.get("if-match", '"v1"') != '"v1"':
+                return web.Response(status=412, headers=headers)
+        size = len(self.data)
+        value = fields.get("range")
+        if value is None or "," in value:
+            return web.Response(body=self.data, headers=headers)
+        first, _, last = value.removeprefix("bytes=").partition("-")
+        start = int(first) if first else size - int(last)
+        end = min(size - 1, int(last)) if first and last else size - 1
+        if self.short is not None:
+            end, self.short = min(end, start + self.short - 1), None
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return web.Response(status=206, body=self.data[start : end + 1], headers=headers)
+
+
+@contextlib.contextmanager
+def scripted(origin: ScriptedOrigin) -> Iterator[str]:
+    """Serve ``origin`` on 127.0.0.1 in a thread of its own; yields its URL."""
+    loop = asyncio.new_event_loop()
+    started: concurrent.futures.Future[str] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/{name}", origin.handle)
+        async with served_app(app) as url:
+            started.set_result(url)
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=10)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+def test_a_shorter_partial_answer_is_stored_and_completed_with_the_rest(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    origin = ScriptedOrigin(data, validators=True, short=1000)
+    with (
+        scripted(origin) as url,
+        running(Proxy({"o": url}, tmp_path / "proxy", block_size="1MiB")) as proxy,
+    ):
+        first = proxy.get("/o/cube.fits", {"Range": "bytes=-5"})
+        # The origin sent bytes 0-999 for the block asked: passed on as it came (its
+        # Content-Range says what it holds), one origin request.
+        assert first.status == 206
+        assert first.header("Content-Range") == f"bytes 0-999/{len(data)}"
+        assert first.body == data[:1000]
+        assert len(origin.requests) == 1
+        whole = proxy.get("/o/cube.fits")
+        assert whole.status == 200
+        assert whole.body == data
+        # Completed with the rest only, open-ended, on the condition of the same version.
+        assert [r.get("range") for r in origin.requests] == ["bytes=0-1048575", "bytes=1000-"]
+        assert origin.requests[1]["if-match"] == '"v1"'
+        again = proxy.get("/o/cube.fits", {"Range": "bytes=-5"})
+        assert again.body == data[-5:]
+        assert again.header("X-Cache") == "HIT"
+        assert len(origin.requests) == 2
+
+
+def test_without_a_validator_pieces_are_never_combined(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    origin = ScriptedOrigin(data, validators=False, short=None)
+    with (
+        scripted(origin) as url,
+        running(Proxy({"o": url}, tmp_path / "proxy", block_size="1MiB")) as proxy,
+    ):
+        small = proxy.get("/o/plain.bin", {"Range": "bytes=100-199"})
+        assert small.status == 206
+        assert small.body == data[100:200]
+        assert small.header("X-Cache") == "PASS"  # relayed: a later piece could be newer
+        again = proxy.get("/o/plain.bin", {"Range": "bytes=100-199"})
+        assert again.body == data[100:200]
+        assert again.header("X-Cache") == "PASS"  # nothing was kept of it
+        # Whole, from one fetch, it is cached: then any range is answered from it.
+        assert proxy.get("/o/plain.bin").body == data
+        rows = [(1000, 1099), (200_000, 200_099)]
+        scattered = proxy.get("/o/plain.bin", {"Range": _range_field(rows)})
+        _check_parts(scattered, rows, data)
+        assert scattered.header("X-Cache") == "HIT"
+        assert [r.get("range") for r in origin.requests] == ["bytes=100-199"] * 2 + [None]

@@ -39,6 +39,7 @@ __all__ = [
     "needed_in_order",
     "precondition_headers",
     "run_request_headers",
+    "shorter_answer",
     "slice_plan",
 ]
 
@@ -290,6 +291,23 @@ class FetchProblem:
 
     reason: str
     changed: bool = False
+
+
+def shorter_answer(requested: RunPlan, status: int, headers: Headers) -> FetchResult | None:
+    """A 206 that starts where ``requested`` starts but ends sooner (the origin sent less
+    than asked, RFC 9110 §14.2 lets it), with the object's complete length: its bytes are
+    a valid piece of the object, kept as an extent; None for anything else."""
+    if status != 206:
+        return None
+    value = field_value(headers, "Content-Range")
+    parsed = None if value is None else parse_content_range(value)
+    if parsed is None or parsed.start is None or parsed.end is None or parsed.size is None:
+        return None
+    if parsed.start != requested.byte_start:
+        return None
+    if parsed.end >= min(requested.byte_end, parsed.size - 1):
+        return None  # not shorter: interpret_fetch_response judges it
+    return FetchResult(206, parsed.size, ByteRange(parsed.start, parsed.end))
 
 
 def interpret_fetch_response(

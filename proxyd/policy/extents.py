@@ -143,6 +143,14 @@ def is_whole_blocks(extent: Extent, size: int, block_size: int) -> bool:
     return extent.start % block_size == 0 and (extent.stop % block_size == 0 or extent.stop == size)
 
 
+def combinable(etag: str | None, last_modified: str | None) -> bool:
+    """Whether pieces of an object fetched at different times may be served together: only
+    with a validator, which every later fetch sends as a precondition (a changed object is
+    then refused, never mixed in). An object without one is cached only whole, from one
+    fetch (:func:`proxyd.policy.blocks.cacheable_in_blocks`)."""
+    return etag is not None or last_modified is not None
+
+
 def exact_first_fetch(first: int | None, last: int | None, block_size: int) -> Extent | None:
     """The bytes a first fetch asks for when the client's first range-spec is small (at
     most a quarter of a block): exactly those, kept as an extent; None for longer or
