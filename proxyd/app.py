@@ -21,8 +21,9 @@ from proxyd import status
 from proxyd.fastlane import FastLane, in_process
 from proxyd.metrics import CONTENT_TYPE_LATEST, SAMPLE_SECONDS
 from proxyd.policy.routes import route_path
-from proxyd.server import STATE, ProxyState, handle
+from proxyd.server import handle
 from proxyd.settings import ConfigError, ProxySettings
+from proxyd.state import STATE, ProxyState
 from proxyd.store import StoreWriteError, check_writable
 from proxyd.workers import WorkerLink, fork_workers, listening_socket, reap
 
@@ -125,7 +126,7 @@ async def _evictor(app: web.Application) -> AsyncIterator[None]:
                 # may free the space); the requests' own writes report it (/healthz).
                 log.warning("cache maintenance failed: %s", exc)
                 continue
-            state.store.close_stale_files()
+            state.store.on_loop.close_stale_files()
             if removed:
                 state.metrics.evictions.inc(removed)
                 log.info("evicted %d cache entries", removed)
@@ -312,16 +313,17 @@ async def _serve_until_stopped(
     take_over = in_process(runner.server)
     lane = FastLane(state, take_over)
     factory = lane.connection if settings.fast_lane else runner.server
-    state.workers = [WorkerLink(pid, channel, state.metrics, take_over) for pid, channel in forked]
-    for link in state.workers:
+    links = [WorkerLink(pid, channel, state.metrics, take_over) for pid, channel in forked]
+    state.workers = links
+    for link in links:
         link.start()
     server = await asyncio.get_running_loop().create_server(factory, sock=listener)
     try:
         await asyncio.Event().wait()
     finally:
         server.close()
-        for link in state.workers:
+        for link in links:
             link.stop()
         lane.close_all()
-        await asyncio.to_thread(reap, state.workers)
+        await asyncio.to_thread(reap, links)
         await runner.cleanup()

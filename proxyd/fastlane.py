@@ -4,7 +4,7 @@ Every client connection starts here. For each request that arrives whole, the la
 :func:`proxyd.policy.plain.recognise` whether it is a plain GET and then whether the
 answer is in hand: the route (memoised per target), the object's metadata in memory, still
 fresh for anyone (:func:`proxyd.policy.plain.plain_hit_until`), one satisfiable range (or
-none) inside one block held in memory or the page cache (:func:`proxyd.server.ready_piece`).
+none) inside one block held in memory or the page cache (:func:`proxyd.reading.ready_piece`).
 Then it writes the same response the full handler would -- same status, fields, body,
 metrics and access-log line (tests/test_proxyd_fastlane.py compares the two) -- at a fraction
 of the cost: no request object, no router, no middleware, no response object.
@@ -39,15 +39,8 @@ from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simp
 from proxyd.policy import freshness
 from proxyd.policy.plain import Recogniser, plain_hit_until
 from proxyd.policy.requests import Route, route
-from proxyd.server import (
-    CACHE_HEADER,
-    ProxyState,
-    Served,
-    account,
-    quick_pieces,
-    replayed,
-    small_pieces,
-)
+from proxyd.reading import quick_pieces, replayed, small_pieces
+from proxyd.state import CACHE_HEADER, ProxyState, Served, account
 from proxyd.store import ObjectMeta
 
 log = logging.getLogger("proxyd")
@@ -86,7 +79,7 @@ def _field_block(fields: list[tuple[str, str]]) -> bytes | None:
 
 
 def _hot(meta: ObjectMeta, state: ProxyState) -> _Hot:
-    """The answer template for ``meta``: the fields :func:`proxyd.server.respond_from_blocks`
+    """The answer template for ``meta``: the fields :func:`proxyd.reading.respond_from_blocks`
     sends for a hit, and those aiohttp's Response adds when they are missing."""
     stored = meta.stored
     fields = list(replayed(stored.headers))
@@ -183,7 +176,7 @@ class FastLane:
         if target is None:
             return "not routed"
         state = self.state
-        meta = state.store.peek_meta(target.cache_key)
+        meta = state.store.on_loop.peek_meta(target.cache_key)
         if meta is None:
             return _Warm(target.cache_key)
         hot = self._hot_answer(target.cache_key, meta)
@@ -230,9 +223,9 @@ class FastLane:
         store = self.state.store
         try:
             if need.index < 0:
-                await self.state.blocking(store.get_meta, need.key, reload=need.reload)
+                await self.state.blocking(store.in_thread.get_meta, need.key, reload=need.reload)
             else:
-                await self.state.blocking(store.warm_block, need.version, need.index)
+                await self.state.blocking(store.in_thread.warm_block, need.version, need.index)
         except OSError as exc:  # the handler will meet it again and answer properly
             log.warning("fast lane: cannot read %s from the cache: %s", need.key, exc)
 

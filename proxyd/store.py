@@ -40,11 +40,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import diskcache
 
 from proxyd.changes import ChangeMarker
+from proxyd.policy.extents import Extent, merged, split_at_blocks
 from proxyd.policy.freshness import StoredMeta
 
 if TYPE_CHECKING:
@@ -151,6 +152,20 @@ def encode_block(data: bytes) -> bytes:
     view = memoryview(data)
     digests = b"".join(_digest(view[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK))
     return _HEAD.pack(MAGIC, SUB_BLOCK, len(data)) + digests + data
+
+
+def decode_verified(raw: bytes) -> bytes | None:
+    """The data of a value written by :func:`encode_block` if every digest matches, else
+    None (torn, damaged or of another format)."""
+    header = BlockHeader.parse(raw[: BlockHeader.room(len(raw))], len(raw))
+    if header is None:
+        return None
+    view = memoryview(raw)[header.size :]
+    step = header.sub_block
+    for n, offset in enumerate(range(0, header.length, step)):
+        if _digest(view[offset : offset + step]) != header.digest(n):
+            return None
+    return bytes(view)
 
 
 @dataclass(frozen=True)
@@ -296,8 +311,52 @@ class StoreStats:
     corrupt_blocks: int
 
 
+class LoopReads(Protocol):
+    """The store's reads for the event loop's thread: memory, and block files verified
+    lately through descriptors the loop keeps open (a read that would wait for the disk is
+    refused). None (or False) means "not in hand": ask :class:`ThreadReads` in a worker."""
+
+    def remembered_meta(self, key: str) -> ObjectMeta | None: ...
+
+    def peek_meta(self, key: str) -> ObjectMeta | None: ...
+
+    def known_block(self, version: str, index: int) -> bool: ...
+
+    def memory_block(self, version: str, index: int) -> bytes | None: ...
+
+    def quick_slice(self, version: str, index: int, start: int, stop: int) -> bytes | None: ...
+
+    def quick_open(self, version: str, index: int) -> BlockFile | None: ...
+
+    def close_stale_files(self) -> None: ...
+
+
+class ThreadReads(Protocol):
+    """The store's reads for a worker thread (SQLite, file reads, hashing: they block)."""
+
+    def get_meta(self, key: str, *, reload: bool = False) -> ObjectMeta | None: ...
+
+    def has_blocks(self, version: str, indexes: range | list[int]) -> set[int]: ...
+
+    def get_block(self, version: str, index: int) -> bytes | None: ...
+
+    def read_slice(
+        self, version: str, index: int, start: int, stop: int | None
+    ) -> bytes | None: ...
+
+    def open_block(self, version: str, index: int) -> BlockFile | bytes | None: ...
+
+    def warm_block(self, version: str, index: int) -> bool: ...
+
+    def read_extents(self, version: str, wanted: list[Extent]) -> list[tuple[Extent, bytes]]: ...
+
+    def block_prefix(self, version: str, index: int) -> bytes: ...
+
+
 class BlockStore:
-    """Metadata and blocks of cached objects, with LRU eviction between watermarks."""
+    """Metadata, blocks and extents of cached objects, with LRU eviction between
+    watermarks. Readers go through :attr:`on_loop` on the event loop and :attr:`in_thread`
+    in worker threads: which reads may run where is in the type."""
 
     def __init__(
         self,
@@ -352,6 +411,16 @@ class BlockStore:
         self._fds: OrderedDict[str, list[int]] = OrderedDict()
         self._fds_stale = False
         """Path -> [open descriptor, users] of block files (event loop only)."""
+
+    @property
+    def on_loop(self) -> LoopReads:
+        """The reads the event loop may make itself."""
+        return self
+
+    @property
+    def in_thread(self) -> ThreadReads:
+        """The reads that block: for a worker thread (``await state.blocking(...)``)."""
+        return self
 
     def close(self) -> None:
         while self._fds:
@@ -463,6 +532,8 @@ class BlockStore:
                 version = meta.version(self.block_size)
                 for index in range(max(1, meta.block_count(self.block_size))):
                     removed += bool(cache.delete(f"block:{version}:{index}"))
+                    if cache is self._cache:
+                        self._drop_extents(version, index)
         self._mark_change()
         return removed
 
@@ -799,6 +870,8 @@ class BlockStore:
         except (OSError, sqlite3.Error) as exc:
             raise self._write_error(exc) from None
         self._remember_block(block_key, data)
+        if self._cache.get(_extent_index_key(version, index)) is not None:
+            self._drop_extents(version, index)  # the block holds all they did
         # Written from bytes in hand: trusted as such (a crash mid-write ends the process,
         # and with it this memory), so a download right after a fill need not hash it.
         try:
@@ -812,6 +885,131 @@ class BlockStore:
                 with self._lock:
                     self._located[block_key] = (stored.name, header)
                     self._verified[stored.name] = time.monotonic()
+
+    # -- extents --------------------------------------------------------------------------
+    # Pieces of a block, byte-exact, for reads far smaller than a block (see
+    # proxyd.policy.extents). ``extent:<version>:<start>:<stop>`` holds the bytes (encoded
+    # like a block: with digests); ``extents:<version>:<block>`` lists the block's extents.
+    # A piece is written before the list names it and deleted after the list stops naming
+    # it, so a crash leaves at most a piece nobody names (evicted in time), never a name
+    # without its bytes; a piece evicted or damaged on its own is missing, fetched again.
+    # Extents live in the evictable store only; the block, once whole, replaces them.
+
+    def extents_of(self, version: str, index: int) -> list[Extent]:
+        """The extents stored of block ``index`` (sorted, disjoint)."""
+        raw = self._cache.get(_extent_index_key(version, index))
+        if not isinstance(raw, str):
+            return []
+        try:
+            return [Extent(int(a), int(b)) for a, b in json.loads(raw)]
+        except (ValueError, TypeError):
+            return []
+
+    def _extent_bytes(self, version: str, extent: Extent) -> bytes | None:
+        raw = self._cache.get(_extent_key(version, extent))
+        data = decode_verified(raw) if isinstance(raw, bytes) else None
+        if data is not None and len(data) == extent.length:
+            return data
+        if raw is not None:
+            with self._lock:
+                self.corrupt_blocks += 1
+        self._set_extents(version, extent.start // self.block_size, remove=[extent])
+        return None
+
+    def _set_extents(
+        self, version: str, index: int, *, add: Extent | None = None, remove: list[Extent]
+    ) -> None:
+        """Change the list of block ``index``'s extents (one SQLite transaction: two proxy
+        processes adding pieces of one block at once both keep theirs)."""
+        with self._cache.transact():
+            current = [e for e in self.extents_of(version, index) if e not in remove]
+            if add is not None:
+                current.append(add)
+            key = _extent_index_key(version, index)
+            if current:
+                self._cache.set(key, json.dumps([[e.start, e.stop] for e in sorted(current)]))
+            else:
+                self._cache.delete(key)
+
+    def _drop_extents(self, version: str, index: int) -> None:
+        extents = self.extents_of(version, index)
+        self._cache.delete(_extent_index_key(version, index))
+        for extent in extents:
+            self._cache.delete(_extent_key(version, extent))
+
+    def block_prefix(self, version: str, index: int) -> bytes:
+        """The stored extent that begins where block ``index`` begins (verified), or b"":
+        a fill of the block then asks the origin only for the rest (RFC 9111 §3.4)."""
+        start = index * self.block_size
+        for extent in self.extents_of(version, index):
+            if extent.start == start:
+                return self._extent_bytes(version, extent) or b""
+        return b""
+
+    def read_extents(self, version: str, wanted: list[Extent]) -> list[tuple[Extent, bytes]]:
+        """What the store holds of ``wanted`` (sorted, disjoint): pieces from whole blocks
+        and from extents, verified, in order. What is left out is not stored."""
+        bs = self.block_size
+        found: list[tuple[Extent, bytes]] = []
+        for want in wanted:
+            for piece in split_at_blocks(want, bs):
+                index = piece.start // bs
+                base = index * bs
+                data = self.read_slice(version, index, piece.start - base, piece.stop - base)
+                if data is not None and len(data) == piece.length:
+                    found.append((piece, data))
+                    continue
+                for extent in self.extents_of(version, index):
+                    lo, hi = max(extent.start, piece.start), min(extent.stop, piece.stop)
+                    if lo >= hi:
+                        continue
+                    whole = self._extent_bytes(version, extent)
+                    if whole is not None:
+                        found.append((Extent(lo, hi), whole[lo - extent.start : hi - extent.start]))
+        return found
+
+    def put_extents(self, version: str, pieces: list[tuple[int, bytes]], size: int) -> None:
+        """Store fetched bytes (``(offset, data)``) of an object of ``size`` bytes as extents,
+        each merged with the extents it overlaps or touches; a block they then cover whole
+        becomes a block (:class:`StoreWriteError` if the cache cannot store)."""
+        try:
+            for offset, data in pieces:
+                if not data:
+                    continue
+                for extent in split_at_blocks(Extent(offset, offset + len(data)), self.block_size):
+                    self._add_extent(
+                        version, extent, data[extent.start - offset : extent.stop - offset], size
+                    )
+        except (OSError, sqlite3.Error) as exc:
+            raise self._write_error(exc) from None
+
+    def _add_extent(self, version: str, extent: Extent, data: bytes, size: int) -> None:
+        bs = self.block_size
+        index = extent.start // bs
+        if self.has_blocks(version, [index]):
+            return  # the whole block is stored already
+        touching = [
+            e
+            for e in self.extents_of(version, index)
+            if e.start <= extent.stop and e.stop >= extent.start
+        ]
+        pieces = [(extent, data)]
+        for e in touching:
+            got = self._extent_bytes(version, e)
+            if got is not None:
+                pieces.insert(0, (e, got))  # the new bytes go last, over the old ones
+        union = merged(e for e, _ in pieces)[0]  # each piece touches ``extent``: one run
+        buffer = bytearray(union.length)
+        for e, got in pieces:
+            buffer[e.start - union.start : e.stop - union.start] = got
+        if union.start == index * bs and union.stop == min(size, (index + 1) * bs):
+            self.put_block(version, index, bytes(buffer))  # drops the block's extents
+            return
+        self._cache.set(_extent_key(version, union), encode_block(bytes(buffer)))
+        self._set_extents(version, index, add=union, remove=touching)
+        for e in touching:
+            if e != union:
+                self._cache.delete(_extent_key(version, e))
 
     # -- pinning, eviction, listing -------------------------------------------------------
 
@@ -920,6 +1118,14 @@ class BlockStore:
         self._forget_memory()
         self._mark_change()
         return count
+
+
+def _extent_index_key(version: str, index: int) -> str:
+    return f"extents:{version}:{index}"
+
+
+def _extent_key(version: str, extent: Extent) -> str:
+    return f"extent:{version}:{extent.start}:{extent.stop}"
 
 
 def describe_meta(meta: ObjectMeta, block_size: int, present: set[int]) -> dict[str, Any]:

@@ -263,7 +263,7 @@ def _run_worker(settings: ProxySettings, listener: socket.socket, channel: socke
 async def _worker_main(
     settings: ProxySettings, listener: socket.socket, channel: socket.socket
 ) -> None:
-    from proxyd.server import ProxyState  # after the fork: the main process's is not ours
+    from proxyd.state import ProxyState  # after the fork: the main process's is not ours
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -301,7 +301,7 @@ async def _worker_main(
                 await asyncio.to_thread(state.store.flush_recency)
             except (OSError, sqlite3.Error) as exc:  # a full or read-only cache: next time
                 log.warning("worker %d: cache maintenance failed: %s", os.getpid(), exc)
-            state.store.close_stale_files()
+            state.store.on_loop.close_stale_files()
 
     chores = [loop.create_task(counting()), loop.create_task(recency())]
     try:

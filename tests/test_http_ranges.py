@@ -24,13 +24,16 @@ from butler.http.ranges import (
     MAX_DIGITS,
     ByteRange,
     ContentRange,
+    MultipartError,
     RangeOutcome,
     RangeSpec,
     coalesce_ranges,
     content_range,
     make_boundary,
+    multipart_boundary,
     multipart_content_type,
     multipart_layout,
+    multipart_parts,
     parse_content_range,
     parse_range_header,
     parse_range_specs,
@@ -891,3 +894,24 @@ def test_simple_range_is_never_wrong_about_any_header(value: str, size: int) -> 
 )
 def test_simple_range_leaves_other_forms_to_the_full_parser(value: str) -> None:
     assert simple_range(value, 100) is None
+
+
+def test_multipart_parts_are_read_back_by_length_whatever_the_data() -> None:
+    boundary = "b0und4ry"
+    # Part data holding the delimiter itself: only the Content-Range length tells the end.
+    data = bytearray(DATA)
+    data[100:110] = b"--" + boundary.encode()
+    ranges = [ByteRange(95, 120), ByteRange(5000, 5009), ByteRange(9990, 9999)]
+    layout = multipart_layout(ranges, len(data), "text/plain", boundary)
+    body = b"".join(head + bytes(data[r.start : r.end + 1]) for head, r in layout.parts)
+    body += layout.closing
+    content_type = multipart_content_type(boundary)
+    assert multipart_boundary(content_type) == boundary
+    assert multipart_boundary('multipart/byteranges; boundary="q q"') == "q q"
+    assert multipart_boundary("text/plain; boundary=x") is None
+    parts = multipart_parts(boundary, body)
+    assert parts == [(r, bytes(data[r.start : r.end + 1])) for r in ranges]
+    with pytest.raises(MultipartError, match="shorter"):
+        multipart_parts(boundary, body[: len(body) - len(layout.closing) - 3])
+    with pytest.raises(MultipartError, match="closing"):
+        multipart_parts(boundary, body[: -len(layout.closing)])

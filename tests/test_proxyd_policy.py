@@ -30,9 +30,10 @@ from proxyd.policy.access import (
     requires_authorization,
 )
 from proxyd.policy.blocks import (
-    BlockRun,
     BlockSlice,
+    FetchProblem,
     FetchResult,
+    RunPlan,
     block_count,
     block_span,
     blocks_for,
@@ -945,21 +946,21 @@ def test_blocks_for() -> None:
 
 def test_missing_runs() -> None:
     runs = missing_runs(range(10), {3, 4}, 10, 95, 1000)
-    assert runs == [BlockRun(0, 2, 0, 29), BlockRun(5, 9, 50, 94)]
+    assert runs == [RunPlan(0, 2, 0, 29), RunPlan(5, 9, 50, 94)]
     assert runs[1].range_header == "bytes=50-94"
     assert runs[1].length == 45
     assert list(runs[0].blocks) == [0, 1, 2]
     assert runs[0].byte_range == ByteRange(0, 29)
     # capped: at most 3 blocks (30 bytes) per run
     assert missing_runs(range(8), set(), 10, 80, 35) == [
-        BlockRun(0, 2, 0, 29),
-        BlockRun(3, 5, 30, 59),
-        BlockRun(6, 7, 60, 79),
+        RunPlan(0, 2, 0, 29),
+        RunPlan(3, 5, 30, 59),
+        RunPlan(6, 7, 60, 79),
     ]
     # a block larger than the cap is still fetched, alone
     assert missing_runs([0, 1], set(), 100, 200, 10) == [
-        BlockRun(0, 0, 0, 99),
-        BlockRun(1, 1, 100, 199),
+        RunPlan(0, 0, 0, 99),
+        RunPlan(1, 1, 100, 199),
     ]
     assert missing_runs([1, 2], {1, 2}, 10, 100, 100) == []
     with pytest.raises(ValueError, match="within"):
@@ -1065,17 +1066,17 @@ def specs(header: str) -> tuple[RangeSpec, ...]:
 
 def test_initial_fetch_for_unknown_size() -> None:
     bs, cap = 1000, 5000
-    assert initial_fetch(None, bs, cap) == BlockRun(0, 4, 0, 4999)
-    assert initial_fetch(specs("bytes=0-10"), bs, cap) == BlockRun(0, 0, 0, 999)
-    assert initial_fetch(specs("bytes=2500-3100"), bs, cap) == BlockRun(2, 3, 2000, 3999)
-    assert initial_fetch(specs("bytes=2500-"), bs, cap) == BlockRun(2, 6, 2000, 6999)
-    assert initial_fetch(specs("bytes=0-99999"), bs, cap) == BlockRun(0, 4, 0, 4999)
-    assert initial_fetch(specs("bytes=-500"), bs, cap) == BlockRun(0, 0, 0, 999)
-    assert initial_fetch(specs("bytes=-500,7000-7001"), bs, cap) == BlockRun(7, 7, 7000, 7999)
+    assert initial_fetch(None, bs, cap) == RunPlan(0, 4, 0, 4999)
+    assert initial_fetch(specs("bytes=0-10"), bs, cap) == RunPlan(0, 0, 0, 999)
+    assert initial_fetch(specs("bytes=2500-3100"), bs, cap) == RunPlan(2, 3, 2000, 3999)
+    assert initial_fetch(specs("bytes=2500-"), bs, cap) == RunPlan(2, 6, 2000, 6999)
+    assert initial_fetch(specs("bytes=0-99999"), bs, cap) == RunPlan(0, 4, 0, 4999)
+    assert initial_fetch(specs("bytes=-500"), bs, cap) == RunPlan(0, 0, 0, 999)
+    assert initial_fetch(specs("bytes=-500,7000-7001"), bs, cap) == RunPlan(7, 7, 7000, 7999)
 
 
 def test_interpret_fetch_response() -> None:
-    run = BlockRun(2, 3, 2000, 3999)
+    run = RunPlan(2, 3, 2000, 3999)
     ok = interpret_fetch_response(run, 206, {"Content-Range": "bytes 2000-3999/10000"})
     assert ok == FetchResult(206, 10000, ByteRange(2000, 3999))
     short = interpret_fetch_response(run, 206, {"Content-Range": "bytes 2000-2499/2500"})
@@ -1096,8 +1097,10 @@ def test_interpret_fetch_response() -> None:
         result = interpret_fetch_response(
             run, status, headers, known_size=known_size, expected_etag=expected_etag
         )
-        assert isinstance(result, str)
-        return result
+        assert isinstance(result, FetchProblem)
+        # Only a size or an ETag that differs from the stored one says the object changed.
+        assert result.changed == ("changed" in result.reason)
+        return result.reason
 
     assert "single valid" in problem(206, {})
     assert "complete length" in problem(206, {"Content-Range": "bytes 2000-3999/*"})
@@ -1107,6 +1110,12 @@ def test_interpret_fetch_response() -> None:
         206, {"Content-Range": "bytes 2000-3999/9000"}, known_size=10000
     )
     assert "changed" in problem(200, {"Content-Length": "5"}, known_size=10000)
+    changed = interpret_fetch_response(run, 200, {"Content-Length": "5"}, known_size=10000)
+    assert isinstance(changed, FetchProblem)
+    assert changed.changed
+    unchanged = interpret_fetch_response(run, 206, {})
+    assert isinstance(unchanged, FetchProblem)
+    assert not unchanged.changed
     assert "changed" in problem(416, {"Content-Range": "bytes */5"}, known_size=10000)
     assert 'ETag "b" instead of "a"' in problem(
         206, {"Content-Range": "bytes 2000-3999/10000", "ETag": '"b"'}, expected_etag='"a"'
@@ -1116,7 +1125,7 @@ def test_interpret_fetch_response() -> None:
 
 
 def test_run_request_headers() -> None:
-    run = BlockRun(0, 0, 0, 99)
+    run = RunPlan(0, 0, 0, 99)
     lm = http_date(T0)
     assert run_request_headers(run, '"s"', lm) == (
         ("Range", "bytes=0-99"),

@@ -35,8 +35,8 @@ from proxyd.policy.access import (
     interpret_auth_response,
 )
 from proxyd.policy.blocks import (
-    BlockRun,
     FetchResult,
+    RunPlan,
     block_count,
     block_span,
     initial_fetch,
@@ -96,7 +96,7 @@ VALUE_CLASSES = [
     AccessDecision,
     AuthAnswer,
     AuthEntry,
-    BlockRun,
+    RunPlan,
     BundleEntry,
     ByteRange,
     CacheControl,

@@ -126,3 +126,41 @@ def test_entries_keyed_by_a_sorted_query_are_dropped_after_the_upgrade(tmp_path:
     assert again is not None
     assert again.key_format == 2
     store.close()
+
+
+class _NoSQLite:
+    """Stands in for the store's diskcache: any use is a failure."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the event loop's reads used SQLite ({name})")
+
+
+def test_the_loop_reads_never_touch_sqlite(tmp_path: Path) -> None:
+    """store.on_loop is what the event loop calls itself: memory and verified files only.
+    A read there that went to SQLite would stall every client of the proxy."""
+    store = _store(tmp_path)
+    data = os.urandom(BLOCK)
+    store.put_block("v", 0, data)
+    store.put_block("v", 1, data[::-1])
+    assert store.in_thread.read_slice("v", 1, 0, 10) == data[::-1][:10]  # verifies block 1
+    store.in_thread.get_meta("absent")
+    cache, pinned = store._cache, store._pinned
+    store._cache = store._pinned = _NoSQLite()
+    try:
+        loop = store.on_loop
+        assert loop.quick_slice("v", 1, 5, 25) == data[::-1][5:25]
+        opened = loop.quick_open("v", 1)
+        assert isinstance(opened, BlockFile)
+        assert os.pread(opened.fd, 8, opened.offset) == data[::-1][:8]
+        opened.release()
+        assert loop.known_block("v", 1)
+        assert not loop.known_block("v", 7)
+        assert loop.memory_block("v", 7) is None
+        assert loop.quick_slice("v", 7, 0, 10) is None  # not in hand: ask in a thread
+        assert loop.quick_open("v", 7) is None
+        assert loop.remembered_meta("absent") is None
+        assert loop.peek_meta("other") is None
+        loop.close_stale_files()
+    finally:
+        store._cache, store._pinned = cache, pinned
+    store.close()

@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "MultipartError",
+    "multipart_boundary",
+    "multipart_parts",
     "MAX_DIGITS",
     "ByteRange",
     "ContentRange",
@@ -477,3 +480,50 @@ def multipart_layout(
     closing = b"\r\n" + delimiter + b"--\r\n"
     total += len(closing)
     return MultipartLayout(tuple(parts), closing, total)
+
+
+class MultipartError(ValueError):
+    """A ``multipart/byteranges`` body that cannot be read."""
+
+
+def multipart_boundary(content_type: str) -> str | None:
+    """The boundary parameter of a ``multipart/byteranges`` Content-Type, else None."""
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() != "multipart/byteranges":
+        return None
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "boundary" and value:
+            return value.strip().strip('"')
+    return None
+
+
+def multipart_parts(boundary: str, body: bytes) -> list[tuple[ByteRange, bytes]]:
+    """The parts of a whole ``multipart/byteranges`` body (RFC 9110 §14.6): each part's range
+    (from its Content-Range) and bytes, taken by length, so that a part's data may contain
+    anything, the boundary included (:class:`MultipartError` if the body is malformed)."""
+    delimiter = b"--" + boundary.encode("latin-1")
+    parts: list[tuple[ByteRange, bytes]] = []
+    position = body.find(delimiter)
+    while position >= 0:
+        position += len(delimiter)
+        if body[position : position + 2] == b"--":
+            return parts  # the closing delimiter
+        head_end = body.find(b"\r\n\r\n", position)
+        if head_end < 0:
+            raise MultipartError("a part without the end of its header fields")
+        fields = body[position:head_end].decode("latin-1").split("\r\n")
+        value = next(
+            (f.partition(":")[2].strip() for f in fields if f.lower().startswith("content-range:")),
+            None,
+        )
+        parsed = None if value is None else parse_content_range(value)
+        if parsed is None or parsed.start is None or parsed.end is None:
+            raise MultipartError("a part without a valid Content-Range")
+        start = head_end + 4
+        stop = start + parsed.end - parsed.start + 1
+        if stop > len(body):
+            raise MultipartError("a part shorter than its Content-Range")
+        parts.append((ByteRange(parsed.start, parsed.end), body[start:stop]))
+        position = body.find(delimiter, stop)
+    raise MultipartError("no closing delimiter")

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
 
 from butler.errors import ButlerError, CorruptFileError
 from butler.http.errors import raise_for_error
-from butler.http.ranges import parse_content_range
+from butler.http.ranges import (
+    MultipartError,
+    multipart_boundary,
+    multipart_parts,
+    parse_content_range,
+)
 from butler.io.source import ByteRange, merge_ranges
 from butler.remote.api import API, Params, header_fields, timed_out, unreachable
 
@@ -301,18 +305,17 @@ class RepositoryClient:
 async def _read_multipart(
     response: aiohttp.ClientResponse, batch: Sequence[ByteRange], url: str
 ) -> dict[int, bytes]:
-    reader = aiohttp.MultipartReader(CIMultiDict(response.headers), response.content)
-    parts: list[tuple[int, bytes]] = []
-    while True:
-        part = await reader.next()
-        if part is None:
-            break
-        assert isinstance(part, aiohttp.BodyPartReader)
-        content_range = parse_content_range(part.headers.get("Content-Range", ""))
-        if content_range is None or content_range.start is None:
-            raise CorruptFileError(f"{url}: a multipart part lacks its Content-Range")
-        parts.append((content_range.start, bytes(await part.read(decode=False))))
-    return _assign_parts(parts, batch, url)
+    """The parts of a multipart/byteranges answer, read whole and cut by their
+    Content-Range lengths (aiohttp's MultipartReader relies on a deprecated stream call,
+    and the parts are held in memory all the same)."""
+    boundary = multipart_boundary(response.headers.get("Content-Type", ""))
+    if boundary is None:
+        raise CorruptFileError(f"{url}: a multipart answer without its boundary")
+    try:
+        found = multipart_parts(boundary, await response.read())
+    except MultipartError as exc:
+        raise CorruptFileError(f"{url}: {exc}") from None
+    return _assign_parts([(r.start, data) for r, data in found], batch, url)
 
 
 def _assign_parts(

@@ -24,8 +24,9 @@ from butler.http.ranges import ByteRange, RangeSpec, parse_content_range
 from proxyd.policy import HeaderPairs, Headers, field_value
 
 __all__ = [
-    "BlockRun",
+    "RunPlan",
     "BlockSlice",
+    "FetchProblem",
     "FetchResult",
     "block_count",
     "block_span",
@@ -36,7 +37,9 @@ __all__ = [
     "iter_slices",
     "missing_runs",
     "needed_in_order",
+    "precondition_headers",
     "run_request_headers",
+    "shorter_answer",
     "slice_plan",
 ]
 
@@ -78,9 +81,10 @@ def blocks_for(ranges: Iterable[ByteRange], size: int, block_size: int) -> list[
 
 
 @dataclass(frozen=True, slots=True)
-class BlockRun:
-    """Contiguous blocks ``first..last`` fetched with one upstream range request for bytes
-    ``byte_start..byte_end`` (inclusive, like a ``Range`` header)."""
+class RunPlan:
+    """A run planned: contiguous blocks ``first..last`` to fetch with one upstream range
+    request for bytes ``byte_start..byte_end`` (inclusive, like a ``Range`` header). The run
+    being fetched is :class:`proxyd.inflight.BlockRun` (``start``/``end``, end excluded)."""
 
     first: int
     last: int
@@ -107,11 +111,11 @@ class BlockRun:
         return f"bytes={self.byte_start}-{self.byte_end}"
 
 
-def _run(first: int, last: int, size: int | None, block_size: int) -> BlockRun:
+def _run(first: int, last: int, size: int | None, block_size: int) -> RunPlan:
     end = (last + 1) * block_size - 1
     if size is not None:
         end = min(end, size - 1)
-    return BlockRun(first, last, first * block_size, end)
+    return RunPlan(first, last, first * block_size, end)
 
 
 def missing_runs(
@@ -120,7 +124,7 @@ def missing_runs(
     block_size: int,
     size: int,
     max_fetch_bytes: int,
-) -> list[BlockRun]:
+) -> list[RunPlan]:
     """Group the needed blocks that are not ``present`` into runs to fetch, in block order.
 
     Each run is a maximal sequence of consecutive missing blocks, split so that no run is
@@ -136,7 +140,7 @@ def missing_runs(
     missing = sorted({i for i in needed_block_indexes if i not in present})
     if missing and (missing[0] < 0 or missing[-1] >= count):
         raise ValueError(f"block indexes must be within 0..{count - 1} for {size} bytes")
-    runs: list[BlockRun] = []
+    runs: list[RunPlan] = []
     start = prev = None
     for i in missing:
         if start is not None and prev is not None and i == prev + 1 and i - start < per_run:
@@ -191,7 +195,7 @@ def needed_in_order(ranges: Iterable[ByteRange], block_size: int) -> Iterator[tu
 
 def initial_fetch(
     specs: Sequence[RangeSpec] | None, block_size: int, max_fetch_bytes: int
-) -> BlockRun:
+) -> RunPlan:
     """The first upstream range request for an object whose size is not known yet.
 
     ``specs`` are the client's range-specs (:func:`butler.http.ranges.parse_range_specs`),
@@ -236,7 +240,7 @@ def cacheable_in_blocks(
     return etag is not None or last_modified is not None or size <= block_size
 
 
-def run_request_headers(run: BlockRun, etag: str | None, last_modified: str | None) -> HeaderPairs:
+def run_request_headers(run: RunPlan, etag: str | None, last_modified: str | None) -> HeaderPairs:
     """Fields of the upstream request for ``run`` of a known object version.
 
     ``Range`` for the run's bytes; ``Accept-Encoding: identity`` because byte ranges apply to
@@ -247,7 +251,14 @@ def run_request_headers(run: BlockRun, etag: str | None, last_modified: str | No
     validator the caller must compare the response's size with the stored one
     (:func:`interpret_fetch_response` does).
     """
-    out: list[tuple[str, str]] = [("Range", run.range_header), ("Accept-Encoding", "identity")]
+    return (("Range", run.range_header), *precondition_headers(etag, last_modified))
+
+
+def precondition_headers(etag: str | None, last_modified: str | None) -> HeaderPairs:
+    """The fields of a range request for more bytes of a stored version (see
+    :func:`run_request_headers`): the identity coding, and ``If-Match`` (strong ETag) or
+    ``If-Unmodified-Since`` so that a changed object is refused with a 412."""
+    out: list[tuple[str, str]] = [("Accept-Encoding", "identity")]
     tag = None if etag is None else EntityTag.parse(etag)
     if tag is not None and not tag.weak:
         out.append(("If-Match", str(tag)))
@@ -272,17 +283,45 @@ class FetchResult:
     received: ByteRange | None
 
 
+@dataclass(frozen=True, slots=True)
+class FetchProblem:
+    """Why an upstream answer to a block-run request cannot be used (never stored).
+    ``changed``: the object is no longer the stored version (another size or ETag): the
+    caller drops its metadata and starts over, so no response mixes two versions."""
+
+    reason: str
+    changed: bool = False
+
+
+def shorter_answer(requested: RunPlan, status: int, headers: Headers) -> FetchResult | None:
+    """A 206 that starts where ``requested`` starts but ends sooner (the origin sent less
+    than asked, RFC 9110 §14.2 lets it), with the object's complete length: its bytes are
+    a valid piece of the object, kept as an extent; None for anything else."""
+    if status != 206:
+        return None
+    value = field_value(headers, "Content-Range")
+    parsed = None if value is None else parse_content_range(value)
+    if parsed is None or parsed.start is None or parsed.end is None or parsed.size is None:
+        return None
+    if parsed.start != requested.byte_start:
+        return None
+    if parsed.end >= min(requested.byte_end, parsed.size - 1):
+        return None  # not shorter: interpret_fetch_response judges it
+    return FetchResult(206, parsed.size, ByteRange(parsed.start, parsed.end))
+
+
 def interpret_fetch_response(
-    requested: BlockRun,
+    requested: RunPlan,
     status: int,
     headers: Headers,
     *,
     known_size: int | None = None,
     expected_etag: str | None = None,
-) -> FetchResult | str:
-    """Check an upstream answer to a block-run request; a string says what is wrong.
+) -> FetchResult | FetchProblem:
+    """Check an upstream answer to a block-run request; a :class:`FetchProblem` says what is
+    wrong.
 
-    Refused (as a string, never stored): a 206 whose Content-Range is missing, multipart, of
+    Refused (never stored): a 206 whose Content-Range is missing, multipart, of
     unknown length, or not the bytes asked for (start at ``byte_start``; end at ``byte_end``
     or the object's last byte); a size different from ``known_size`` or an ETag different
     from ``expected_etag`` (the object changed: the caller drops its metadata and starts
@@ -292,26 +331,31 @@ def interpret_fetch_response(
     if expected_etag is not None:
         etag = field_value(headers, "ETag")
         if etag is not None and etag.strip(" \t") != expected_etag.strip(" \t"):
-            return f"the object changed: ETag {etag.strip()} instead of {expected_etag.strip()}"
+            return FetchProblem(
+                f"the object changed: ETag {etag.strip()} instead of {expected_etag.strip()}",
+                changed=True,
+            )
 
-    def changed(size: int) -> str | None:
+    def changed(size: int) -> FetchProblem | None:
         if known_size is not None and size != known_size:
-            return f"the object changed: {size} bytes instead of {known_size}"
+            return FetchProblem(
+                f"the object changed: {size} bytes instead of {known_size}", changed=True
+            )
         return None
 
     if status == 206:
         value = field_value(headers, "Content-Range")
         parsed = None if value is None else parse_content_range(value)
         if parsed is None or parsed.start is None or parsed.end is None:
-            return "a 206 without a single valid Content-Range"
+            return FetchProblem("a 206 without a single valid Content-Range")
         if parsed.size is None:
-            return "a 206 whose Content-Range does not give the complete length"
+            return FetchProblem("a 206 whose Content-Range does not give the complete length")
         problem = changed(parsed.size)
         if problem is not None:
             return problem
         expected_end = min(requested.byte_end, parsed.size - 1)
         if parsed.start != requested.byte_start or parsed.end != expected_end:
-            return (
+            return FetchProblem(
                 f"asked for bytes {requested.byte_start}-{expected_end}, the origin sent "
                 f"{parsed.start}-{parsed.end}"
             )
@@ -329,9 +373,9 @@ def interpret_fetch_response(
         value = field_value(headers, "Content-Range")
         parsed = None if value is None else parse_content_range(value)
         if parsed is None or parsed.size is None or parsed.start is not None:
-            return "a 416 without Content-Range: bytes */size"
+            return FetchProblem("a 416 without Content-Range: bytes */size")
         problem = changed(parsed.size)
         if problem is not None:
             return problem
         return FetchResult(416, parsed.size, None)
-    return f"unexpected status {status} for a range request"
+    return FetchProblem(f"unexpected status {status} for a range request")

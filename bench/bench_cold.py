@@ -1,0 +1,220 @@
+"""Issue 17, item 1: what cold reads through proxyd cost ``butler serve``, against the same
+reads made directly.
+
+A repository holds two images with variance and mask (float32 image and variance, int32
+mask): 4096x4096 (192 MiB of pixels) and, unless ``--quick``, 10,000x10,000 (1.1 GiB). For
+each read a new proxyd is started on an empty cache directory (cold), and the file bytes the
+server sent are read from its access log:
+
+    metadata           butler.get("calexp.metadata")             target <= 4x direct or <= 64 KiB
+    cutout 200x200     butler.get("calexp", bbox=200x200)        target <= 2x direct
+    cutout 500x500     the same on the 10,000x10,000 image        target <= 2x direct
+    whole object       curl of the file, one client, then two     target <= 1.5x direct time,
+                       at once (each object must cross once)       file bytes == its size
+
+Usage: PYTHONPATH=. python bench/bench_cold.py [--quick] [--block-size 1MiB]
+Everything runs on 127.0.0.1; every read is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from proxies import Proxy  # noqa: E402
+from servers import ButlerServer  # noqa: E402
+
+from butler import Box, Butler, Image  # noqa: E402
+
+KiB = 1024
+HSC = {"instrument": "HSC"}
+SMALL = {"visit": 100, "detector": 0}
+BIG = {"visit": 100, "detector": 1}
+
+
+def make_repo(root: Path, big: bool) -> None:
+    """The repository: dimensions, one dataset type, the images (random pixels: no two
+    rows alike, so nothing compresses or repeats)."""
+    rng = np.random.default_rng(17)
+    with Butler.create(root) as butler:
+        butler.insert_dimension_records("instrument", {"name": "HSC", "detector_max": 112})
+        butler.insert_dimension_records("band", {"name": "r"})
+        butler.insert_dimension_records(
+            "physical_filter", {"instrument": "HSC", "name": "HSC-R", "band": "r"}
+        )
+        butler.insert_dimension_records("day_obs", {"instrument": "HSC", "id": 20240101})
+        butler.insert_dimension_records(
+            "detector", *[{"instrument": "HSC", "id": d, "full_name": f"ccd{d}"} for d in (0, 1)]
+        )
+        butler.insert_dimension_records(
+            "visit",
+            {
+                "instrument": "HSC",
+                "id": 100,
+                "physical_filter": "HSC-R",
+                "day_obs": 20240101,
+            },
+        )
+        butler.register_dataset_type("calexp", ["visit", "detector"], "Image")
+    with Butler(root, run="run1") as butler:
+        sizes = [(SMALL, 4096)] + ([(BIG, 10_000)] if big else [])
+        for ids, side in sizes:
+            data = rng.standard_normal((side, side), dtype=np.float32)
+            variance = rng.random((side, side), dtype=np.float32)
+            mask = (rng.random((side, side), dtype=np.float32) < 0.01).astype(np.int32)
+            butler.put(Image(data, variance=variance, mask=mask), "calexp", HSC, **ids)
+            del data, variance, mask
+
+
+@contextmanager
+def cold_proxy(server: ButlerServer, work: Path, block_size: str) -> Iterator[Proxy]:
+    """A proxyd on an empty cache directory in front of ``server``."""
+    shutil.rmtree(work, ignore_errors=True)
+    proxy = Proxy({"repo": server.url}, work, block_size=block_size)
+    try:
+        yield proxy.start()
+    finally:
+        proxy.terminate_quietly()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def file_cost(server: ButlerServer, read: Callable[[], object]) -> tuple[int, int]:
+    """(file bytes the server sent, file requests it answered) for ``read``."""
+    mark = server.mark()
+    read()
+    return server.file_bytes_sent(mark), len(server.file_requests(mark))
+
+
+def butler_reads(url: str, cache: Path) -> dict[str, Callable[[], object]]:
+    def get(component: str, ids: dict[str, int], box: Box | None = None) -> Callable[[], object]:
+        def read() -> object:
+            shutil.rmtree(cache, ignore_errors=True)
+            params: dict[str, Any] = {"bbox": box} if box is not None else {}
+            with Butler(url, collections="run1", cache_dir=cache) as butler:
+                return butler.get(component, HSC, **ids, parameters=params)
+
+        return read
+
+    return {
+        "metadata": get("calexp.metadata", SMALL),
+        "cutout 200x200": get("calexp", SMALL, Box(1800, 2100, 200, 200)),
+        "cutout 500x500": get("calexp", BIG, Box(4200, 6100, 500, 500)),
+    }
+
+
+def curl(url: str, results: list[float], limit: float = 600.0) -> None:
+    start = time.perf_counter()
+    subprocess.run(  # noqa: S603 - curl on loopback, fixed arguments
+        ["curl", "-sS", "-f", "-o", "/dev/null", "--max-time", str(limit), url],
+        check=True,
+    )
+    results.append(time.perf_counter() - start)
+
+
+def timed_clients(url: str, clients: int) -> float:
+    """Seconds until the slowest of ``clients`` simultaneous downloads of ``url`` ends."""
+    results: list[float] = []
+    threads = [threading.Thread(target=curl, args=(url, results)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == clients, "a download failed"
+    return max(results)
+
+
+def file_path_of(server: ButlerServer, cache: Path) -> tuple[str, int]:
+    """The /files/ target of the small image and its size, from a direct read's log."""
+    mark = server.mark()
+    shutil.rmtree(cache, ignore_errors=True)
+    with Butler(server.url, collections="run1", cache_dir=cache) as butler:
+        butler.get("calexp.metadata", HSC, **SMALL)
+        path = butler.get_uri("calexp", HSC, **SMALL)
+    target = server.file_requests(mark)[0]["target"]
+    size = int(
+        subprocess.run(  # noqa: S603
+            ["curl", "-sS", "-I", server.url.rstrip("/") + target],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.lower()
+        .split("content-length:")[1]
+        .split()[0]
+    )
+    del path
+    return target, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the 10,000x10,000 image")
+    parser.add_argument("--block-size", default="1MiB", help="proxyd's --block-size")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
+    try:
+        print("making the repository ...", file=sys.stderr)
+        make_repo(work / "repo", big=not args.quick)
+        server = ButlerServer(work / "repo", work / "server", tokens=False)
+        (work / "server").mkdir()
+        server.start()
+        try:
+            run(server, work, args.block_size, quick=args.quick)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(server: ButlerServer, work: Path, block_size: str, *, quick: bool) -> None:
+    targets = {"metadata": 4.0, "cutout 200x200": 2.0, "cutout 500x500": 2.0}
+    print(f"proxyd --block-size {block_size}, cold cache for every read")
+    print(f"{'read':<18}{'direct B':>12}{'proxyd B':>12}{'ratio':>8}  target   requests d/p")
+    for name, direct_read in butler_reads(server.url, work / "client").items():
+        if quick and name == "cutout 500x500":
+            continue
+        direct, direct_n = file_cost(server, direct_read)
+        with cold_proxy(server, work / "proxy", block_size) as proxy:
+            via_read = butler_reads(proxy.upstream_url("repo"), work / "client")[name]
+            via, via_n = file_cost(server, via_read)
+        ratio = via / direct
+        ok = ratio <= targets[name] or (name == "metadata" and via <= 64 * KiB)
+        goal = f"<={targets[name]:g}x" + (" or 64K" if name == "metadata" else "")
+        print(
+            f"{name:<18}{direct:>12,}{via:>12,}{ratio:>8.2f}  {goal:<8} {direct_n}/{via_n}"
+            f"  {'ok' if ok else 'MISSED'}"
+        )
+
+    target, size = file_path_of(server, work / "client")
+    print(f"whole object: {size:,} bytes ({target.rsplit('/', 1)[-1]})")
+    direct_url = server.url.rstrip("/") + target
+    for clients in (1, 2):
+        timed_clients(direct_url, 1)  # the origin's page cache warm for both sides
+        direct_s = timed_clients(direct_url, clients)
+        with cold_proxy(server, work / "proxy", block_size) as proxy:
+            mark = server.mark()
+            via_s = timed_clients(proxy.upstream_url("repo") + target.lstrip("/"), clients)
+            crossed = server.file_bytes_sent(mark)
+        ratio = via_s / direct_s
+        ok = ratio <= 1.5 and crossed == size
+        print(
+            f"whole, {clients} client{'s' if clients > 1 else ' '}  direct {direct_s:6.2f} s"
+            f"  proxyd {via_s:6.2f} s  ratio {ratio:5.2f} (<=1.5x)"
+            f"  crossed {crossed / size:.2f}x  {'ok' if ok else 'MISSED'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
