@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from proxyd.policy import freshness
 from proxyd.policy.keys import cache_key
-from proxyd.policy.relay import RelayPlan
+from proxyd.policy.relay import RelayPlan, framing_problem
 from proxyd.policy.requests import (
     Route,
     forward_request_headers,
@@ -117,6 +117,16 @@ async def pass_on(
     """Stream an upstream answer to the client: as it is (``plan`` None), or cut back to what
     the client asked for (:func:`proxyd.policy.relay.relay_plan`). ``body``: the answer's
     body, when it has been read already."""
+    known_length = len(body) if body is not None else upstream.content_length
+    problem = framing_problem(upstream.status, upstream.headers, known_length)
+    if problem is not None:
+        log.warning("refusing the answer of %s: %s", target.upstream_url, problem)
+        state.metrics.errors.labels("upstream_malformed").inc()
+        return text_response(
+            502,
+            f"upstream {target.upstream!r} sent a broken answer: {problem}; nothing of it was "
+            "passed on (the origin's fault: tell its operator)",
+        )
     status = upstream.status if plan is None else plan.status
     drop = () if plan is None else ("content-range",)
     response = web.StreamResponse(
@@ -150,6 +160,16 @@ async def pass_on(
                     await write_chunk(response, chunk, state)
                 if left == 0:
                     break
+        if left:
+            # The upstream body ended before the bytes promised to the client: close the
+            # connection, so the client sees the answer cut short instead of waiting for it.
+            log.warning(
+                "aborting response for %s: the upstream body ended early", target.upstream_url
+            )
+            state.metrics.errors.labels("aborted_response").inc()
+            if request.transport is not None:
+                request.transport.close()
+            return response
         await response.write_eof()
     except (TimeoutError, ConnectionError) as exc:
         drop_client(request, state, target, exc)

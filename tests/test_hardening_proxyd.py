@@ -340,6 +340,77 @@ def test_no_validators_never_mix_versions(tmp_path: Path) -> None:
     assert flipping.count >= 10
 
 
+class _BrokenRangeOrigin:
+    """Answers every GET with a 206 whose Content-Range (``bytes 4-9/10``, six bytes) is
+    longer than its five-byte body: with a Content-Length of 5 (``framed``), or without one,
+    closing the connection after the body."""
+
+    def __init__(self, *, framed: bool) -> None:
+        self.count = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if framed else "HTTP/1.0"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(handler) -> None:  # noqa: N805 - the origin is `self` here
+                self.count += 1
+                handler.send_response(206)
+                handler.send_header("Cache-Control", "max-age=3600")
+                handler.send_header("Content-Range", "bytes 4-9/10")
+                if framed:
+                    handler.send_header("Content-Length", "5")
+                handler.end_headers()
+                handler.wfile.write(b"01234")
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_206_longer_than_its_body_is_refused_not_left_hanging(tmp_path: Path) -> None:
+    # (The conformance suite's partial-store-partial-reuse-partial origin.) The client used
+    # to get "Content-Length: 5" and four bytes, then wait on a live connection for a minute.
+    origin = _BrokenRangeOrigin(framed=True)
+    try:
+        with running(Proxy({"b": origin.url}, tmp_path / "p")) as proxy:
+            answer = proxy.get("/b/x", {"Range": "bytes=-5"}, timeout=20)
+            metrics = proxy.metrics()
+    finally:
+        origin.close()
+    assert answer.status == 502
+    assert b"covers 6 bytes but its body has 5" in answer.body
+    assert metrics['proxyd_errors_total{kind="upstream_malformed"}'] == 1
+    assert origin.count == 1
+
+
+def test_a_206_whose_body_ends_early_closes_the_client_connection(tmp_path: Path) -> None:
+    origin = _BrokenRangeOrigin(framed=False)
+    try:
+        with running(Proxy({"b": origin.url}, tmp_path / "p")) as proxy:
+            port = int(proxy.url.rsplit(":", 1)[1].strip("/"))
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.sendall(b"GET /b/x HTTP/1.1\r\nHost: p\r\nRange: bytes=-5\r\n\r\n")
+                received = b""
+                while chunk := sock.recv(65536):  # ends at the close; a hang times out
+                    received += chunk
+    finally:
+        origin.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ")
+    if head.startswith(b"HTTP/1.1 206"):
+        assert b"Content-Length: 5" in head
+        assert len(body) < 5  # cut short, and said so by the close
+    else:
+        assert head.startswith(b"HTTP/1.1 502")
+
+
 # -- 4. many tiny ranges ---------------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@ to what the client asked for (issue 22). Pure: no servers."""
 
 from __future__ import annotations
 
-from proxyd.policy.relay import RelayPlan, relay_plan
+import pytest
+
+from proxyd.policy.relay import RelayPlan, framing_problem, relay_plan
 
 
 def test_statuses_other_than_206_are_relayed_as_they_are() -> None:
@@ -48,3 +50,25 @@ def test_what_the_answer_cannot_give_is_sent_again_as_it_is() -> None:
     whole = {"Content-Range": "bytes 0-99/100"}
     assert relay_plan("GET", "bytes=x", 206, whole) == RelayPlan(200, length=100)
     assert relay_plan("GET", "bytes=x", 206, block) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body_length", "problem"),
+    [
+        (206, [("Content-Range", "bytes 4-9/10")], 5, "covers 6 bytes but its body has 5"),
+        (206, [("Content-Range", "bytes 4-9/10")], 7, "covers 6 bytes but its body has 7"),
+        (206, [("Content-Range", "bytes 4-9/10")], 6, None),
+        (206, [("Content-Range", "bytes 4-9/10")], None, None),  # length unknown: streamed
+        (206, [("Content-Type", "multipart/byteranges; boundary=x")], 100, None),
+        (200, [("Content-Range", "bytes 4-9/10")], 5, None),  # a 200's body is the object
+    ],
+)
+def test_a_206_must_carry_the_bytes_its_content_range_names(
+    status: int, headers: list[tuple[str, str]], body_length: int | None, problem: str | None
+) -> None:
+    found = framing_problem(status, headers, body_length)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.endswith(problem)

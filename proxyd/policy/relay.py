@@ -95,3 +95,20 @@ def relay_plan(
         skip=wanted.start - got.start,
         length=wanted.length,
     )
+
+
+def framing_problem(status: int, headers: Headers, body_length: int | None) -> str | None:
+    """Why an upstream 206 cannot be passed on, or None: its one Content-Range must describe
+    exactly the bytes of its body (``body_length``: the body read, or its Content-Length;
+    None when unknown). An answer that promises a client more bytes than it carries would
+    leave the client waiting for the rest on a live connection."""
+    if status != 206 or body_length is None:
+        return None
+    value = field_value(headers, "Content-Range")
+    got = None if value is None else parse_content_range(value)
+    if got is None or got.start is None or got.end is None:
+        return None  # several parts (each says its own) or no range: not this check's
+    covered = got.end - got.start + 1
+    if covered == body_length:
+        return None
+    return f"its Content-Range ({value}) covers {covered} bytes but its body has {body_length}"
