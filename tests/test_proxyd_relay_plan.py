@@ -72,3 +72,15 @@ def test_a_206_must_carry_the_bytes_its_content_range_names(
     else:
         assert found is not None
         assert found.endswith(problem)
+
+
+def test_a_range_starting_where_the_answer_starts_is_relayed() -> None:
+    block = {"Content-Range": "bytes 1048576-2097151/3000000"}
+    assert relay_plan("GET", "bytes=1048576-1048585", 206, block) == RelayPlan(
+        206, "bytes 1048576-1048585/3000000", skip=0, length=10
+    )
+    assert relay_plan("GET", "bytes=1048566-1048585", 206, block) is None  # starts before
+    assert relay_plan("GET", "bytes=2097142-2097151", 206, block) == RelayPlan(
+        206, "bytes 2097142-2097151/3000000", skip=1048566, length=10
+    )
+    assert relay_plan("GET", "bytes=2097142-2097152", 206, block) is None  # ends after
