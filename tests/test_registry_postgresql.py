@@ -1,0 +1,164 @@
+"""A registry kept in PostgreSQL: creation, what the repository records, errors, the where
+language's PostgreSQL forms, and migrations. The behaviour shared with SQLite is tested by
+the suites that run on both engines (``REGISTRY_BACKENDS`` in test_butler_local.py,
+test_transactions.py, test_transactions_read_own_writes.py, test_server.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import VISITS, populate_dimensions, raw_registry, run_butler
+from postgres import PostgresServer
+
+from butler import Butler
+from butler.errors import RepositoryConfigError
+from butler.migrate import upgrade_universe
+from butler.registry_db import to_pyformat
+
+REGISTRY_BACKENDS = ("sqlite", "postgresql")
+OLD_UNIVERSE = Path(__file__).with_name("data") / "repo-0.1.0" / "dimensions.yaml"
+HSC = {"instrument": "HSC"}
+
+
+def test_cli_create_keeps_the_registry_in_postgresql(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.new_registry()
+    root = tmp_path / "repo"
+    out = run_butler("create", str(root), "--registry", url)
+    assert out.returncode == 0, out.stderr
+    assert url in out.stdout
+    assert yaml.safe_load((root / "butler.yaml").read_text())["registry"] == url
+    assert not (root / "registry.sqlite3").exists()
+    with Butler(root, writeable=True) as butler:
+        populate_dimensions(butler)
+        butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
+        butler.put({"x": 1}, "summary", HSC, visit=100, detector=2, run="r")
+    # The rows are in the database, the file under the repository.
+    with raw_registry(root) as conn:
+        (path,) = conn.execute("SELECT path FROM file").fetchone()
+        assert conn.execute("SELECT COUNT(*) FROM dim_visit").fetchone()[0] == len(VISITS)
+    assert (root / path).is_file()
+    info = run_butler("info", str(root), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["datasets"] == 1
+
+
+def test_a_password_in_the_url_is_refused_before_anything_is_made(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.new_registry().replace("@", ":secret@", 1)
+    out = run_butler("create", str(tmp_path / "repo"), "--registry", url)
+    assert out.returncode != 0
+    assert "PGPASSWORD" in out.stderr
+    assert "secret" not in out.stderr  # the password is never echoed
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_database_holding_a_registry_is_not_taken_twice(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.new_registry()
+    Butler.create(tmp_path / "one", registry=url).close()
+    with pytest.raises(RepositoryConfigError, match="holds a butler registry already"):
+        Butler.create(tmp_path / "two", registry=url)
+    assert not (tmp_path / "two").exists()
+    with Butler(tmp_path / "one") as butler:  # the first is untouched
+        assert butler.registry.count_datasets() == 0
+
+
+def test_an_unreachable_registry_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "butler.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "format_version": 1,
+                "name": "x",
+                "registry": "postgresql://nobody@127.0.0.1:9/none",
+            }
+        )
+    )
+    (root / "dimensions.yaml").write_text(OLD_UNIVERSE.read_text())
+    out = run_butler("info", str(root))
+    assert out.returncode != 0
+    assert "cannot connect to the registry database" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_where_forms_agree_on_both_engines(butler: Butler) -> None:
+    # Long IN lists (one JSON parameter), mixed int and float values, strings with quotes
+    # and a percent sign, ranges with strides, modulo: computed here from the records.
+    rng = random.Random(21)
+    for visit in VISITS:
+        for detector in range(4):
+            butler.put({"v": visit}, "summary", HSC, visit=visit, detector=detector)
+    long_list = sorted(rng.sample(range(0, 1000), 150)) + [101, 105]
+    found = butler.query_datasets(
+        "summary", where="visit IN (:visits) AND detector IN (1, 2.0)", bind={"visits": long_list}
+    )
+    assert sorted((r.data_id["visit"], r.data_id["detector"]) for r in found) == [
+        (v, d) for v in (101, 105) for d in (1, 2)
+    ]
+    names = [f"x'{i}%" for i in range(120)] + ["COSMOS"]
+    found = butler.query_datasets(
+        "summary", where="visit.target_name IN (:names) AND detector = 0", bind={"names": names}
+    )
+    assert sorted(r.data_id["visit"] for r in found) == [v for v in VISITS if v < 103]
+    found = butler.query_datasets("summary", where="visit IN (100..109:3) AND detector = 3")
+    assert sorted(r.data_id["visit"] for r in found) == [100, 103, 106, 109]
+    records = butler.query_dimension_records("visit", where="visit.exposure_time > 35.5")
+    assert [r["id"] for r in records] == [v for v in VISITS if 30.0 + v - 100 > 35.5]
+    values = butler.query_data_ids(["visit"], where="band = 'r'", limit=2, offset=1)
+    assert [d["visit"] for d in values] == [v for v in VISITS if v % 2][1:3]
+
+
+def test_placeholders_become_psycopg_ones_outside_quotes_only() -> None:
+    assert to_pyformat("SELECT ? WHERE a = '?' AND b % ? = 0") == (
+        "SELECT %s WHERE a = '?' AND b %% %s = 0"
+    )
+    assert to_pyformat('SELECT "?" FROM t WHERE x = ?') == 'SELECT "?" FROM t WHERE x = %s'
+
+
+def test_migrate_upgrades_a_postgresql_registry(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    root = tmp_path / "repo"
+    url = postgres_server.new_registry()
+    with Butler.create(root, universe=OLD_UNIVERSE, registry=url) as butler:
+        butler.insert_dimension_records("instrument", {"name": "HSC"})
+        butler.insert_dimension_records("band", {"name": "r"})
+        butler.insert_dimension_records(
+            "physical_filter", {"instrument": "HSC", "name": "HSC-R", "band": "r"}
+        )
+        butler.insert_dimension_records("detector", {"instrument": "HSC", "id": 42})
+        butler.insert_dimension_records(
+            "exposure", {"instrument": "HSC", "id": 1228, "physical_filter": "HSC-R"}
+        )
+        butler.register_dataset_type("raw_counts", ["exposure", "detector"], "Array")
+        butler.put(np.arange(3, dtype="int16"), "raw_counts", HSC, exposure=1228, detector=42,
+                   run="old")  # fmt: skip
+    result = upgrade_universe(root)
+    assert (result.from_version, result.to_version) == (1, 2)
+    assert "exposure.group" in result.new_columns
+    with raw_registry(root) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM butler_meta").fetchall())
+    assert meta["universe_version"] == "2"
+    with Butler(root, run="new") as butler:
+        butler.insert_dimension_records("group", {"instrument": "HSC", "name": "g7"})
+        butler.insert_dimension_records(
+            "exposure",
+            {"instrument": "HSC", "id": 1229, "physical_filter": "HSC-R", "group": "g7"},
+        )
+        ref = butler.put(np.ones(3, dtype="int16"), "raw_counts", HSC, exposure=1229,
+                         detector=42)  # fmt: skip
+        found = butler.query_datasets("raw_counts", collections="new", where="group = 'g7'")
+        assert [r.id for r in found] == [ref.id]
+        old = butler.get("raw_counts", HSC, exposure=1228, detector=42, collections="old")
+        np.testing.assert_array_equal(old, np.arange(3, dtype="int16"))
