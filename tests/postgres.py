@@ -83,7 +83,7 @@ class PostgresServer:
                 mode = parent.stat().st_mode
                 if not mode & 0o001:
                     os.chmod(parent, mode | 0o001)
-        subprocess.run(  # noqa: S603 - Debian's initdb, our arguments
+        initdb = subprocess.run(  # noqa: S603 - Debian's initdb, our arguments
             self._command(
                 [
                     str(bindir / "initdb"),
@@ -96,10 +96,13 @@ class PostgresServer:
                     "--no-sync",
                 ]
             ),
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
             timeout=120,
         )
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed: {initdb.stdout}{initdb.stderr}")
         settings = {
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.datadir),
@@ -122,7 +125,8 @@ class PostgresServer:
             if self._wait_ready():
                 return
             self.stop()
-        raise RuntimeError(f"postgres did not start; see {self.log_path}")
+        log = self.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"postgres did not start; the end of {self.log_path}:\n{log}")
 
     def _wait_ready(self) -> bool:
         import psycopg
