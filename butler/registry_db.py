@@ -10,15 +10,16 @@ service file, so none is ever written into the repository.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from butler.errors import RepositoryConfigError
+from butler.errors import BadRequestError, RepositoryConfigError
 
 if TYPE_CHECKING:
     import psycopg
@@ -134,6 +135,23 @@ def to_pyformat(sql: str) -> str:
     return "".join(out)
 
 
+@contextlib.contextmanager
+def _nul_refused() -> Iterator[None]:
+    """PostgreSQL's text cannot hold a NUL character (SQLite's can): psycopg refuses such
+    a value before sending it, which leaves the transaction usable. Said as bad input."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.DataError as exc:
+        if "NUL" not in str(exc):
+            raise
+        raise BadRequestError(
+            "a value holds a NUL character (\\x00), which a PostgreSQL registry can neither "
+            "store nor match; remove it"
+        ) from exc
+
+
 class PostgresConnection:
     """A psycopg connection in autocommit mode (the registry sends BEGIN/COMMIT itself, as
     it does on SQLite) that takes the registry's ``?`` SQL."""
@@ -142,12 +160,13 @@ class PostgresConnection:
         self.conn = conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self.conn.execute(to_pyformat(sql), tuple(parameters))
+        with _nul_refused():
+            return self.conn.execute(to_pyformat(sql), tuple(parameters))
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         rows = [tuple(p) for p in parameters]
         if rows:
-            with self.conn.cursor() as cursor:
+            with _nul_refused(), self.conn.cursor() as cursor:
                 cursor.executemany(to_pyformat(sql), rows)
 
     def close(self) -> None:

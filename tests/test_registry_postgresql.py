@@ -16,7 +16,7 @@ from conftest import VISITS, populate_dimensions, raw_registry, run_butler
 from postgres import PostgresServer
 
 from butler import Butler
-from butler.errors import RepositoryConfigError
+from butler.errors import BadRequestError, RepositoryConfigError
 from butler.migrate import upgrade_universe
 from butler.registry_db import to_pyformat
 
@@ -162,3 +162,22 @@ def test_migrate_upgrades_a_postgresql_registry(
         assert [r.id for r in found] == [ref.id]
         old = butler.get("raw_counts", HSC, exposure=1228, detector=42, collections="old")
         np.testing.assert_array_equal(old, np.arange(3, dtype="int16"))
+
+
+def test_a_nul_character_is_bad_input_on_postgresql(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    # SQLite stores and matches "\x00"; PostgreSQL's text cannot hold it: a clear refusal,
+    # and the transaction around it goes on.
+    with Butler.create(tmp_path / "repo", registry=postgres_server.new_registry()) as butler:
+        populate_dimensions(butler)
+        butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
+        butler.put({"x": 1}, "summary", HSC, visit=100, detector=0, run="r")
+        for where, bind in (("band = :b", {"b": "r\x00"}), ("band IN (:b)", {"b": ["\x00"] * 150})):
+            with pytest.raises(BadRequestError, match="NUL character"):
+                butler.query_datasets("summary", collections="r", where=where, bind=bind)
+        with butler.transaction():
+            with pytest.raises(BadRequestError, match="NUL character"):
+                butler.insert_dimension_records("band", {"name": "z\x00"})
+            butler.insert_dimension_records("band", {"name": "z"})
+        assert [r["name"] for r in butler.query_dimension_records("band")] == ["i", "r", "z"]
