@@ -14,16 +14,17 @@ import contextlib
 import functools
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from butler.errors import BadRequestError, RepositoryConfigError
+from butler.errors import BadRequestError, RegistryConnectionError, RepositoryConfigError
 
 if TYPE_CHECKING:
     import psycopg
 
+T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]
 Violation = Literal["unique", "foreign_key"]
 
@@ -154,20 +155,67 @@ def _nul_refused() -> Iterator[None]:
 
 class PostgresConnection:
     """A psycopg connection in autocommit mode (the registry sends BEGIN/COMMIT itself, as
-    it does on SQLite) that takes the registry's ``?`` SQL."""
+    it does on SQLite) that takes the registry's ``?`` SQL.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+    A session lost between transactions (the server restarted, failed over, or dropped an
+    idle connection) is opened again and the statement sent once more: nothing was under
+    way, so nothing runs twice. A session lost inside a transaction is a
+    :class:`~butler.errors.RegistryConnectionError` (the server rolled the transaction
+    back), and so is every statement after it until the registry's ``ROLLBACK``, which
+    opens a new session: the rest of a lost transaction never runs outside one."""
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        with _nul_refused():
-            return self.conn.execute(to_pyformat(sql), tuple(parameters))
+    def __init__(self, url: str, writeable: bool) -> None:
+        self.url = url
+        self.writeable = writeable
+        self.conn = open_postgresql(url, writeable)
+        self._lost: Exception | None = None
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        query, params = to_pyformat(sql), tuple(parameters)
+        if self._lost is not None and sql == "ROLLBACK":
+            self._lost = None  # the transaction died with the old session
+            self.conn.close()
+            self.conn = open_postgresql(self.url, self.writeable)
+            return None
+        return self._run(lambda conn: conn.execute(query, params))
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
-        rows = [tuple(p) for p in parameters]
+        query, rows = to_pyformat(sql), [tuple(p) for p in parameters]
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.cursor() as cursor:
+                cursor.executemany(query, rows)
+
         if rows:
-            with _nul_refused(), self.conn.cursor() as cursor:
-                cursor.executemany(to_pyformat(sql), rows)
+            self._run(work)
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        import psycopg
+        from psycopg.pq import TransactionStatus
+
+        if self._lost is not None:
+            raise self._lost_error(self._lost)
+        between = self.conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            with _nul_refused():
+                return work(self.conn)
+        except psycopg.OperationalError as exc:
+            if not (self.conn.broken or self.conn.closed):
+                raise
+            if not between:
+                self._lost = exc
+                raise self._lost_error(exc) from exc
+        self.conn.close()
+        self.conn = open_postgresql(self.url, self.writeable)
+        with _nul_refused():
+            return work(self.conn)
+
+    def _lost_error(self, cause: Exception) -> RegistryConnectionError:
+        return RegistryConnectionError(
+            f"the connection to the registry database {self.url} was lost during a "
+            f"transaction ({str(cause).strip()}); the server rolled it back, so nothing "
+            "of it was kept: try it again"
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -180,7 +228,7 @@ class PostgresConnection:
             conn.close()
 
 
-def connect_postgresql(url: str, writeable: bool) -> PostgresConnection:
+def open_postgresql(url: str, writeable: bool) -> psycopg.Connection[Any]:
     import psycopg
 
     try:
@@ -193,7 +241,11 @@ def connect_postgresql(url: str, writeable: bool) -> PostgresConnection:
     if not writeable:
         # A read-only butler's connection refuses writes in the database too.
         conn.execute("SET default_transaction_read_only = on")
-    return PostgresConnection(conn)
+    return conn
+
+
+def connect_postgresql(url: str, writeable: bool) -> PostgresConnection:
+    return PostgresConnection(url, writeable)
 
 
 def begin_write(conn: Connection, dialect: Dialect) -> None:

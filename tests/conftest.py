@@ -80,11 +80,9 @@ def raw_registry(root: Path) -> Iterator[Any]:
     if url is None:
         conn = sqlite3.connect(root / "registry.sqlite3", isolation_level=None)
     else:
-        import psycopg
-
         from butler.registry_db import PostgresConnection
 
-        conn = PostgresConnection(psycopg.connect(url, autocommit=True))
+        conn = PostgresConnection(url, writeable=True)
     try:
         yield conn
     finally:
@@ -169,14 +167,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """Debian's PostgreSQL on loopback, a free port and a throwaway data directory, once
-    per session."""
+    per session. The directory is not under pytest's base temporary directory: another
+    pytest run on the machine makes that private again (mode 700), which would shut the
+    postgres user out of its data while it runs."""
     try:
         postgres_bindir()
     except PostgresNotFound as exc:
         unavailable(str(exc))
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="butler-tests-postgres-")) / "pg")
     server.start()
     try:
         yield server

@@ -70,6 +70,16 @@ class PostgresServer:
     def _command(self, argv: Sequence[str]) -> list[str]:
         return ["setpriv", *self._as_user, "--pdeathsig", "KILL", *argv]
 
+    def restart(self) -> None:
+        """Restart on the same port and data, as an operator would (a fast shutdown: every
+        session is ended, every commit kept — the test server's ``synchronous_commit =
+        off`` would lose the last ones in a crash)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+        self.process = None
+        self._run_postgres(postgres_bindir(), [self.port])
+
     def start(self) -> None:
         bindir = postgres_bindir()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +113,9 @@ class PostgresServer:
         )
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed: {initdb.stdout}{initdb.stderr}")
+        self._run_postgres(bindir, [free_port() for _ in range(5)])
+
+    def _run_postgres(self, bindir: Path, ports: Sequence[int]) -> None:
         settings = {
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.datadir),
@@ -112,8 +125,8 @@ class PostgresServer:
         }
         if not self.durable:
             settings.update(fsync="off", full_page_writes="off")
-        for _ in range(5):
-            self.port = free_port()
+        for port in ports:
+            self.port = port
             args = [str(bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port)]
             for key, value in settings.items():
                 args += ["-c", f"{key}={value}"]
@@ -205,5 +218,8 @@ class PostgresServer:
         self.process = None
 
     def remove(self) -> None:
+        """Stop, and delete the work directory (and its parent, if this made it empty)."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.workdir.parent.rmdir()

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import VISITS, populate_dimensions, raw_registry, run_butler
+from conftest import VISITS, make_summary_repo, populate_dimensions, raw_registry, run_butler
 from postgres import PostgresServer
 
 from butler import Butler
-from butler.errors import BadRequestError, RepositoryConfigError
+from butler.errors import BadRequestError, RegistryConnectionError, RepositoryConfigError
 from butler.migrate import upgrade_universe
 from butler.registry_db import to_pyformat
 
@@ -181,3 +181,23 @@ def test_a_nul_character_is_bad_input_on_postgresql(
                 butler.insert_dimension_records("band", {"name": "z\x00"})
             butler.insert_dimension_records("band", {"name": "z"})
         assert [r["name"] for r in butler.query_dimension_records("band")] == ["i", "r", "z"]
+
+
+def test_a_lost_session_reconnects_between_transactions_and_fails_inside_one(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    root = make_summary_repo(tmp_path / "repo", postgres_server.new_registry())
+    with Butler(root, run="run2") as butler:
+        assert len(butler.query_datasets("summary", collections="run1")) == 2
+        postgres_server.restart()  # every session is lost
+        assert len(butler.query_datasets("summary", collections="run1")) == 2
+        butler.put({"x": 1}, "summary", HSC, visit=101, detector=0)
+        with pytest.raises(RegistryConnectionError, match="rolled it back"), butler.transaction():
+            butler.put({"x": 2}, "summary", HSC, visit=102, detector=0)
+            postgres_server.restart()
+            butler.put({"x": 3}, "summary", HSC, visit=103, detector=0)
+        # Nothing of the lost transaction, neither rows nor files; the next one works.
+        butler.put({"x": 4}, "summary", HSC, visit=104, detector=0)
+        refs = butler.query_datasets("summary", collections="run2")
+        assert sorted(r.data_id["visit"] for r in refs) == [101, 104]
+    assert len(list((root / "run2").rglob("*.json"))) == 2
