@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres import PostgresServer
 from servers import ButlerServer
 
 from butler import Butler
@@ -104,8 +105,8 @@ def row_of(visit: int, detector: int) -> dict[tuple[str, str | None], Any]:
     }
 
 
-def make_repo(root: Path) -> Path:
-    with Butler.create(root) as butler:
+def make_repo(root: Path, registry: str | None = None) -> Path:
+    with Butler.create(root, registry=registry) as butler:
         butler.insert_dimension_records("instrument", {"name": "HSC", "detector_max": 112})
         butler.insert_dimension_records("band", *[{"name": b} for b in BAND_OF.values()])
         butler.insert_dimension_records(
@@ -150,6 +151,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def butler(repo: Path) -> Iterator[Butler]:
     with Butler(repo) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def postgresql_butler(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[Butler]:
+    """The same repository with its registry in PostgreSQL: the where compiler's other
+    dialect, held to the same oracle."""
+    root = make_repo(tmp_path_factory.mktemp("where-pg") / "repo", postgres_server.new_registry())
+    with Butler(root) as b:
         yield b
 
 
@@ -370,6 +382,17 @@ def test_worst_shapes_at_the_limits_run_in_every_query_path(
     found = QUERIES[query](butler, text, {})
     expected = expected_pairs(parse_where(text), DATA_IDS)
     assert found == expected
+
+
+@pytest.mark.parametrize("query", sorted(QUERIES))
+@pytest.mark.parametrize("shape", sorted(AT_LIMITS))
+def test_worst_shapes_at_the_limits_run_on_postgresql(
+    postgresql_butler: Butler, query: str, shape: str
+) -> None:
+    text = AT_LIMITS[shape]
+    assert QUERIES[query](postgresql_butler, text, {}) == expected_pairs(
+        parse_where(text), DATA_IDS
+    )
 
 
 def test_at_limit_results_are_not_trivial() -> None:
@@ -807,6 +830,18 @@ def test_generated_expressions_match_the_oracle(butler: Butler, tree: Node, quer
     text = to_where(tree)
     assert parse_where(text) == tree
     assert QUERIES[query](butler, text, BIND) == expected_pairs(tree, DATA_IDS)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tree=_EXPRESSIONS, query=st.sampled_from(["datasets", "data_ids", "summary"]))
+def test_generated_expressions_match_the_oracle_on_postgresql(
+    postgresql_butler: Butler, tree: Node, query: str
+) -> None:
+    assert QUERIES[query](postgresql_butler, to_where(tree), BIND) == expected_pairs(tree, DATA_IDS)
 
 
 @settings(
