@@ -201,3 +201,65 @@ def test_a_lost_session_reconnects_between_transactions_and_fails_inside_one(
         refs = butler.query_datasets("summary", collections="run2")
         assert sorted(r.data_id["visit"] for r in refs) == [101, 104]
     assert len(list((root / "run2").rglob("*.json"))) == 2
+
+
+def test_the_cli_works_the_same_on_both_engines(tmp_path: Path, registry_url: str | None) -> None:
+    root = tmp_path / "repo"
+
+    def butler(*args: str) -> str:
+        out = run_butler(*args)
+        assert out.returncode == 0, (args, out.stderr)
+        return out.stdout
+
+    create = ["create", str(root)] + (["--registry", registry_url] if registry_url else [])
+    butler(*create)
+    records = {
+        "instrument": [{"name": "HSC"}],
+        "band": [{"name": "r"}],
+        "physical_filter": [{"instrument": "HSC", "name": "HSC-R", "band": "r"}],
+        "detector": [{"instrument": "HSC", "id": d} for d in (0, 1)],
+        "visit": [{"instrument": "HSC", "id": v, "physical_filter": "HSC-R"} for v in (1, 2)],
+    }
+    for element, rows in records.items():
+        path = tmp_path / f"{element}.yaml"
+        path.write_text(yaml.safe_dump(rows))
+        butler("insert-dimension-records", str(root), element, str(path))
+    again = run_butler("insert-dimension-records", str(root), "band", str(tmp_path / "band.yaml"))
+    assert again.returncode != 0
+    assert "exists already" in again.stderr
+    assert "Traceback" not in again.stderr
+    butler("insert-dimension-records", str(root), "band", str(tmp_path / "band.yaml"),
+           "--skip-existing")  # fmt: skip
+    butler("register-dataset-type", str(root), "summary", "Dict", "visit", "detector")
+    for visit, detector in ((1, 0), (2, 1), (2, 0)):
+        source = tmp_path / f"s{visit}{detector}.json"
+        source.write_text(json.dumps({"v": visit, "d": detector}))
+        butler("ingest", str(root), "summary", str(source), "--run", "r",
+               "--data-id", "instrument=HSC", "--data-id", f"visit={visit}",
+               "--data-id", f"detector={detector}")  # fmt: skip
+    rows = json.loads(
+        butler(
+            "query-datasets",
+            str(root),
+            "summary",
+            "--collections",
+            "r",
+            "--where",
+            "visit = 2 AND detector > 0",
+            "--json",
+        )  # fmt: skip
+    )
+    assert [(r["visit"], r["detector"]) for r in rows] == [(2, 1)]
+    butler("set-chain", str(root), "everything", "r")
+    collections = json.loads(butler("query-collections", str(root), "--json"))
+    assert {c["name"] for c in collections} == {"r", "everything"}
+    butler("remove", str(root), "summary", "--collections", "everything",
+           "--where", "visit = 2", "--yes")  # fmt: skip
+    left = json.loads(
+        butler("query-datasets", str(root), "summary", "--collections", "everything", "--json")
+    )
+    assert [(r["visit"], r["detector"]) for r in left] == [(1, 0)]
+    ids = json.loads(butler("query-data-ids", str(root), "visit", "detector", "--json"))
+    assert sorted((d["visit"], d["detector"]) for d in ids) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    butler("verify", str(root))
+    assert json.loads(butler("info", str(root), "--json"))["datasets"] == 1
