@@ -170,12 +170,16 @@ class Butler(metaclass=_ButlerFactory):
         name: str | None = None,
         universe: str | os.PathLike[str] | None = None,
         description: str = "",
+        registry: str | None = None,
     ) -> DirectButler:
-        """Create a new, empty local repository at ``path`` and open it for writing."""
+        """Create a new, empty local repository at ``path`` and open it for writing.
+
+        ``registry``: a ``postgresql://USER@HOST:PORT/DB`` URL of an empty database to keep
+        the registry in (default: ``registry.sqlite3`` in ``path``)."""
         from butler.direct_butler import DirectButler
 
         return DirectButler.create_repository(
-            path, name=name, universe=universe, description=description
+            path, name=name, universe=universe, description=description, registry=registry
         )
 
     def __enter__(self) -> Self:

@@ -35,6 +35,7 @@ from butler.io.source import ByteSource, LocalFileSource
 from butler.reading import Collections, IOStats, Lookup, Reader, as_collection_list
 from butler.refs import DataCoordinate, DatasetRef, DatasetType, FileInfo, split_component
 from butler.registry import Registry
+from butler.registry_db import check_postgresql_url
 from butler.repo_config import RepoConfig, load_repo_config, new_repository_layout, repo_info
 from butler.universe import DimensionUniverse
 
@@ -151,7 +152,7 @@ class DirectButler(Butler):
         self.config: RepoConfig = load_repo_config(self.root)
         self.universe: DimensionUniverse = self.config.load_universe()
         self._local_reader = _LocalReader(self, formatters or default_registry())
-        self.registry = Registry(self.config.registry_path, self.universe, self.writeable)
+        self.registry = Registry(self.config.registry_location, self.universe, self.writeable)
         self._txn: _Transaction | None = None
         if os.access(self.root, os.W_OK):
             # Any open may finish off what a killed writer left behind; live writers hold
@@ -180,21 +181,26 @@ class DirectButler(Butler):
         universe: str | os.PathLike[str] | None = None,
         description: str = "",
         tolerated: Collection[str] = (),
+        registry: str | None = None,
     ) -> DirectButler:
         """Create a new, empty repository at ``path`` and open it for writing.
 
         ``path`` must be missing or empty, but for the names in ``tolerated``: those are
-        kept as they are, even when the creation fails.
+        kept as they are, even when the creation fails. ``registry``: a PostgreSQL URL of
+        an empty database for the registry (default: SQLite inside ``path``).
         """
         root = Path(path).expanduser().absolute()
+        if registry is not None:
+            check_postgresql_url(registry)
         with new_repository_layout(
             root,
             name=name,
             universe=Path(universe) if universe else None,
             description=description,
             tolerated=tolerated,
+            registry=registry,
         ) as config:
-            Registry.create(config.registry_path, config.load_universe())
+            Registry.create(config.registry_location, config.load_universe())
         return cls(root, writeable=True)
 
     def close(self) -> None:

@@ -190,6 +190,13 @@ class ServerError(ButlerError, RuntimeError):
     http_status = 500
 
 
+class RegistryConnectionError(ButlerError, ConnectionError):
+    """The registry's database server was lost in the middle of a transaction."""
+
+    error_type = "RegistryConnectionError"
+    http_status = 503
+
+
 class RemoteUnavailableError(ButlerError, ConnectionError):
     """The remote repository cannot be reached."""
 

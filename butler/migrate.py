@@ -7,7 +7,8 @@ columns here. Only additions are made: every element the repository has must exi
 target with the same key and requirements, and keep its implied dimensions and field kinds,
 so no existing row changes meaning.
 
-The registry changes are one SQLite transaction; the new ``dimensions.yaml`` is written
+The registry changes are one transaction (on SQLite or PostgreSQL, whichever holds the
+registry); the new ``dimensions.yaml`` is written
 beside the old one first and moved into place after the commit. A crash between the two
 leaves a registry already upgraded and the new file pending, which running the command again
 finishes (``butler_meta`` records the universe version the registry holds).
@@ -21,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from butler.errors import RepositoryConfigError
-from butler.registry import _SQL_TYPES, Registry
+from butler.registry import Registry
+from butler.registry_db import (
+    SQL_TYPES,
+    Dialect,
+    begin_write,
+    connect_postgresql,
+    database_errors,
+    is_postgresql,
+)
 from butler.repo_config import load_repo_config
 from butler.universe import DimensionUniverse, default_universe_path, q, safe_dump_yaml
 
@@ -72,9 +81,15 @@ def upgrade_universe(root: Path, target: DimensionUniverse | None = None) -> Mig
     pending = universe_path.with_name(universe_path.name + ".upgrade")
     old = config.load_universe()
     result = MigrationResult(old.version, target.version)
-    conn = sqlite3.connect(config.registry_path, isolation_level=None)
+    location = config.registry_location
+    dialect: Dialect = "postgresql" if is_postgresql(location) else "sqlite"
+    types = SQL_TYPES[dialect]
+    conn = (
+        connect_postgresql(str(location), writeable=True)
+        if dialect == "postgresql"
+        else _connect_sqlite(config.registry_path)
+    )
     try:
-        conn.execute(f"PRAGMA busy_timeout = {60_000}")
         row = conn.execute(
             "SELECT value FROM butler_meta WHERE key = 'universe_version'"
         ).fetchone()
@@ -96,7 +111,7 @@ def upgrade_universe(root: Path, target: DimensionUniverse | None = None) -> Mig
         statements: list[str] = []
         for name in target.names:
             if name not in old:
-                statements.append(Registry._dimension_table_ddl(target, name))
+                statements.append(Registry._dimension_table_ddl(target, name, dialect))
                 result.new_elements.append(name)
                 continue
             have = {c for c, _ in old.table_columns(name)}
@@ -105,19 +120,19 @@ def upgrade_universe(root: Path, target: DimensionUniverse | None = None) -> Mig
                     # SQLite adds columns without foreign keys; the registry checks implied
                     # values through the records it looks up (expand_data_id).
                     statements.append(
-                        f"ALTER TABLE dim_{name} ADD COLUMN {q(column)} {_SQL_TYPES[kind]}"
+                        f"ALTER TABLE dim_{name} ADD COLUMN {q(column)} {types.of(kind)}"
                     )
                     result.new_columns.append(f"{name}.{column}")
         for dim in target.dimensions:
             if dim not in old.dimensions:
-                sql_type = _SQL_TYPES[target[dim].key_kind]
+                sql_type = types.of(target[dim].key_kind)
                 statements.append(f"ALTER TABLE dataset ADD COLUMN {q(dim)} {sql_type}")
                 statements.append(
                     f"CREATE INDEX dataset_{dim} ON dataset (dataset_type_id, {q(dim)})"
                 )
                 result.new_columns.append(f"dataset.{dim}")
         pending.write_text(text if text is not None else safe_dump_yaml(target.config))
-        conn.execute("BEGIN IMMEDIATE")
+        begin_write(conn, dialect)
         try:
             for statement in statements:
                 conn.execute(statement)
@@ -129,7 +144,7 @@ def upgrade_universe(root: Path, target: DimensionUniverse | None = None) -> Mig
         except BaseException as exc:
             conn.execute("ROLLBACK")
             pending.unlink(missing_ok=True)
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, database_errors()):
                 raise RepositoryConfigError(
                     f"{root}: the upgrade failed and nothing was changed: {exc} "
                     "(is this registry damaged, or changed by hand?)"
@@ -139,3 +154,9 @@ def upgrade_universe(root: Path, target: DimensionUniverse | None = None) -> Mig
         return result
     finally:
         conn.close()
+
+
+def _connect_sqlite(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {60_000}")
+    return conn

@@ -1,8 +1,13 @@
-"""The SQLite registry: dimension records, dataset types, collections, datasets, file records.
+"""The registry: dimension records, dataset types, collections, datasets, file records.
 
-One connection per registry object, in WAL mode so readers never block the writer. Writes
-happen inside :meth:`Registry.transaction` (``BEGIN IMMEDIATE``, so concurrent writers queue
-on SQLite's lock instead of failing late); nested transactions are savepoints.
+It lives in ``registry.sqlite3`` inside the repository, or in a PostgreSQL database the
+repository names (``butler create --registry postgresql://...``); the SQL here is shared,
+what differs between the engines is in :mod:`butler.registry_db`.
+
+One connection per registry object; on SQLite in WAL mode so readers never block the
+writer. Writes happen inside :meth:`Registry.transaction`, which takes the registry's write
+lock first (SQLite's ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so concurrent writers
+queue instead of failing late; nested transactions are savepoints.
 
 Every table and column name in SQL here comes from the validated dimension universe or from
 this module; every user-supplied value is a bound parameter.
@@ -19,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from butler.errors import (
     CollectionNotFoundError,
@@ -35,17 +40,26 @@ from butler.errors import (
 from butler.query import compile_where, parse_where
 from butler.query_plan import JoinPlan
 from butler.refs import DataCoordinate, DataIdValue, DatasetRef, DatasetType, FileInfo
+from butler.registry_db import (
+    SQL_TYPES,
+    Connection,
+    Dialect,
+    begin_write,
+    connect_postgresql,
+    database_errors,
+    integrity_errors,
+    is_postgresql,
+    violation,
+)
 from butler.sky_region import bounding_box, region_hex
 from butler.tai import to_tai_ns
 from butler.universe import DimensionUniverse, FieldType, ValueKind, q
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 SCHEMA_VERSION = 1
 RESERVED_COLUMNS = {"id", "run", "dataset_type_id", "data_id_key", "ingest_date"}
 BUSY_TIMEOUT_MS = 60_000
 _SQL_TYPES: dict[ValueKind, str] = {"int": "INTEGER", "float": "REAL", "str": "TEXT"}
+_NO_LIMIT = 2**63 - 1  # LIMIT with OFFSET alone: both engines take the largest integer
 _DATASET_TYPE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -53,19 +67,11 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _database(target: sqlite3.Connection | Path) -> sqlite_utils.Database:
-    # Imported when a registry is opened: sqlite-utils (with the numpy it loads) costs a
-    # start ~0.1 s, which `mirror pull` spends while its source answers the query.
-    import sqlite_utils
-
-    return sqlite_utils.Database(target)
-
-
 def _limit_sql(limit: int | None, offset: int, params: list[Any]) -> str:
     """``LIMIT``/``OFFSET`` clause (bound parameters) for paginated queries."""
     if limit is None and not offset:
         return ""
-    params.extend([-1 if limit is None else int(limit), int(offset)])
+    params.extend([_NO_LIMIT if limit is None else int(limit), int(offset)])
     return " LIMIT ? OFFSET ?"
 
 
@@ -125,114 +131,175 @@ def _record_row(
     return out
 
 
-class Registry:
-    """Access to ``registry.sqlite3``. Not shared between threads without its lock."""
+def _connect_sqlite(path: Path, writeable: bool) -> sqlite3.Connection:
+    if not path.exists():
+        raise RepositoryConfigError(f"registry {path} is missing; the repository is damaged")
+    uri = f"file:{path}" + ("" if writeable else "?mode=ro")
+    if not writeable and os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+        # A read-only file system (a read-only mount, a DVD): SQLite cannot make the
+        # WAL's shared-memory file there, and nothing can write the file through it.
+        uri += "&immutable=1"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if writeable:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
 
-    def __init__(self, path: Path, universe: DimensionUniverse, writeable: bool) -> None:
-        self.path = Path(path)
+
+def _meta_rows(universe: DimensionUniverse) -> list[tuple[str, str]]:
+    return [
+        ("schema_version", str(SCHEMA_VERSION)),
+        ("universe_namespace", universe.namespace),
+        ("universe_version", str(universe.version)),
+    ]
+
+
+def _create_sqlite(path: Path, ddl: Sequence[str], universe: DimensionUniverse) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        # Unsynced while the tables are made, then written whole into the file and flushed
+        # once (each statement would otherwise flush the disk).
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN")
+        for statement in ddl:
+            conn.execute(statement)
+        conn.executemany("INSERT INTO butler_meta (key, value) VALUES (?, ?)", _meta_rows(universe))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_postgresql(url: str, ddl: Sequence[str], universe: DimensionUniverse) -> None:
+    """The tables in one transaction (PostgreSQL's DDL is transactional): a creation that
+    fails half-way leaves the database as it was."""
+    conn = connect_postgresql(url, writeable=True)
+    try:
+        taken = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_name IN ('butler_meta', 'dataset')"
+        ).fetchone()
+        if taken is not None:
+            raise RepositoryConfigError(
+                f"the database {url} holds a butler registry already (or tables of that "
+                "name); give another database, or drop its tables first"
+            )
+        conn.execute("BEGIN")
+        try:
+            for statement in ddl:
+                conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO butler_meta (key, value) VALUES (?, ?)", _meta_rows(universe)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except database_errors() as exc:
+        raise RepositoryConfigError(
+            f"cannot create the registry tables in {url}: {str(exc).strip()}"
+        ) from exc
+    finally:
+        conn.close()
+
+
+class Registry:
+    """Access to a repository's registry. Not shared between threads without its lock.
+
+    ``location`` is the path of ``registry.sqlite3`` or a ``postgresql://`` URL."""
+
+    def __init__(self, location: Path | str, universe: DimensionUniverse, writeable: bool) -> None:
         self.universe = universe
         self.writeable = writeable
-        if not self.path.exists():
-            raise RepositoryConfigError(
-                f"registry {self.path} is missing; the repository is damaged"
-            )
-        uri = f"file:{self.path}" + ("" if writeable else "?mode=ro")
-        if not writeable and os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
-            # A read-only file system (a read-only mount, a DVD): SQLite cannot make the
-            # WAL's shared-memory file there, and nothing can write the file through it.
-            uri += "&immutable=1"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if writeable:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        self.db: sqlite_utils.Database = _database(conn)
-        self.conn = conn
+        self.dialect: Dialect = "postgresql" if is_postgresql(location) else "sqlite"
+        self.location = str(location)
+        self.path = Path(location) if self.dialect == "sqlite" else None
+        self.conn: Connection = (
+            _connect_sqlite(Path(location), writeable)
+            if self.dialect == "sqlite"
+            else connect_postgresql(str(location), writeable)
+        )
         self.lock = threading.RLock()
         self._depth = 0
         self._dataset_types: dict[str, tuple[int, DatasetType]] = {}
         self._records: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
-        self._check_schema()
+        try:
+            self._check_schema()
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- schema ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path, universe: DimensionUniverse) -> None:
-        """Create the registry tables for ``universe`` in a new file."""
+    def create(cls, location: Path | str, universe: DimensionUniverse) -> None:
+        """Create the registry tables for ``universe`` in a new file or an empty database."""
         clash = RESERVED_COLUMNS & set(universe.names)
         if clash:
             raise RepositoryConfigError(f"dimension names {sorted(clash)} are reserved")
-        db = _database(path)
-        # Unsynced while the tables are made (each CREATE commits on its own: ~50 flushes of
-        # the disk otherwise), then written whole into the file and flushed once.
-        db.execute("PRAGMA synchronous = OFF")
-        db.execute("PRAGMA journal_mode = WAL")
-        with db.conn:
-            db.table("butler_meta").create({"key": str, "value": str}, pk="key")
-            db.table("butler_meta").insert_all(
-                [
-                    {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-                    {"key": "universe_namespace", "value": universe.namespace},
-                    {"key": "universe_version", "value": str(universe.version)},
-                ]
-            )
-            for name in universe.names:
-                db.execute(cls._dimension_table_ddl(universe, name))
-            db.table("dataset_type").create(
-                {
-                    "id": int,
-                    "name": str,
-                    "dimensions": str,
-                    "storage_class": str,
-                    "formatter": str,
-                },
-                pk="id",
-                not_null={"name", "dimensions", "storage_class"},
-            )
-            db.table("dataset_type").create_index(["name"], unique=True)
-            db.execute(
-                "CREATE TABLE collection (name TEXT PRIMARY KEY, "
-                "type TEXT NOT NULL CHECK (type IN ('RUN', 'CHAINED')), "
-                "doc TEXT NOT NULL DEFAULT '', "
-                "created TEXT NOT NULL)"
-            )
-            db.execute(
-                "CREATE TABLE collection_chain (parent TEXT NOT NULL REFERENCES collection(name) "
-                "ON DELETE CASCADE, position INTEGER NOT NULL, child TEXT NOT NULL "
-                "REFERENCES collection(name), PRIMARY KEY (parent, position))"
-            )
-            dim_columns = ", ".join(
-                f"{q(d)} {_SQL_TYPES[universe[d].key_kind]}" for d in universe.dimensions
-            )
-            db.execute(
-                "CREATE TABLE dataset (id TEXT PRIMARY KEY, "
-                "dataset_type_id INTEGER NOT NULL REFERENCES dataset_type(id), "
-                "run TEXT NOT NULL REFERENCES collection(name), data_id_key TEXT NOT NULL, "
-                f"ingest_date TEXT NOT NULL, {dim_columns}, "
-                "UNIQUE (dataset_type_id, run, data_id_key))"
-            )
-            # Selective queries filter on one dimension within a dataset type; an index per
-            # dimension keeps them index lookups however many datasets the registry holds.
-            for dim in universe.dimensions:
-                db.execute(f"CREATE INDEX dataset_{dim} ON dataset (dataset_type_id, {q(dim)})")
-            db.execute("CREATE INDEX dataset_run ON dataset (run)")
-            db.execute(
-                "CREATE TABLE file (dataset_id TEXT PRIMARY KEY REFERENCES dataset(id) "
-                "ON DELETE CASCADE, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, "
-                "checksum TEXT NOT NULL, formatter TEXT NOT NULL, storage_class TEXT NOT NULL, "
-                "file_index TEXT NOT NULL)"
-            )
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.conn.close()
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if is_postgresql(location):
+            _create_postgresql(str(location), cls.schema_ddl(universe, "postgresql"), universe)
+        else:
+            _create_sqlite(Path(location), cls.schema_ddl(universe, "sqlite"), universe)
+
+    @classmethod
+    def schema_ddl(cls, universe: DimensionUniverse, dialect: Dialect) -> list[str]:
+        """The statements that make an empty registry's tables."""
+        types = SQL_TYPES[dialect]
+        ddl = ["CREATE TABLE butler_meta (key TEXT PRIMARY KEY, value TEXT)"]
+        ddl += [cls._dimension_table_ddl(universe, name, dialect) for name in universe.names]
+        ddl.append(
+            f"CREATE TABLE dataset_type (id {types.serial_key}, name TEXT NOT NULL, "
+            "dimensions TEXT NOT NULL, storage_class TEXT NOT NULL, formatter TEXT)"
+        )
+        ddl.append("CREATE UNIQUE INDEX idx_dataset_type_name ON dataset_type (name)")
+        ddl.append(
+            "CREATE TABLE collection (name TEXT PRIMARY KEY, "
+            "type TEXT NOT NULL CHECK (type IN ('RUN', 'CHAINED')), "
+            "doc TEXT NOT NULL DEFAULT '', "
+            "created TEXT NOT NULL)"
+        )
+        ddl.append(
+            "CREATE TABLE collection_chain (parent TEXT NOT NULL REFERENCES collection(name) "
+            f"ON DELETE CASCADE, position {types.integer} NOT NULL, child TEXT NOT NULL "
+            "REFERENCES collection(name), PRIMARY KEY (parent, position))"
+        )
+        dim_columns = ", ".join(
+            f"{q(d)} {types.of(universe[d].key_kind)}" for d in universe.dimensions
+        )
+        ddl.append(
+            "CREATE TABLE dataset (id TEXT PRIMARY KEY, "
+            f"dataset_type_id {types.integer} NOT NULL REFERENCES dataset_type(id), "
+            "run TEXT NOT NULL REFERENCES collection(name), data_id_key TEXT NOT NULL, "
+            f"ingest_date TEXT NOT NULL, {dim_columns}, "
+            "UNIQUE (dataset_type_id, run, data_id_key))"
+        )
+        # Selective queries filter on one dimension within a dataset type; an index per
+        # dimension keeps them index lookups however many datasets the registry holds.
+        for dim in universe.dimensions:
+            ddl.append(f"CREATE INDEX dataset_{dim} ON dataset (dataset_type_id, {q(dim)})")
+        ddl.append("CREATE INDEX dataset_run ON dataset (run)")
+        ddl.append(
+            "CREATE TABLE file (dataset_id TEXT PRIMARY KEY REFERENCES dataset(id) "
+            f"ON DELETE CASCADE, path TEXT NOT NULL UNIQUE, size {types.integer} NOT NULL, "
+            "checksum TEXT NOT NULL, formatter TEXT NOT NULL, storage_class TEXT NOT NULL, "
+            "file_index TEXT NOT NULL)"
+        )
+        return ddl
 
     @staticmethod
-    def _dimension_table_ddl(universe: DimensionUniverse, name: str) -> str:
+    def _dimension_table_ddl(
+        universe: DimensionUniverse, name: str, dialect: Dialect = "sqlite"
+    ) -> str:
+        types = SQL_TYPES[dialect]
         element = universe[name]
         columns = universe.table_columns(name)
         required = [d for d in universe.required_closure([name]) if d != name]
@@ -240,7 +307,7 @@ class Registry:
         parts = []
         for column, kind in columns:
             not_null = " NOT NULL" if column in pk else ""
-            parts.append(f"{q(column)} {_SQL_TYPES[kind]}{not_null}")
+            parts.append(f"{q(column)} {types.of(kind)}{not_null}")
         parts.append(f"PRIMARY KEY ({', '.join(map(q, pk))})")
         # Foreign keys to the records this one requires or implies, so a data ID can never
         # name a detector of an instrument the registry does not know.
@@ -260,13 +327,14 @@ class Registry:
             row = self.conn.execute(
                 "SELECT value FROM butler_meta WHERE key = 'schema_version'"
             ).fetchone()
-        except sqlite3.DatabaseError as exc:
+        except database_errors() as exc:
             raise RepositoryConfigError(
-                f"{self.path} is not a butler registry ({exc}); the repository is damaged"
+                f"{self.location} is not a butler registry ({str(exc).strip()}); "
+                "the repository is damaged"
             ) from exc
         if row is None or int(row[0]) != SCHEMA_VERSION:
             raise RepositoryConfigError(
-                f"{self.path}: registry schema version {row[0] if row else None} is not "
+                f"{self.location}: registry schema version {row[0] if row else None} is not "
                 f"supported (expected {SCHEMA_VERSION})"
             )
 
@@ -283,12 +351,15 @@ class Registry:
             from butler.errors import ReadOnlyRepositoryError
 
             raise ReadOnlyRepositoryError(
-                f"{self.path.parent} was opened read-only; open it with writeable=True (or run=...)"
+                f"{self.location} was opened read-only; open it with writeable=True (or run=...)"
             )
         with self.lock:
             depth = self._depth
             savepoint = f"sp{depth}"
-            self.conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
+            if depth == 0:
+                begin_write(self.conn, self.dialect)
+            else:
+                self.conn.execute(f"SAVEPOINT {savepoint}")
             self._depth += 1
             try:
                 yield
@@ -315,7 +386,8 @@ class Registry:
         (a server's ETag), so an answer is never taken for current after a write."""
         self.conn.execute(
             "INSERT INTO butler_meta (key, value) VALUES ('change_count', '1') "
-            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            "ON CONFLICT (key) DO UPDATE "
+            "SET value = CAST(CAST(butler_meta.value AS INTEGER) + 1 AS TEXT)"
         )
 
     def change_count(self) -> int:
@@ -333,6 +405,23 @@ class Registry:
     def _require_transaction(self) -> None:
         if self._depth == 0:
             raise TransactionError("registry writes must happen inside Registry.transaction()")
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Statements that may break a constraint. On PostgreSQL a failed statement spoils
+        its whole transaction; a savepoint around it keeps the transaction usable after the
+        error, as SQLite's is, for a caller that catches the error and goes on."""
+        if self.dialect == "sqlite":
+            yield
+            return
+        self.conn.execute("SAVEPOINT guarded")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO SAVEPOINT guarded")
+            self.conn.execute("RELEASE SAVEPOINT guarded")
+            raise
+        self.conn.execute("RELEASE SAVEPOINT guarded")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.lock:
@@ -389,26 +478,26 @@ class Registry:
             for row in rows:
                 names = list(row)
                 sql = (
-                    f"INSERT {'OR IGNORE ' if skip_existing else ''}INTO dim_{element} "
+                    f"INSERT INTO dim_{element} "
                     f"({', '.join(map(q, names))}) VALUES ({', '.join('?' for _ in names)})"
+                    + (" ON CONFLICT DO NOTHING" if skip_existing else "")
                 )
                 try:
-                    cursor = self.conn.execute(sql, [row[n] for n in names])
-                except sqlite3.IntegrityError as exc:
+                    with self._guarded():
+                        cursor = self.conn.execute(sql, [row[n] for n in names])
+                except integrity_errors() as exc:
                     raise self._record_error(element, row, exc) from exc
                 added += cursor.rowcount
         return added
 
-    def _record_error(
-        self, element: str, row: Mapping[str, Any], exc: sqlite3.IntegrityError
-    ) -> Exception:
-        text = str(exc)
-        if "UNIQUE" in text or "PRIMARY KEY" in text:
+    def _record_error(self, element: str, row: Mapping[str, Any], exc: Exception) -> Exception:
+        kind = violation(exc)
+        if kind == "unique":
             return ConflictingDefinitionError(
                 f"a {element} record with these keys exists already: {dict(row)} "
                 "(pass skip_existing=True to ignore records that exist)"
             )
-        if "FOREIGN KEY" in text:
+        if kind == "foreign_key":
             spec = self.universe[element]
             parents = [*spec.requires, *spec.implies]
             return DimensionRecordNotFoundError(
@@ -562,7 +651,7 @@ class Registry:
         params: list[Any] = []
         tree = parse_where(where or "")
         if tree is not None:
-            sql, values = compile_where(tree, plan, dict(bind or {}))
+            sql, values = compile_where(tree, plan, dict(bind or {}), dialect=self.dialect)
             fragments.append(f"({sql})")
             params.extend(values)
         for key, value in (data_id or {}).items():
@@ -891,13 +980,14 @@ class Registry:
             )
         with self.lock:
             try:
-                self.conn.executemany(
-                    f"INSERT INTO dataset ({', '.join(columns)}) "
-                    f"VALUES ({', '.join('?' for _ in columns)})",
-                    dataset_rows,
-                )
-            except sqlite3.IntegrityError as exc:
-                if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+                with self._guarded():
+                    self.conn.executemany(
+                        f"INSERT INTO dataset ({', '.join(columns)}) "
+                        f"VALUES ({', '.join('?' for _ in columns)})",
+                        dataset_rows,
+                    )
+            except integrity_errors() as exc:
+                if violation(exc) == "unique":
                     first = items[0][0] if len(items) == 1 else None
                     what = (
                         f"a {first.dataset_type.name!r} dataset with data ID {first.data_id!r} "
@@ -1009,7 +1099,7 @@ class Registry:
             select = (
                 f"SELECT * FROM (SELECT q.*, ROW_NUMBER() OVER (PARTITION BY q.data_id_key "
                 f"ORDER BY CASE q.run {rank} END) AS search_rank FROM ({select}) AS q) "
-                f"WHERE search_rank = 1"
+                f"AS ranked WHERE search_rank = 1"
             )
             all_params = [*runs, *all_params]
         return dataset_type, select, all_params

@@ -38,7 +38,15 @@ per dataset cost a directory creation and, at each commit, a directory flush per
 (on the mirror bench, 2,000 directories for 2,000 files). Repositories keep the template
 they were made with."""
 
-_KNOWN_KEYS = {"format_version", "name", "created", "universe", "file_template", "description"}
+_KNOWN_KEYS = {
+    "format_version",
+    "name",
+    "created",
+    "universe",
+    "file_template",
+    "description",
+    "registry",
+}
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,17 @@ class RepoConfig:
     universe_file: str
     file_template: str
     description: str = ""
+    registry: str | None = None
+    """The PostgreSQL URL of the registry's database; None: ``registry.sqlite3`` in root."""
 
     @property
     def registry_path(self) -> Path:
         return self.root / REGISTRY_NAME
+
+    @property
+    def registry_location(self) -> Path | str:
+        """Where the registry is: the SQLite file's path, or the PostgreSQL URL."""
+        return self.registry if self.registry is not None else self.registry_path
 
     def load_universe(self) -> DimensionUniverse:
         return DimensionUniverse.from_file(self.root / self.universe_file)
@@ -90,6 +105,14 @@ def load_repo_config(root: Path) -> RepoConfig:
         raise RepositoryConfigError(
             f"{path}: file_template must contain '{{id}}' so every dataset has its own file"
         )
+    registry = data.get("registry")
+    if registry is not None and not (
+        isinstance(registry, str) and registry.startswith(("postgresql:", "postgres:"))
+    ):
+        raise RepositoryConfigError(
+            f"{path}: registry must be a postgresql:// URL (or absent, for registry.sqlite3 "
+            f"in the repository), not {registry!r}"
+        )
     return RepoConfig(
         root=root,
         name=str(data.get("name", root.name)),
@@ -97,6 +120,7 @@ def load_repo_config(root: Path) -> RepoConfig:
         universe_file=str(data.get("universe", UNIVERSE_NAME)),
         file_template=template,
         description=str(data.get("description", "")),
+        registry=registry,
     )
 
 
@@ -138,6 +162,7 @@ def new_repository_layout(
     file_template: str = DEFAULT_FILE_TEMPLATE,
     description: str = "",
     tolerated: Collection[str] = (),
+    registry: str | None = None,
 ) -> Iterator[RepoConfig]:
     """Lay out a new repository in ``root`` (created if missing) around its registry.
 
@@ -165,6 +190,7 @@ def new_repository_layout(
             universe_file=UNIVERSE_NAME,
             file_template=file_template,
             description=description,
+            registry=registry,
         )
         yield config
         _write_config(config)
@@ -183,6 +209,8 @@ def _write_config(config: RepoConfig) -> None:
         "file_template": config.file_template,
         "description": config.description,
     }
+    if config.registry is not None:
+        data["registry"] = config.registry
     tmp = config.root / (CONFIG_NAME + ".tmp")
     with open(tmp, "w") as f:
         f.write(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, type checks and pytest, in a fresh virtual environment.
-# Installs Debian's nginx (the independent origin the proxy tests use) and HAProxy (the load
-# balancer of the site deployment, tests/test_proxy_tiers.py) when they are missing.
+# Installs Debian's nginx (the independent origin the proxy tests use), HAProxy (the load
+# balancer of the site deployment, tests/test_proxy_tiers.py) and PostgreSQL (the second
+# registry engine) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
@@ -19,6 +20,17 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
     else
         echo "haproxy is missing; install it (apt-get install haproxy) for the proxy tier tests" >&2
+    fi
+fi
+# Debian's PostgreSQL serves the registry of the tests that run on both registry engines
+# (tests/postgres.py starts a throwaway server from its binaries; the package's own cluster
+# is not used).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "postgresql is missing; install it (apt-get install postgresql) for the registry tests" >&2
     fi
 fi
 # Debian's chromium drives proxyd's /status page headless (tests/test_proxyd_status.py):

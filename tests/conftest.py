@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+import yaml
 from hypothesis import settings
+from postgres import PostgresNotFound, PostgresServer, postgres_bindir
 
 from butler import Butler
 
@@ -22,6 +26,11 @@ from butler import Butler
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+REGISTRY_BACKENDS = ("sqlite",)
+"""The registry engines a test module's repositories use. A module that sets its own
+``REGISTRY_BACKENDS = ("sqlite", "postgresql")`` runs each test using ``registry_url``
+(and so ``repo_path``, ``butler``) on both: one suite, two engines."""
 
 VISITS = list(range(100, 110))
 DETECTORS = list(range(4))
@@ -69,10 +78,28 @@ def run_mirror(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def new_repo(path: Path) -> Path:
-    """An empty repository at ``path``."""
-    Butler.create(path).close()
+def new_repo(path: Path, registry: str | None = None) -> Path:
+    """An empty repository at ``path`` (its registry in ``registry``, a PostgreSQL URL)."""
+    Butler.create(path, registry=registry).close()
     return path
+
+
+@contextlib.contextmanager
+def raw_registry(root: Path) -> Iterator[Any]:
+    """A plain autocommit connection to a repository's registry, whichever engine holds it
+    (``?`` placeholders on both): for tests that look at or spoil rows behind the butler."""
+    url = yaml.safe_load((root / "butler.yaml").read_text()).get("registry")
+    conn: Any
+    if url is None:
+        conn = sqlite3.connect(root / "registry.sqlite3", isolation_level=None)
+    else:
+        from butler.registry_db import PostgresConnection
+
+        conn = PostgresConnection(url, writeable=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -84,10 +111,10 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def make_summary_repo(root: Path) -> Path:
+def make_summary_repo(root: Path, registry: str | None = None) -> Path:
     """A repository at ``root`` with the dimensions of :func:`populate_dimensions` and two
     ``summary`` dicts (visit 100, detectors 0 and 1) in RUN ``run1``."""
-    with Butler.create(root) as butler:
+    with Butler.create(root, registry=registry) as butler:
         populate_dimensions(butler)
         butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
     with Butler(root, run="run1") as butler:
@@ -146,11 +173,49 @@ def populate_dimensions(butler: Butler) -> None:
     )
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "registry_url" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "REGISTRY_BACKENDS", REGISTRY_BACKENDS)
+        metafunc.parametrize("registry_url", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL on loopback, a free port and a throwaway data directory, once
+    per session. The directory is not under pytest's base temporary directory: another
+    pytest run on the machine makes that private again (mode 700), which would shut the
+    postgres user out of its data while it runs."""
+    try:
+        postgres_bindir()
+    except PostgresNotFound as exc:
+        unavailable(str(exc))
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="butler-tests-postgres-")) / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
 @pytest.fixture
-def repo_path(tmp_path: Path) -> Path:
+def registry_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Where a test's repository keeps its registry: None for SQLite in the repository, or
+    the URL of a new PostgreSQL database (``REGISTRY_BACKENDS`` decides which)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.new_registry()
+    yield url
+    server.drop_registry(url)
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path, registry_url: str | None) -> Path:
     """A new repository with dimension records and a few dataset types registered."""
     root = tmp_path / "repo"
-    with Butler.create(root) as butler:
+    with Butler.create(root, registry=registry_url) as butler:
         populate_dimensions(butler)
         butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
         butler.register_dataset_type("config", ["instrument"], "Dict", formatter="yaml")

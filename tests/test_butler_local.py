@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import raw_registry
 
 from butler import (
     AmbiguousDatasetError,
@@ -29,6 +30,8 @@ from butler import (
     StorageClassError,
 )
 from butler.direct_butler import DirectButler
+
+REGISTRY_BACKENDS = ("sqlite", "postgresql")  # one suite, both registry engines
 
 HSC = {"instrument": "HSC"}
 
@@ -358,9 +361,8 @@ def test_hostile_where_strings_never_reach_sql(butler: Butler) -> None:
             outcomes.append(type(exc).__name__)
     # Quoted text stays one string value (matching nothing); a second statement is refused.
     assert outcomes == [[], [], "QuerySyntaxError", []]
-    conn = sqlite3.connect(butler.root / "registry.sqlite3")
-    assert conn.execute("SELECT COUNT(*) FROM dataset").fetchone()[0] == 4
-    conn.close()
+    with raw_registry(butler.root) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM dataset").fetchone()[0] == 4
 
 
 def test_query_data_ids_and_records(butler: Butler) -> None:
@@ -393,14 +395,13 @@ def test_remove_deletes_rows_and_files(butler: Butler) -> None:
         butler.get(refs[0])
 
 
-def test_registry_is_plain_sqlite_with_json_file_index(butler: Butler) -> None:
+def test_registry_is_plain_sql_with_json_file_index(butler: Butler) -> None:
     ref = butler.put(np.zeros((3, 3), dtype=np.int16), "flux", HSC, visit=100, detector=1)
-    conn = sqlite3.connect(butler.root / "registry.sqlite3")
-    row = conn.execute(
-        "SELECT f.size, f.formatter, f.file_index FROM file f WHERE f.dataset_id = ?",
-        (str(ref.id),),
-    ).fetchone()
-    conn.close()
+    with raw_registry(butler.root) as conn:
+        row = conn.execute(
+            "SELECT f.size, f.formatter, f.file_index FROM file f WHERE f.dataset_id = ?",
+            (str(ref.id),),
+        ).fetchone()
     assert row[1] == "npy"
     index = json.loads(row[2])
     assert index["shape"] == [3, 3]

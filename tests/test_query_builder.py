@@ -20,6 +20,8 @@ from butler.interactive.value_cache import ValueCache
 from butler.query import parse_where
 from mirror.pull import PullRequest, pull
 
+REGISTRY_BACKENDS = ("sqlite", "postgresql")  # one suite, both registry engines
+
 HSC_VISITS = [100, 101, 102, 103]
 LSST_VISITS = [7, 8]
 

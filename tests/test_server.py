@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -18,7 +17,7 @@ import jsonschema
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import populate_dimensions
+from conftest import populate_dimensions, raw_registry
 from servers import READ_TOKEN, WRITE_TOKEN, ButlerServer
 
 from butler import (
@@ -34,11 +33,13 @@ from butler.remote.async_butler import AsyncButler
 from butler.sample_data import synthetic_calexp
 from butler.server.openapi import build_openapi
 
+REGISTRY_BACKENDS = ("sqlite", "postgresql")  # one suite, both registry engines
+
 HSC = {"instrument": "HSC"}
 
 
-def make_repo(root: Path) -> Path:
-    with Butler.create(root) as butler:
+def make_repo(root: Path, registry: str | None = None) -> Path:
+    with Butler.create(root, registry=registry) as butler:
         populate_dimensions(butler)
         butler.register_dataset_type("summary", ["visit", "detector"], "Dict")
         butler.register_dataset_type("calexp", ["visit", "detector"], "Image")
@@ -47,8 +48,8 @@ def make_repo(root: Path) -> Path:
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo")
+def repo(tmp_path: Path, registry_url: str | None) -> Path:
+    return make_repo(tmp_path / "repo", registry_url)
 
 
 @pytest.fixture
@@ -252,10 +253,8 @@ def test_writes_need_a_token(repo: Path, tmp_path: Path) -> None:
 def test_server_bugs_are_500s_with_a_request_id(repo: Path, server: ButlerServer) -> None:
     with Butler(repo, run="run1") as local:
         ref = local.put({"a": 1}, "summary", HSC, visit=100, detector=0)
-    conn = sqlite3.connect(repo / "registry.sqlite3")
-    conn.execute("UPDATE file SET file_index = 'not json' WHERE dataset_id = ?", (str(ref.id),))
-    conn.commit()
-    conn.close()
+    with raw_registry(repo) as conn:
+        conn.execute("UPDATE file SET file_index = 'not json' WHERE dataset_id = ?", (str(ref.id),))
     with Butler(server.url, collections="run1") as remote, pytest.raises(ServerError) as info:
         remote.get("summary", HSC, visit=100, detector=0)
     match = __import__("re").search(r"request ID ([0-9a-f]+)", str(info.value))

@@ -16,6 +16,8 @@ from conftest import DETECTORS, VISITS
 
 from butler import Butler, DatasetExistsError
 
+REGISTRY_BACKENDS = ("sqlite", "postgresql")  # one suite, both registry engines
+
 HSC = {"instrument": "HSC"}
 
 # A child process that writes datasets and kills itself with SIGKILL at a chosen point.
@@ -161,12 +163,12 @@ WRITER = textwrap.dedent(
     """
     import json, sys
     from butler import Butler, DatasetExistsError
-    repo, worker, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    repo, worker, mode, puts = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     ok = dup = 0
     with Butler(repo, run="shared") as butler:
-        for i in range(50):
+        for i in range(puts):
             if mode == "distinct":
-                # 40 distinct data IDs per run; 200 distinct (run, data ID) in all.
+                # 40 distinct data IDs per run; every (run, data ID) distinct.
                 visit, detector = 100 + i % 10, i // 10 % 4
                 data = {"worker": worker, "i": i}
                 run = f"w{worker}_{i // 40}"
@@ -185,15 +187,16 @@ WRITER = textwrap.dedent(
 )
 
 
-def run_writers(repo: Path, mode: str) -> list[dict[str, int]]:
+def run_writers(repo: Path, mode: str, workers: int, puts: int) -> list[dict[str, int]]:
+    """``workers`` processes putting ``puts`` datasets each into ``repo``, all at once."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(repo), str(w), mode],
+            [sys.executable, "-c", WRITER, str(repo), str(w), mode, str(puts)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for w in range(4)
+        for w in range(workers)
     ]
     results = []
     for proc in procs:
@@ -204,19 +207,23 @@ def run_writers(repo: Path, mode: str) -> list[dict[str, int]]:
 
 
 def test_concurrent_writers_lose_and_duplicate_nothing(repo_path: Path) -> None:
-    results = run_writers(repo_path, "distinct")
-    assert sum(r["ok"] for r in results) == 200
+    workers, puts = 8, 100
+    results = run_writers(repo_path, "distinct", workers, puts)
+    assert [r["ok"] for r in results] == [puts] * workers
     with Butler(repo_path) as butler:
         refs = butler.query_datasets("summary", find_first=False)
-        assert len(refs) == 200
-        assert len({(r.run, r.data_id) for r in refs}) == 200
-        contents = {(d["worker"], d["i"]) for d in (butler.get(r) for r in refs)}
-        assert contents == {(w, i) for w in range(4) for i in range(50)}
-        assert sum(1 for p in repo_path.rglob("*.json") if p.is_file()) == 200
+        assert len(refs) == workers * puts
+        assert len({(r.run, r.data_id) for r in refs}) == workers * puts
+        assert len({r.id for r in refs}) == workers * puts
+        contents = [(d["worker"], d["i"]) for d in (butler.get(r) for r in refs)]
+        assert sorted(contents) == [(w, i) for w in range(workers) for i in range(puts)]
+        runs = {r.run for r in refs}
+        assert runs == {f"w{w}_{c}" for w in range(workers) for c in range(3)}
+        assert sum(1 for p in repo_path.rglob("*.json") if p.is_file()) == workers * puts
 
 
 def test_concurrent_puts_of_the_same_data_ids_keep_exactly_one_each(repo_path: Path) -> None:
-    results = run_writers(repo_path, "race")
+    results = run_writers(repo_path, "race", 4, 50)
     assert sum(r["ok"] for r in results) == 40
     assert sum(r["dup"] for r in results) == 160
     with Butler(repo_path, collections="race") as butler:

@@ -35,6 +35,8 @@ from butler.errors import (
 from butler.image import Image
 from butler.remote.async_butler import AsyncButler
 
+REGISTRY_BACKENDS = ("sqlite", "postgresql")  # one suite, both registry engines
+
 HSC = {"instrument": "HSC"}
 
 

@@ -121,12 +121,20 @@ def main() -> None:
     type=UserPath(exists=True, dir_okay=False, path_type=Path),
     help="Dimension universe YAML (default: the LSST-like universe in config/).",
 )
+@click.option(
+    "--registry",
+    metavar="URL",
+    help="Keep the registry in this PostgreSQL database (postgresql://USER@HOST:PORT/DB; "
+    "the password comes from PGPASSWORD or ~/.pgpass, never the URL) instead of a SQLite "
+    "file in PATH. Files stay in PATH either way.",
+)
 @handle_errors
-def create(path: Path, name: str | None, universe: Path | None) -> None:
+def create(path: Path, name: str | None, universe: Path | None, registry: str | None) -> None:
     """Create an empty repository at PATH."""
     local_only(path, "create", "a server serves a repository created on its own disk")
-    with Butler.create(path, name=name, universe=universe) as butler:
-        click.echo(f"Created repository {butler.config.name!r} at {butler.root}")
+    with Butler.create(path, name=name, universe=universe, registry=registry) as butler:
+        where = f" (registry: {registry})" if registry else ""
+        click.echo(f"Created repository {butler.config.name!r} at {butler.root}{where}")
 
 
 @main.command()

@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 ColumnKind: TypeAlias = Literal["int", "float", "str"]
+SqlDialect: TypeAlias = Literal["sqlite", "postgresql"]
 
 _KIND_WORDS: Final[dict[str, str]] = {"int": "an integer", "float": "a float", "str": "a string"}
 
@@ -173,9 +174,12 @@ _Operand: TypeAlias = _Constant | _ColumnRef
 
 
 class _Compiler:
-    def __init__(self, resolver: NameResolver, bind: Mapping[str, Any]) -> None:
+    def __init__(
+        self, resolver: NameResolver, bind: Mapping[str, Any], dialect: SqlDialect = "sqlite"
+    ) -> None:
         self.resolver = resolver
         self.bind = bind
+        self.dialect = dialect
 
     # -- operands ------------------------------------------------------------------------
 
@@ -356,6 +360,16 @@ class _Compiler:
             f"so it does not constrain anything{self.shadow_hint(node.left, node.right)}"
         )
 
+    def json_values(self, kind: ColumnKind) -> str:
+        """A sub-select of the values in one bound JSON array, typed to compare with a
+        column of ``kind``."""
+        if self.dialect == "sqlite":
+            return "SELECT value FROM json_each(?)"
+        # json_array_elements_text yields text; numbers become numeric, which compares
+        # exactly with both integer and double columns.
+        value = "value" if kind == "str" else "CAST(value AS NUMERIC)"
+        return f"SELECT {value} FROM json_array_elements_text(CAST(? AS JSON))"
+
     def in_list(self, node: InList, *, negated: bool) -> tuple[str, list[Any]]:
         column = self.column_operand(node.expr, "the left side of IN")
         sql = column.column.sql
@@ -414,7 +428,7 @@ class _Compiler:
             inline = [value for value in scalar_params if _has_nul(value)]
             as_json = [value for value in scalar_params if not _has_nul(value)]
             if as_json:
-                terms.append(f"{sql} IN (SELECT value FROM json_each(?))")
+                terms.append(f"{sql} IN ({self.json_values(column.column.kind)})")
                 params.append(json.dumps(as_json))
         if inline:
             terms.append(f"{sql} IN ({', '.join('?' * len(inline))})")
@@ -503,9 +517,16 @@ def _check_shape(node: Node) -> None:
 
 
 def compile_where(
-    node: Node | None, resolver: NameResolver, bind: Mapping[str, Any] | None = None
+    node: Node | None,
+    resolver: NameResolver,
+    bind: Mapping[str, Any] | None = None,
+    *,
+    dialect: SqlDialect = "sqlite",
 ) -> tuple[str, list[Any]]:
     """Compile ``node`` into ``(sql, params)``: a boolean SQL fragment with ``?`` placeholders.
+
+    ``dialect`` is the engine the fragment runs on; only long IN lists differ (SQLite's
+    ``json_each``, PostgreSQL's ``json_array_elements_text``).
 
     ``None`` (an empty where string) compiles to ``"1 = 1"``, so callers can always AND the
     result into their statement.  Raises ``InvalidQueryError`` for unknown names (from the
@@ -514,7 +535,7 @@ def compile_where(
     if node is None:
         return "1 = 1", []
     _check_shape(node)
-    fragment = _Compiler(resolver, bind or {}).compile(node)
+    fragment = _Compiler(resolver, bind or {}, dialect).compile(node)
     if len(fragment.params) > MAX_PARAMETERS:
         raise InvalidQueryError(
             f"expression needs {len(fragment.params)} SQL parameters, more than the limit of "

@@ -48,6 +48,7 @@ from butler.server.transactions import TransactionManager, UploadWriter, apply_o
 
 T = TypeVar("T")
 API = "/api/v1"
+TRANSACTION_HEADER = "X-Butler-Transaction"
 API_VERSION = "1.0"
 
 SETTINGS: web.AppKey[ServerSettings] = web.AppKey("settings", ServerSettings)
@@ -627,7 +628,11 @@ async def begin_transaction(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     await pool.write(lambda b: None)  # refuse early on a read-only server
     txn = request.app[TRANSACTIONS].begin(request["principal"])
-    return json_response(request, {"id": txn.id, "expires": txn.expires}, cacheable=False)
+    response = json_response(request, {"id": txn.id, "expires": txn.expires}, cacheable=False)
+    # Its staged uploads stay on this server: a load balancer in front of replicas keeps
+    # the transaction's later requests here by this id (config/haproxy/butler-replicas.cfg).
+    response.headers[TRANSACTION_HEADER] = txn.id
+    return response
 
 
 async def upload_file(request: web.Request) -> web.Response:
