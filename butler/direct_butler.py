@@ -218,6 +218,7 @@ class DirectButler(Butler):
             self.config,
             {
                 "root": str(self.root),
+                "registry": str(self.config.registry_location),
                 "datasets": self.registry.count_datasets(),
                 "dataset_types": [t.name for t in self.registry.dataset_types()],
                 "collections": [c["name"] for c in self.registry.collections()],

@@ -47,6 +47,7 @@ def test_cli_create_keeps_the_registry_in_postgresql(
     info = run_butler("info", str(root), "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["datasets"] == 1
+    assert json.loads(info.stdout)["registry"] == url  # where the registry is, said
 
 
 def test_a_password_in_the_url_is_refused_before_anything_is_made(

@@ -68,6 +68,8 @@ def test_info_over_url_with_token_file(server: ButlerServer, token_files: dict[s
     assert data["name"] == "repo"
     assert set(data["dataset_types"]) == DATASET_TYPES
     assert data["collections"] == ["run1"]
+    assert "registry" not in data  # the server's paths stay on the server
+    assert "root" not in data
 
 
 def test_url_without_token_is_refused_with_a_message(server: ButlerServer) -> None:

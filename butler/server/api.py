@@ -216,7 +216,8 @@ async def repo_info(request: web.Request) -> web.Response:
 
     def work(butler: DirectButler) -> dict[str, Any]:
         info = butler.info()
-        info.pop("root", None)
+        for local in ("root", "registry"):  # where the server keeps things: not the client's
+            info.pop(local, None)
         return {
             **info,
             "api_version": API_VERSION,
