@@ -60,6 +60,10 @@ def dead_pid() -> int:
     return int(done.stdout)
 
 
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
 def age(path: Path, seconds: float) -> None:
     past = time.time() - seconds
     os.utime(path, (past, past))
@@ -291,9 +295,13 @@ def test_a_lockless_directory_is_kept_while_young_and_removed_when_old(tmp_path:
     lockless = parent / "0123abcd"
     lockless.mkdir(parents=True)
     assert remove_abandoned_dirs(parent) == 0  # being made this instant, perhaps
-    age(lockless, 3600)
+    age(lockless, 59.5)
+    assert remove_abandoned_dirs(parent) == 0  # still within the minute's grace
+    age(lockless, 60.5)
+    before = open_descriptors()
     assert remove_abandoned_dirs(parent) == 1
     assert not lockless.exists()
+    assert open_descriptors() == before  # no descriptor closed that it did not open
 
 
 def test_a_lock_that_cannot_be_opened_keeps_its_directory(tmp_path: Path) -> None:
@@ -319,6 +327,52 @@ def test_without_syncfs_the_whole_system_is_synced(monkeypatch: pytest.MonkeyPat
     assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
     monkeypatch.setattr(datastore.sys, "platform", "darwin")
     assert datastore._syncfs.__wrapped__() is None  # type: ignore[attr-defined]
+
+
+def test_a_directory_being_made_by_another_users_live_process_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_yours(pid: int, signal: int) -> None:
+        raise PermissionError("operation not permitted")  # alive, but another user's
+
+    parent = tmp_path / "p"
+    (parent / ".new-4242-x").mkdir(parents=True)
+    monkeypatch.setattr(os, "kill", not_yours)
+    assert remove_abandoned_dirs(parent) == 0
+    assert (parent / ".new-4242-x").exists()
+
+
+def test_closing_a_staging_twice_is_harmless(tmp_path: Path) -> None:
+    staging = Staging.begin(tmp_path)
+    staging.close()
+    before = open_descriptors()
+    staging.close()
+    assert open_descriptors() == before
+    assert not staging.directory.exists()
+
+
+@pytest.mark.parametrize("files", [16, 17])  # up to 16 files: an fsync each
+def test_up_to_the_threshold_each_file_is_synced_above_it_the_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int
+) -> None:
+    import butler.datastore as datastore
+
+    calls: list[str] = []
+    monkeypatch.setattr(datastore, "sync_filesystem", lambda path: calls.append("fs"))
+    monkeypatch.setattr(datastore, "fsync_file", lambda path: calls.append("file"))
+    monkeypatch.setattr(datastore, "_fsync_dir", lambda path: calls.append("dir"))
+    staging = Staging.begin(tmp_path)
+    for number in range(files):
+        dataset_id = uuid.uuid4()
+        path = staging.new_path(dataset_id, ".x")
+        path.write_bytes(b"x")
+        staging.add(dataset_id, path, f"d{number}/f.x")
+    staging.move_into_place()
+    staging.close()
+    if files <= 16:  # the files, the journal's directory, each new directory
+        assert calls == ["file"] * files + ["dir"] + ["dir"] * files
+    else:
+        assert calls == ["fs", "dir", "fs"]
 
 
 def test_a_directory_being_made_by_a_dead_process_goes_at_once(tmp_path: Path) -> None:

@@ -383,7 +383,12 @@ def known_equivalents() -> set[tuple[str, str, str]]:
     missing = [e for e in entries if not str(e.get("why", "")).strip()]
     if missing:
         sys.exit(f"{EQUIVALENT}: every entry needs a 'why': {missing[0]}")
-    return {(e["module"], e["code"].strip(), e["mutant"].strip()) for e in entries}
+    # An entry names one mutant (``mutant``) or several of the same line (``mutants``).
+    return {
+        (e["module"], e["code"].strip(), mutant.strip())
+        for e in entries
+        for mutant in ([e["mutant"]] if "mutant" in e else e["mutants"])
+    }
 
 
 def restore_module(module: str, tree: Path) -> None:
