@@ -18,6 +18,23 @@ from butler.server.process import ServerProcess
 WRITE_TOKEN = "writer-token-0123456789abcdef"
 READ_TOKEN = "reader-token-0123456789abcdef"
 SYNC_TARGET = "/healthz?log-sync"
+
+# Two colleagues with read tokens of their own, and a writer: a private repository's tokens
+# (butler serve --tokens FILE --read-access token).
+ALICE = "alice-token-0123456789abcdef"
+BOB = "bob-token-0123456789abcdef01"
+PRIVATE_TOKENS = f"""
+tokens:
+  - name: writer
+    token: "{WRITE_TOKEN}"
+    scopes: [read, write]
+  - name: alice
+    token: "{ALICE}"
+    scopes: [read]
+  - name: bob
+    token: "{BOB}"
+    scopes: [read]
+"""
 """What :meth:`ButlerServer.sync_log` asks for: logged, but left out of ``access_log()``."""
 TOKENS_YAML = f"""
 tokens:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import populate_dimensions, run_mirror
 from proxies import Proxy, RecordingOrigin, running
-from servers import WRITE_TOKEN, ButlerServer, served
+from servers import ALICE, BOB, PRIVATE_TOKENS, ButlerServer, served
 
 from butler import Butler
 from butler.direct_butler import DirectButler
@@ -32,20 +32,6 @@ HSC = {"instrument": "HSC"}
 ARRAY_BYTES = 200 * 1024
 VISITS = (100, 101)
 DETECTORS = range(4)
-ALICE = "alice-token-0123456789abcdef"
-BOB = "bob-token-0123456789abcdef01"
-PRIVATE_TOKENS = f"""
-tokens:
-  - name: writer
-    token: "{WRITE_TOKEN}"
-    scopes: [read, write]
-  - name: alice
-    token: "{ALICE}"
-    scopes: [read]
-  - name: bob
-    token: "{BOB}"
-    scopes: [read]
-"""
 
 
 @pytest.fixture

@@ -15,25 +15,11 @@ import numpy as np
 import pytest
 from conftest import populate_dimensions
 from proxies import Proxy, running
-from servers import WRITE_TOKEN, ButlerServer, bearer, served
+from servers import ALICE, BOB, PRIVATE_TOKENS, ButlerServer, bearer, served
 
 from butler import Butler, Image
 
 HSC = {"instrument": "HSC"}
-ALICE = "alice-token-0123456789abcdef"
-BOB = "bob-token-0123456789abcdef01"
-PRIVATE_TOKENS = f"""
-tokens:
-  - name: writer
-    token: "{WRITE_TOKEN}"
-    scopes: [read, write]
-  - name: alice
-    token: "{ALICE}"
-    scopes: [read]
-  - name: bob
-    token: "{BOB}"
-    scopes: [read]
-"""
 
 
 @pytest.fixture
