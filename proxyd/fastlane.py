@@ -4,10 +4,10 @@ Every client connection starts here. For each request that arrives whole, the la
 :func:`proxyd.policy.plain.recognise` whether it is a plain GET and then whether the
 answer is in hand: the route (memoised per target), the object's metadata in memory, still
 fresh for anyone (:func:`proxyd.policy.plain.plain_hit_until`), one satisfiable range (or
-none) inside one block held in memory or the page cache (:func:`proxyd.reading.ready_piece`).
-Then it writes the same response the full handler would -- same status, fields, body,
-metrics and access-log line (tests/test_proxyd_fastlane.py compares the two) -- at a fraction
-of the cost: no request object, no router, no middleware, no response object.
+none) short enough to send from memory, its blocks held in memory or the page cache
+(:func:`proxyd.hit.small_body`). Then it writes the answer :mod:`proxyd.hit` lays out for
+the full handler too -- same status, fields, body, metrics and access-log line -- at a
+fraction of the cost: no request object, no router, no middleware, no response object.
 
 The first request the lane does not answer, for whatever reason (a miss, credentials, a
 condition, a partial request, a slow client), hands the connection to aiohttp's request
@@ -27,19 +27,18 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from butler.http.conditional import format_http_date
 from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simple_range
-from proxyd.policy import freshness
+from proxyd.hit import StoredAnswer, layout, small_body, stored_answer
 from proxyd.policy.plain import Recogniser, plain_hit_until
 from proxyd.policy.requests import Route, route
-from proxyd.reading import quick_pieces, replayed, small_pieces
 from proxyd.state import CACHE_HEADER, ProxyState, Served, account
 from proxyd.store import ObjectMeta
 
@@ -54,54 +53,49 @@ ROUTE_MEMORY = 10_000
 
 @dataclass(frozen=True, slots=True)
 class _Hot:
-    """How to answer plain requests for one stored version (worked out once per version)."""
+    """How to write the answers to plain requests for one stored version (worked out once
+    per version): the answer itself is :mod:`proxyd.hit`'s, as for the full handler."""
 
-    stored: freshness.StoredMeta
-    """The metadata this was worked out from (compared by identity)."""
+    answer: StoredAnswer
     fresh_until: float
     version: str
     size: int
-    head_200: bytes
-    head_206: bytes
-    """Status line and the fields every such answer carries, up to the per-request ones."""
-    age_at_receipt: float
-    """The response's age when it was received: its age now is that plus the time since
-    (RFC 9111 §4.2.3, resident time)."""
+    heads: dict[int, bytes]
+    """Status line and the fields every answer of that status carries, up to the
+    per-request ones (those of the :class:`proxyd.hit.Layout`, Age, length, Date)."""
     dated: bool
     """Whether the stored fields include Date (the origin's, kept as RFC 9110 §6.6.1 asks);
     otherwise each answer gets the current one, as aiohttp would add."""
 
 
-def _field_block(fields: list[tuple[str, str]]) -> bytes | None:
+def _field_block(fields: Iterable[tuple[str, str]]) -> bytes | None:
     if any("\r" in f"{name}{value}" or "\n" in f"{name}{value}" for name, value in fields):
         return None  # aiohttp would refuse to send such a field: leave it to the handler
     return "".join(f"{name}: {value}\r\n" for name, value in fields).encode("utf-8")
 
 
 def _hot(meta: ObjectMeta, state: ProxyState) -> _Hot:
-    """The answer template for ``meta``: the fields :func:`proxyd.reading.respond_from_blocks`
-    sends for a hit, and those aiohttp's Response adds when they are missing."""
-    stored = meta.stored
-    fields = list(replayed(stored.headers))
+    """The answer of :func:`proxyd.hit.stored_answer` for ``meta``, with the fields aiohttp
+    adds to a response when they are missing and the X-Cache of a hit."""
+    answer = stored_answer(meta.stored)
+    fields = list(answer.fields)
     present = {name.lower() for name, _ in fields}
     if "content-type" not in present:
         fields.append(("Content-Type", "application/octet-stream"))
     if "server" not in present:
         fields.append(("Server", SERVER_SOFTWARE))
-    fields += [("Accept-Ranges", "bytes"), (CACHE_HEADER, "HIT")]
+    fields.append((CACHE_HEADER, "HIT"))
     block = _field_block(fields)
     size = meta.size or 0
     # Only 200s: a stored 301, 404... is answered with its own status by the full handler.
-    if block is None or size <= 0 or stored.status != 200:
-        return _Hot(stored, -math.inf, "", 0, b"", b"", 0.0, True)
+    if block is None or size <= 0 or answer.status != 200:
+        return _Hot(answer, -math.inf, "", 0, {}, True)
     return _Hot(
-        stored,
-        plain_hit_until(stored, state.settings),
+        answer,
+        plain_hit_until(answer.stored, state.settings),
         meta.version(state.settings.block_size),
         size,
-        b"HTTP/1.1 200 OK\r\n" + block,
-        b"HTTP/1.1 206 Partial Content\r\n" + block,
-        stored.current_age(stored.response_time),
+        {200: b"HTTP/1.1 200 OK\r\n" + block, 206: b"HTTP/1.1 206 Partial Content\r\n" + block},
         "date" in present,
     )
 
@@ -186,36 +180,29 @@ class FastLane:
             # was read: read the metadata again, once, before leaving it to the handler.
             return _Warm(target.cache_key, reload=True)
         chosen = self._range(plain.range, hot.size)
-        if chosen is None:
+        if chosen is False:
             return "ranges"
-        partial, byte_range = chosen
-        pieces = small_pieces(state.settings.block_size, byte_range)
-        if pieces is None:
+        framing = layout(hot.answer, hot.size, chosen)
+        [(_, byte_range)] = framing.parts
+        body = small_body(state.store, hot.version, state.settings.block_size, byte_range)
+        if body is None:
             return "large"
-        body = quick_pieces(state.store, hot.version, pieces)
         if not isinstance(body, bytes):
             return _Warm(target.cache_key, hot.version, *body)
-        if partial:
-            fields = b"%sContent-Range: bytes %d-%d/%d\r\n" % (
-                hot.head_206,
-                byte_range.start,
-                byte_range.end,
-                hot.size,
-            )
-        else:
-            fields = hot.head_200
-        age = freshness.age_field(hot.age_at_receipt + now - hot.stored.response_time)
+        head = hot.heads[framing.status]
+        for name, value in framing.fields:  # hit.layout's Content-Range: no CR or LF
+            head += f"{name}: {value}\r\n".encode()
         date = b"" if hot.dated else b"Date: %s\r\n" % self._http_date(now)
         response = b"%sAge: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
-            fields,
-            age.encode(),
+            head,
+            hot.answer.age(now).encode(),
             len(body),
             date,
             body,
         )
         served = Served("HIT", from_cache=len(body))
         state.metrics.count_received()
-        account(state, "GET", client, plain.target, served, 206 if partial else 200, started)
+        account(state, "GET", client, plain.target, served, framing.status, started)
         return response
 
     async def warm(self, need: _Warm) -> None:
@@ -232,19 +219,19 @@ class FastLane:
     def handed_over(self, reason: str) -> None:
         self.state.metrics.count_handover(reason)
 
-    def _range(self, value: str | None, size: int) -> tuple[bool, ByteRange] | None:
-        """(partial?, the bytes to send), or None when the handler must answer (several
-        ranges, or none satisfiable: a multipart answer or a 416)."""
+    def _range(self, value: str | None, size: int) -> tuple[ByteRange] | Literal[False] | None:
+        """The range to send; None to send the whole object; False when the handler must
+        answer (several ranges, or none satisfiable: a multipart answer or a 416)."""
         if value is not None:
             simple = simple_range(value, size)
             if simple is not None:
-                return True, simple
+                return (simple,)
             parsed = parse_range_header(value, size, max_ranges=self.state.settings.max_ranges)
             if parsed.outcome is RangeOutcome.SATISFIABLE and len(parsed.ranges) == 1:
-                return True, parsed.ranges[0]
+                return (parsed.ranges[0],)
             if parsed.outcome is not RangeOutcome.IGNORE:
-                return None
-        return False, ByteRange(0, size - 1)
+                return False
+        return None
 
     def _route(self, raw_target: str) -> Route | None:
         try:
@@ -269,7 +256,7 @@ class FastLane:
 
     def _hot_answer(self, key: str, meta: ObjectMeta) -> _Hot:
         hot = self._hot.get(key)
-        if hot is None or hot.stored is not meta.stored:
+        if hot is None or hot.answer.stored is not meta.stored:
             hot = _hot(meta, self.state)
             if len(self._hot) >= ROUTE_MEMORY:
                 self._hot.clear()

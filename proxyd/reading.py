@@ -4,7 +4,6 @@ blocks (:class:`BlockReader`: store, fills in flight, new fills) or from extents
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -20,57 +19,29 @@ from butler.http.conditional import (
 from butler.http.ranges import (
     ByteRange,
     RangeOutcome,
-    content_range,
-    make_boundary,
-    multipart_content_type,
-    multipart_layout,
     parse_range_header,
     unsatisfied_content_range,
 )
 from proxyd import sparse
 from proxyd.fills import fill_run
+from proxyd.hit import SENDFILE_MIN, layout, small_body, stored_answer
 from proxyd.inflight import BlockRun, RunFailedError
 from proxyd.passing import (
-    NOT_REPLAYED,
     credential_headers,
     drop_client,
     forward_uncached,
-    headers_of,
     send_piece,
     text_response,
 )
-from proxyd.policy import blocks, extents, field_value, freshness
+from proxyd.policy import blocks, extents, field_value
 from proxyd.policy.extents import Extent
-from proxyd.policy.requests import (
-    Route,
-    forward_response_headers,
-)
+from proxyd.policy.requests import Route
 from proxyd.sendfile import FileSender
 from proxyd.state import CACHE_HEADER, ProxyState, Served, VersionChangedError, forget_object
-from proxyd.store import (
-    BlockFile,
-    BlockStore,
-    ObjectMeta,
-)
+from proxyd.store import BlockFile, ObjectMeta
 from proxyd.upstream import UpstreamError
 
 log = logging.getLogger("proxyd")
-
-
-SENDFILE_MIN = 128 * 1024
-"""Stored pieces at least this long go from the block's file to the socket (sendfile)."""
-
-
-# Statuses whose responses have no content (RFC 9110 §15.3.5, §15.4.5): no Content-Length.
-NO_CONTENT = frozenset({204, 304})
-
-
-@functools.lru_cache(maxsize=1024)
-def replayed(stored: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """The stored fields a response from cache repeats (worked out once per stored version:
-    every hit of a hot object asks)."""
-    kept = [(k, v) for k, v in stored if k.lower() not in NOT_REPLAYED]
-    return tuple(headers_of(forward_response_headers(kept)).items())
 
 
 async def respond_from_blocks(
@@ -92,11 +63,11 @@ async def respond_from_blocks(
     settings = state.settings
     size = meta.size or 0
     now = time.time()
-    headers = CIMultiDict(replayed(meta.stored.headers))
-    headers["Accept-Ranges"] = "bytes"
+    answer = stored_answer(meta.stored)
+    headers = CIMultiDict(answer.fields)
     for name, value in extra:
         headers.add(name, value)
-    headers["Age"] = freshness.age_field(meta.stored.current_age(now))
+    headers["Age"] = answer.age(now)
     last_modified = meta.last_modified
     modified_ts = parse_http_date(last_modified) if last_modified else None
     precondition = evaluate_preconditions(
@@ -108,7 +79,7 @@ async def respond_from_blocks(
     served.cache = served.cache or "HIT"  # no fetch so far: what follows is from the cache
     # A stored 301, 404, 500... is replayed with its status; conditions and ranges apply to
     # a 200's representation only (RFC 9110 §13.2.1, §14.2).
-    status = meta.stored.status
+    status = answer.status
     if precondition is not None and status == 200:
         headers[CACHE_HEADER] = served.cache
         for name in ("Content-Type", "Content-Encoding", "Content-Disposition"):
@@ -138,29 +109,14 @@ async def respond_from_blocks(
         if parsed.outcome is RangeOutcome.SATISFIABLE:
             ranges = list(parsed.ranges)
 
-    content_type = meta.stored.field("Content-Type") or "application/octet-stream"
-    if ranges is None:
-        response = web.StreamResponse(status=status, headers=headers)
-        if status not in NO_CONTENT:
-            response.content_length = size
-        parts: list[tuple[bytes, ByteRange]] = [(b"", ByteRange(0, size - 1))] if size else []
-        closing = b""
-    elif len(ranges) == 1:
-        response = web.StreamResponse(status=206, headers=headers)
-        response.headers["Content-Range"] = content_range(ranges[0], size)
-        response.content_length = ranges[0].length
-        parts = [(b"", ranges[0])]
-        closing = b""
-    else:
-        boundary = make_boundary()
-        layout = multipart_layout(ranges, size, content_type, boundary)
-        headers.popall("Content-Type", None)
-        response = web.StreamResponse(status=206, headers=headers)
-        response.content_type = "multipart/byteranges"
-        response.headers["Content-Type"] = multipart_content_type(boundary)
-        response.content_length = layout.content_length
-        parts = list(layout.parts)
-        closing = layout.closing
+    framing = layout(answer, size, ranges)
+    for name, value in framing.fields:
+        headers[name] = value
+    response = web.StreamResponse(status=framing.status, headers=headers)
+    if framing.length is not None:
+        response.content_length = framing.length
+    parts = list(framing.parts)
+    closing = framing.closing
 
     if request.method == "HEAD":
         response.headers[CACHE_HEADER] = "STALE" if stale else served.cache
@@ -169,8 +125,10 @@ async def respond_from_blocks(
         return response
 
     if fetching is None and not stale and len(parts) == 1 and not closing:
-        ready = ready_piece(state, meta.version(settings.block_size), parts[0][1])
-        if ready is not None:
+        ready = small_body(
+            state.store, meta.version(settings.block_size), settings.block_size, parts[0][1]
+        )
+        if isinstance(ready, bytes):
             # The whole answer is one piece of a block in hand: send it as one response,
             # without planning fetches or streaming (what most hot small reads are).
             served.from_cache += len(ready)
@@ -301,44 +259,6 @@ async def _sparse_miss(state: ProxyState, meta: ObjectMeta, ranges: list[ByteRan
     size = meta.size or 0
     missing = sum(min(bs, size - i * bs) for i in rest if i not in stored)
     return missing > allowance
-
-
-def ready_piece(state: ProxyState, version: str, byte_range: ByteRange) -> bytes | None:
-    """The bytes of a small range whose blocks are held in memory or verified in the page
-    cache, else None (the general path then plans, fetches and streams)."""
-    pieces = small_pieces(state.settings.block_size, byte_range)
-    if pieces is None:
-        return None
-    found = quick_pieces(state.store, version, pieces)
-    return found if isinstance(found, bytes) else None
-
-
-def quick_pieces(
-    store: BlockStore, version: str, pieces: list[tuple[int, int, int]]
-) -> bytes | tuple[int, int, int]:
-    """The bytes of ``pieces`` (see :func:`small_pieces`) from memory or the page cache
-    (:meth:`BlockStore.quick_slice`), or the first piece found in neither."""
-    parts = []
-    for piece in pieces:
-        part = store.on_loop.quick_slice(version, *piece)
-        if part is None:
-            return piece
-        parts.append(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def small_pieces(block_size: int, byte_range: ByteRange) -> list[tuple[int, int, int]] | None:
-    """(block, start, stop) of each block a range short enough to send from memory
-    touches; None for longer ranges, which go out from the block files (sendfile)."""
-    if byte_range.length >= SENDFILE_MIN:
-        return None
-    pieces = []
-    for index in range(byte_range.start // block_size, byte_range.end // block_size + 1):
-        base = index * block_size
-        start = max(byte_range.start, base) - base
-        stop = min(byte_range.end + 1, base + block_size) - base
-        pieces.append((index, start, stop))
-    return pieces
 
 
 async def _stream(

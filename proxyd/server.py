@@ -9,8 +9,9 @@ Per GET/HEAD request:
 3. a miss or a revalidation is one upstream request, the client's own
    (:func:`proxyd.fills.probe`); its answer fills the cache when it may be stored, else it
    is relayed to that client, cut to what it asked for (:mod:`proxyd.policy.relay`);
-4. the response is read from the stored version (:func:`proxyd.reading.respond_from_blocks`):
-   blocks from disk or from the fills in flight, small and scattered ranges from extents.
+4. the response is read from the stored version (:func:`proxyd.reading.respond_from_blocks`),
+   laid out by :mod:`proxyd.hit` as the fast lane's answers are: blocks from disk or from
+   the fills in flight, small and scattered ranges from extents.
 
 Unsafe methods, uncacheable responses and requests with ``no-store`` pass through
 uncached (:mod:`proxyd.passing`); a successful unsafe request invalidates what it touched

@@ -129,6 +129,11 @@ def test_lane_answers_equal_the_full_handlers(
         return out
 
     assert fields(lane) == fields(full)
+    # Both lanes frame the range with proxyd.hit's code: check it against RFC 9110 §14.4.
+    whole = (start, stop) == (0, len(objects[name]))
+    content_range = None if whole else f"bytes {start}-{stop - 1}/{len(objects[name])}"
+    assert lane.header("Content-Range") == content_range
+    assert lane.header("Content-Length") == str(stop - start)
     assert lane.header("X-Cache") == "HIT"
     assert 0 <= int(lane.header("Age") or "-1") <= int(full.header("Age") or "0")
 
