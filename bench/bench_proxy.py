@@ -13,6 +13,10 @@ Then workload (b) once more against a bare aiohttp app (bench/aiohttp_ceiling.py
 answers every request with fixed bytes: the most any aiohttp server can do here.
 
 Usage: python bench/bench_proxy.py [--quick] [--block-size 1048576] [--json FILE]
+                                   [--processes N]
+
+``--processes N`` runs both sides with N processes (proxyd ``workers = N``, nginx
+``worker_processes N``); by default both use one per core.
 """
 
 from __future__ import annotations
@@ -81,7 +85,15 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="proxyd's workers setting (0: one per core)"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="processes on both sides: proxyd's workers and nginx's worker_processes",
+    )
     args = parser.parse_args()
+    if args.processes is not None:
+        args.workers = args.processes
+    nginx_processes: int | str = "auto" if args.processes is None else args.processes
     harness.require_tools()
     hot = 64 * MiB if args.quick else GiB
     cold = 16 * MiB if args.quick else 64 * MiB
@@ -128,7 +140,9 @@ def main() -> None:
                 "cold-a.bin",
             )
         print("nginx slice cache:", file=sys.stderr)
-        peer = harness.start_nginx_peer(origin.url, work, args.block_size)
+        peer = harness.start_nginx_peer(
+            origin.url, work, args.block_size, worker_processes=nginx_processes
+        )
         try:
             results["nginx"] = workloads(
                 peer.url, peer.pid, origin.origin, hot, cold, duration, rounds, limit, "cold-b.bin"
@@ -146,7 +160,7 @@ def main() -> None:
     print(
         f"proxyd vs nginx slice cache ({'quick' if args.quick else 'full'} run, "
         f"block {args.block_size // 1024} KiB; proxyd workers = {args.workers or 'one per core'}, "
-        "nginx worker_processes auto)"
+        f"nginx worker_processes {nginx_processes})"
     )
     harness.compare(results["proxyd"], results["nginx"], names=("proxyd", "nginx"))
     ceiling = results["aiohttp_ceiling"]["requests_per_s"]
