@@ -57,6 +57,10 @@ def test_age_of_a_list_is_its_first_member(lines: list[str], age: int) -> None:
         ("max-age=10000, &&&&&", None),
         ('max-age="10000"', None),  # max-age must be an Integer
         ('x="open', None),
+        # Escapes inside strings: an escaped quote does not end the string (the comma in it
+        # is not a separator), an escaped backslash does not escape the closing quote.
+        ('a="x\\",y", max-age=10', 'a="x\\",y", max-age=10'),
+        ('a="x\\\\", max-age=10', 'a="x\\\\", max-age=10'),
     ],
 )
 def test_cdn_cache_control_is_parsed_as_a_structured_dictionary(
