@@ -19,8 +19,9 @@ from butler.http.ranges import (
     RangeSpec,
     parse_range_specs,
 )
+from proxyd.hit import NOT_REPLAYED
 from proxyd.inflight import BlockRun, RunFailedError
-from proxyd.passing import CHUNK, NOT_REPLAYED, forward_uncached, pass_on, text_response
+from proxyd.passing import CHUNK, forward_uncached, pass_on, text_response
 from proxyd.policy import Headers, access, blocks, extents, field_value, freshness
 from proxyd.policy.extents import Extent
 from proxyd.policy.relay import relay_plan

@@ -30,23 +30,6 @@ log = logging.getLogger("proxyd")
 CHUNK = 256 * 1024
 
 
-# Stored fields a response from cache does not repeat: proxyd frames each response itself
-# (length, range, Accept-Ranges, Age, its own X-Cache), and X-Request-ID names the origin's
-# log line of the request that filled the cache, not this one. Every other stored field is
-# replayed, unknown ones included: RFC 9111 §3.1 and §4 (a cache answers with the stored
-# header fields), so new end-to-end fields work through the proxy. headers_to_store has
-# already dropped hop-by-hop fields, Set-Cookie and the other per-response ones.
-NOT_REPLAYED = {
-    "content-length",
-    "content-range",
-    "transfer-encoding",
-    "accept-ranges",
-    "age",
-    "x-cache",
-    "x-request-id",
-}
-
-
 def text_response(
     status: int, message: str, headers: Iterable[tuple[str, str]] = ()
 ) -> web.Response:
