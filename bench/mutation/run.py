@@ -470,6 +470,10 @@ def main() -> int:
         # now (the mutated modules must not have changed since their sessions began).
         if args.recheck or not (args.resume and tree.exists()):
             copy_tree(tree, args.worktree)
+        for module in target.modules:
+            # A run killed mid-mutant leaves that mutant in the kept tree: undo it before the
+            # baseline, or the unmutated tests fail on it.
+            restore_module(module, tree)
         check_baseline(target, tree)
         for module in target.modules:
             if args.module and module != args.module:
