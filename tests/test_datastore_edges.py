@@ -135,6 +135,17 @@ def test_reads_inside_a_transaction_see_its_newest_staged_file(tmp_path: Path) -
         staging.close()
 
 
+def test_discarding_a_file_never_written_is_fine(tmp_path: Path) -> None:
+    staging = Staging.begin(tmp_path)
+    try:
+        never = staging.new_path(DATASET, ".x")  # the put failed before writing it
+        staging.add(DATASET, never, "never.x")
+        staging.discard(DATASET)
+        assert staging.files == []
+    finally:
+        staging.close()
+
+
 def test_discard_forgets_and_deletes_only_that_dataset(tmp_path: Path) -> None:
     other = uuid.uuid4()
     staging = Staging.begin(tmp_path)
@@ -343,8 +354,10 @@ def test_a_directory_being_made_by_another_users_live_process_is_kept(
 
 
 def test_closing_a_staging_twice_is_harmless(tmp_path: Path) -> None:
+    at_start = open_descriptors()
     staging = Staging.begin(tmp_path)
     staging.close()
+    assert open_descriptors() == at_start  # its lock's descriptor is closed
     before = open_descriptors()
     staging.close()
     assert open_descriptors() == before
