@@ -144,14 +144,8 @@ async def pass_on(
                 if left == 0:
                     break
         if left:
-            # The upstream body ended before the bytes promised to the client: close the
-            # connection, so the client sees the answer cut short instead of waiting for it.
-            log.warning(
-                "aborting response for %s: the upstream body ended early", target.upstream_url
-            )
-            state.metrics.errors.labels("aborted_response").inc()
-            if request.transport is not None:
-                request.transport.close()
+            # The upstream body ended before the bytes promised to the client.
+            cut_response(request, state, target, "the upstream body ended early")
             return response
         await response.write_eof()
     except (TimeoutError, ConnectionError) as exc:
@@ -161,6 +155,16 @@ async def pass_on(
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
+
+
+def cut_response(request: web.Request, state: ProxyState, target: Route, reason: object) -> None:
+    """Headers are out and the body cannot be finished as promised: close the connection,
+    the only honest signal left, so the client sees the answer cut short rather than wait
+    for bytes that will not come (or get bytes of two versions, or made-up ones)."""
+    log.warning("aborting response for %s: %s", target.upstream_url, reason)
+    state.metrics.errors.labels("aborted_response").inc()
+    if request.transport is not None:
+        request.transport.close()
 
 
 def drop_client(

@@ -28,6 +28,7 @@ from proxyd.hit import SENDFILE_MIN, layout, small_body, stored_answer
 from proxyd.inflight import BlockRun, RunFailedError
 from proxyd.passing import (
     credential_headers,
+    cut_response,
     drop_client,
     forward_uncached,
     send_piece,
@@ -299,12 +300,7 @@ async def _stream(
         await sender.flush()
         await response.write_eof()
     except (VersionChangedError, RunFailedError, UpstreamError) as exc:
-        # Headers are out: the only honest signal left is to cut the connection, so the
-        # client sees a truncated body rather than bytes of two versions or made-up ones.
-        log.warning("aborting response for %s: %s", target.upstream_url, exc)
-        state.metrics.errors.labels("aborted_response").inc()
-        if request.transport is not None:
-            request.transport.close()
+        cut_response(request, state, target, exc)
         raise web.HTTPInternalServerError() from None
     except (TimeoutError, ConnectionError) as exc:
         drop_client(request, state, target, exc)
