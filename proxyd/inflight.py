@@ -221,7 +221,8 @@ class BlockRun:
                 return
             available = min(len(block.data), end)
             if available > position:
-                chunk = bytes(block.data[position:available])
+                with memoryview(block.data) as view:  # one copy, and the buffer can grow
+                    chunk = bytes(view[position:available])
                 position = available
                 yield chunk
                 continue

@@ -24,6 +24,7 @@ block files verified lately and already found, through descriptors kept open by 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import diskcache
+import xxhash
+from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from proxyd.changes import ChangeMarker
 from proxyd.policy.extents import Extent, merged, split_at_blocks
@@ -54,7 +57,9 @@ if TYPE_CHECKING:
 DIGEST_SIZE = 16
 SUB_BLOCK = 64 * 1024
 """Bytes covered by one digest: the most a small range has to read and hash."""
-MAGIC = b"PXB2"
+MAGIC = b"PXB3"
+"""The format of a stored value; blocks of an older format (PXB2: BLAKE2b digests) are
+treated as damaged and fetched again."""
 _HEAD = struct.Struct(">4sII")  # magic, sub-block size, data length
 META_MEMORY_SECONDS = 60.0
 """How long metadata read from disk is reused from memory. Changes made by other processes
@@ -144,18 +149,82 @@ def recorded_settings(directory: Path) -> dict[str, Any] | None:
 
 
 def _digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+    # XXH3-128 detects torn and damaged values as well as a cryptographic digest would (the
+    # cache directory is the proxy's own: nobody forges its files) at 30x the speed of
+    # BLAKE2b, which cost a cold read 1.7 ms of CPU per MiB.
+    return xxhash.xxh3_128_digest(data)
 
 
-def encode_block(data: bytes) -> bytes:
-    """A block as stored: header with per-sub-block digests, then the data."""
-    view = memoryview(data)
-    digests = b"".join(_digest(view[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK))
-    return _HEAD.pack(MAGIC, SUB_BLOCK, len(data)) + digests + data
+class EncodedBlock:
+    """A block (or extent) as stored: a header with per-sub-block digests, then the data.
+    Kept as two buffers, written one after the other, never joined in memory."""
+
+    __slots__ = ("data", "header", "path")
+
+    def __init__(self, data: bytes) -> None:
+        view = memoryview(data)
+        digests = b"".join(_digest(view[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK))
+        self.header = BlockHeader(SUB_BLOCK, len(data), digests)
+        self.data = data
+        self.path: str | None = None
+        """The file it was written to (set by :class:`BlockDisk`; None if kept in SQLite)."""
+
+    def __len__(self) -> int:
+        return self.header.size + len(self.data)
+
+    def joined(self) -> bytes:
+        return self.header.encoded() + self.data
+
+
+class BlockDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's file layer, writing an :class:`EncodedBlock` with two writes. The stock
+    layer writes bytes through ``io.BytesIO``'s line iterator: thousands of small writes
+    per MiB of binary data, the largest cost of a cold fill."""
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        super().__init__(directory, **settings)
+        for n in range(256):  # made once, here, rather than on the way of the first fills
+            os.makedirs(os.path.join(directory, f"{n:02x}"), exist_ok=True)
+
+    def filename(self, key: Any = UNKNOWN, value: Any = UNKNOWN) -> tuple[str, str]:
+        # One level of 256 directories, kept once made. The stock layout (65,536 directories
+        # in two levels, each removed when emptied) makes a directory or two for almost
+        # every block of a new cache, and creating one costs more than writing the block.
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
+    def remove(self, file_path: str) -> None:
+        # As diskcache's, without removing the directory when it becomes empty.
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self._directory, file_path))
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
+        if not isinstance(value, EncodedBlock):
+            return super().store(value, read, key=key)  # type: ignore[no-any-return]
+        if len(value) < self.min_file_size:
+            return 0, MODE_RAW, None, sqlite3.Binary(value.joined())
+        filename, full_path = self.filename(key, value)
+        directory = os.path.dirname(full_path)
+        for attempt in range(10):
+            try:
+                file = open(full_path, "xb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                # A new directory, or another process's eviction removed it meanwhile.
+                if attempt == 9:
+                    raise
+                os.makedirs(directory, exist_ok=True)
+                continue
+            break
+        with file:
+            file.write(value.header.encoded())
+            file.write(value.data)
+        value.path = full_path
+        return len(value), MODE_BINARY, filename, None
 
 
 def decode_verified(raw: bytes) -> bytes | None:
-    """The data of a value written by :func:`encode_block` if every digest matches, else
+    """The data of a value written as an :class:`EncodedBlock` if every digest matches, else
     None (torn, damaged or of another format)."""
     header = BlockHeader.parse(raw[: BlockHeader.room(len(raw))], len(raw))
     if header is None:
@@ -198,6 +267,9 @@ class BlockHeader:
         if len(prefix) < end or total_size != end + length:
             return None
         return cls(sub_block, length, bytes(prefix[_HEAD.size : end]))
+
+    def encoded(self) -> bytes:
+        return _HEAD.pack(MAGIC, self.sub_block, self.length) + self.digests
 
     @staticmethod
     def room(block_size: int) -> int:
@@ -379,11 +451,15 @@ class BlockStore:
             size_limit=self.low,
             cull_limit=0,
             eviction_policy="least-recently-used",
+            disk=BlockDisk,
             disk_min_file_size=64 * 1024,
             statistics=False,
         )
         self._pinned = diskcache.Cache(
-            str(self.directory / "pinned"), eviction_policy="none", disk_min_file_size=64 * 1024
+            str(self.directory / "pinned"),
+            eviction_policy="none",
+            disk=BlockDisk,
+            disk_min_file_size=64 * 1024,
         )
         self._lock = threading.Lock()
         self.evictions = 0
@@ -864,7 +940,7 @@ class BlockStore:
         target = self._pinned if pinned else self._cache
         block_key = f"block:{version}:{index}"
         self._forget_location(block_key)
-        encoded = encode_block(data)
+        encoded = EncodedBlock(data)
         try:
             target.set(block_key, encoded)
         except (OSError, sqlite3.Error) as exc:
@@ -874,17 +950,10 @@ class BlockStore:
             self._drop_extents(version, index)  # the block holds all they did
         # Written from bytes in hand: trusted as such (a crash mid-write ends the process,
         # and with it this memory), so a download right after a fill need not hash it.
-        try:
-            stored = target.get(block_key, read=True)
-        except (OSError, sqlite3.Error):
-            return  # stored, but not located: the first read finds and verifies it
-        if stored is not None and not isinstance(stored, bytes):
-            stored.close()
-            header = BlockHeader.parse(encoded[: BlockHeader.room(len(encoded))], len(encoded))
-            if header is not None:
-                with self._lock:
-                    self._located[block_key] = (stored.name, header)
-                    self._verified[stored.name] = time.monotonic()
+        if encoded.path is not None:
+            with self._lock:
+                self._located[block_key] = (encoded.path, encoded.header)
+                self._verified[encoded.path] = time.monotonic()
 
     # -- extents --------------------------------------------------------------------------
     # Pieces of a block, byte-exact, for reads far smaller than a block (see
@@ -1005,7 +1074,7 @@ class BlockStore:
         if union.start == index * bs and union.stop == min(size, (index + 1) * bs):
             self.put_block(version, index, bytes(buffer))  # drops the block's extents
             return
-        self._cache.set(_extent_key(version, union), encode_block(bytes(buffer)))
+        self._cache.set(_extent_key(version, union), EncodedBlock(bytes(buffer)))
         self._set_extents(version, index, add=union, remove=touching)
         for e in touching:
             if e != union:

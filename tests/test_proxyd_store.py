@@ -164,3 +164,54 @@ def test_the_loop_reads_never_touch_sqlite(tmp_path: Path) -> None:
     finally:
         store._cache, store._pinned = cache, pinned
     store.close()
+
+
+def test_a_block_is_written_as_its_header_then_its_bytes_one_directory_deep(
+    tmp_path: Path,
+) -> None:
+    import struct
+
+    import xxhash
+
+    store = _store(tmp_path)
+    data = os.urandom(BLOCK + 1000 - BLOCK % 1000)  # not a multiple of the 64 KiB sub-block
+    store.put_block("v", 0, data)
+    [path] = [p for p in (tmp_path / "cache" / "blocks").rglob("*.val")]
+    assert path.parent.parent == tmp_path / "cache" / "blocks"  # xx/NAME.val, one level
+    raw = path.read_bytes()
+    # The format, computed here independently: magic, sub-block size, length, then one
+    # XXH3-128 digest per 64 KiB, then the bytes.
+    sub = 64 * KiB
+    digests = b"".join(
+        xxhash.xxh3_128(data[i : i + sub]).digest() for i in range(0, len(data), sub)
+    )
+    assert raw == struct.pack(">4sII", b"PXB3", sub, len(data)) + digests + data
+    fresh = _store(tmp_path)  # read from disk, verified
+    assert fresh.read_slice("v", 0, 0, None) == data
+    assert fresh.corrupt_blocks == 0
+
+
+def test_a_block_of_the_older_format_is_fetched_again_not_served(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    data = os.urandom(BLOCK)
+    store.put_block("v", 0, data)
+    [path] = [p for p in (tmp_path / "cache" / "blocks").rglob("*.val")]
+    raw = bytearray(path.read_bytes())
+    raw[:4] = b"PXB2"  # BLAKE2b digests, before XXH3
+    path.write_bytes(bytes(raw))
+    fresh = _store(tmp_path)
+    assert fresh.read_slice("v", 0, 0, 10) is None
+    assert fresh.corrupt_blocks == 1
+
+
+def test_removing_values_keeps_the_directories(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for i in range(4):
+        store.put_block("v", i, os.urandom(BLOCK))
+    directories = {p.parent for p in (tmp_path / "cache" / "blocks").rglob("*.val")}
+    store.purge()
+    assert not list((tmp_path / "cache" / "blocks").rglob("*.val"))
+    assert all(d.is_dir() for d in directories)
+    data = os.urandom(BLOCK)
+    store.put_block("w", 0, data)
+    assert _store(tmp_path).read_slice("w", 0, 5, 9) == data[5:9]
