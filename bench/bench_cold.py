@@ -10,7 +10,8 @@ server sent are read from its access log:
     cutout 200x200     butler.get("calexp", bbox=200x200)        target <= 2x direct
     cutout 500x500     the same on the 10,000x10,000 image        target <= 2x direct
     whole object       curl of the file, one client, then two     target <= 1.5x direct time,
-                       at once (each object must cross once)       file bytes == its size
+                       at once (each object must cross once)       file bytes == its size;
+                       beside it, the peer: nginx (proxy_cache + slice + cache lock)
 
 Usage: PYTHONPATH=. python bench/bench_cold.py [--quick] [--block-size 1MiB]
 Everything runs on 127.0.0.1; every read is bounded in time.
@@ -33,10 +34,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import harness  # noqa: E402
 from proxies import Proxy  # noqa: E402
 from servers import ButlerServer  # noqa: E402
 
 from butler import Box, Butler, Image  # noqa: E402
+from proxyd.settings import parse_size  # noqa: E402
 
 KiB = 1024
 HSC = {"instrument": "HSC"}
@@ -207,13 +210,30 @@ def run(server: ButlerServer, work: Path, block_size: str, *, quick: bool) -> No
             mark = server.mark()
             via_s = timed_clients(proxy.upstream_url("repo") + target.lstrip("/"), clients)
             crossed = server.file_bytes_sent(mark)
+        peer_s = cold_nginx(server, work / "nginx", block_size, target, clients)
         ratio = via_s / direct_s
         ok = ratio <= 1.5 and crossed == size
         print(
             f"whole, {clients} client{'s' if clients > 1 else ' '}  direct {direct_s:6.2f} s"
             f"  proxyd {via_s:6.2f} s  ratio {ratio:5.2f} (<=1.5x)"
             f"  crossed {crossed / size:.2f}x  {'ok' if ok else 'MISSED'}"
+            f"   [nginx slice cache {peer_s:6.2f} s, {peer_s / direct_s:5.2f}x]"
         )
+
+
+def cold_nginx(
+    server: ButlerServer, work: Path, block_size: str, target: str, clients: int
+) -> float:
+    """The same cold read through the peer, nginx with proxy_cache + slice (slice = proxyd's
+    block size) + cache lock, on an empty cache: what the field's cache does here."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    peer = harness.start_nginx_peer(server.url, work, parse_size(block_size))
+    try:
+        return timed_clients(peer.url.rstrip("/") + target, clients)
+    finally:
+        peer.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
