@@ -427,6 +427,61 @@ def test_a_locked_directory_is_made_under_its_final_name(tmp_path: Path) -> None
         os.close(fd)
 
 
+def test_a_directory_that_vanishes_while_being_looked_at_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's recovery may remove or rename a directory between the listing and
+    the look at its age: that is no error, and not counted as removed here."""
+    parent = tmp_path / "p"
+    (parent / "0123abcd").mkdir(parents=True)
+    real_stat = Path.stat
+    looks: list[str] = []
+
+    def gone(self: Path, *args: object, **kwargs: object) -> os.stat_result:
+        if self.name == "0123abcd":
+            looks.append(self.name)
+            if len(looks) > 1:  # listed as a directory, gone at the look at its age
+                raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", gone)
+    assert remove_abandoned_dirs(parent) == 0
+    assert len(looks) == 2
+
+
+def test_a_directory_removed_by_its_cleanup_meanwhile_still_counts_once(tmp_path: Path) -> None:
+    """The directory may be gone by the time it is removed (another process's recovery got
+    there during ``before_removal``): removing it is then done, not an error."""
+    parent = tmp_path / "p"
+    dead = parent / "0123abcd"
+    (dead / LOCK_NAME).parent.mkdir(parents=True)
+    (dead / LOCK_NAME).touch()
+    seen: list[str] = []
+
+    def removed_meanwhile(directory: Path) -> None:
+        seen.append(directory.name)
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()
+
+    assert remove_abandoned_dirs(parent, removed_meanwhile) == 1
+    assert seen == ["0123abcd"]
+    assert not dead.exists()
+
+
+def test_a_failed_syncfs_reports_the_systems_reason() -> None:
+    import ctypes
+    import errno
+
+    import butler.datastore as datastore
+
+    syncfs = datastore._syncfs.__wrapped__()  # type: ignore[attr-defined]
+    assert syncfs is not None  # Linux: the suite runs there
+    ctypes.set_errno(0)
+    assert syncfs(-1) == -1  # not a descriptor
+    assert ctypes.get_errno() == errno.EBADF  # captured (use_errno): the message says why
+
+
 # -- file checks ----------------------------------------------------------------------------
 
 

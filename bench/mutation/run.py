@@ -406,11 +406,22 @@ def module_digest(module: str, tree: Path) -> str:
     return hashlib.sha256((tree / module).read_bytes()).hexdigest()
 
 
+def initialised(session: Path) -> bool:
+    """Whether a session's database holds its mutants (cosmic-ray ``init`` finished)."""
+    with sqlite3.connect(session) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        return "work_items" in tables and bool(
+            db.execute("SELECT COUNT(*) FROM work_items").fetchone()[0]
+        )
+
+
 def run_module(module: str, target: Target, tree: Path, fresh: bool) -> list[Survivor]:
     restore_module(module, tree)
     session = session_file(module, ".sqlite")
     digest = session_file(module, ".sha256")
-    if fresh and session.exists():
+    if session.exists() and (fresh or not initialised(session)):
+        # An interrupted ``init`` leaves a database without mutants: begin it again, or
+        # the run would find nothing to do and report no survivors.
         session.unlink()
     if session.exists() and digest.exists() and digest.read_text() != module_digest(module, tree):
         sys.exit(
