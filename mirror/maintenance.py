@@ -13,6 +13,7 @@ from butler.datastore import sha256_file
 from butler.direct_butler import DirectButler
 from butler.errors import ButlerError
 from butler.refs import DatasetRef
+from butler.remote.limits import is_disk_full
 from mirror.state import MirrorState
 from mirror.via import via_route
 
@@ -66,6 +67,13 @@ def repair_files(
                         _replace(source, ref, target, local.checksum)
                         fixed += 1
                     except (ButlerError, OSError) as exc:
+                        if is_disk_full(exc):
+                            # Every other file would fail the same way: say it once.
+                            raise ButlerError(
+                                f"the disk under {dest} is full ({exc}): {fixed} file(s) "
+                                "repaired before it filled, the others left as they were; "
+                                "free some space and run the same command again"
+                            ) from None
                         still.append(ref)
                         failed.append((ref, str(exc)))
                 remaining = still

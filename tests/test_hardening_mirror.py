@@ -604,7 +604,33 @@ async def test_a_destination_that_fills_up_says_so_keeps_what_is_committed_and_r
         assert "Traceback" not in verify.stderr
         if verify.returncode:
             assert f"the disk under {dest} is full" in verify.stderr
+        # A repair on a disk with room for the databases but not for a file says so once,
+        # and leaves the damaged file as it was.
         (disk / "other-writer").unlink()
+        fill(disk, "other-writer", ARRAY_BYTES // 2)
+        with DirectButler(dest) as mirror:
+            ref = mirror.query_datasets("flux", "raw")[0]
+            damaged = mirror.root / mirror.get_file_info(ref).path
+        original = damaged.read_bytes()
+        bad = bytes(b ^ 0xFF for b in original[:64]) + original[64:]  # same size: fits
+        damaged.write_bytes(bad)
+        repair = await asyncio.to_thread(
+            run_mirror, "verify", str(dest), "--repair", "--token-file", str(token_file)
+        )
+        assert repair.returncode == 1
+        assert "Traceback" not in repair.stderr
+        assert f"the disk under {dest} is full" in repair.stderr, repair.stderr
+        assert "0 file(s) repaired before it filled" in repair.stderr
+        assert "run the same command again" in repair.stderr
+        assert damaged.read_bytes() == bad
+        assert not list(damaged.parent.glob(".repair-*"))
+        (disk / "other-writer").unlink()
+        repair = await asyncio.to_thread(
+            run_mirror, "verify", str(dest), "--repair", "--token-file", str(token_file)
+        )
+        assert repair.returncode == 0, repair.stderr
+        assert "Repaired 1 file(s); 0 could not be repaired" in repair.stdout
+        assert damaged.read_bytes() == original
         verify = await asyncio.to_thread(run_mirror, "verify", str(dest))
         assert verify.returncode == 0, verify.stderr
         with DirectButler(dest) as mirror:
