@@ -27,6 +27,7 @@ from butler.blocking import run_in_place
 from butler.errors import RemoteUnavailableError, RepositoryConfigError
 from butler.http.errors import raise_for_error
 from butler.refs import DatasetRef, FileInfo
+from butler.remote import limits
 from butler.remote.api import (
     API,
     Params,
@@ -186,7 +187,11 @@ class HttpSource:
         """One request and its whole answer: status, header fields and body."""
         try:
             response, _ = self._connections.request(method, url, headers, data)
-            payload = response.read()
+            declared = response.length  # None when not declared (chunked, or to the close)
+            if declared is not None and declared > limits.MAX_ANSWER_BYTES:
+                payload = None
+            else:
+                payload = response.read(limits.MAX_ANSWER_BYTES + 1)
         except UnsupportedURLError:
             raise RemoteUnavailableError(f"{self.url} redirected to {url}") from None
         except TimeoutError as exc:
@@ -195,6 +200,9 @@ class HttpSource:
         except NETWORK_ERRORS as exc:
             self._connections.forget(url)
             raise unreachable(self.url, exc) from exc
+        if payload is None or len(payload) > limits.MAX_ANSWER_BYTES:
+            self._connections.forget(url)  # the rest of the answer is still on its way
+            raise limits.answer_too_large(url)
         if response.will_close:
             self._connections.forget(url)
         return response.status, response.headers, payload

@@ -472,6 +472,74 @@ async def test_remote_butler_and_mirror_source_stop_pages_that_never_end(
             source.close()
 
 
+# -- answers longer than any answer of the API ----------------------------------------------
+
+ANSWER_LIMIT = 1 << 20
+"""MAX_ANSWER_BYTES in these tests (the real limit is 512 MiB)."""
+OVERSIZED = 8 << 20
+"""What the server below sends at most, whatever the client does (the test is bounded)."""
+
+
+class Oversized:
+    """A server whose listings are longer than any API answer: ``declared`` says its length
+    (Content-Length) and sends it; ``streamed`` sends it chunked, its length unknown."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sent = 0
+
+    async def info(self, request: web.Request) -> web.Response:
+        universe = yaml.safe_load(default_universe_path().read_text())
+        return web.json_response({"universe": universe, "max_page_size": 1000})
+
+    async def listing(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if self.mode == "declared":
+            response.content_length = OVERSIZED
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        row = b'{"row": "' + b"x" * 1000 + b'"},'
+        try:
+            key = b"records" if request.path.endswith("/records") else b"data_ids"
+            await response.write(b'{"' + key + b'": [')
+            while self.sent < OVERSIZED - 64 * 1024:
+                await response.write(row * 64)
+                self.sent += len(row) * 64
+        except ConnectionError:
+            return response  # the client hung up: what it should do
+        return response
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["declared", "streamed"])
+async def test_an_answer_longer_than_any_of_the_api_is_refused_not_held(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setattr("butler.remote.limits.MAX_ANSWER_BYTES", ANSWER_LIMIT)
+    fake = Oversized(mode)
+    app = web.Application()
+    app.router.add_get("/api/v1/", fake.info)
+    app.router.add_get("/api/v1/data-ids", fake.listing)
+    app.router.add_get("/api/v1/dimensions/{element}/records", fake.listing)
+    async with served_app(app) as url, AsyncButler(url) as remote:
+        with pytest.raises(ServerError) as info:
+            await remote.query_data_ids(["visit"])
+        assert f"the server's answer is longer than {ANSWER_LIMIT:,} bytes" in str(info.value)
+        assert "/api/v1/data-ids" in str(info.value)
+        if mode == "streamed":  # read up to the limit, not past it (a chunk of slack)
+            assert ANSWER_LIMIT <= fake.sent < OVERSIZED
+        sent_before, fake.sent = fake.sent, 0
+        source = await asyncio.to_thread(HttpSource, url)
+        try:
+            with pytest.raises(ServerError, match=f"longer than {ANSWER_LIMIT:,} bytes"):
+                await asyncio.to_thread(source.query_dimension_records, "visit")
+        finally:
+            source.close()
+        assert sent_before > 0
+        assert fake.sent > 0
+
+
 async def test_pages_that_end_are_followed_to_their_end(server: ButlerServer) -> None:
     """The checks leave a real server's pages alone (pages of 8 rows: 8, 8, 4)."""
     async with AsyncButler(server.url, token=READ_TOKEN, collections="raw") as remote:

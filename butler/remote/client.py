@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from butler.errors import ButlerError, CorruptFileError
+from butler.errors import ButlerError, CorruptFileError, RemoteUnavailableError
 from butler.http.errors import raise_for_error
 from butler.http.ranges import (
     MultipartError,
@@ -29,6 +30,7 @@ from butler.http.ranges import (
     parse_content_range,
 )
 from butler.io.source import ByteRange, merge_ranges
+from butler.remote import limits
 from butler.remote.api import API, Params, header_fields, timed_out, unreachable
 
 USER_AGENT = "butler-client/1"
@@ -211,7 +213,7 @@ class RepositoryClient:
         try:
             async with session.request(method, url, **kwargs) as response:
                 if response.status >= 400 and response.status not in passing:
-                    raise_for_error(response.status, await response.read(), url)
+                    raise_for_error(response.status, await read_answer(response, url), url)
                 yield response
         except aiohttp.ClientConnectionError as exc:
             raise unreachable(self.base_url, exc) from exc
@@ -222,11 +224,11 @@ class RepositoryClient:
 
     async def get_json(self, path: str, params: Params | None = None) -> Any:
         async with self.request("GET", API + path, params=list(params or [])) as response:
-            return await response.json()
+            return await json_answer(response)
 
     async def post_json(self, path: str, body: Any) -> Any:
         async with self.request("POST", API + path, json=body) as response:
-            return await response.json()
+            return await json_answer(response)
 
     async def delete(self, path: str) -> None:
         async with self.request("DELETE", API + path):
@@ -236,7 +238,7 @@ class RepositoryClient:
         headers = {"X-Checksum": checksum, "Content-Type": "application/octet-stream"}
         with open(file, "rb") as body:  # noqa: ASYNC230 - aiohttp streams it in its executor
             async with self.request("PUT", API + path, data=body, headers=headers) as resp:
-                return await resp.json()
+                return await json_answer(resp)
 
     # -- file bytes -----------------------------------------------------------------------
 
@@ -300,6 +302,35 @@ class RepositoryClient:
                 digest.update(chunk)
                 await out.write(chunk)
         return "sha256:" + digest.hexdigest()
+
+
+async def read_answer(response: aiohttp.ClientResponse, url: str) -> bytes:
+    """The body of an API answer, refused past ``limits.MAX_ANSWER_BYTES`` (before reading
+    it, when its length is declared): a server must not make the client hold what it likes."""
+    limit = limits.MAX_ANSWER_BYTES
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise limits.answer_too_large(url, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise limits.answer_too_large(url, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_answer(response: aiohttp.ClientResponse) -> Any:
+    """The JSON of an API answer (see :func:`read_answer`)."""
+    url = str(response.url)
+    body = await read_answer(response, url)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise RemoteUnavailableError(
+            f"{url} answered {response.status} with no JSON; is it a butler server?"
+        ) from None
 
 
 async def _read_multipart(

@@ -29,6 +29,10 @@ even opening such a database meets on a full disk."""
 MAX_ROWS = 2_000_000
 """Rows of one paged answer at most: far beyond a query one pull or script handles (the
 rows are all kept in memory), far below what exhausts a laptop's memory."""
+MAX_ANSWER_BYTES = 512 * 2**20
+"""The largest answer of the API (JSON, or an error's body) a client reads into memory: far
+beyond any page of a query, far below what exhausts a laptop's memory. File bytes are not
+API answers: they are streamed to disk or read by range."""
 MAX_PAGES = 100_000
 """Pages of one paged answer at most (a server whose largest page is tiny, or that sends
 short pages, would otherwise be followed for ever, a request at a time)."""
@@ -105,3 +109,14 @@ def is_disk_full(error: BaseException) -> bool:
         code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
         return code in (SQLITE_FULL, SQLITE_IOERR_SHMSIZE) or "disk is full" in str(error)
     return False
+
+
+def answer_too_large(url: str, limit: int | None = None) -> ServerError:
+    """What to say of an API answer longer than ``limit`` bytes (``MAX_ANSWER_BYTES``):
+    nothing a butler server sends; a faulty or hostile server, or something else there."""
+    limit = MAX_ANSWER_BYTES if limit is None else limit
+    return ServerError(
+        f"{url}: the server's answer is longer than {limit:,} bytes, more than any "
+        "answer of the butler API; not read (the server, or a proxy in front of it, is "
+        "faulty; tell its operator)"
+    )
