@@ -7,12 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import pytest
 
@@ -38,6 +42,8 @@ from butler.errors import (
     TransactionNotFoundError,
     UploadError,
 )
+from butler.formatters.base import Formatter
+from butler.io.source import ByteSource
 from butler.server import transactions
 from butler.server.transactions import (
     REMOTE_STAGING_DIR,
@@ -626,3 +632,175 @@ def test_bad_operations_and_refs_are_the_clients_error() -> None:
         transactions._apply(None, {"op": "frobnicate"}, None)  # type: ignore[arg-type]
     with pytest.raises(TransactionError, match="needs a transaction with its upload"):
         transactions._apply(None, {"op": "put"}, None)  # type: ignore[arg-type]
+
+
+def test_closing_releases_only_the_lock_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[int] = []
+    real_close = os.close
+
+    def recording_close(fd: int) -> None:
+        closed.append(fd)
+        if fd > 2:  # never close the test process's own stdin/stdout/stderr
+            real_close(fd)
+
+    monkeypatch.setattr(os, "close", recording_close)
+    manager = TransactionManager(tmp_path / "a", ttl=10)
+    lock_fd = manager._lock_fd
+
+    def lock_or_standard() -> list[int]:  # rmtree opens and closes descriptors of its own
+        return [fd for fd in closed if fd <= 2 or fd == lock_fd]
+
+    manager.close()
+    manager.close()  # a second close (shutdown after an error) closes nothing more
+    assert lock_or_standard() == [lock_fd]
+    TransactionManager(tmp_path / "b", ttl=10, writeable=False).close()
+    assert lock_or_standard() == [lock_fd]  # a read-only server holds no lock
+
+    # A server started with stdin closed gets descriptor 0 for its lock: it is released too.
+    monkeypatch.setattr(transactions, "make_locked_dir", lambda root: (tmp_path / "c", 0))
+    TransactionManager(tmp_path / "c", ttl=10).close()
+    assert lock_or_standard() == [lock_fd, 0]
+
+
+def test_staging_removed_by_someone_else_does_not_break_cleanup(tmp_path: Path) -> None:
+    """An operator clearing ``.staging-remote`` by hand must not turn a commit's cleanup, the
+    expiry sweep or the shutdown into an error."""
+    manager = TransactionManager(tmp_path, ttl=3600)
+    finished = manager.begin("alice")
+    shutil.rmtree(finished.directory)
+    manager.finish(finished)
+    expired = manager.begin("alice")
+    shutil.rmtree(expired.directory)
+    expired.expires = time.time() - 1
+    assert manager.expire() == 1
+    shutil.rmtree(manager.directory)
+    manager.close()
+    assert manager.open_count == 0
+
+
+def test_an_upload_whose_part_file_vanished_still_fails_clearly(tmp_path: Path) -> None:
+    damaged = UploadWriter(tmp_path / "damaged", max_bytes=100)
+    damaged.write(b"abc")
+    damaged.tmp.unlink()
+    with pytest.raises(UploadError, match="checksum mismatch"):
+        damaged.finish("sha256:" + "0" * 64)
+    aborted = UploadWriter(tmp_path / "aborted", max_bytes=100)
+    aborted.abort()
+    aborted.abort()  # aborting twice (an error path after an error path) is harmless
+    assert not aborted.tmp.exists()
+
+
+class _PickyFormatter(Formatter):
+    """A plugin whose index accepts any file and whose full read fails as the file says."""
+
+    name: ClassVar[str] = "picky-test"
+    storage_class: ClassVar[str] = "Dict"
+    extension: ClassVar[str] = ".txt"
+
+    def write(self, obj: Any, path: Path) -> None:
+        path.write_text(str(obj))
+
+    def index(self, path: Path) -> dict[str, Any]:
+        return {"format": self.name}
+
+    def read(self, source: ByteSource, index: Any, **kwargs: Any) -> Any:
+        text = source.read(0, source.size).decode()
+        failures: dict[str, Exception] = {
+            "value": ValueError(f"pixel 7 of {source.name} is not a number"),
+            "key": KeyError(f"secret key of {source.name}"),
+            "odd": _OddParserError("odd"),
+        }
+        if text in failures:
+            raise failures[text]
+        return text
+
+
+class _OddParserError(Exception):
+    """What a plugin's parser might raise: no ButlerError, ValueError or OSError."""
+
+
+def _picky_butler(root: Path) -> Any:
+    dataset_type = SimpleNamespace(storage_class="Dict", formatter="picky-test")
+    return SimpleNamespace(
+        root=root,
+        registry=SimpleNamespace(get_dataset_type=lambda name: dataset_type),
+        formatters=SimpleNamespace(
+            storage_class=lambda name: SimpleNamespace(default_formatter="picky-test"),
+            formatter=lambda name: _PickyFormatter(),
+        ),
+    )
+
+
+def _check(tmp_path: Path, content: str) -> dict[str, Any]:
+    upload = tmp_path / "repo" / REMOTE_STAGING_DIR / str(DATASET)
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_text(content)
+    return dict(
+        transactions.checked_upload(_picky_butler(tmp_path / "repo"), "summary", upload, "d1")
+    )
+
+
+def test_uploads_up_to_the_limit_are_read_whole_larger_ones_only_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transactions, "FULL_READ_LIMIT", len("value"))
+    with pytest.raises(UploadError) as refused:
+        _check(tmp_path, "value")  # exactly the limit: read whole, and the read fails
+    assert "(ValueError: pixel 7 of the upload is not a number)" in str(refused.value)
+    assert "picky-test" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)
+    assert _check(tmp_path, "fine") == {"format": "picky-test"}
+    monkeypatch.setattr(transactions, "FULL_READ_LIMIT", len("value") - 1)
+    assert _check(tmp_path, "value") == {"format": "picky-test"}  # only indexed
+
+
+def test_a_parsers_unexpected_exception_is_named_not_quoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transactions, "FULL_READ_LIMIT", 100)
+    with pytest.raises(UploadError) as unknown:
+        _check(tmp_path, "key")  # its message may hold anything: only the type is shown
+    assert "(KeyError)" in str(unknown.value)
+    assert "secret" not in str(unknown.value)
+    with pytest.raises(UploadError, match=r"\(_OddParserError\);"):
+        _check(tmp_path, "odd")
+
+
+def test_the_full_read_limit_is_the_one_the_security_guide_states() -> None:
+    guide = " ".join((Path(__file__).parents[1] / "docs" / "security.md").read_text().split())
+    limit = transactions.FULL_READ_LIMIT
+    assert isinstance(limit, int)
+    assert limit % 2**20 == 0
+    assert f"for files up to {limit // 2**20} MiB, a full read" in guide
+
+
+def test_a_commit_refuses_a_put_whose_file_differs_from_what_the_client_declared(
+    butler: Any, tmp_path: Path
+) -> None:
+    txn = RemoteTransaction("t" * 8, tmp_path / "txn", time.time() + 60, "alice")
+    txn.directory.mkdir()
+    lock = threading.Lock()
+
+    def put(content: bytes, checksum: str | None) -> dict[str, Any]:
+        dataset_id = str(uuid.uuid4())
+        txn.upload_path(dataset_id).write_bytes(content)
+        op: dict[str, Any] = {
+            "op": "put",
+            "id": dataset_id,
+            "dataset_type": "summary",
+            "data_id": {"instrument": "HSC", "visit": 100, "detector": len(content) % 4},
+            "run": "run1",
+        }
+        if checksum is not None:
+            op["checksum"] = checksum
+        return transactions.apply_operations(butler, lock, [op], txn)[0]
+
+    body = b'{"a": 1}'
+    right = "sha256:" + hashlib.sha256(body).hexdigest()
+    assert put(body, right)["file"]["checksum"] == right
+    assert put(b'{"b": 22}', None)["file"]["size"] == 9  # no declared checksum: not compared
+    with pytest.raises(UploadError, match="checksum changed between upload and commit"):
+        put(b'{"c": 3333}', "sha256:" + "0" * 64)
+    assert butler.registry.count_datasets() == 2  # the refused put left nothing behind

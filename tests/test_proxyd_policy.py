@@ -420,6 +420,15 @@ def test_parse_cache_control_request_directives() -> None:
     assert parse_cache_control(None).directives == {}
 
 
+def test_parse_cache_control_quoted_strings() -> None:
+    # Junk after a closing quote belongs to no directive; the next one still counts.
+    cc = parse_cache_control('private="X-A"junk, max-age=5')
+    assert cc.directives == {"private": "X-A", "max-age": "5"}
+    # A quoted-pair right before the end is unescaped (RFC 9110 §5.6.4), even unterminated.
+    assert parse_cache_control('no-cache="x\\"').directives == {"no-cache": 'x"'}
+    assert parse_cache_control('no-cache="a\\b"').directives == {"no-cache": "ab"}
+
+
 # == storing ================================================================================
 
 
@@ -440,6 +449,7 @@ def test_parse_cache_control_request_directives() -> None:
         ("PUT", False, 200, {}, "PUT responses are not stored"),
         ("GET", False, 304, {}, "not a storable final response"),
         ("GET", False, 100, {}, "not a storable final response"),
+        ("GET", False, 199, {}, "not a storable final response"),  # the last 1xx
         ("GET", False, 200, {"Cache-Control": "no-store"}, "no-store"),
         ("GET", False, 200, {"Cache-Control": "private, max-age=60"}, "private"),
         ("GET", False, 200, {"Cache-Control": 'private="Set-Cookie", max-age=60'}, None),
@@ -538,6 +548,10 @@ def test_freshness_lifetime(headers: dict[str, str], expected: float) -> None:
 
 def test_heuristic_only_for_heuristically_cacheable_statuses() -> None:
     lm = {"Date": http_date(T0), "Last-Modified": http_date(T0 - 1000)}
+    # Without a status, both describe a full 200 representation: heuristics apply.
+    assert freshness_lifetime(lm, T0, SETTINGS) == 100
+    bare = StoredMeta(headers=tuple(lm.items()), request_time=T0, response_time=T0)
+    assert bare.freshness_lifetime(SETTINGS) == 100
     assert lifetime(lm, status=404) == 100
     assert lifetime(lm, status=302) == 0
     assert lifetime({**lm, "Cache-Control": "public"}, status=302) == 100
@@ -694,6 +708,11 @@ def test_decide(
     assert d.store == (request_cc != "no-store")
 
 
+def test_decide_says_how_long_a_hit_stays_fresh() -> None:
+    d = decide(req(), meta(FRESH), T0 + 30, SETTINGS)
+    assert (d.outcome, d.reason) == (Outcome.FRESH_HIT, "fresh for 70s more")
+
+
 def test_decide_miss_and_forward() -> None:
     assert decide(req(), None, T0, SETTINGS).outcome is Outcome.MISS
     d = decide(req("only-if-cached"), None, T0, SETTINGS)
@@ -745,6 +764,16 @@ def test_decide_vary() -> None:
     assert decide(star_zero, stored, T0, SETTINGS).outcome is Outcome.MISS
 
 
+def test_vary_on_credentials_does_not_end_the_comparison() -> None:
+    # Authorization and Cookie are left to the access policy; the fields named after them
+    # (Vary's names are compared in sorted order) still select.
+    stored = meta(
+        {**FRESH, "Vary": "Authorization, Cookie, X-Zone"}, request_headers={"X-Zone": "north"}
+    )
+    assert decide(req(**{"X-Zone": "north"}), stored, T0, SETTINGS).outcome is Outcome.FRESH_HIT
+    assert decide(req(**{"X-Zone": "south"}), stored, T0, SETTINGS).outcome is Outcome.MISS
+
+
 def test_vary_helpers() -> None:
     assert vary_fields({"Vary": "Accept, accept-language"}) == ("accept", "accept-language")
     assert vary_fields({"Vary": "Accept, *"}) is None
@@ -784,6 +813,21 @@ def test_after_revalidation_not_modified_freshens() -> None:
     assert d.updated.freshness_lifetime(SETTINGS) == 500
     assert d.age == 1
     assert decide(req(), d.updated, T0 + 1100, SETTINGS).outcome is Outcome.FRESH_HIT
+    assert d.store
+
+
+def test_after_revalidation_keeps_a_no_store_request_out_of_the_cache() -> None:
+    d = after_revalidation(
+        meta(FRESH),
+        304,
+        {"ETag": '"v1"', "Cache-Control": "max-age=500"},
+        request=req("no-store"),
+        request_time=T0 + 999,
+        response_time=T0 + 1000,
+        now=T0 + 1000,
+        settings=SETTINGS,
+    )
+    assert (d.outcome, d.store) == (Outcome.NOT_MODIFIED, False)
 
 
 @pytest.mark.parametrize(
