@@ -70,6 +70,8 @@ TARGETS: dict[str, Target] = {
                 "plain",
                 "relay",
                 "cdn",
+                "extents",
+                "routes",
             )
         ),
         tests=(
@@ -82,11 +84,19 @@ TARGETS: dict[str, Target] = {
             "tests/test_hardening_proxy_keys.py",
             "tests/test_proxyd_auth.py",
             "tests/test_proxyd_validation.py",
+            "tests/test_proxyd_extents.py",
+            "tests/test_proxyd_route_lookup.py",
         ),
     ),
     "butler-http": Target(
-        modules=("butler/http/ranges.py", "butler/http/conditional.py", "butler/http/bundle.py"),
+        modules=(
+            "butler/http/ranges.py",
+            "butler/http/conditional.py",
+            "butler/http/bundle.py",
+            "butler/http/redact.py",
+        ),
         tests=(
+            "tests/test_http_redact.py",
             "tests/test_http_ranges.py",
             "tests/test_proxyd_policy_edges.py",
             "tests/test_http_bundle.py",
