@@ -18,7 +18,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
+from astropy.io import fits
 
 from butler.datastore import (
     HASH_CHUNK,
@@ -43,6 +45,7 @@ from butler.errors import (
     UploadError,
 )
 from butler.formatters.base import Formatter
+from butler.formatters.fits_image import FitsImageFormatter
 from butler.io.source import ByteSource
 from butler.server import transactions
 from butler.server.transactions import (
@@ -721,14 +724,16 @@ class _OddParserError(Exception):
     """What a plugin's parser might raise: no ButlerError, ValueError or OSError."""
 
 
-def _picky_butler(root: Path) -> Any:
-    dataset_type = SimpleNamespace(storage_class="Dict", formatter="picky-test")
+def _picky_butler(root: Path, formatter: Formatter | None = None) -> Any:
+    """Just what checked_upload asks of a butler, with one formatter for every type."""
+    chosen = formatter or _PickyFormatter()
+    dataset_type = SimpleNamespace(storage_class=chosen.storage_class, formatter=chosen.name)
     return SimpleNamespace(
         root=root,
         registry=SimpleNamespace(get_dataset_type=lambda name: dataset_type),
         formatters=SimpleNamespace(
-            storage_class=lambda name: SimpleNamespace(default_formatter="picky-test"),
-            formatter=lambda name: _PickyFormatter(),
+            storage_class=lambda name: SimpleNamespace(default_formatter=chosen.name),
+            formatter=lambda name: chosen,
         ),
     )
 
@@ -804,3 +809,37 @@ def test_a_commit_refuses_a_put_whose_file_differs_from_what_the_client_declared
     with pytest.raises(UploadError, match="checksum changed between upload and commit"):
         put(b'{"c": 3333}', "sha256:" + "0" * 64)
     assert butler.registry.count_datasets() == 2  # the refused put left nothing behind
+
+
+class _CountingImageFormatter(FitsImageFormatter):
+    """The real FITS image formatter, counting whole reads."""
+
+    reads = 0
+
+    def read(self, source: ByteSource, index: Any, **kwargs: Any) -> Any:
+        type(self).reads += 1
+        return super().read(source, index, **kwargs)
+
+
+def test_an_upload_that_decodes_to_more_than_the_limit_is_only_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few kilobytes of tile-compressed zeros can stand for gigabytes of pixels (a 1.5 MB
+    file of a 20,000 x 20,000 image took a commit 17 s and 4.8 GB): the file's size alone
+    must not decide the full read."""
+    upload = tmp_path / "repo" / REMOTE_STAGING_DIR / str(DATASET)
+    upload.parent.mkdir(parents=True)
+    pixels = np.zeros((512, 512), dtype=np.int32)
+    compressed = fits.CompImageHDU(pixels, compression_type="GZIP_1", tile_shape=(64, 512))
+    fits.HDUList([fits.PrimaryHDU(), compressed]).writeto(upload)
+    assert upload.stat().st_size < 64 * 1024
+    decoded = 512 * 512 * (4 + 4 + 4)  # int32 image, float32 variance, int32 mask
+    butler = _picky_butler(tmp_path / "repo", _CountingImageFormatter())
+    monkeypatch.setattr(_CountingImageFormatter, "reads", 0)
+
+    monkeypatch.setattr(transactions, "FULL_READ_LIMIT", decoded)
+    index = transactions.checked_upload(butler, "calexp", upload, "d1")
+    assert _CountingImageFormatter.reads == 1  # decodes to exactly the limit: read whole
+    monkeypatch.setattr(transactions, "FULL_READ_LIMIT", decoded - 1)
+    assert transactions.checked_upload(butler, "calexp", upload, "d1") == index
+    assert _CountingImageFormatter.reads == 1  # one byte more than the limit: only indexed

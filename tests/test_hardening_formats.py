@@ -673,3 +673,65 @@ def test_validate_file_of_builtin_formatters(tmp_path: Path) -> None:
     deep.write_text(nested(5000))
     with pytest.raises(CorruptFileError, match="nest more than 100 levels deep"):
         validate_file(JsonFormatter(), deep)
+
+
+# ---------------------------------------------------------------------------------------
+# What a whole read decodes to, judged from the index (a server's full read of an upload
+# depends on it: a small compressed file may stand for gigabytes)
+
+
+def _in_memory(image: Any) -> int:
+    return sum(np.asarray(plane).nbytes for plane in (image.data, image.mask, image.variance))
+
+
+@pytest.mark.parametrize("path", [tile_compressed(), hst_wfpc2()], ids=["comp", "wfpc2"])
+def test_decoded_bytes_of_real_images_is_what_a_read_holds(path: Path) -> None:
+    formatter = FitsImageFormatter()
+    index = formatter.index(path)
+    image = formatter.read(LocalFileSource(path), index)
+    assert formatter.decoded_bytes(index) == _in_memory(image)
+
+
+def test_decoded_bytes_of_a_compressed_image_is_its_full_shape(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.fits"
+    zeros = fits.CompImageHDU(
+        np.zeros((1024, 2048), np.float32), compression_type="GZIP_1", tile_shape=(256, 2048)
+    )
+    fits.HDUList([fits.PrimaryHDU(), zeros]).writeto(path)
+    index = FitsImageFormatter().index(path)
+    assert path.stat().st_size < 100_000
+    assert FitsImageFormatter().decoded_bytes(index) == 1024 * 2048 * 12
+    empty = tmp_path / "empty.fits"
+    fits.PrimaryHDU().writeto(empty)  # no image: the read says what is wrong, not this
+    assert FitsImageFormatter().decoded_bytes(FitsImageFormatter().index(empty)) is None
+
+
+def test_decoded_bytes_of_parquet_counts_values_not_file_bytes(tmp_path: Path) -> None:
+    rows = 200_000
+    path = tmp_path / "constant.parq"
+    constant = Table({"flux": np.zeros(rows), "flag": np.ones(rows, np.int32)})
+    ParquetFormatter().write(constant, path)
+    index = ParquetFormatter().index(path)
+    assert path.stat().st_size < 20_000  # run lengths and zstd: almost nothing on disk
+    assert ParquetFormatter().decoded_bytes(index) == rows * (8 + 4)
+    back = ParquetFormatter().read(LocalFileSource(path), index)
+    assert sum(back[name].nbytes for name in back.colnames) == rows * (8 + 4)
+
+    # One long string among short ones widens the whole numpy column it becomes.
+    names = tmp_path / "names.parq"
+    labels = ["a"] * 999 + ["x" * 5000]
+    ParquetFormatter().write(Table({"name": labels}), names)
+    names_index = ParquetFormatter().index(names)
+    read_back = ParquetFormatter().read(LocalFileSource(names), names_index)
+    assert read_back["name"].nbytes == 1000 * 4 * 5000
+    bound = ParquetFormatter().decoded_bytes(names_index)
+    assert bound is not None
+    assert bound >= read_back["name"].nbytes
+
+
+def test_uncompressed_formats_decode_to_about_their_size(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(6))
+    assert NpyFormatter().decoded_bytes(NpyFormatter().index(path)) is None
+    (tmp_path / "a.json").write_text('{"a": 1}')
+    assert JsonFormatter().decoded_bytes(JsonFormatter().index(tmp_path / "a.json")) is None

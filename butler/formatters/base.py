@@ -54,6 +54,16 @@ class Formatter(ABC):
         """
         return {}
 
+    def decoded_bytes(self, index: Mapping[str, Any]) -> int | None:
+        """Bytes a whole read (``read`` without component or parameters) holds in memory,
+        judged from the file's index alone; None when that is about the file's size.
+
+        Formats that compress must say: a few kilobytes of tile-compressed zeros can decode to
+        gigabytes, and a server reads an upload whole to check it only when both the file and
+        what it decodes to are small.
+        """
+        return None
+
     @abstractmethod
     def read(
         self,

@@ -613,6 +613,14 @@ class FitsImageFormatter(Formatter):
     def index(self, path: Path) -> FileIndex:
         return index_fits(path)
 
+    def decoded_bytes(self, index: Mapping[str, Any]) -> int | None:
+        # Tile-compressed planes decode to their full shape, whatever the file's size.
+        try:
+            layout = _Layout.of(index, "the file")
+        except (ButlerError, KeyError, TypeError, ValueError):
+            return None  # no image to read whole: the read itself will say so
+        return _whole_read_bytes(layout)
+
     # -- reading ---------------------------------------------------------------------------
 
     def read(
@@ -1041,18 +1049,22 @@ def _plane_bytes(hdu: Mapping[str, Any]) -> int:
     return int(math.prod(hdu["shape"])) * _scaled_dtype(hdu).itemsize
 
 
+def _whole_read_bytes(layout: _Layout) -> int:
+    """Bytes the planes of a whole read take: get() makes all three planes, whether the
+    file stores them or not (a mask of int32, a variance of float32 when absent)."""
+    variance = (
+        to_variance(np.zeros(0, _scaled_dtype(layout.variance)), layout.variance_kind)
+        if layout.variance is not None
+        else np.zeros(0, np.float32)
+    )
+    per_pixel = _scaled_dtype(layout.image).itemsize + variance.itemsize + 4
+    return int(math.prod(layout.shape)) * per_pixel
+
+
 def _too_large(name: str, layout: _Layout | None, hdu: Mapping[str, Any] | None = None) -> str:
     """What a MemoryError means for a whole-dataset read, and what to do instead."""
     if layout is not None:
-        # get() makes all three planes, whether the file stores them or not.
-        pixels = math.prod(layout.shape)
-        variance = (
-            to_variance(np.zeros(0, _scaled_dtype(layout.variance)), layout.variance_kind)
-            if layout.variance is not None
-            else np.zeros(0, np.float32)
-        )
-        per_pixel = _scaled_dtype(layout.image).itemsize + variance.itemsize + 4
-        size, shape = pixels * per_pixel, list(layout.shape)
+        size, shape = _whole_read_bytes(layout), list(layout.shape)
     else:
         assert hdu is not None
         size, shape = _plane_bytes(hdu), list(hdu["shape"])

@@ -323,6 +323,34 @@ class _PrefetchedFile(io.RawIOBase):
         return want
 
 
+_FIXED_WIDTHS = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
+
+
+def _decoded_bytes(md: pq.FileMetaData) -> int:
+    """An upper bound of the memory a whole read takes, from the footer alone.
+
+    Compression, dictionaries and run lengths let a small file stand for many values: each
+    column chunk counts its values at their decoded width. A string becomes a fixed-width
+    numpy ``U`` column (4 bytes per character of the longest value), and the longest value
+    is at most the chunk's uncompressed size, so variable-width chunks count that much per
+    value: generous for long string columns, which are then only indexed when uploaded.
+    """
+    total = 0
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            kind = chunk.physical_type
+            if kind in _FIXED_WIDTHS:
+                width = _FIXED_WIDTHS[kind]
+            elif kind == "FIXED_LEN_BYTE_ARRAY":
+                width = max(1, int(md.schema.column(c).length or 1))
+            else:
+                width = 4 * max(1, int(chunk.total_uncompressed_size))
+            total += int(chunk.num_values) * width
+    return total
+
+
 def _parse_footer(raw: bytes, name: str) -> pq.FileMetaData:
     """FileMetaData from the footer bytes (thrift + 4-byte length + magic)."""
     try:
@@ -400,7 +428,12 @@ class ParquetFormatter(Formatter):
             "num_rows": md.num_rows,
             "row_groups": md.num_row_groups,
             "columns": list(schema.names),
+            "decoded_bytes": _decoded_bytes(md),
         }
+
+    def decoded_bytes(self, index: Mapping[str, Any]) -> int | None:
+        value = index.get("decoded_bytes")
+        return int(value) if isinstance(value, int) else None
 
     def read(
         self,

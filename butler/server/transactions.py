@@ -256,8 +256,10 @@ def _apply(
 
 
 FULL_READ_LIMIT = 64 * 2**20
-"""Uploads up to this size are read back whole before a commit makes them visible; larger
-ones are checked through their offset index (a full read would hold them in memory)."""
+"""Uploads up to this size, that decode to no more than this (a tile-compressed image or a
+Parquet file may stand for far more than its size), are read back whole before a commit
+makes them visible; others are checked through their offset index (a full read would hold
+them in memory)."""
 log = logging.getLogger("butler.server")
 
 
@@ -273,7 +275,8 @@ def checked_upload(butler: DirectButler, dataset_type: str, upload: Path, label:
     formatter = butler.formatters.formatter(resolved.formatter or storage_class.default_formatter)
     try:
         index = validate_file(formatter, upload)
-        if upload.stat().st_size <= FULL_READ_LIMIT:
+        decoded = formatter.decoded_bytes(index) or 0
+        if max(upload.stat().st_size, decoded) <= FULL_READ_LIMIT:
             source = LocalFileSource(upload)
             try:
                 formatter.read(source, index)
