@@ -37,8 +37,9 @@ from yarl import URL
 
 from butler import Butler
 from butler.direct_butler import DirectButler
-from butler.errors import ServerError
+from butler.errors import CorruptFileError, ServerError
 from butler.remote.async_butler import AsyncButler, CacheFullError
+from butler.remote.client import ClientSettings, RepositoryClient
 from butler.universe import default_universe_path
 from mirror.connections import redirected_headers
 from mirror.source import HttpSource
@@ -538,6 +539,56 @@ async def test_an_answer_longer_than_any_of_the_api_is_refused_not_held(
             source.close()
         assert sent_before > 0
         assert fake.sent > 0
+
+
+FILE_SIZE = 64 * 2**20
+
+
+def file_byte(i: int) -> int:
+    return i % 251  # a prime period: a slice from the wrong offset cannot match
+
+
+class IgnoresRange:
+    """A server (or a proxy in front of one) that answers every file request whole."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.pattern = bytes(file_byte(i) for i in range(251)) * (2**18 // 251 + 2)
+
+    async def whole_file(self, request: web.Request) -> web.StreamResponse:
+        size = FILE_SIZE if request.match_info["name"] == "big.fits" else 1000
+        response = web.StreamResponse(headers={"Content-Type": "application/fits"})
+        response.content_length = size
+        await response.prepare(request)
+        chunk = 2**18 // 251 * 251  # whole periods: every chunk starts the pattern again
+        try:
+            while self.sent < size:
+                piece = self.pattern[: min(chunk, size - self.sent)]
+                await response.write(piece)
+                self.sent += len(piece)
+        except ConnectionError:
+            pass  # the client hung up once it had what it asked for
+        return response
+
+
+@pytest.mark.timeout(60)
+async def test_ranges_from_a_server_that_ignores_range_keep_only_what_was_asked() -> None:
+    fake = IgnoresRange()
+    app = web.Application()
+    app.router.add_get("/files/{name}", fake.whole_file)
+    wanted = [(10, 5), (300_000, 3), (2 * 2**20 + 7, 4096)]
+    async with served_app(app) as url:
+        client = RepositoryClient(ClientSettings.from_args(url, range_gap=0))
+        try:
+            got = await client.fetch_ranges("big.fits", wanted)
+            assert got == [bytes(file_byte(i) for i in range(o, o + n)) for o, n in wanted]
+            # Reading stopped after the last byte asked for, not at the end of 64 MiB.
+            assert fake.sent < 16 * 2**20
+            fake.sent = 0
+            with pytest.raises(CorruptFileError, match=r"did not send bytes 990\+20"):
+                await client.fetch_ranges("small.fits", [(0, 4), (990, 20)])
+        finally:
+            await client.close()
 
 
 async def test_pages_that_end_are_followed_to_their_end(server: ButlerServer) -> None:

@@ -270,9 +270,7 @@ class RepositoryClient:
         url = "files/" + file_path
         async with self.request("GET", url, headers={"Range": f"bytes={spec}"}) as response:
             if response.status == 200:
-                # The server ignored the Range header: slice what was asked from the whole.
-                body = await response.read()
-                return {o: body[o : o + n] for o, n in batch}
+                return await _cut_from_whole(response, batch, url)
             content_type = response.headers.get("Content-Type", "")
             if content_type.startswith("multipart/byteranges"):
                 return await _read_multipart(response, batch, url)
@@ -347,6 +345,32 @@ async def _read_multipart(
     except MultipartError as exc:
         raise CorruptFileError(f"{url}: {exc}") from None
     return _assign_parts([(r.start, data) for r, data in found], batch, url)
+
+
+async def _cut_from_whole(
+    response: aiohttp.ClientResponse, batch: Sequence[ByteRange], url: str
+) -> dict[int, bytes]:
+    """The ranges of ``batch`` cut from a whole file, as it streams: the answer of a server
+    (or a proxy in between) that ignored the Range header. Only the bytes asked for are
+    kept, and reading stops after the last of them, so a cutout of a huge file costs the
+    client no more memory than the cutout."""
+    kept = {offset: bytearray() for offset, _ in batch}
+    last = max(offset + length for offset, length in batch)
+    position = 0
+    async for chunk in response.content.iter_any():
+        end = position + len(chunk)
+        for offset, length in batch:
+            lo, hi = max(offset, position), min(offset + length, end)
+            if lo < hi:
+                kept[offset] += chunk[lo - position : hi - position]
+        position = end
+        if position >= last:
+            response.close()  # the rest is not needed: do not read it to reuse the connection
+            break
+    for offset, length in batch:
+        if len(kept[offset]) < length:
+            raise CorruptFileError(f"{url}: the server did not send bytes {offset}+{length}")
+    return {offset: bytes(data) for offset, data in kept.items()}
 
 
 def _assign_parts(
