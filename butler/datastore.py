@@ -23,7 +23,8 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,22 @@ def make_locked_dir(parent: Path) -> tuple[Path, int]:
         shutil.rmtree(hidden, ignore_errors=True)
         raise
     return directory, fd
+
+
+@contextmanager
+def locked_scratch_dir(parent: Path) -> Iterator[Path]:
+    """A scratch directory under ``parent`` for this process alone, removed on exit.
+
+    What a killed process left under ``parent`` (its lock is free) is removed first, so an
+    interrupted job's files do not stay in the repository for good.
+    """
+    remove_abandoned_dirs(parent)
+    directory, fd = make_locked_dir(parent)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.close(fd)
 
 
 def recover_stale_staging(

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import new_repo, run_butler
 
 from butler.datastore import (
     HASH_CHUNK,
@@ -29,6 +31,7 @@ from butler.datastore import (
     STAGING_DIR,
     Staging,
     check_file,
+    locked_scratch_dir,
     make_locked_dir,
     recover_stale_staging,
     remove_abandoned_dirs,
@@ -843,3 +846,32 @@ def test_an_upload_that_decodes_to_more_than_the_limit_is_only_indexed(
     monkeypatch.setattr(transactions, "FULL_READ_LIMIT", decoded - 1)
     assert transactions.checked_upload(butler, "calexp", upload, "d1") == index
     assert _CountingImageFormatter.reads == 1  # one byte more than the limit: only indexed
+
+
+def test_what_a_killed_ingest_zip_extracted_is_removed_by_the_next(tmp_path: Path) -> None:
+    root = new_repo(tmp_path / "repo")
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from pathlib import Path\n"
+            "from butler.datastore import locked_scratch_dir\n"
+            "with locked_scratch_dir(Path(sys.argv[1])) as scratch:\n"
+            "    (scratch / 'extracted.fits').write_bytes(bytes(100_000))\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(root / ".ingest-zip"),
+        ],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (left,) = (root / ".ingest-zip").iterdir()
+    assert (left / "extracted.fits").stat().st_size == 100_000
+    with locked_scratch_dir(root / ".ingest-zip") as live:  # a live one is left alone
+        not_a_zip = tmp_path / "plain.zip"
+        not_a_zip.write_text("hello")
+        out = run_butler("ingest-zip", str(root), str(not_a_zip))
+        assert out.returncode == 1
+        assert "is not a zip archive" in out.stderr
+        assert list((root / ".ingest-zip").iterdir()) == [live]
+    assert list((root / ".ingest-zip").iterdir()) == []

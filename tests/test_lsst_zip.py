@@ -41,7 +41,7 @@ def _check_all_datasets(root: Path, lsst_repo: LsstRepo) -> None:
                 assert ours == theirs
             their_file = Path(lsst_repo.butler.getURI(ref).ospath)
             assert (root / found[1].path).read_bytes() == their_file.read_bytes()
-    assert not list(root.glob(".ingest-zip-*"))  # the extraction is cleaned away
+    assert not list(root.glob(".ingest-zip/*"))  # the extraction is cleaned away
 
 
 def test_a_zip_with_its_records_ingests_whole(lsst_repo: LsstRepo, tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_a_zip_without_records_needs_them_in_the_repository(
     assert "Traceback" not in out.stderr
     with Butler(root) as butler:
         assert butler.dataset_types() == []
-    assert not list(root.glob(".ingest-zip-*"))
+    assert not list(root.glob(".ingest-zip/*"))
     # The records from the LSST butler's own export of them; then the archive goes in.
     assert run_butler("import", str(root), str(LSST_DATA / "lsstcam-subset.yaml")).returncode == 0
     out = run_butler("ingest-zip", str(root), str(archive))
@@ -116,7 +116,7 @@ def test_a_damaged_zip_ingests_nothing(lsst_repo: LsstRepo, tmp_path: Path) -> N
         with Butler(root) as butler:
             assert butler.dataset_types() == [], name
             assert butler.query_dimension_records("instrument") == [], name
-        assert not list(root.glob(".ingest-zip-*")), name
+        assert not list(root.glob(".ingest-zip/*")), name
     not_a_zip = tmp_path / "plain.zip"
     not_a_zip.write_text("hello")
     out = run_butler("ingest-zip", str(new_repo(tmp_path / "x")), str(not_a_zip))

@@ -61,6 +61,10 @@ def import_command(
     _report(summary, export_file)
 
 
+INGEST_ZIP_DIR = ".ingest-zip"
+"""Where ``ingest-zip`` extracts archives in the repository, one locked directory each."""
+
+
 @click.command("ingest-zip")
 @click.argument("repo", type=RepositoryParamType())
 @click.argument("zip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -68,20 +72,20 @@ def ingest_zip_command(repo: Repository, zip_file: Path) -> None:
     """Ingest an archive made by the LSST butler's `butler retrieve-artifacts --zip` into
     REPO, all of it or nothing. Datasets keep their UUIDs; their dimension records come from
     the archive when it carries them, else REPO must have them (`butler import` an export)."""
-    import tempfile
-
+    from butler.datastore import locked_scratch_dir
     from butler.direct_butler import DirectButler
     from butler.lsst.importer import apply
     from butler.lsst.zip_archive import read_zip
 
     root = local_only(repo, "ingest-zip", "the archive's files are stored in it")
     try:
-        # Extracted beside the repository's files, so going in is a rename, not a copy.
+        # Extracted beside the repository's files, so going in is a rename, not a copy;
+        # what a killed ingest-zip extracted is removed by the next one.
         with (
             DirectButler(root, writeable=True) as butler,
-            tempfile.TemporaryDirectory(prefix=".ingest-zip-", dir=root) as scratch,
+            locked_scratch_dir(root / INGEST_ZIP_DIR) as scratch,
         ):
-            contents = read_zip(zip_file, butler.universe, Path(scratch))
+            contents = read_zip(zip_file, butler.universe, scratch)
             summary = apply(contents, butler, transfer="move")
     except (ButlerError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
