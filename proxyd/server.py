@@ -71,6 +71,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             state.settings.upstreams,
             state.limits,
             signing_params=state.settings.signing_params,
+            via_name=state.settings.via_name,
         )
         if isinstance(decision, Refusal):
             served.cache = "REFUSED"

@@ -21,6 +21,7 @@ import difflib
 import ipaddress
 import math
 import re
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -132,6 +133,15 @@ class ProxySettings:
     """Answer plain GETs of fresh cached bytes before the HTTP framework (proxyd.fastlane)."""
     event_loop: str = "asyncio"
     """"asyncio" (Python's own) or "uvloop" (needs the uvloop package)."""
+    via_name: str = field(
+        default_factory=lambda: f"proxyd-{secrets.token_hex(4)}", init=False, compare=False
+    )
+    """This proxy's name in the Via field of the requests it sends upstream (RFC 9110
+    §7.6.3): ``proxyd-`` and 8 random hex digits, drawn when the settings are built, before
+    worker processes fork, so all of one proxy's processes share it. A request whose Via
+    already holds it has been here before: a forwarding loop (answered 508). Not a setting
+    (nor part of equality): two proxies must never share it, and tiers of proxyd each draw
+    their own."""
 
     @property
     def listen(self) -> str:
@@ -541,7 +551,7 @@ _SPECS: dict[str, _Spec] = {
 #: The keys accepted in a config file, as ``PROXYD_<KEY>`` and as ``overrides``.
 SETTING_NAMES: tuple[str, ...] = tuple(_SPECS)
 
-_FIELD_NAMES = {f.name for f in fields(ProxySettings)}
+_FIELD_NAMES = {f.name for f in fields(ProxySettings) if f.init}
 assert {name for spec in _SPECS.values() for name in spec.targets} == _FIELD_NAMES
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from proxyd.metrics import Metrics
+from proxyd.policy.requests import via_entry, with_via
 from proxyd.settings import ProxySettings
 
 
@@ -41,6 +42,7 @@ class UpstreamClients:
         self.settings = settings
         self.metrics = metrics
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._via = via_entry(settings.via_name)  # on every request: loops are noticed
 
     def _session(self, upstream: str) -> aiohttp.ClientSession:
         session = self._sessions.get(upstream)
@@ -68,13 +70,15 @@ class UpstreamClients:
         headers: Mapping[str, str] | list[tuple[str, str]],
         data: Any = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request; raise UpstreamUnavailable/UpstreamTimeout on transport failure."""
+        """Send one request, with this proxy's entry added to its Via; raise
+        UpstreamUnavailable/UpstreamTimeout on transport failure."""
         started = time.perf_counter()
+        pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
         try:
             async with self._session(upstream).request(
                 method,
                 url,
-                headers=list(headers.items()) if isinstance(headers, Mapping) else headers,
+                headers=list(with_via(pairs, self._via)),
                 data=data,
                 allow_redirects=False,
             ) as response:

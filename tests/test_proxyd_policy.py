@@ -80,8 +80,11 @@ from proxyd.policy.requests import (
     Route,
     forward_request_headers,
     forward_response_headers,
+    passed_through,
     route,
     strip_hop_by_hop,
+    via_entry,
+    with_via,
 )
 from proxyd.settings import ProxySettings
 
@@ -277,11 +280,70 @@ def test_forward_request_headers() -> None:
             ("Content-Type", "application/json"),
         ]
     )
+    # The client's Via is kept as sent; the proxy's entry is added where every upstream
+    # request is sent (fills too), see test_via_names_this_proxy_and_finds_loops.
     assert out == (
         ("Authorization", "Bearer t"),
+        ("Via", "1.0 fred"),
         ("Content-Type", "application/json"),
-        ("Via", f"1.0 fred, {VIA}"),
     )
+
+
+def test_via_names_this_proxy_and_finds_loops() -> None:
+    me = "proxyd-0badcafe"
+    assert via_entry(me) == "1.1 proxyd-0badcafe"
+    assert with_via((("Via", "1.0 fred"), ("X", "1")), via_entry(me)) == (
+        ("X", "1"),
+        ("Via", "1.0 fred, 1.1 proxyd-0badcafe"),
+    )
+    assert with_via((("Via", "1.0 a"), ("via", "1.1 b")), "1.1 c") == (
+        ("Via", "1.0 a, 1.1 b, 1.1 c"),
+    )
+    assert with_via((), "1.1 c") == (("Via", "1.1 c"),)
+    looped = [
+        {"Via": "1.1 proxyd-0badcafe"},
+        {"Via": "1.0 fred, 1.1 proxyd-0badcafe (proxyd), 1.1 parent"},
+        [("Via", "1.0 fred"), ("via", "HTTP/1.1   proxyd-0badcafe")],
+    ]
+    for headers in looped:
+        assert passed_through(headers, me), headers
+    not_looped = [
+        {},
+        {"Via": "1.1 proxyd-0badcaf"},  # another proxy: a prefix is not the name
+        {"Via": "1.1 proxyd-0badcafe1"},
+        {"Via": "1.1 fred (saw proxyd-0badcafe)"},  # a comment that mentions it
+        {"Via": "proxyd-0badcafe"},  # no protocol: not an entry received by it
+        {"X-Via": "1.1 proxyd-0badcafe"},
+    ]
+    for headers in not_looped:
+        assert not passed_through(headers, me), headers
+
+
+def test_route_refuses_a_request_that_has_been_here_before() -> None:
+    me = "proxyd-0badcafe"
+    looped = route(
+        "GET",
+        "/repo/a.fits",
+        {"Via": "1.1 edge, 1.1 proxyd-0badcafe"},
+        UPSTREAMS,
+        LIMITS,
+        signing_params=SIGNING,
+        via_name=me,
+    )
+    assert isinstance(looped, Refusal)
+    assert looped.status == 508
+    assert "forwarding loop" in looped.message
+    assert me in looped.message
+    through_others = route(
+        "GET",
+        "/repo/a.fits",
+        {"Via": "1.1 edge, 1.1 proxyd-12345678"},
+        UPSTREAMS,
+        LIMITS,
+        signing_params=SIGNING,
+        via_name=me,
+    )
+    assert isinstance(through_others, Route)  # tiers of proxyd are no loop
 
 
 def test_forward_response_headers() -> None:

@@ -8,6 +8,8 @@ of it reached the origin. A recording origin shows which fields proxyd forwards 
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,8 +169,56 @@ def test_hop_by_hop_fields_are_neither_forwarded_nor_returned(
         assert post.method == "POST"
         assert post.body == b"payload"
         assert post.header("X-End-To-End") == "kept"
-        assert "proxyd" in (post.header("Via") or "")
         assert recording.objects["/put.bin"] == b"new object"
+        # Every request to the origin, fills and revalidations too, names this proxy in Via
+        # (RFC 9110 §7.6.3), by the same name: how a loop back to it is noticed.
+        vias = {sent.header("Via") for sent in recording.requests}
+        assert len(vias) == 1, vias
+        (via,) = vias
+        assert re.fullmatch(r"1\.1 proxyd-[0-9a-f]{8}", via or ""), via
+
+
+def _looping(workdir: Path, names: list[str]) -> list[Proxy]:
+    """Proxies each of whose upstream ``o`` is the next one, the last's the first."""
+    proxies = [Proxy({"o": "http://127.0.0.1:9/"}, workdir / name) for name in names]
+    for this, following in zip(proxies, [*proxies[1:], proxies[0]], strict=True):
+        this.upstreams = {"o": following.upstream_url("o")}
+    return proxies
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hops", [1, 2])
+def test_a_forwarding_loop_is_refused_not_waited_on(tmp_path: Path, hops: int) -> None:
+    """An upstream URL that leads back to the proxy (itself, or through another proxyd):
+    before, the fill waited on itself until the client gave up."""
+    proxies = _looping(tmp_path, [f"p{i}" for i in range(hops)])
+    with contextlib.ExitStack() as stack:
+        for proxy in proxies:
+            stack.enter_context(running(proxy))
+        for method in ("GET", "POST"):
+            response = request(proxies[0].url, "o/a.fits", {"Range": "bytes=0-9"}, method=method)
+            assert response.status == 508, (method, response.status)
+            assert b"forwarding loop" in response.body
+            assert b"an upstream URL in the configuration leads back" in response.body
+        refused = [e for p in proxies for e in p.settled_access_log() if e["status"] == 508]
+        # Each request went round the loop once: one refusal, and each proxy in between
+        # passed the 508 back (not stored: a refusal says no-store).
+        assert sum(e["cache"] == "REFUSED" for e in refused) == 2
+        assert len(refused) == 2 * (hops + 1)
+
+
+def test_tiers_of_proxyd_are_no_loop(recording: RecordingOrigin, tmp_path: Path) -> None:
+    recording.put("/a.bin", b"a" * 1000)
+    parent = Proxy({"r": recording.url}, tmp_path / "parent")
+    with running(parent):
+        child = Proxy({"r": parent.upstream_url("r")}, tmp_path / "child")
+        with running(child):
+            response = request(child.url, "r/a.bin")
+            assert (response.status, response.body) == (200, b"a" * 1000)
+    (via,) = {sent.header("Via") for sent in recording.requests}
+    names = re.fullmatch(r"1\.1 (proxyd-[0-9a-f]{8}), 1\.1 (proxyd-[0-9a-f]{8})", via or "")
+    assert names is not None, via
+    assert names[1] != names[2]  # each proxy draws its own name
 
 
 def test_unsafe_methods_pass_uncached_and_invalidate(

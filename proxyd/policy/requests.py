@@ -36,8 +36,11 @@ __all__ = [
     "Route",
     "forward_request_headers",
     "forward_response_headers",
+    "passed_through",
     "route",
     "strip_hop_by_hop",
+    "via_entry",
+    "with_via",
 ]
 
 #: Methods proxyd forwards. CONNECT would make it a tunnel (an open proxy) and TRACE would
@@ -213,6 +216,7 @@ def route(
     limits: RequestLimits,
     *,
     signing_params: Sequence[str],
+    via_name: str | None = None,
 ) -> Route | Refusal:
     """Decide whether to forward a request and where.
 
@@ -227,7 +231,8 @@ def route(
     authority-form and asterisk-form targets (RFC 9112 §3.2), malformed percent-encoding,
     control or non-ASCII characters, fragments, backslashes, encoded slashes, NUL and
     dot-segments; 404 for a first segment that names no configured upstream, listing the
-    configured ones.
+    configured ones; 508 (Loop Detected, RFC 5842 §7.2) for a request whose ``Via`` already
+    holds ``via_name``, this proxy's own name: an upstream URL leads back here.
     """
     if method not in ALLOWED_METHODS:
         return _refuse_method(method)
@@ -242,6 +247,13 @@ def route(
     refused = _check_headers(pairs, limits)
     if refused is not None:
         return refused
+    if via_name is not None and passed_through(pairs, via_name):
+        return Refusal(
+            508,
+            f"forwarding loop: this request has passed through this proxy ({via_name}) "
+            "before, as its Via field shows; an upstream URL in the configuration leads "
+            "back to this proxy (directly or through others): correct it",
+        )
 
     if _ABSOLUTE_FORM.match(raw_target):
         return Refusal(
@@ -312,11 +324,32 @@ def strip_hop_by_hop(headers: Headers) -> HeaderPairs:
     return tuple((k, v) for k, v in pairs if k.lower() not in drop)
 
 
-def _with_via(pairs: HeaderPairs) -> HeaderPairs:
-    # §7.6.3: append our entry to any Via already there, keeping the chain in order.
+def with_via(pairs: HeaderPairs, entry: str = VIA) -> HeaderPairs:
+    """``pairs`` with ``entry`` appended to the Via chain (RFC 9110 §7.6.3: "a proxy MUST
+    send an appropriate Via header field"), the entries already there kept in order."""
     via = field_values(pairs, "Via")
     others = tuple((k, v) for k, v in pairs if k.lower() != "via")
-    return (*others, ("Via", ", ".join([*via, VIA])))
+    return (*others, ("Via", ", ".join([*via, entry])))
+
+
+def via_entry(via_name: str) -> str:
+    """This proxy's entry in the Via of the requests it sends upstream."""
+    return f"1.1 {via_name}"
+
+
+def passed_through(headers: Headers, via_name: str) -> bool:
+    """Whether a request's Via chain holds an entry received by ``via_name``.
+
+    Each entry is ``protocol received-by [comment]`` (§7.6.3); the name is compared with the
+    second word of each comma-separated entry, so a comment that merely mentions it does
+    not count.
+    """
+    for value in field_values(header_pairs(headers), "Via"):
+        for entry in value.split(","):
+            words = entry.split()
+            if len(words) >= 2 and words[1] == via_name:
+                return True
+    return False
 
 
 def forward_request_headers(headers: Headers) -> HeaderPairs:
@@ -325,17 +358,18 @@ def forward_request_headers(headers: Headers) -> HeaderPairs:
     Hop-by-hop fields are removed; ``Host`` too, because the upstream request carries the
     upstream's authority (RFC 9110 §7.2: a proxy MUST replace Host for its target), and
     ``Expect``: the 100-continue handshake (§10.1.1) happens between the client and proxyd's
-    server, which answers it before reading the body it forwards. ``Via`` is added.
-    Everything else is end-to-end and passes, including credentials: the origin decides.
+    server, which answers it before reading the body it forwards. ``Via`` is kept as the
+    client sent it: every upstream request gets this proxy's entry where it is sent
+    (:meth:`proxyd.upstream.UpstreamClients.request`), fills included. Everything else is
+    end-to-end and passes, including credentials: the origin decides.
     """
-    kept = tuple(
+    return tuple(
         (k, v) for k, v in strip_hop_by_hop(headers) if k.lower() not in ("host", "expect")
     )
-    return _with_via(kept)
 
 
 def forward_response_headers(headers: Headers) -> HeaderPairs:
     """The fields of an upstream response to pass to the client: hop-by-hop fields removed
     (framing is the proxy's own: Content-Length or chunked on the client connection), Via
     added (§7.6.3)."""
-    return _with_via(strip_hop_by_hop(headers))
+    return with_via(strip_hop_by_hop(headers))
