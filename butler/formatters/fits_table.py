@@ -26,7 +26,12 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Column, Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-from butler.errors import CorruptFileError, StorageClassError, UnsupportedParameterError
+from butler.errors import (
+    ButlerError,
+    CorruptFileError,
+    StorageClassError,
+    UnsupportedParameterError,
+)
 from butler.formatters.base import FileIndex, Formatter
 from butler.formatters.fits_index import ensure_index, index_fits, padded, read_header
 from butler.io.source import ByteSource
@@ -77,6 +82,22 @@ class FitsTableFormatter(Formatter):
         index = index_fits(path)
         self._table_hdu(index, str(path))  # refuse files without a table now
         return index
+
+    def decoded_bytes(self, index: Mapping[str, Any]) -> int | None:
+        """A bound of what the table HDU becomes in memory. Fixed-width cells take at most
+        4 bytes per byte on disk (a character becomes a 4-byte code point). Each row of a
+        variable-length array column (P, Q) may point at any part of the heap, the same
+        part for every row, so a small file can stand for rows x heap bytes, 8 per byte for
+        arrays of bits."""
+        try:
+            hdu = self._table_hdu(index, "the file")
+            rows = int(hdu.get("naxis2") or 0)
+            fixed = 4 * int(hdu.get("naxis1") or 0) * rows
+            heap = int(hdu.get("pcount") or 0)
+            arrays = sum(1 for c in hdu.get("columns") or () if c.get("code") in ("P", "Q"))
+        except (ButlerError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # no table to read whole: the read itself will say so
+        return fixed + arrays * rows * 8 * heap
 
     @staticmethod
     def _table_hdu(index: Mapping[str, Any], name: str) -> Mapping[str, Any]:
