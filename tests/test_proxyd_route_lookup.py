@@ -45,3 +45,29 @@ def test_a_path_below_an_upstream_with_a_path_only() -> None:
     assert route_path({"r": "https://h/a/b"}, "https://h/a") is None
     assert route_path({"r": "https://h/a/b"}, "https://h/a/b/c/d") == "/r/c/d/"
     assert route_path({}, "https://h/") is None
+
+
+def test_the_closest_upstream_wins_whatever_the_order_or_names() -> None:
+    # The one with the longest path wins, wherever it is listed and however it is named.
+    upstreams = {"survey": "https://h/survey", "a-much-longer-name": "https://h"}
+    assert route_path(upstreams, "https://h/butler/") == "/a-much-longer-name/butler/"
+    assert route_path(upstreams, "https://h/survey/x") == "/survey/x/"
+    reversed_order = dict(reversed(list(upstreams.items())))
+    assert route_path(reversed_order, "https://h/survey/x") == "/survey/x/"
+    # Two names for one URL: the first configured is the path.
+    assert route_path({"one": "https://h/a", "two": "https://h/a"}, "https://h/a/b") == "/one/b/"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://h:80/a", "/plain/a/"),  # http's default port is the same origin as none
+        ("https://s:443/a", "/secure/a/"),
+        ("http://s:443/a", None),
+        ("ftp://h/a", None),  # no default port to fall back on: not an http(s) URL
+        ("http:///a", None),  # no host
+        ("https://", None),
+    ],
+)
+def test_default_ports_and_urls_without_a_host(url: str, expected: str | None) -> None:
+    assert route_path({"plain": "http://h", "secure": "https://s"}, url) == expected
