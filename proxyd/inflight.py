@@ -122,8 +122,29 @@ class BlockRun:
             self.received += take
             if len(block.data) == block.expected:
                 completed.append((index, bytes(block.data)))
+        if completed:
+            self._forget_oldest_unstored()
         self._pulse()
         return completed
+
+    def _forget_oldest_unstored(self) -> None:
+        """Keep at most :attr:`held_limit` bytes of whole blocks not (yet) stored, dropping
+        the oldest first. A cache that cannot store (a full disk) would otherwise keep every
+        block of the run until it ends: the whole object in memory. Readers hold on to the
+        block they are reading; one that comes back for a dropped block finds it neither
+        here nor in the store, and fetches it again (see ``reading.py``)."""
+        whole = [i for i, b in self._blocks.items() if len(b.data) == b.expected]
+        held = sum(len(self._blocks[i].data) for i in whole)
+        for index in sorted(whole):
+            if held <= self.held_limit:
+                break
+            held -= len(self._blocks.pop(index).data)
+
+    @property
+    def held_limit(self) -> int:
+        """Bytes of whole, unstored blocks a run keeps: the read-ahead on either side of the
+        furthest reader, and two blocks (the one being read and the one being stored)."""
+        return 2 * self.readahead + 2 * self.block_size
 
     def mark_stored(self, index: int) -> None:
         block = self._blocks.pop(index, None)

@@ -486,3 +486,42 @@ def test_signed_url_parameters_stay_out_of_the_access_log(
             "&access_token=REDACTED&X-Amz-Date=20261206T000000Z&part=1"
         )
     assert not [s for s in secrets if s in text]
+
+
+@pytest.mark.timeout(120)
+def test_a_cache_that_cannot_store_holds_no_whole_object_in_memory(
+    origin: NginxOrigin, tmp_path: Path
+) -> None:
+    """A 512 MiB object read whole through a cache on a 4 MiB file system: the blocks that
+    cannot be stored are kept in memory only while a reader may still need them (before,
+    every one was kept until the response ended: the proxy grew by the object's size)."""
+    size = 512 * MiB
+    with (origin.root_dir / "big.bin").open("wb") as f:
+        f.truncate(size)  # sparse: zeros
+    os.utime(origin.root_dir / "big.bin", (0, 0))
+    with _tmpfs(tmp_path / "small", "size=4m") as small:
+        proxy = Proxy(
+            {"o": origin.url}, tmp_path / "p", block_size="1MiB", cache_dir=small / "cache"
+        )
+        with running(proxy):
+            baseline = proxy.rss()
+            with (
+                _PeakRss(proxy) as sampler,
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as client,
+            ):
+                client.sendall(b"GET /o/big.bin HTTP/1.1\r\nHost: p\r\n\r\n")
+                head, body = _read_head(client)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                received, nonzero = len(body), any(body)
+                while received < size:
+                    chunk = client.recv(1 << 20)
+                    assert chunk, received
+                    received += len(chunk)
+                    nonzero = nonzero or any(chunk)
+                assert received == size
+                assert not nonzero
+            print(f"degraded: RSS {baseline / MiB:.0f} -> peak {sampler.peak / MiB:.0f} MiB")
+            assert sampler.samples > 0
+            assert sampler.peak - baseline < 128 * MiB
+            report = json.loads(request(proxy.url, "healthz").body)
+            assert report["status"] == "degraded"
