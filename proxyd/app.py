@@ -24,11 +24,13 @@ from proxyd.policy.routes import route_path
 from proxyd.server import handle
 from proxyd.settings import ConfigError, ProxySettings
 from proxyd.state import STATE, ProxyState
-from proxyd.store import StoreWriteError, check_writable
+from proxyd.store import BlockStore, StoreWriteError, check_writable
 from proxyd.workers import WorkerLink, fork_workers, listening_socket, reap
 
 RESERVED_NAMES = ("metrics", "healthz")
 EVICTION_INTERVAL = 5.0
+EVICTION_CHECK = 0.1
+"""How often the evictor looks whether writes have brought its next round forward."""
 
 log = logging.getLogger("proxyd")
 
@@ -112,12 +114,21 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def until_eviction_due(store: BlockStore, interval: float, check: float) -> None:
+    """Wait ``interval`` seconds, or less once the store has taken in as much as lies
+    between its watermarks (:meth:`proxyd.store.BlockStore.eviction_due`)."""
+    waited = 0.0
+    while waited < interval and not store.eviction_due():
+        await asyncio.sleep(check)
+        waited += check
+
+
 async def _evictor(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(EVICTION_INTERVAL)
+            await until_eviction_due(state.store, EVICTION_INTERVAL, EVICTION_CHECK)
             try:
                 await asyncio.to_thread(state.store.flush_recency)
                 removed = await asyncio.to_thread(state.store.evict)

@@ -463,6 +463,8 @@ class BlockStore:
         )
         self._lock = threading.Lock()
         self.evictions = 0
+        self._written = 0
+        """Bytes stored since the last eviction round began (see :meth:`eviction_due`)."""
         self.corrupt_blocks = 0
         # Hot blocks stay in memory once verified: a small range of a hot object then costs
         # neither a disk read nor hashing a whole block. Bounded in bytes, LRU.
@@ -945,6 +947,8 @@ class BlockStore:
             target.set(block_key, encoded)
         except (OSError, sqlite3.Error) as exc:
             raise self._write_error(exc) from None
+        with self._lock:
+            self._written += len(data)
         self._remember_block(block_key, data)
         if self._cache.get(_extent_index_key(version, index)) is not None:
             self._drop_extents(version, index)  # the block holds all they did
@@ -1041,6 +1045,8 @@ class BlockStore:
         """Store fetched bytes (``(offset, data)``) of an object of ``size`` bytes as extents,
         each merged with the extents it overlaps or touches; a block they then cover whole
         becomes a block (:class:`StoreWriteError` if the cache cannot store)."""
+        with self._lock:
+            self._written += sum(len(data) for _, data in pieces)
         try:
             for offset, data in pieces:
                 if not data:
@@ -1123,8 +1129,18 @@ class BlockStore:
         self._remember_meta(key, copy.copy(meta))
         self._mark_change()
 
+    def eviction_due(self) -> bool:
+        """Whether as much has been stored since the last eviction round as lies between
+        the watermarks: the next round should not wait for its timer. Fills at disk speed
+        would otherwise take the cache past its size by seconds' worth of writes (gigabytes),
+        which on a small cache (a laptop's) is many times the limit."""
+        with self._lock:
+            return self._written >= max(1, self.high - self.low)
+
     def evict(self) -> int:
         """If above the high watermark, drop least recently used entries to the low one."""
+        with self._lock:
+            self._written = 0
         pinned = int(self._pinned.volume())
         if self._cache.volume() + pinned <= self.high:
             return 0

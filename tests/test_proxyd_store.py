@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
+from proxyd.app import until_eviction_due
 from proxyd.policy import freshness
 from proxyd.store import BlockFile, BlockStore, ObjectMeta
 
@@ -215,3 +217,34 @@ def test_removing_values_keeps_the_directories(tmp_path: Path) -> None:
     data = os.urandom(BLOCK)
     store.put_block("w", 0, data)
     assert _store(tmp_path).read_slice("w", 0, 5, 9) == data[5:9]
+
+
+def test_writing_the_band_between_the_watermarks_brings_eviction_forward(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)  # 64 blocks: 5 % between the watermarks, 3.2 blocks
+    band = store.high - store.low
+    assert 3 * BLOCK < band < 4 * BLOCK
+    for i in range(3):
+        store.put_block("v", i, os.urandom(BLOCK))
+    assert not store.eviction_due()
+    store.put_extents("v", [(3 * BLOCK, os.urandom(band - 3 * BLOCK - 1))], 100 * BLOCK)
+    assert not store.eviction_due()  # one byte short of the band
+    store.put_extents("v", [(5 * BLOCK, b"x")], 100 * BLOCK)
+    assert store.eviction_due()  # the band's worth, blocks and extents
+    store.evict()
+    assert not store.eviction_due()  # counted again from this round
+
+
+async def test_the_evictor_waits_its_interval_or_until_enough_was_written(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    # Nothing written: the whole interval (20 looks), bounded by the test's own timeout.
+    await asyncio.wait_for(until_eviction_due(store, interval=0.02, check=0.001), timeout=10)
+    waiting = asyncio.create_task(until_eviction_due(store, interval=3600, check=0.001))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    for i in range(4):
+        store.put_block("v", i, os.urandom(BLOCK))
+    await asyncio.wait_for(waiting, timeout=10)  # not an hour: the writes made it due
