@@ -93,7 +93,12 @@ class JoinPlan:
                     f"{self.what}: {name!r} has no record field {field!r}; its fields are "
                     f"{', '.join(spec.fields)}"
                 )
-            return Column(f"{self.element_aliases[name]}.{q(field)}", spec.fields[field], name)
+            return Column(
+                f"{self.element_aliases[name]}.{q(field)}",
+                spec.fields[field],
+                name,
+                truth=spec.field_types.get(field) == "bool",
+            )
         if field is None or field == spec.key_name:
             return Column(self.ensure_dimension(name), spec.key_kind, name)
         kind: ValueKind
@@ -109,7 +114,8 @@ class JoinPlan:
             )
         self.ensure_dimension(name)
         alias = self.add_element_table(name, outer=True)
-        return Column(f"{alias}.{q(field)}", kind, f"{name}.{field}")
+        truth = spec.field_types.get(field) == "bool"
+        return Column(f"{alias}.{q(field)}", kind, f"{name}.{field}", truth=truth)
 
     def _not_applicable(self, name: str) -> InvalidQueryError:
         return InvalidQueryError(

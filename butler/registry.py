@@ -131,6 +131,17 @@ def _record_row(
     return out
 
 
+def _record_out(row: Mapping[str, Any], types: Mapping[str, FieldType]) -> dict[str, Any]:
+    """A stored record as the caller gets it: true/false fields as ``bool`` (stored 0/1, as
+    neither SQLite nor the registry's portable schema has a boolean type), as the LSST
+    butler gives them."""
+    record = dict(row)
+    for column, kind in types.items():
+        if kind == "bool" and record.get(column) is not None:
+            record[column] = bool(record[column])
+    return record
+
+
 def _connect_sqlite(path: Path, writeable: bool) -> sqlite3.Connection:
     if not path.exists():
         raise RepositoryConfigError(f"registry {path} is missing; the repository is damaged")
@@ -515,7 +526,7 @@ class Registry:
             return self._records[cache_key]
         conditions = [f"{q(d)} = ?" for d in pk] + [f"{q(spec.key_name)} = ?"]
         rows = self._query(f"SELECT * FROM dim_{element} WHERE {' AND '.join(conditions)}", params)
-        record = dict(rows[0]) if rows else None
+        record = _record_out(rows[0], spec.field_types) if rows else None
         if record is not None:
             # Records are looked up for every put's data ID; the same few instruments and
             # detectors come back again and again. Writes through this registry clear it.
@@ -556,7 +567,7 @@ class Registry:
         sql += " ORDER BY " + ", ".join(order)
         sql += _limit_sql(limit, offset, params)
         rows = self._query(sql, plan.join_params + params)
-        return [dict(r) for r in rows]
+        return [_record_out(r, spec.field_types) for r in rows]
 
     def query_data_ids(
         self,

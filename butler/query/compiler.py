@@ -114,6 +114,9 @@ class Column:
     sql: str
     kind: ColumnKind
     display: str
+    truth: bool = False
+    """A true/false field stored as 0/1 (kind ``int``): a bound True or False compares with
+    it as 1 or 0. Elsewhere a bool is refused, since True = 1 against an ID is a mistake."""
 
     def __post_init__(self) -> None:
         if self.kind not in _KIND_WORDS:
@@ -233,6 +236,8 @@ class _Compiler:
                 f"list, as in {column.column.display} IN (:{constant.bind_name or 'values'})"
             )
         kind = column.column.kind
+        if isinstance(value, bool) and column.column.truth:
+            return int(value)
         if isinstance(value, str):
             if not is_valid_unicode(value):
                 raise InvalidQueryError(
