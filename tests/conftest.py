@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import pytest
 import yaml
@@ -19,6 +19,8 @@ from hypothesis import settings
 from postgres import PostgresNotFound, PostgresServer, postgres_bindir
 
 from butler import Butler
+from butler.formatters.base import Formatter
+from butler.io.source import ByteSource
 
 # Property tests explore new examples on every developer run (that is how they find bugs);
 # under CI they draw the same examples each time, so a red build is always reproducible and
@@ -123,6 +125,24 @@ def make_summary_repo(root: Path, registry: str | None = None) -> Path:
                 {"d": detector}, "summary", {"instrument": "HSC"}, visit=100, detector=detector
             )
     return root
+
+
+class TextFormatter(Formatter):
+    """A plugin-like formatter of ``Dict`` datasets as text, for tests of how a plugin's
+    files are checked; subclasses change ``index`` or ``read``."""
+
+    name: ClassVar[str] = "text-test"
+    storage_class: ClassVar[str] = "Dict"
+    extension: ClassVar[str] = ".txt"
+
+    def write(self, obj: Any, path: Path) -> None:
+        path.write_text(str(obj))
+
+    def index(self, path: Path) -> dict[str, Any]:
+        return {"format": self.name}
+
+    def read(self, source: ByteSource, index: Any, **kwargs: Any) -> Any:
+        return source.read(0, source.size).decode()
 
 
 def populate_dimensions(butler: Butler) -> None:

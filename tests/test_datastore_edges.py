@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import new_repo, run_butler
+from conftest import TextFormatter, new_repo, run_butler
 
 from butler.datastore import (
     HASH_CHUNK,
@@ -698,18 +698,10 @@ def test_an_upload_whose_part_file_vanished_still_fails_clearly(tmp_path: Path) 
     assert not aborted.tmp.exists()
 
 
-class _PickyFormatter(Formatter):
+class _PickyFormatter(TextFormatter):
     """A plugin whose index accepts any file and whose full read fails as the file says."""
 
     name: ClassVar[str] = "picky-test"
-    storage_class: ClassVar[str] = "Dict"
-    extension: ClassVar[str] = ".txt"
-
-    def write(self, obj: Any, path: Path) -> None:
-        path.write_text(str(obj))
-
-    def index(self, path: Path) -> dict[str, Any]:
-        return {"format": self.name}
 
     def read(self, source: ByteSource, index: Any, **kwargs: Any) -> Any:
         text = source.read(0, source.size).decode()

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from astropy.io import fits
 from astropy.table import Table
+from conftest import TextFormatter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from real_data import fits_test_file, hst_wfpc2, tile_compressed
@@ -627,15 +628,10 @@ def test_parquet_metadata_nesting_counts_from_the_document_root(tmp_path: Path) 
 # The validation entry point a server calls on an upload
 
 
-class _StrictFormatter(Formatter):
+class _StrictFormatter(TextFormatter):
     """A plugin-like formatter whose parser raises ValueError on bad input."""
 
     name: ClassVar[str] = "strict-test"
-    storage_class: ClassVar[str] = "Dict"
-    extension: ClassVar[str] = ".txt"
-
-    def write(self, obj: Any, path: Path) -> None:
-        path.write_text(str(obj))
 
     def index(self, path: Path) -> dict[str, Any]:
         value = int(path.read_text())
