@@ -23,9 +23,8 @@ from butler.http.ranges import (
     multipart_content_type,
     multipart_layout,
 )
-from proxyd.passing import headers_of
 from proxyd.policy import freshness
-from proxyd.policy.requests import forward_response_headers
+from proxyd.policy.requests import forward_response_headers, headers_of
 from proxyd.store import BlockStore
 
 SENDFILE_MIN = 128 * 1024

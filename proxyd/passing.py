@@ -19,6 +19,7 @@ from proxyd.policy.requests import (
     Route,
     forward_request_headers,
     forward_response_headers,
+    headers_of,
 )
 from proxyd.sendfile import FileSender
 from proxyd.state import CACHE_HEADER, ProxyState, Served, forget_object
@@ -39,15 +40,6 @@ def text_response(
     return web.Response(
         status=status, text=message if message.endswith("\n") else message + "\n", headers=out
     )
-
-
-def headers_of(pairs: Iterable[tuple[str, str]], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    dropped = {"content-length", *(d.lower() for d in drop)}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
-        if name.lower() not in dropped:
-            out.add(name, value)
-    return out
 
 
 async def write_chunk(response: web.StreamResponse, chunk: bytes, state: ProxyState) -> None:

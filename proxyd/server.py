@@ -26,13 +26,14 @@ import time
 from aiohttp import web
 
 from proxyd.fills import probe, serve_despite_origin
-from proxyd.passing import forward_uncached, headers_of, text_response
+from proxyd.passing import forward_uncached, text_response
 from proxyd.policy import access, blocks, freshness
 from proxyd.policy.extents import Extent
 from proxyd.policy.requests import (
     Refusal,
     Route,
     forward_response_headers,
+    headers_of,
     route,
 )
 from proxyd.reading import respond_from_blocks

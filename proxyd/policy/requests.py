@@ -15,10 +15,12 @@ fields that describe one connection are not forwarded.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
+
+from multidict import CIMultiDict
 
 from proxyd.policy import HeaderPairs, Headers, field_values, header_pairs
 from proxyd.policy.keys import cache_key, credential_fingerprint, split_signing_params
@@ -36,6 +38,7 @@ __all__ = [
     "Route",
     "forward_request_headers",
     "forward_response_headers",
+    "headers_of",
     "passed_through",
     "route",
     "strip_hop_by_hop",
@@ -366,6 +369,17 @@ def forward_request_headers(headers: Headers) -> HeaderPairs:
     return tuple(
         (k, v) for k, v in strip_hop_by_hop(headers) if k.lower() not in ("host", "expect")
     )
+
+
+def headers_of(pairs: Iterable[tuple[str, str]], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Response fields to send as a multidict, without ``Content-Length`` (the proxy frames
+    each response itself) and the fields named in ``drop``."""
+    dropped = {"content-length", *(d.lower() for d in drop)}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in pairs:
+        if name.lower() not in dropped:
+            out.add(name, value)
+    return out
 
 
 def forward_response_headers(headers: Headers) -> HeaderPairs:
