@@ -74,9 +74,13 @@ TARGETS: dict[str, Target] = {
                 "routes",
             )
         ),
+        # The pure tests first: a killed mutant stops at its first failure (-x), so the
+        # order decides how long a run takes, not what it finds.
         tests=(
             "tests/test_proxyd_policy.py",
             "tests/test_proxyd_policy_edges.py",
+            "tests/test_proxyd_extents.py",
+            "tests/test_proxyd_route_lookup.py",
             "tests/test_proxyd_plain.py",
             "tests/test_proxyd_relay_plan.py",
             "tests/test_proxyd_rfc9111_fixes.py",
@@ -84,8 +88,6 @@ TARGETS: dict[str, Target] = {
             "tests/test_hardening_proxy_keys.py",
             "tests/test_proxyd_auth.py",
             "tests/test_proxyd_validation.py",
-            "tests/test_proxyd_extents.py",
-            "tests/test_proxyd_route_lookup.py",
         ),
     ),
     "butler-http": Target(
