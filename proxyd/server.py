@@ -28,6 +28,7 @@ from aiohttp import web
 from proxyd.fills import probe, serve_despite_origin
 from proxyd.passing import forward_uncached, text_response
 from proxyd.policy import access, blocks, freshness
+from proxyd.policy.clients import client_address
 from proxyd.policy.extents import Extent
 from proxyd.policy.requests import (
     Refusal,
@@ -94,7 +95,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         status = exc.status
         return text_response(exc.status, f"{exc}\n", [(CACHE_HEADER, "ERROR")])
     finally:
-        account(state, request.method, request.remote, request.raw_path, served, status, started)
+        client = client_address(request.remote, request.headers, state.settings.trusted_proxies)
+        account(state, request.method, client, request.raw_path, served, status, started)
 
 
 # -- pass-through -----------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 from butler.units import human_size as format_size  # one style of sizes everywhere
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 __all__ = [
     "ENV_CONFIG_FILE",
     "ENV_PREFIX",
@@ -124,6 +126,9 @@ class ProxySettings:
     """... once the cache is filled beyond this fraction of cache_size."""
     access_log: bool | Path = True
     """True: one line per request to the log (stderr); False: none; a path: append there."""
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    """Load balancers in front of proxyd (addresses or networks) whose X-Forwarded-For it
+    believes: a request from one is logged as coming from the address it forwarded for."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics."""
     workers: int = 1
@@ -372,6 +377,23 @@ def _event_loop(value: object) -> str:
     raise _Invalid(f"{value!r} is not an event loop proxyd knows", " or ".join(EVENT_LOOPS))
 
 
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    expected = 'a list of IP addresses or networks, such as ["10.0.0.5", "192.168.1.0/24"]'
+    if isinstance(value, str):
+        items: Sequence[object] = [p for p in re.split(r"[,\s]+", value) if p]
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise _Invalid(f"{value!r} is not a list", expected)
+    networks: list[IPNetwork] = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            raise _Invalid(f"{item!r} is not an IP address or network", expected) from None
+    return tuple(networks)
+
+
 def _access_log(value: object) -> bool | Path:
     if isinstance(value, bool | Path):
         return value.expanduser() if isinstance(value, Path) else value
@@ -542,6 +564,7 @@ _SPECS: dict[str, _Spec] = {
     "evict_low_watermark": _spec(_fraction, "evict_low_watermark"),
     "evict_high_watermark": _spec(_fraction, "evict_high_watermark"),
     "access_log": _spec(_access_log, "access_log"),
+    "trusted_proxies": _spec(_networks, "trusted_proxies", flag="--trusted-proxy"),
     "metrics": _spec(_boolean, "metrics"),
     "workers": _spec(_integer(0, 256), "workers"),
     "fast_lane": _spec(_boolean, "fast_lane"),
@@ -745,6 +768,7 @@ def describe(settings: ProxySettings) -> str:
         ("max fetch", f"{format_size(s.max_fetch_bytes)} per upstream range request"),
         ("read-ahead", f"{format_size(s.readahead_bytes)} after a client leaves"),
         ("signing params", ", ".join(s.signing_params) or "(none)"),
+        ("trusted proxies", ", ".join(map(str, s.trusted_proxies)) or "(none)"),
         (
             "upstream limits",
             f"{s.upstream_connections} connections per origin, connect timeout "

@@ -263,3 +263,22 @@ def test_unsafe_methods_pass_uncached_and_invalidate(
         assert methods.count("PUT") == 1
         assert methods.count("POST") == 1
         assert methods.count("DELETE") == 1
+
+
+def test_a_trusted_balancers_clients_are_logged(recording: RecordingOrigin, tmp_path: Path) -> None:
+    recording.put("/a.bin", b"a" * 1000)
+    forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+    trusting = Proxy(
+        {"r": recording.url}, tmp_path / "trusting", config={"trusted_proxies": ["127.0.0.1"]}
+    )
+    with running(trusting):
+        mark = trusting.mark()
+        assert request(trusting.url, "r/a.bin", forwarded).status == 200
+        assert request(trusting.url, "r/a.bin").status == 200
+        clients = [e["client"] for e in trusting.entries_since(mark, 2)]
+        # The balancer's (127.0.0.1) nearest address; what the client wrote is not believed.
+        assert clients == ["203.0.113.7", "127.0.0.1"]
+    with running(Proxy({"r": recording.url}, tmp_path / "plain")) as plain:
+        mark = plain.mark()
+        assert request(plain.url, "r/a.bin", forwarded).status == 200
+        assert [e["client"] for e in plain.entries_since(mark, 1)] == ["127.0.0.1"]
