@@ -41,6 +41,21 @@ IMAGES = {
     106: "arange.fits",  # a 3-D cube in the PRIMARY HDU (not an Image; reachable with hdu)
 }
 SYNTHETIC_FLOAT = 105  # float32 in the PRIMARY HDU only, unscaled: memmap-able
+COMPRESSED_CUBE = 107  # a tile-compressed 3-D cube and a 1-D spectrum, written by astropy
+
+
+def _compressed_cube(path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    cube = rng.integers(0, 5000, size=(5, 24, 36)).astype(np.int32)
+    spectrum = (rng.normal(size=300) * 100).astype(np.int16)
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.CompImageHDU(cube, compression_type="RICE_1", name="CUBE"),
+            fits.CompImageHDU(spectrum, compression_type="GZIP_1", name="SPEC"),
+        ]
+    ).writeto(path)
+    return path
 
 
 def _multi_extension_file(path: Path) -> Path:
@@ -76,6 +91,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for visit, name in IMAGES.items():
             butler.ingest(fits_test_file(name), "img", HSC, visit=visit)
         butler.ingest(_float_primary(base / "float.fits"), "img", HSC, visit=SYNTHETIC_FLOAT)
+        butler.ingest(_compressed_cube(base / "cube_z.fits"), "img", HSC, visit=COMPRESSED_CUBE)
         butler.ingest(fits_test_file("stddata.fits"), "cat", HSC, visit=100)
         butler.ingest(_multi_extension_file(base / "mef.fits"), "cat", HSC, visit=101)
         calexp = synthetic_calexp(size=200)
@@ -211,6 +227,25 @@ def test_hdu_parameter_image_extension_and_metadata_of_tables(local: Butler, rep
         local.get("img", HSC, visit=103, parameters={"hdu": "NOPE"})
     with pytest.raises(UnsupportedParameterError, match="holds no pixels"):
         local.get("img", HSC, visit=101, parameters={"hdu": "ERR"})
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_tile_compressed_cubes_and_spectra_are_read_whole_with_hdu(
+    local: Butler, remote: Butler, repo: Path, where: str
+) -> None:
+    """Not 2-D, so no cutouts: read whole, as astropy reads them (they were refused, while
+    an uncompressed cube was read)."""
+    butler = local if where == "local" else remote
+    path = repo / local.get_file_info("img", HSC, visit=COMPRESSED_CUBE).path
+    with fits.open(path) as hdus:
+        expected = {name: np.array(hdus[name].data) for name in ("CUBE", "SPEC")}
+    for name, pixels in expected.items():
+        got = butler.get("img", HSC, visit=COMPRESSED_CUBE, parameters={"hdu": name})
+        assert got.shape == pixels.shape
+        assert got.dtype == pixels.dtype
+        np.testing.assert_array_equal(got, pixels)
+    with pytest.raises(UnsupportedParameterError, match=r"shape \[5, 24, 36\]; 'lazy' is 2-D"):
+        butler.get("img", HSC, visit=COMPRESSED_CUBE, parameters={"hdu": "CUBE", "lazy": True})
 
 
 def test_compressed_image_metadata_is_the_image_header(local: Butler, remote: Butler) -> None:
