@@ -37,6 +37,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from butler.http.conditional import format_http_date
 from butler.http.ranges import ByteRange, RangeOutcome, parse_range_header, simple_range
 from proxyd.hit import StoredAnswer, layout, small_body, stored_answer
+from proxyd.policy.clients import client_address
 from proxyd.policy.plain import Recogniser, plain_hit_until
 from proxyd.policy.requests import Route, route
 from proxyd.state import CACHE_HEADER, ProxyState, Served, account
@@ -202,6 +203,9 @@ class FastLane:
         )
         served = Served("HIT", from_cache=len(body))
         state.metrics.count_received()
+        if plain.forwarded_for is not None and state.settings.trusted_proxies:
+            forwarded = (("X-Forwarded-For", plain.forwarded_for),)
+            client = client_address(client, forwarded, state.settings.trusted_proxies)
         account(state, "GET", client, plain.target, served, framing.status, started)
         return response
 

@@ -30,6 +30,12 @@ def test_a_plain_get_is_recognised() -> None:
     head = HEAD + b"\r\nConnection: Keep-Alive\r\nAccept-Encoding: gzip"
     assert recognise(head, 8190) == PlainGet("/o/big.bin", None)
     assert recognise(b"GET /o/a?b=c HTTP/1.1\r\nhost: x", 8190) == PlainGet("/o/a?b=c", None)
+    forwarded = HEAD + b"\r\nX-Forwarded-For: 203.0.113.7, 10.0.0.9"
+    assert recognise(forwarded, 8190) == PlainGet("/o/big.bin", None, "203.0.113.7, 10.0.0.9")
+    twice = forwarded + b"\r\nX-Forwarded-For: 10.0.0.1"
+    assert recognise(twice, 8190) is None  # each field at most once: the full handler joins
+    ranged = forwarded + b"\r\nRange: bytes=0-9"
+    assert Recogniser(8190)(ranged) == PlainGet("/o/big.bin", "bytes=0-9", "203.0.113.7, 10.0.0.9")
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,21 @@ __all__ = ["PLAIN_FIELDS", "PlainGet", "Recogniser", "plain_hit_until", "recogni
 #: The only header fields a plain request may carry. None of them can change what a fresh,
 #: public, non-varying stored response is served as: Host is not part of the route (the path
 #: names the upstream); Accept and Accept-Encoding matter only through Vary, and a response
-#: with Vary is not served here; User-Agent is informational; Range is applied here; and
+#: with Vary is not served here; User-Agent is informational; Range is applied here;
+#: X-Forwarded-For, a load balancer's, only names the client in the access log; and
 #: Connection may only ask for what HTTP/1.1 does anyway (keep-alive). Anything else --
 #: credentials, conditionals, Cache-Control, Pragma, If-Range, a body's framing, a field
 #: nobody has thought about -- sends the request to the full handler.
 PLAIN_FIELDS = frozenset(
-    {b"host", b"user-agent", b"accept", b"accept-encoding", b"range", b"connection"}
+    {
+        b"host",
+        b"user-agent",
+        b"accept",
+        b"accept-encoding",
+        b"range",
+        b"connection",
+        b"x-forwarded-for",
+    }
 )
 
 # The whole head in one match: request line, then field lines of a token name, ":", and a
@@ -47,10 +56,12 @@ _FIELD = re.compile(rb"\r\n([A-Za-z-]+):[ \t]*((?:[!-~](?:[ -~]*[!-~])?)?)[ \t]*
 
 
 class PlainGet(NamedTuple):
-    """A recognised plain request: its target exactly as sent, and its Range value."""
+    """A recognised plain request: its target exactly as sent, its Range value, and its
+    X-Forwarded-For (for the access log, :mod:`proxyd.policy.clients`)."""
 
     target: str
     range: str | None
+    forwarded_for: str | None = None
 
 
 def recognise(head: bytes, max_bytes: int) -> PlainGet | None:
@@ -67,6 +78,7 @@ def recognise(head: bytes, max_bytes: int) -> PlainGet | None:
         return None
     seen: set[bytes] = set()
     range_value: str | None = None
+    forwarded_for: str | None = None
     fields = _FIELD.findall(whole[2])
     if len(fields) != whole[2].count(b"\r\n"):  # every line read, none skipped
         return None
@@ -77,11 +89,13 @@ def recognise(head: bytes, max_bytes: int) -> PlainGet | None:
         seen.add(name)
         if name == b"range":
             range_value = value.decode("ascii")
+        elif name == b"x-forwarded-for":
+            forwarded_for = value.decode("ascii")
         elif name == b"connection" and value.lower() != b"keep-alive":
             return None
     if b"host" not in seen:  # required in HTTP/1.1 (RFC 9112 §3.2): the full handler decides
         return None
-    return PlainGet(whole[1].decode("ascii"), range_value)
+    return PlainGet(whole[1].decode("ascii"), range_value, forwarded_for)
 
 
 # The Range line as nearly every client writes it, with one simple range.
@@ -121,7 +135,7 @@ class Recogniser:
             return plain
         if plain.range is not None:  # two Range fields: recognise refuses them
             return recognise(head, self.max_bytes)
-        return PlainGet(plain.target, line[1].decode("ascii"))
+        return PlainGet(plain.target, line[1].decode("ascii"), plain.forwarded_for)
 
 
 def plain_hit_until(stored: StoredMeta, settings: ProxySettings) -> float:
