@@ -4,6 +4,7 @@
     python bench/mutation/run.py proxyd-policy       # one target (names: --list)
     python bench/mutation/run.py --module proxyd/policy/keys.py   # one module of a target
     python bench/mutation/run.py --recheck proxyd-policy  # survivors again, with new tests
+    python bench/mutation/run.py --resume --retime where   # kills by the time limit again
 
 Each module is mutated in a scratch copy of the committed tree (``bench/out/mutation/tree-*``;
 ``--worktree`` for the work tree with its uncommitted changes), never in place, and the
@@ -462,6 +463,18 @@ def forget_survivors(
     return len(again)
 
 
+def timed_out(session: Path) -> list[str]:
+    """Job ids of the mutants counted killed because their tests outlasted the session's
+    time limit. Either the mutant made a test hang (a loop that never ends: a real kill) or
+    the machine was too busy to finish in time (no verdict); ``--retime`` runs them again,
+    best on a quiet machine, to tell which."""
+    with sqlite3.connect(session) as db:
+        rows = db.execute(
+            "SELECT job_id FROM work_results WHERE test_outcome = 'KILLED' AND output = 'timeout'"
+        ).fetchall()
+    return [str(job) for (job,) in rows]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help="targets to run (default: all)")
@@ -472,6 +485,11 @@ def main() -> int:
         "--recheck",
         action="store_true",
         help="run the survivors of the kept sessions again, against the work tree's tests",
+    )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="with --resume or --recheck: run again the mutants killed only by the time limit",
     )
     parser.add_argument(
         "--worktree", action="store_true", help="mutate the work tree as it is, not HEAD"
@@ -507,9 +525,22 @@ def main() -> int:
                 print(f"{module}: {again} survivors to run again")
                 # Filters added since the session began apply to those it runs again.
                 print(f"{module}: {skip_inert_mutants(session, tree)} of them skipped")
+            if args.retime and session.exists():
+                again_ids = timed_out(session)
+                with sqlite3.connect(session) as db:
+                    db.executemany(
+                        "DELETE FROM work_results WHERE job_id = ?", [(j,) for j in again_ids]
+                    )
+                print(f"{module}: {len(again_ids)} killed by the time limit, to run again")
             found = run_module(module, target, tree, fresh=not (args.resume or args.recheck))
             left = [s for s in found if s.signature not in equivalent]
             print(f"{module}: {len(found)} survivors, {len(found) - len(left)} equivalent")
+            late = timed_out(session)
+            if late:
+                print(
+                    f"{module}: {len(late)} counted killed by the time limit only (a hang, or "
+                    "a busy machine): --resume --retime runs them again"
+                )
             unexplained += left
     for survivor in unexplained:
         print(f"\nSURVIVED {survivor.module}:{survivor.line} {survivor.operator}\n{survivor.diff}")
