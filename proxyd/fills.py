@@ -619,7 +619,7 @@ async def pump(
 
 
 async def _store_block(
-    state: ProxyState, run: BlockRun, index: int, data: bytearray, *, pinned: bool
+    state: ProxyState, run: BlockRun, index: int, data: bytes, *, pinned: bool
 ) -> None:
     """Store a block that has arrived whole. If the cache cannot store it (or has lately
     failed to: then it does not try), it stays in the run's memory, and the readers of the

@@ -37,25 +37,10 @@ class RunFailedError(Exception):
 
 @dataclass
 class _Block:
-    """One block of a run: ``data`` is allocated whole when the block is first fed or read
-    and filled in place (``filled`` bytes so far). It never grows, so readers may take views
-    of it, and once whole it is handed to the store as it is: no copy of the block is made
-    on the way (a cold read of a large object was spending a sixth of the event loop's time
-    appending to growing buffers and copying whole blocks)."""
-
     index: int
     expected: int
     data: bytearray = field(default_factory=bytearray)
-    filled: int = 0
     stored: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            self.data = bytearray(self.expected)
-
-    @property
-    def whole(self) -> bool:
-        return self.filled == self.expected
 
 
 class BlockRun:
@@ -120,10 +105,9 @@ class BlockRun:
 
     # -- producer side --------------------------------------------------------------------
 
-    def feed(self, chunk: bytes) -> list[tuple[int, bytearray]]:
-        """Add upstream bytes; returns blocks that became complete (to be stored), each its
-        own buffer, which is never written again."""
-        completed: list[tuple[int, bytearray]] = []
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """Add upstream bytes; returns blocks that became complete (to be stored)."""
+        completed = []
         offset = 0
         while offset < len(chunk):
             index = (self.start + self.received) // self.block_size
@@ -132,15 +116,12 @@ class BlockRun:
                 raise RunFailedError(
                     f"upstream sent more bytes than the run {self.start}-{self.end}"
                 )
-            take = min(block.expected - block.filled, len(chunk) - offset)
-            with memoryview(chunk) as view:
-                block.data[block.filled : block.filled + take] = view[offset : offset + take]
-            block.filled += take
+            take = min(block.expected - len(block.data), len(chunk) - offset)
+            block.data += chunk[offset : offset + take]
             offset += take
             self.received += take
-            if block.whole:
-                # The block's own buffer: complete, it is never written again.
-                completed.append((index, block.data))
+            if len(block.data) == block.expected:
+                completed.append((index, bytes(block.data)))
         if completed:
             self._forget_oldest_unstored()
         self._pulse()
@@ -152,12 +133,12 @@ class BlockRun:
         block of the run until it ends: the whole object in memory. Readers hold on to the
         block they are reading; one that comes back for a dropped block finds it neither
         here nor in the store, and fetches it again (see ``reading.py``)."""
-        whole = [i for i, b in self._blocks.items() if b.whole]
-        held = sum(self._blocks[i].expected for i in whole)
+        whole = [i for i, b in self._blocks.items() if len(b.data) == b.expected]
+        held = sum(len(self._blocks[i].data) for i in whole)
         for index in sorted(whole):
             if held <= self.held_limit:
                 break
-            held -= self._blocks.pop(index).expected
+            held -= len(self._blocks.pop(index).data)
 
     @property
     def held_limit(self) -> int:
@@ -196,13 +177,13 @@ class BlockRun:
     def complete(self, index: int) -> bool:
         """Whether all bytes of block ``index`` have arrived (stored, or about to be)."""
         block = self._block(index)
-        return block is None or block.stored or block.whole
+        return block is None or block.stored or len(block.data) == block.expected
 
     def holds(self, index: int) -> bool:
         """Whether block ``index`` is whole in memory, not stored (the cache could not
         store it): its readers take it from here, even after the fetch has ended."""
         block = self._blocks.get(index) if self.first <= index <= self.last else None
-        return block is not None and not block.stored and block.whole
+        return block is not None and not block.stored and len(block.data) == block.expected
 
     def abandoned(self) -> bool:
         """No request wants the run any more, and the read-ahead past the furthest point
@@ -259,9 +240,9 @@ class BlockRun:
                     raise RunFailedError(f"block {index} vanished from the store")
                 yield stored[position:end]
                 return
-            available = min(block.filled, end)
+            available = min(len(block.data), end)
             if available > position:
-                with memoryview(block.data) as view:  # one copy: the reader keeps it
+                with memoryview(block.data) as view:  # one copy, and the buffer can grow
                     chunk = bytes(view[position:available])
                 position = available
                 yield chunk

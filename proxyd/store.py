@@ -161,7 +161,7 @@ class EncodedBlock:
 
     __slots__ = ("data", "header", "path")
 
-    def __init__(self, data: bytes | bytearray) -> None:
+    def __init__(self, data: bytes) -> None:
         view = memoryview(data)
         digests = b"".join(_digest(view[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK))
         self.header = BlockHeader(SUB_BLOCK, len(data), digests)
@@ -937,13 +937,8 @@ class BlockStore:
                 present.add(index)
         return present
 
-    def put_block(
-        self, version: str, index: int, data: bytes | bytearray, *, pinned: bool = False
-    ) -> None:
-        """Store a block (:class:`StoreWriteError` if the cache cannot: full, read-only).
-
-        ``data`` may be a fill's own buffer (a ``bytearray`` never written again): it is
-        written as it is, and not kept in memory, where blocks are ``bytes``."""
+    def put_block(self, version: str, index: int, data: bytes, *, pinned: bool = False) -> None:
+        """Store a block (:class:`StoreWriteError` if the cache cannot: full, read-only)."""
         target = self._pinned if pinned else self._cache
         block_key = f"block:{version}:{index}"
         self._forget_location(block_key)
@@ -954,8 +949,7 @@ class BlockStore:
             raise self._write_error(exc) from None
         with self._lock:
             self._written += len(data)
-        if isinstance(data, bytes):
-            self._remember_block(block_key, data)
+        self._remember_block(block_key, data)
         if self._cache.get(_extent_index_key(version, index)) is not None:
             self._drop_extents(version, index)  # the block holds all they did
         # Written from bytes in hand: trusted as such (a crash mid-write ends the process,
