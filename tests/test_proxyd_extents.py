@@ -33,8 +33,11 @@ from proxyd.policy.extents import (
     GAP,
     UPSTREAM_RANGES,
     Extent,
+    block_bytes,
+    blocks_touched,
     exact_first_fetch,
     fetch_requests,
+    is_whole_blocks,
     merged,
     missing,
     prefers_extents,
@@ -100,6 +103,50 @@ def test_which_first_fetches_are_exact_and_which_requests_take_extents() -> None
     assert prefers_extents(2880, MiB)
     assert not prefers_extents(600 * KiB, MiB)  # a block costs less than twice the bytes
     assert not prefers_extents(0, MiB)
+
+
+def test_the_limits_docs_proxy_architecture_states() -> None:
+    """2× the bytes asked, 8 MiB per response, 64 ranges per request, a 512-byte gap,
+    a quarter block: the figures of docs/proxy-architecture.md, at their edges."""
+    eight = 8 * MiB
+    assert prefers_extents(eight, 10 * eight)
+    assert not prefers_extents(eight + 1, 10 * eight)  # assembled in memory: bounded
+    assert prefers_extents(1, 3)
+    assert prefers_extents(1000, 2001)  # more than twice the bytes asked
+    assert not prefers_extents(1000, 2000)  # exactly twice: the blocks are fetched
+    joined = [Extent(0, 10), Extent(10 + 512, 20 + 512)]  # 512 bytes apart: one range
+    assert fetch_requests(joined, 10_000) == [[Extent(0, 20 + 512)]]
+    apart = [Extent(0, 10), Extent(10 + 513, 20 + 513)]
+    assert fetch_requests(apart, 10_000) == [apart]
+    holes = [Extent(i * 10_000, i * 10_000 + 7) for i in range(70)]
+    assert [len(p) for p in fetch_requests(holes, 10**9)] == [64, 6]
+    # Nothing at or past the end of the object is asked for.
+    assert fetch_requests([Extent(100, 200)], 100) == []
+    assert exact_first_fetch(5, 5, MiB) == Extent(5, 6)  # one byte
+    assert exact_first_fetch(6, 5, MiB) is None
+
+
+def test_extents_are_never_empty_and_blocks_are_counted_exactly() -> None:
+    for start, stop in ((5, 5), (5, 4), (-1, 5)):
+        with pytest.raises(ValueError, match="invalid extent"):
+            Extent(start, stop)
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="block size must be positive"):
+            split_at_blocks(Extent(0, 3), size)
+    assert split_at_blocks(Extent(0, 3), 1) == [Extent(0, 1), Extent(1, 2), Extent(2, 3)]
+    assert blocks_touched([Extent(0, 1024)], 1024) == [0]  # stop is excluded
+    assert blocks_touched([Extent(1000, 1025)], 1024) == [0, 1]
+    assert blocks_touched([Extent(1023, 1024), Extent(2048, 2049)], 1024) == [0, 2]
+    assert block_bytes([0, 1, 2], 2500, 1024) == 1024 + 1024 + 452  # the last is short
+    assert block_bytes([3], 2500, 1024) == 0  # past the end
+    assert block_bytes([], 2500, 1024) == 0
+    size = 5000
+    assert is_whole_blocks(Extent(0, 1024), size, 1024)
+    assert is_whole_blocks(Extent(1024, 3072), size, 1024)
+    assert is_whole_blocks(Extent(4096, 5000), size, 1024)  # the last block, to the end
+    assert not is_whole_blocks(Extent(4096, 4999), size, 1024)
+    assert not is_whole_blocks(Extent(1, 1024), size, 1024)
+    assert not is_whole_blocks(Extent(1024, 2047), size, 1024)
 
 
 # -- the store ----------------------------------------------------------------------------------
