@@ -35,13 +35,17 @@ from proxyd.policy.access import (
     interpret_auth_response,
 )
 from proxyd.policy.blocks import (
+    FetchProblem,
     FetchResult,
     RunPlan,
     block_count,
     block_span,
+    cacheable_in_blocks,
     initial_fetch,
+    interpret_fetch_response,
     missing_runs,
     needed_in_order,
+    shorter_answer,
 )
 from proxyd.policy.freshness import (
     CacheControl,
@@ -634,3 +638,53 @@ def test_the_blocks_a_response_needs_come_in_its_order() -> None:
     # 100 bytes from block 1 (64-byte blocks: 100..127 in block 1, 128..191 in 2, 192..199
     # in 3), then 10 bytes from block 0.
     assert list(needed_in_order(ranges, 64)) == [(0, 1), (28, 2), (92, 3), (100, 0)]
+
+
+# -- blocks: the second run, on issue 17's code (bench/mutation) ---------------------------
+
+
+def test_only_an_object_with_a_validator_or_of_one_block_is_cached_in_blocks() -> None:
+    big, block = 10_000, 1_000
+    assert cacheable_in_blocks('"v1"', None, big, block)  # an ETag alone
+    assert cacheable_in_blocks(None, "Tue, 14 Nov 2023 22:13:20 GMT", big, block)
+    assert not cacheable_in_blocks(None, None, big, block)  # two fetches could mix versions
+    assert cacheable_in_blocks(None, None, block, block)  # exactly one block: one fetch
+    assert not cacheable_in_blocks(None, None, block + 1, block)
+
+
+def test_block_indexes_past_the_end_are_refused_wherever_they_are() -> None:
+    with pytest.raises(ValueError, match=r"within 0\.\.9"):
+        missing_runs([0, 10], set(), 10, 100, 100)  # the first is fine, the last is not
+    with pytest.raises(ValueError, match=r"within 0\.\.9"):
+        missing_runs([-1, 3], set(), 10, 100, 100)
+
+
+def test_a_shorter_answer_is_one_that_ends_before_the_run_and_the_object() -> None:
+    run = RunPlan(0, 1, 0, 1999)  # bytes 0-1999 asked for
+
+    def answer(content_range: str | None, status: int = 206) -> FetchResult | None:
+        headers = {} if content_range is None else {"Content-Range": content_range}
+        return shorter_answer(run, status, headers)
+
+    shorter = answer("bytes 0-998/5000")
+    assert shorter == FetchResult(206, 5000, ByteRange(0, 998))
+    assert answer("bytes 0-1999/5000") is None  # what was asked: not shorter
+    assert answer("bytes 0-1499/1500") is None  # the object ends there: not shorter
+    assert answer("bytes 0-1498/1500") == FetchResult(206, 1500, ByteRange(0, 1498))
+    assert answer("bytes 1-998/5000") is None  # not where the run starts
+    assert answer(None) is None
+    assert answer("bytes 0-998/*") is None  # no complete length: cannot be kept
+    assert answer("bytes */5000") is None
+    assert answer("bytes 0-998/5000", status=200) is None
+
+
+def test_a_416_must_say_the_size_and_nothing_else() -> None:
+    run = RunPlan(5, 5, 5000, 5999)
+    ok = interpret_fetch_response(run, 416, {"Content-Range": "bytes */4000"})
+    assert ok == FetchResult(416, 4000, None)
+    for value in ("bytes 0-9/4000", "bytes 0-9/*", "nonsense"):
+        result = interpret_fetch_response(run, 416, {"Content-Range": value})
+        assert isinstance(result, FetchProblem), value
+        assert "bytes */size" in result.reason
+    missing = interpret_fetch_response(run, 416, {})
+    assert isinstance(missing, FetchProblem)
