@@ -246,3 +246,15 @@ def test_the_recogniser_remembers_at_most_memory_shapes() -> None:
     for head in heads:
         assert recogniser(head) is not None
         assert len(recogniser._shapes) <= 3
+
+
+def test_the_recogniser_remembers_shapes_up_to_its_memory() -> None:
+    heads = [f"GET /o/{name} HTTP/1.1\r\nHost: h".encode() for name in "abcde"]
+    remembering = Recogniser(8190, memory=10)
+    for head in heads[:3]:
+        remembering(head)
+    assert len(remembering._shapes) == 3  # each shape worked out once, then looked up
+    bounded = Recogniser(8190, memory=2)
+    for head in heads:
+        assert bounded(head) == recognise(head, 8190)
+        assert len(bounded._shapes) <= 2  # emptied when full: memory stays bounded
