@@ -377,16 +377,20 @@ def _event_loop(value: object) -> str:
     raise _Invalid(f"{value!r} is not an event loop proxyd knows", " or ".join(EVENT_LOOPS))
 
 
+def _items(value: object, expected: str) -> Sequence[object]:
+    """The items of a list setting: a TOML array, or a string of items separated by commas
+    or spaces (an environment variable's)."""
+    if isinstance(value, str):
+        return [p for p in re.split(r"[,\s]+", value) if p]
+    if isinstance(value, list | tuple):
+        return value
+    raise _Invalid(f"{value!r} is not a list", expected)
+
+
 def _networks(value: object) -> tuple[IPNetwork, ...]:
     expected = 'a list of IP addresses or networks, such as ["10.0.0.5", "192.168.1.0/24"]'
-    if isinstance(value, str):
-        items: Sequence[object] = [p for p in re.split(r"[,\s]+", value) if p]
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise _Invalid(f"{value!r} is not a list", expected)
     networks: list[IPNetwork] = []
-    for item in items:
+    for item in _items(value, expected):
         try:
             networks.append(ipaddress.ip_network(str(item).strip(), strict=False))
         except ValueError:
@@ -433,14 +437,8 @@ def _listen(value: object) -> tuple[str, int]:
 
 def _glob_list(value: object) -> tuple[str, ...]:
     expected = 'a list of query-parameter glob patterns such as ["X-Amz-*"]'
-    if isinstance(value, str):
-        items: Sequence[object] = [p for p in re.split(r"[,\s]+", value) if p]
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise _Invalid(f"{value!r} is not a list", expected)
     patterns: list[str] = []
-    for item in items:
+    for item in _items(value, expected):
         if not isinstance(item, str) or not item.strip():
             raise _Invalid(f"{item!r} is not a pattern", expected)
         if re.search(r"[\s&=#]", item.strip()):
