@@ -12,20 +12,29 @@ server sent are read from its access log:
     whole object       curl of the file, one client, then two     target <= 1.5x direct time,
                        at once (each object must cross once)       file bytes == its size;
                        beside it, the peer: nginx (proxy_cache + slice + cache lock)
+                       and, for one client, the floor of any Python relay that stores
+                       what it forwards (bench/cold_floor.py), storing and not
 
-Usage: PYTHONPATH=. python bench/bench_cold.py [--quick] [--block-size 1MiB]
+``--link RATE`` puts a far repository's link between both sides and ``butler serve``
+(bench/link.py: one rate shared by every connection, as a site's link to the repository is).
+Without it the origin is loopback with its file in the page cache: the hardest case for any
+cache, whose own work is then most of the time.
+
+Usage: PYTHONPATH=. python bench/bench_cold.py [--quick] [--block-size 1MiB] [--link 100MB]
 Everything runs on 127.0.0.1; every read is bounded in time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,10 +91,10 @@ def make_repo(root: Path, big: bool) -> None:
 
 
 @contextmanager
-def cold_proxy(server: ButlerServer, work: Path, block_size: str) -> Iterator[Proxy]:
-    """A proxyd on an empty cache directory in front of ``server``."""
+def cold_proxy(origin: str, work: Path, block_size: str) -> Iterator[Proxy]:
+    """A proxyd on an empty cache directory in front of ``origin``."""
     shutil.rmtree(work, ignore_errors=True)
-    proxy = Proxy({"repo": server.url}, work, block_size=block_size)
+    proxy = Proxy({"repo": origin}, work, block_size=block_size)
     try:
         yield proxy.start()
     finally:
@@ -138,17 +147,17 @@ def timed_clients(url: str, clients: int) -> float:
     return max(results)
 
 
-def file_path_of(server: ButlerServer, cache: Path) -> tuple[str, int]:
+def file_path_of(server: ButlerServer, origin: str, cache: Path) -> tuple[str, int]:
     """The /files/ target of the small image and its size, from a direct read's log."""
     mark = server.mark()
     shutil.rmtree(cache, ignore_errors=True)
-    with Butler(server.url, collections="run1", cache_dir=cache) as butler:
+    with Butler(origin, collections="run1", cache_dir=cache) as butler:
         butler.get("calexp.metadata", HSC, **SMALL)
         path = butler.get_uri("calexp", HSC, **SMALL)
     target = server.file_requests(mark)[0]["target"]
     size = int(
         subprocess.run(  # noqa: S603
-            ["curl", "-sS", "-I", server.url.rstrip("/") + target],
+            ["curl", "-sS", "-I", origin.rstrip("/") + target],
             capture_output=True,
             text=True,
             check=True,
@@ -165,6 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the 10,000x10,000 image")
     parser.add_argument("--block-size", default="1MiB", help="proxyd's --block-size")
+    parser.add_argument(
+        "--link", type=parse_size, help="a far link's rate, shared by all (e.g. 100MB)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
     try:
@@ -174,22 +186,29 @@ def main() -> None:
         (work / "server").mkdir()
         server.start()
         try:
-            run(server, work, args.block_size, quick=args.quick)
+            if args.link is None:
+                run(server, server.url, work, args.block_size, quick=args.quick)
+            else:
+                with far_link(server.url, args.link) as link:
+                    print(f"through a link of {args.link:,} B/s shared by all connections")
+                    run(server, link, work, args.block_size, quick=args.quick)
         finally:
             server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(server: ButlerServer, work: Path, block_size: str, *, quick: bool) -> None:
+def run(server: ButlerServer, origin: str, work: Path, block_size: str, *, quick: bool) -> None:
+    """Each read direct and through a cold proxyd (and peers); ``origin`` is where both
+    send their requests (``server`` itself, or the far end of a link to it)."""
     targets = {"metadata": 4.0, "cutout 200x200": 2.0, "cutout 500x500": 2.0}
     print(f"proxyd --block-size {block_size}, cold cache for every read")
     print(f"{'read':<18}{'direct B':>12}{'proxyd B':>12}{'ratio':>8}  target   requests d/p")
-    for name, direct_read in butler_reads(server.url, work / "client").items():
+    for name, direct_read in butler_reads(origin, work / "client").items():
         if quick and name == "cutout 500x500":
             continue
         direct, direct_n = file_cost(server, direct_read)
-        with cold_proxy(server, work / "proxy", block_size) as proxy:
+        with cold_proxy(origin, work / "proxy", block_size) as proxy:
             via_read = butler_reads(proxy.upstream_url("repo"), work / "client")[name]
             via, via_n = file_cost(server, via_read)
         ratio = via / direct
@@ -200,35 +219,78 @@ def run(server: ButlerServer, work: Path, block_size: str, *, quick: bool) -> No
             f"  {'ok' if ok else 'MISSED'}"
         )
 
-    target, size = file_path_of(server, work / "client")
+    target, size = file_path_of(server, origin, work / "client")
     print(f"whole object: {size:,} bytes ({target.rsplit('/', 1)[-1]})")
-    direct_url = server.url.rstrip("/") + target
+    direct_url = origin.rstrip("/") + target
+    direct_one = 0.0
     for clients in (1, 2):
         timed_clients(direct_url, 1)  # the origin's page cache warm for both sides
         direct_s = timed_clients(direct_url, clients)
-        with cold_proxy(server, work / "proxy", block_size) as proxy:
+        direct_one = direct_one or direct_s
+        with cold_proxy(origin, work / "proxy", block_size) as proxy:
             mark = server.mark()
             via_s = timed_clients(proxy.upstream_url("repo") + target.lstrip("/"), clients)
             crossed = server.file_bytes_sent(mark)
-        peer_s = cold_nginx(server, work / "nginx", block_size, target, clients)
+        peer_s = cold_nginx(origin, work / "nginx", block_size, target, clients)
         ratio = via_s / direct_s
         ok = ratio <= 1.5 and crossed == size
         print(
             f"whole, {clients} client{'s' if clients > 1 else ' '}  direct {direct_s:6.2f} s"
-            f"  proxyd {via_s:6.2f} s  ratio {ratio:5.2f} (<=1.5x)"
-            f"  crossed {crossed / size:.2f}x  {'ok' if ok else 'MISSED'}"
+            f" ({size / direct_s / 1e6:,.0f} MB/s)  proxyd {via_s:6.2f} s"
+            f"  ratio {ratio:5.2f} (<=1.5x)  crossed {crossed / size:.2f}x"
+            f"  {'ok' if ok else 'MISSED'}"
             f"   [nginx slice cache {peer_s:6.2f} s, {peer_s / direct_s:5.2f}x]"
+        )
+    for store in (False, True):
+        floor_s = cold_floor(origin, work / "floor", target, store=store)
+        what = "storing each block" if store else "storing nothing"
+        print(
+            f"  floor: a threaded Python relay {what} (bench/cold_floor.py), 1 client:"
+            f" {floor_s:6.2f} s, {floor_s / direct_one:5.2f}x direct"
         )
 
 
-def cold_nginx(
-    server: ButlerServer, work: Path, block_size: str, target: str, clients: int
-) -> float:
+@contextmanager
+def bench_process(script: str, *args: str) -> Iterator[str]:
+    """A helper server of bench/ (it prints ``listening PORT``); yields its base URL."""
+    argv = [sys.executable, str(Path(__file__).with_name(script)), *args]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"{script} did not start: {line!r}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def far_link(origin: str, rate: int) -> contextlib.AbstractContextManager[str]:
+    """bench/link.py in front of ``origin``: the URL of its far end."""
+    port = urllib.parse.urlsplit(origin).port
+    return bench_process("link.py", "--to", str(port), "--rate", str(rate))
+
+
+def cold_floor(origin: str, work: Path, target: str, *, store: bool) -> float:
+    """One cold read through bench/cold_floor.py (see there): the least any Python process
+    that forwards (and stores) the object costs, beside the direct read."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    args = ["--origin", origin, *(("--store", str(work)) if store else ())]
+    try:
+        with bench_process("cold_floor.py", *args) as relay:
+            return timed_clients(relay.rstrip("/") + target, 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cold_nginx(origin: str, work: Path, block_size: str, target: str, clients: int) -> float:
     """The same cold read through the peer, nginx with proxy_cache + slice (slice = proxyd's
     block size) + cache lock, on an empty cache: what the field's cache does here."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    peer = harness.start_nginx_peer(server.url, work, parse_size(block_size))
+    peer = harness.start_nginx_peer(origin, work, parse_size(block_size))
     try:
         return timed_clients(peer.url.rstrip("/") + target, clients)
     finally:
