@@ -147,13 +147,15 @@ def timed_clients(url: str, clients: int) -> float:
     return max(results)
 
 
-def file_path_of(server: ButlerServer, origin: str, cache: Path) -> tuple[str, int]:
-    """The /files/ target of the small image and its size, from a direct read's log."""
+def file_path_of(
+    server: ButlerServer, origin: str, cache: Path, ids: dict[str, int]
+) -> tuple[str, int]:
+    """The /files/ target of an image and its size, from a direct read's log."""
     mark = server.mark()
     shutil.rmtree(cache, ignore_errors=True)
     with Butler(origin, collections="run1", cache_dir=cache) as butler:
-        butler.get("calexp.metadata", HSC, **SMALL)
-        path = butler.get_uri("calexp", HSC, **SMALL)
+        butler.get("calexp.metadata", HSC, **ids)
+        path = butler.get_uri("calexp", HSC, **ids)
     target = server.file_requests(mark)[0]["target"]
     size = int(
         subprocess.run(  # noqa: S603
@@ -219,7 +221,15 @@ def run(server: ButlerServer, origin: str, work: Path, block_size: str, *, quick
             f"  {'ok' if ok else 'MISSED'}"
         )
 
-    target, size = file_path_of(server, origin, work / "client")
+    for ids in [SMALL] if quick else [SMALL, BIG]:
+        whole_object(server, origin, work, block_size, ids)
+
+
+def whole_object(
+    server: ButlerServer, origin: str, work: Path, block_size: str, ids: dict[str, int]
+) -> None:
+    """Cold whole reads of one image's file: direct, through proxyd and the peers."""
+    target, size = file_path_of(server, origin, work / "client", ids)
     print(f"whole object: {size:,} bytes ({target.rsplit('/', 1)[-1]})")
     direct_url = origin.rstrip("/") + target
     direct_one = 0.0
