@@ -601,6 +601,9 @@ def test_parse_etag_list() -> None:
         EntityTag("d"),
     )
     assert parse_etag_list('"xyzzy", "r2d2xxxx", "c3piozzzz"') is not None
+    # Whitespace before a comma, one character or three (OWS is any run of SP / HTAB).
+    for spaced in ('"a" , "b"', '"a"\t,"b"', '"a"   ,"b"'):
+        assert parse_etag_list(spaced) == (EntityTag("a"), EntityTag("b")), spaced
     for bad in ("", " , ", "xyzzy", '"a" "b"', '"a",*', '*, "a"', '"a', "W/x", 'w/"a"', '"a"x'):
         assert parse_etag_list(bad) is None, bad
 
