@@ -24,6 +24,7 @@ import pytest
 from astropy.io import fits
 from conftest import TextFormatter, new_repo, run_butler
 
+from butler import Butler
 from butler.datastore import (
     HASH_CHUNK,
     JOURNAL_NAME,
@@ -867,3 +868,22 @@ def test_what_a_killed_ingest_zip_extracted_is_removed_by_the_next(tmp_path: Pat
         assert "is not a zip archive" in out.stderr
         assert list((root / ".ingest-zip").iterdir()) == [live]
     assert list((root / ".ingest-zip").iterdir()) == []
+
+
+def test_removing_datasets_whose_file_is_already_gone_commits(tmp_path: Path) -> None:
+    """A dataset whose file was lost (or deleted by hand) can still be removed: the commit
+    deletes what is there, and neither fails after the registry committed nor leaves its
+    staging directory behind."""
+    root = new_repo(tmp_path / "repo")
+    with Butler(root, run="run1") as butler:
+        butler.register_dataset_type("note", [], "Dict")
+        refs = [butler.put({"n": n}, "note", {}, run=f"run{n}") for n in range(3)]
+        paths = [butler.get_local_path(ref) for ref in refs]
+        paths[0].unlink()  # lost before the removal
+        assert butler.remove(refs[:2]) == 2
+        assert not paths[1].exists()
+        assert paths[2].exists()
+        assert [r.id for r in butler.query_datasets("note", collections=["run2"])] == [refs[2].id]
+        assert butler.query_datasets("note", collections=["run0", "run1"]) == []
+    staging = root / STAGING_DIR
+    assert not staging.exists() or list(staging.iterdir()) == []
