@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from nginx import NginxOrigin
-from proxies import Proxy, block_union, running, write_old
+from proxies import BLOCK, Proxy, block_union, running, write_old
 
 MiB = 1 << 20
 
@@ -129,5 +129,41 @@ async def test_16_clients_reading_random_overlapping_ranges_cost_the_union_of_bl
             f"16 clients, {len(touched)} ranges, {requested} bytes requested: origin sent "
             f"{sent} bytes in {len(fills)} requests; union of blocks {union}"
         )
-        assert sent <= union
-        assert sent == union  # every touched block was fetched, once
+        # Whole blocks are fetched once each, and only blocks a client touched. A small range
+        # may instead be fetched exactly, as an extent (the first one of an object, or one
+        # whose blocks would cost far more than it): extents are fetched once each too, and
+        # a block fetched later around one asks for its bytes again unless the extent starts
+        # the block (a bounded cost, docs/proxy-architecture.md).
+        block_fetches: list[tuple[int, int]] = []
+        extent_fetches: list[tuple[int, int]] = []
+        for entry in fills:
+            spans = [
+                (int(r.split("-")[0]), int(r.split("-")[1])) for r in entry["range"][6:].split(",")
+            ]
+            whole = (
+                len(spans) == 1
+                and spans[0][0] % BLOCK == 0
+                and ((spans[0][1] + 1) % BLOCK == 0 or spans[0][1] == size - 1)
+            )
+            (block_fetches if whole else extent_fetches).extend(spans)
+        for fetched in (block_fetches, extent_fetches):
+            ordered = sorted(fetched)
+            pairs = zip(ordered, ordered[1:], strict=False)
+            assert all(a[1] < b[0] for a, b in pairs), ordered  # each byte once
+        blocks_fetched = sum(e - s + 1 for s, e in block_fetches)
+        assert blocks_fetched <= union
+        assert block_union(block_fetches, size) == blocks_fetched
+        assert {i for s, e in block_fetches for i in range(s // BLOCK, e // BLOCK + 1)} <= {
+            i for s, e in touched for i in range(s // BLOCK, e // BLOCK + 1)
+        }
+        # Every byte a client asked for came from the origin in one of the two.
+        covered = sorted(block_fetches + extent_fetches)
+        for start, end in touched:
+            position = start
+            for s, e in covered:
+                if s <= position <= e:
+                    position = e + 1
+            assert position > end, (start, end)
+        extent_bytes = sum(e - s + 1 for s, e in extent_fetches)
+        assert extent_bytes <= BLOCK * len(extent_fetches)
+        assert sent >= blocks_fetched + extent_bytes  # multipart framing of extent answers
