@@ -585,3 +585,57 @@ def test_a_wcs_in_the_legacy_cd00i00j_form_is_read_as_its_cdi_j_twin() -> None:
     assert ours is not None
     expected = WCS(modern).pixel_to_world_values(0, 0)
     np.testing.assert_allclose(ours.pixel_to_world_values(0, 0), expected)
+
+
+def test_an_empty_first_axis_without_groups_is_not_random_groups(tmp_path: Path) -> None:
+    """NAXIS1 = 0 marks random groups only with GROUPS = T (FITS 4.0 §6): without the card
+    the HDU holds no data, and the next HDU starts right after its header."""
+    path = tmp_path / "empty-axis.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(np.zeros((10, 0), dtype=np.int16)), fits.ImageHDU(np.arange(6.0))]
+    ).writeto(path)
+    with fits.open(path) as hdus:
+        assert "GROUPS" not in hdus[0].header
+        assert hdus[0].header["NAXIS1"] == 0
+        offsets = [h.fileinfo()["datLoc"] for h in hdus]
+    index = index_fits(path)["hdus"]
+    assert [h["data_offset"] for h in index] == offsets
+    assert [h["data_size"] for h in index] == [0, 48]
+    assert np.array_equal(decoded(path, 1), np.arange(6.0))
+
+
+@pytest.mark.parametrize("value", [True, 1.5, "junk"])
+def test_a_zblank_that_is_not_an_integer_is_not_taken(tmp_path: Path, value: object) -> None:
+    """ZBLANK is an integer (FITS 4.0 §10.3.5); a logical, real or string one is ignored,
+    not carried into the index as the value that marks null pixels."""
+    packed = tmp_path / "packed.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.arange(64, dtype=np.int32))]).writeto(
+        packed
+    )
+    edited = tmp_path / "edited.fits"
+    with fits.open(packed, disable_image_compression=True) as hdus:
+        hdus[1].header["ZBLANK"] = value
+        hdus.writeto(edited)
+    hdu = hdu_of(edited, 1)
+    assert hdu["shape"] == [64]  # read as the compressed image it is
+    assert "zblank" not in hdu
+
+
+def test_a_column_format_that_does_not_parse_is_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad-tform.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("a", "J", array=[1])])]
+    ).writeto(path)
+    raw = path.read_bytes()
+    card = raw.index(b"TFORM1  = ")
+    bad = b"TFORM1  = '1Y      '".ljust(80)
+    path.write_bytes(raw[:card] + bad + raw[card + 80 :])
+    with pytest.raises(CorruptFileError, match="TFORM|column"):
+        index_fits(path)
+
+
+def test_a_wcs_that_wcslib_refuses_is_dropped_not_raised() -> None:
+    header = fits.Header()
+    header.update(NAXIS=2, NAXIS1=4, NAXIS2=4, CRVAL1=1.0, CRVAL2=2.0)
+    header.update(CTYPE1="RA---TAN", CTYPE2="RA---TAN")  # two longitudes: WCSLIB refuses
+    assert wcs_from_header(header, "test.fits") is None
