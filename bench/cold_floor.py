@@ -5,7 +5,8 @@ A thread per client; the origin is read with ``http.client`` straight into 1 MiB
 (``readinto``: one copy out of the kernel), each buffer is sent on with one ``sendall`` and,
 with ``--store DIR``, stored as proxyd stores a block: an XXH3-128 digest per 64 KiB, then
 header and data written to a new file. No cache index, no coalescing, no ranges, no
-revalidation, no limits: nothing a cache needs beyond moving and keeping the bytes. Whatever
+revalidation, no limits: nothing a cache needs beyond moving and keeping the bytes (the
+encoding is proxyd's own, :class:`proxyd.store.EncodedBlock`). Whatever
 proxyd costs above this is its own; what this costs above a direct read is the price of
 being a store-and-forward process written in Python at all.
 
@@ -24,20 +25,20 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-import xxhash
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from proxyd.settings import ProxySettings  # noqa: E402
+from proxyd.store import EncodedBlock  # noqa: E402
 
-BLOCK = 1 << 20
-SUB_BLOCK = 64 * 1024
+BLOCK = ProxySettings().block_size
 
 
-def store_block(directory: Path, index: int, data: memoryview) -> None:
-    digests = b"".join(
-        xxhash.xxh3_128_digest(data[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK)
-    )
+def store_block(directory: Path, index: int, data: bytearray) -> None:
+    """One block as proxyd writes it (header with its digests, then the data), to a new file."""
+    block = EncodedBlock(data)
     fd = os.open(directory / f"{index:08d}.val", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, digests)
-        os.write(fd, data)
+        os.write(fd, block.header.encoded())
+        os.write(fd, block.data)
     finally:
         os.close(fd)
 
@@ -61,7 +62,8 @@ def make_handler(origin: urllib.parse.SplitResult, store: Path | None) -> type:
             sent = 0
             index = 0
             while sent < size:
-                buffer = memoryview(bytearray(min(BLOCK, size - sent)))
+                block = bytearray(min(BLOCK, size - sent))
+                buffer = memoryview(block)
                 filled = 0
                 while filled < len(buffer):
                     got = answer.readinto(buffer[filled:])
@@ -70,7 +72,7 @@ def make_handler(origin: urllib.parse.SplitResult, store: Path | None) -> type:
                     filled += got
                 self.wfile.write(buffer)
                 if directory is not None:
-                    store_block(directory, index, buffer)
+                    store_block(directory, index, block)
                 sent += filled
                 index += 1
             upstream.close()

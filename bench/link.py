@@ -55,7 +55,7 @@ async def pipe(
             writer.write(chunk)
             await writer.drain()
     except ConnectionError:
-        pass
+        pass  # a side reset its connection: the relay of this connection simply ends
     finally:
         with contextlib.suppress(Exception):
             writer.close()

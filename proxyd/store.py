@@ -161,7 +161,7 @@ class EncodedBlock:
 
     __slots__ = ("data", "header", "path")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
         digests = b"".join(_digest(view[i : i + SUB_BLOCK]) for i in range(0, len(data), SUB_BLOCK))
         self.header = BlockHeader(SUB_BLOCK, len(data), digests)

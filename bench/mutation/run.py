@@ -458,9 +458,14 @@ def forget_survivors(
     """Mark the session's survivors not listed as equivalent to be run again; returns how
     many. (An equivalent mutant survives any test: running it again only costs time.)"""
     again = [s.job_id for s in survivors(session, module, tree) if s.signature not in equivalent]
-    with sqlite3.connect(session) as db:
-        db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in again])
+    forget_results(session, again)
     return len(again)
+
+
+def forget_results(session: Path, job_ids: list[str]) -> None:
+    """Drop the results of ``job_ids``: the next ``exec`` of the session runs them again."""
+    with sqlite3.connect(session) as db:
+        db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in job_ids])
 
 
 def timed_out(session: Path) -> list[str]:
@@ -527,10 +532,7 @@ def main() -> int:
                 print(f"{module}: {skip_inert_mutants(session, tree)} of them skipped")
             if args.retime and session.exists():
                 again_ids = timed_out(session)
-                with sqlite3.connect(session) as db:
-                    db.executemany(
-                        "DELETE FROM work_results WHERE job_id = ?", [(j,) for j in again_ids]
-                    )
+                forget_results(session, again_ids)
                 print(f"{module}: {len(again_ids)} killed by the time limit, to run again")
             found = run_module(module, target, tree, fresh=not (args.resume or args.recheck))
             left = [s for s in found if s.signature not in equivalent]
