@@ -17,15 +17,18 @@ import pytest
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
-from real_data import fits_test_file
+from real_data import fits_test_file, hst_wfpc2
 
 from butler.errors import CorruptFileError
 from butler.formatters.fits_index import (
+    BLOCK,
+    SOURCE_READ,
     apply_scaling,
     decode_image,
     ensure_index,
     find_hdu,
     index_fits,
+    index_fits_source,
     is_image_hdu,
     padded,
     parse_tform,
@@ -414,6 +417,13 @@ def test_a_compressed_image_with_an_empty_axis_is_indexed(tmp_path: Path) -> Non
     assert hdu_of(path, 1)["shape"] == [0, 40]
 
 
+def test_a_compressed_axis_of_minus_one_is_refused(tmp_path: Path) -> None:
+    path = _compressed(tmp_path, rows=30, tile_rows=1)
+    _patch_card(path, b"ZNAXIS2", -1)
+    with pytest.raises(CorruptFileError, match="axis lengths must not be negative"):
+        index_fits(path)
+
+
 def _with_compression_cards(tmp_path: Path, **cards: Any) -> Path:
     made = _compressed(tmp_path, rows=8, tile_rows=1)
     path = tmp_path / "cards.fits"
@@ -639,3 +649,36 @@ def test_a_wcs_that_wcslib_refuses_is_dropped_not_raised() -> None:
     header.update(NAXIS=2, NAXIS1=4, NAXIS2=4, CRVAL1=1.0, CRVAL2=2.0)
     header.update(CTYPE1="RA---TAN", CTYPE2="RA---TAN")  # two longitudes: WCSLIB refuses
     assert wcs_from_header(header, "test.fits") is None
+
+
+def _with_header_blocks(path: Path, blocks: int) -> Path:
+    """Two image HDUs with data; the primary header fills ``blocks`` blocks."""
+    primary = fits.PrimaryHDU(np.zeros((100, 100), dtype=np.float32))
+    for i in range(blocks * 36 - 16):  # 36 cards a block; room for the required ones and END
+        primary.header[f"KEY{i}"] = i
+    fits.HDUList([primary, fits.ImageHDU(np.ones((60, 60), dtype=np.int16))]).writeto(path)
+    with fits.open(path) as hdus:
+        assert hdus[0].fileinfo()["datLoc"] == blocks * BLOCK
+    return path
+
+
+@pytest.mark.parametrize(("blocks", "requests"), [(1, 2), (4, 2), (5, 3)])
+def test_indexing_through_a_source_costs_one_read_per_header_of_up_to_four_blocks(
+    tmp_path: Path, blocks: int, requests: int
+) -> None:
+    """A file stored without an index is indexed through its byte source (remote, for a
+    client): a header of up to four blocks costs one request of at most four blocks."""
+    path = _with_header_blocks(tmp_path / f"{blocks}.fits", blocks)
+    source = LocalFileSource(path)
+    assert index_fits_source(source) == index_fits(path)
+    assert source.requests == requests
+    assert source.bytes_read <= requests * SOURCE_READ
+
+
+def test_a_real_file_is_indexed_through_a_source_with_a_read_per_hdu() -> None:
+    path = hst_wfpc2()
+    source = LocalFileSource(path)
+    hdus = index_fits_source(source)["hdus"]
+    assert index_fits(path)["hdus"] == hdus
+    assert all(h["header_size"] <= SOURCE_READ for h in hdus)
+    assert source.requests == len(hdus)

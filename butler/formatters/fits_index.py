@@ -60,6 +60,7 @@ from butler.io.source import ByteRange, ByteSource
 
 __all__ = [
     "BLOCK",
+    "SOURCE_READ",
     "apply_scaling",
     "decode_image",
     "ensure_index",
@@ -467,9 +468,20 @@ def index_fits(path: Path | str) -> dict[str, Any]:
         return _scan(f, size, str(path))
 
 
+#: Bytes fetched per read when indexing through a :class:`ByteSource`: a header of up to
+#: this many blocks (nearly all of them) costs one request.
+SOURCE_READ = 4 * BLOCK
+
+
 def index_fits_source(source: ByteSource) -> dict[str, Any]:
-    """:func:`index_fits` through a :class:`ByteSource` (for files stored without an index)."""
-    with io.BufferedReader(source.open(read_ahead=4 * BLOCK)) as f:
+    """:func:`index_fits` through a :class:`ByteSource` (for files stored without an index).
+
+    Each HDU whose header fits in :data:`SOURCE_READ` bytes costs one request of at most
+    that many bytes (fewer at the end of the file): the buffer does the reading ahead, so the
+    source reads nothing more itself (its own read-ahead would start a second request at
+    the buffer's edge).
+    """
+    with io.BufferedReader(source.open(read_ahead=0), buffer_size=SOURCE_READ) as f:
         return _scan(f, source.size, source.name)
 
 
