@@ -52,6 +52,7 @@ if ! grep -q "from butler.cli.main import" .venv/bin/butler; then
 fi
 echo "== ruff"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== pytest"
