@@ -44,6 +44,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 python3 -m venv .venv
+# The suite runs in this environment, whatever one the calling shell has activated: IPython
+# warns when VIRTUAL_ENV names another, and the suite turns warnings into errors.
+export VIRTUAL_ENV="$PWD/.venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
 # lsst-daf-butler (a test dependency) installs a `butler` command too: ours must win.
