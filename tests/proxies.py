@@ -274,12 +274,14 @@ def proxyd_cli(
     )
 
 
+def blocks_touched(ranges: list[tuple[int, int]], block: int = BLOCK) -> set[int]:
+    """Indexes of the blocks that byte ranges (inclusive) touch."""
+    return {i for start, end in ranges for i in range(start // block, end // block + 1)}
+
+
 def block_union(ranges: list[tuple[int, int]], size: int, block: int = BLOCK) -> int:
     """Bytes of the union of the blocks that byte ranges (inclusive) touch."""
-    indexes: set[int] = set()
-    for start, end in ranges:
-        indexes.update(range(start // block, end // block + 1))
-    return sum(min(block, size - i * block) for i in indexes)
+    return sum(min(block, size - i * block) for i in blocks_touched(ranges, block))
 
 
 # -- a recording origin ----------------------------------------------------------------------

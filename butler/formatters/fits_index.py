@@ -39,14 +39,13 @@ and what is wrong, and every value recorded is JSON-serialisable.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -372,7 +371,16 @@ def _has_end_card(block: bytes | bytearray) -> bool:
     return any(block[i : i + 8] == b"END     " for i in range(0, len(block), CARD))
 
 
-def _read_header_blocks(f: BinaryIO, head: bytes, offset: int, size: int, where: str) -> bytes:
+class HeaderReads(Protocol):
+    """What the scan needs of a file: a local file, or a :class:`~butler.io.source.RangeFile`
+    over a byte source."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def seek(self, offset: int, /) -> int: ...
+
+
+def _read_header_blocks(f: HeaderReads, head: bytes, offset: int, size: int, where: str) -> bytes:
     """The header blocks starting with ``head`` (read at ``offset``), up to the END card's.
 
     Every read must return a whole block: a short one is the end of the file, so a header cut
@@ -398,7 +406,7 @@ def _read_header_blocks(f: BinaryIO, head: bytes, offset: int, size: int, where:
         block = f.read(BLOCK)
 
 
-def _scan(f: BinaryIO, size: int, name: str) -> dict[str, Any]:
+def _scan(f: HeaderReads, size: int, name: str) -> dict[str, Any]:
     """Walk the HDUs of an open FITS file, reading only header blocks."""
     head = f.read(BLOCK)
     if head[:2] == b"\x1f\x8b":
@@ -477,11 +485,10 @@ def index_fits_source(source: ByteSource) -> dict[str, Any]:
     """:func:`index_fits` through a :class:`ByteSource` (for files stored without an index).
 
     Each HDU whose header fits in :data:`SOURCE_READ` bytes costs one request of at most
-    that many bytes (fewer at the end of the file): the buffer does the reading ahead, so the
-    source reads nothing more itself (its own read-ahead would start a second request at
-    the buffer's edge).
+    that many bytes (fewer at the end of the file): the source's file reads that far ahead
+    and serves the next blocks, and a next header inside them, from what it holds.
     """
-    with io.BufferedReader(source.open(read_ahead=0), buffer_size=SOURCE_READ) as f:
+    with source.open(read_ahead=SOURCE_READ) as f:
         return _scan(f, source.size, source.name)
 
 
